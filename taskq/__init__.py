@@ -1,0 +1,38 @@
+"""taskq: a Celery-style task queue on Apache Kafka, with results in Redis."""
+
+from taskq.app import Taskq
+from taskq.canvas import Signature
+from taskq.errors import (
+    BackendError,
+    BrokerError,
+    ConfigError,
+    NotRegistered,
+    Reject,
+    Retry,
+    SerializationError,
+    TaskFailed,
+    TaskqError,
+    TimeoutError,
+)
+from taskq.result import AsyncResult
+from taskq.task import Task
+from taskq.worker import Worker
+
+__all__ = [
+    "AsyncResult",
+    "BackendError",
+    "BrokerError",
+    "ConfigError",
+    "NotRegistered",
+    "Reject",
+    "Retry",
+    "SerializationError",
+    "Signature",
+    "Task",
+    "TaskFailed",
+    "Taskq",
+    "TaskqError",
+    "TimeoutError",
+    "Worker",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,240 @@
+"""``Taskq``: the application object holding settings, the task registry, broker and backend."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, overload
+from urllib.parse import urlsplit
+
+from taskq.brokers.base import Broker, Producer, Record
+from taskq.config import Settings
+from taskq.errors import BrokerError, ConfigError, NotRegistered
+from taskq.message import TaskMessage
+from taskq.result import AsyncResult
+from taskq.results.base import ResultBackend
+from taskq.retry import RetryPolicy, tier_topic, tier_topics
+from taskq.serialization import Registry
+from taskq.task import Task
+
+log = logging.getLogger("taskq")
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+class Taskq:
+    """A taskq application.
+
+    >>> app = Taskq("shop", broker="kafka://127.0.0.1:9092", backend="redis://127.0.0.1:6379/0")
+    >>> @app.task(key="user_id")
+    ... def infer(prompt: str, user_id: str) -> str: ...
+    """
+
+    def __init__(self, name: str = "taskq", broker: str | None = None, backend: str | None = None,
+                 **settings: Any) -> None:
+        self.name = name
+        self.settings = Settings.build({"broker_url": broker, "result_backend": backend, **settings})
+        self.tasks: dict[str, Task] = {}
+        self.serializers = Registry(self.settings.accept_content)
+        self.group = self.settings.group or f"taskq.{name}"
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self._producer: Producer | None = None
+        self._lock = threading.Lock()
+        self._delivery_errors: list[tuple[str, BaseException]] = []
+        self._ensured: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<Taskq {self.name} broker={self.broker_url}>"
+
+    # -- registry ---------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[..., Any]) -> Task: ...
+    @overload
+    def task(self, fn: None = None, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+        """Register ``fn`` as a task: ``@app.task`` or ``@app.task(name=..., key=..., max_retries=...)``."""
+        if fn is None:
+            return lambda f: self._register(f, **options)
+        return self._register(fn, **options)
+
+    def _register(self, fn: Callable[..., Any], name: str | None = None, **options: Any) -> Task:
+        name = name or f"{fn.__module__}.{fn.__qualname__}"
+        retry_fields = {k: options.pop(k) for k in list(options) if k in RetryPolicy.__dataclass_fields__}
+        retry_fields.setdefault("max_retries", self.settings.default_max_retries)
+        known = {"key", "partitions", "bind", "serializer", "time_limit", "soft_time_limit"}
+        unknown = set(options) - known
+        if unknown:
+            raise ConfigError(f"unknown task option(s) {sorted(unknown)} for task {name!r}")
+        task = Task(self, fn, name, retry=RetryPolicy(**retry_fields), **options)
+        if name in self.tasks and self.tasks[name].fn is not fn:
+            raise ConfigError(f"task name {name!r} is registered twice")
+        self.tasks[name] = task
+        return task
+
+    def get_task(self, name: str) -> Task:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegistered(name) from None
+
+    def topic_for(self, task_name: str) -> str:
+        topic = self.settings.topic_prefix + task_name
+        if not TOPIC_NAME.match(topic):
+            raise ConfigError(f"task name {task_name!r} gives an invalid Kafka topic {topic!r} "
+                              "(letters, digits, '.', '_', '-'; at most 249)")
+        return topic
+
+    def dlq_topic(self, topic: str) -> str:
+        return f"{topic}.dlq"
+
+    @property
+    def delay_topics(self) -> list[str]:
+        return tier_topics(self.settings.topic_prefix, self.settings.retry_tiers)
+
+    # -- connections ------------------------------------------------------------------------------
+
+    @property
+    def broker_url(self) -> str:
+        return self.settings.broker_url or f"local://{self.local_path}"
+
+    @property
+    def local_path(self) -> str:
+        path = self.settings.local_path or str(Path.home() / ".taskq" / f"{self.name}.db")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    self._broker = self._make_broker(self.broker_url)
+        return self._broker
+
+    def _make_broker(self, url: str) -> Broker:
+        scheme = urlsplit(url).scheme
+        if scheme == "kafka":
+            from taskq.brokers.kafka import KafkaBroker
+
+            return KafkaBroker(url, connect_timeout=self.settings.connect_timeout)
+        if scheme == "local":
+            from taskq.brokers.local import LocalBroker
+
+            return LocalBroker(_local_file(url))
+        raise ConfigError(f"unknown broker URL {url!r}: use kafka://host:port or local:///path/file.db")
+
+    @property
+    def backend(self) -> ResultBackend:
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = self._make_backend()
+        return self._backend
+
+    def _make_backend(self) -> ResultBackend:
+        url = self.settings.result_backend
+        expires = self.settings.result_expires
+        if not url:
+            if not self.broker_url.startswith("local://"):
+                raise ConfigError("result_backend is not set: pass backend='redis://host:port/0' "
+                                  "or set TASKQ_RESULT_BACKEND")
+            url = self.broker_url
+        scheme = urlsplit(url).scheme
+        if scheme in ("redis", "rediss", "unix"):
+            from taskq.results.redis import RedisBackend
+
+            return RedisBackend(url, expires, connect_timeout=self.settings.connect_timeout)
+        if scheme == "local":
+            from taskq.results.local import LocalBackend
+
+            return LocalBackend(_local_file(url), expires)
+        raise ConfigError(f"unknown result backend URL {url!r}: use redis://host:port/db or local:///path")
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            with self._lock:
+                if self._producer is None:
+                    options = dict(self.settings.producer_options)
+                    if self.broker_url.startswith("kafka://"):
+                        options.setdefault("message.timeout.ms", int(self.settings.send_timeout * 1000))
+                    self._producer = self.broker.producer(**options)
+        return self._producer
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def send(self, message: TaskMessage, topic: str, partitions: int, serializer: str = "json") -> AsyncResult:
+        """Produce ``message`` to ``topic`` (or to a delay tier when it has a future eta)."""
+        value, headers = message.encode(self.serializers, serializer)
+        self.ensure_topic(topic, partitions)
+        target = topic
+        if message.eta is not None and message.eta > time.time():
+            target = tier_topic(self.settings.topic_prefix, self.settings.retry_tiers, message.eta - time.time())
+            headers.append(("origin-topic", topic.encode()))
+            self.ensure_topics({t: partitions for t in self.delay_topics})
+        producer = self.producer
+        producer.produce(target, message.key, value, headers, on_delivery=self._delivery_reporter(message.id))
+        producer.poll(0)
+        return AsyncResult(message.id, self)
+
+    def _delivery_reporter(self, task_id: str) -> Callable[[BaseException | None, Record | None], None]:
+        def report(err: BaseException | None, _record: Record | None) -> None:
+            if err is not None:
+                log.error("task %s was not delivered: %s", task_id, err)
+                self._delivery_errors.append((task_id, err))
+        return report
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every sent task is acknowledged by the broker; raise if any was not."""
+        if self._producer is not None:
+            left = self._producer.flush(self.settings.send_timeout if timeout is None else timeout)
+            if left:
+                raise BrokerError(f"{left} task message(s) still unacknowledged after flush; is the broker up?")
+        if self._delivery_errors:
+            failed, self._delivery_errors = self._delivery_errors, []
+            raise BrokerError(f"{len(failed)} task message(s) were not delivered, first {failed[0][0]}: "
+                              f"{failed[0][1]}")
+
+    def ensure_topic(self, topic: str, partitions: int) -> None:
+        if topic not in self._ensured:
+            self.ensure_topics({topic: partitions})
+
+    def ensure_topics(self, topics: dict[str, int]) -> None:
+        missing = {t: n for t, n in topics.items() if t not in self._ensured}
+        if missing:
+            self.broker.ensure_topics(missing, self.settings.replication_factor)
+            self._ensured.update(missing)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+        return AsyncResult(task_id, self)
+
+    def close(self) -> None:
+        """Flush pending messages and close connections."""
+        if self._producer is not None:
+            self._producer.flush(self.settings.send_timeout)
+            self._producer = None
+        if self._backend is not None:
+            self._backend.close()
+        if self._broker is not None:
+            self._broker.close()
+
+    def __enter__(self) -> Taskq:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _local_file(url: str) -> str:
+    """``local:///abs/path.db`` or ``local://relative.db`` -> a path."""
+    rest = url[len("local://"):]
+    if not rest:
+        raise ConfigError(f"bad local URL {url!r}: expected local:///path/to/file.db")
+    return os.path.abspath(rest)

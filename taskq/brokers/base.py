@@ -1,0 +1,141 @@
+"""The broker contract: what the worker and the producer side need from Kafka.
+
+Both :mod:`taskq.brokers.kafka` and :mod:`taskq.brokers.local` implement it and pass the same
+contract tests (``tests/test_broker_contract.py``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+Headers = list[tuple[str, bytes]]
+TopicPartition = tuple[str, int]
+DeliveryCallback = Callable[["Exception | None", "Record | None"], None]
+AssignmentCallback = Callable[[list[TopicPartition]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One message as read from (or acknowledged by) a topic partition."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    timestamp_ms: int = 0
+
+    def header(self, name: str) -> bytes | None:
+        """The last value of header ``name``, or None."""
+        for k, v in reversed(self.headers):
+            if k == name:
+                return v
+        return None
+
+
+class Producer(ABC):
+    """Asynchronous producer: ``produce`` queues, delivery is reported through ``on_delivery``."""
+
+    @abstractmethod
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        on_delivery: DeliveryCallback | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Queue one message; raises :class:`~taskq.errors.BrokerError` at once if it can never be sent."""
+
+    @abstractmethod
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery callbacks; returns how many were served."""
+
+    @abstractmethod
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every queued message is acknowledged; returns how many are still queued."""
+
+    def close(self) -> None:
+        """Flush and release resources."""
+        self.flush(10.0)
+
+
+class Consumer(ABC):
+    """A member of a consumer group. Offsets are committed explicitly, never automatically."""
+
+    @abstractmethod
+    def consume(self, max_records: int, timeout: float) -> list[Record]:
+        """Up to ``max_records`` records from assigned, unpaused partitions, waiting at most ``timeout`` s."""
+
+    @abstractmethod
+    def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool = False) -> None:
+        """Commit the next offset to read for each partition; ``asynchronous`` may return before it lands."""
+
+    @abstractmethod
+    def assignment(self) -> list[TopicPartition]:
+        """Partitions currently owned by this member."""
+
+    @abstractmethod
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop returning records from these partitions until resumed."""
+
+    @abstractmethod
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Return records from these partitions again."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave the group (revoking partitions through the callback first)."""
+
+
+class Broker(ABC):
+    """Factory for producers and consumers plus the admin calls the worker and the monitor need."""
+
+    url: str
+
+    @abstractmethod
+    def producer(self, **options: object) -> Producer:
+        """A new producer."""
+
+    @abstractmethod
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        on_assign: AssignmentCallback | None = None,
+        on_revoke: AssignmentCallback | None = None,
+        **options: object,
+    ) -> Consumer:
+        """A new consumer in ``group`` subscribed to ``topics``.
+
+        ``on_revoke`` runs before partitions are taken away (commit finished work there);
+        ``on_assign`` after new ones are given.
+        """
+
+    @abstractmethod
+    def ensure_topics(self, topics: dict[str, int], replication: int = 1) -> None:
+        """Create the topics that are missing, with the given partition counts."""
+
+    @abstractmethod
+    def list_topics(self) -> dict[str, int]:
+        """Topic name -> partition count."""
+
+    @abstractmethod
+    def watermarks(self, topic: str) -> dict[int, tuple[int, int]]:
+        """Partition -> (low, high) offsets."""
+
+    @abstractmethod
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        """Partition -> committed offset of ``group`` (partitions without a commit are left out)."""
+
+    def lag(self, group: str, topic: str) -> dict[int, int]:
+        """Partition -> messages not yet committed by ``group``."""
+        committed = self.committed(group, topic)
+        return {p: hi - committed.get(p, lo) for p, (lo, hi) in self.watermarks(topic).items()}
+
+    def close(self) -> None:
+        """Release shared resources."""

@@ -1,0 +1,280 @@
+"""Kafka broker on confluent-kafka (librdkafka).
+
+Producers are asynchronous: ``produce`` then ``poll(0)``, delivery reported through callbacks,
+``flush`` only when a caller must know. ``acks=all`` with idempotence, and Kafka's murmur2 partitioner
+so that Java clients agree on placement. Consumers never auto-commit; the worker commits what is done.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer as _RdConsumer,
+    KafkaError,
+    KafkaException,
+    Producer as _RdProducer,
+    TopicPartition as _RdTopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from taskq.brokers.base import (
+    AssignmentCallback,
+    Broker,
+    Consumer,
+    DeliveryCallback,
+    Headers,
+    Producer,
+    Record,
+    TopicPartition,
+)
+from taskq.errors import BrokerError, ConfigError
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "acks": "all",
+    "enable.idempotence": True,
+    "partitioner": "murmur2_random",
+    "linger.ms": 2,
+    "batch.num.messages": 10000,
+    "queue.buffering.max.messages": 1000000,
+    "queue.buffering.max.kbytes": 1048576,
+    "message.timeout.ms": 30000,
+}
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "partition.assignment.strategy": "cooperative-sticky",
+    "session.timeout.ms": 10000,
+    "heartbeat.interval.ms": 1000,
+    "fetch.wait.max.ms": 10,
+    "fetch.min.bytes": 1,
+    "queued.min.messages": 20000,
+}
+
+
+def parse_kafka_url(url: str) -> dict[str, Any]:
+    """``kafka://host:port[,host:port][?librdkafka.option=value...]`` -> librdkafka config."""
+    parts = urlsplit(url)
+    if parts.scheme != "kafka" or not parts.netloc:
+        raise ConfigError(f"bad Kafka URL {url!r}: expected kafka://host:port[,host:port][?option=value]")
+    config: dict[str, Any] = {"bootstrap.servers": parts.netloc}
+    config.update(parse_qsl(parts.query))
+    return config
+
+
+def _error(err: KafkaError | KafkaException | None) -> BrokerError | None:
+    if err is None:
+        return None
+    if isinstance(err, KafkaException):
+        err = err.args[0]
+    return BrokerError(f"Kafka: {err.str() if isinstance(err, KafkaError) else err}")
+
+
+class KafkaProducer(Producer):
+    """An idempotent, batching producer."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._producer = _RdProducer({**PRODUCER_DEFAULTS, **config})
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers | None = None,
+        on_delivery: DeliveryCallback | None = None,
+        partition: int | None = None,
+    ) -> None:
+        callback = None
+        if on_delivery is not None:
+            def callback(err: KafkaError | None, msg: Any, _cb: DeliveryCallback = on_delivery) -> None:
+                if err is not None:
+                    _cb(_error(err), None)
+                else:
+                    _cb(None, Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                     msg.headers() or [], msg.timestamp()[1]))
+        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers, "on_delivery": callback}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                return
+            except BufferError:  # local queue full: serve deliveries, then try again
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise _error(exc) from exc  # type: ignore[misc]
+
+    def poll(self, timeout: float = 0.0) -> int:
+        return self._producer.poll(timeout)
+
+    def flush(self, timeout: float | None = None) -> int:
+        return self._producer.flush(-1 if timeout is None else timeout)
+
+
+class KafkaConsumer(Consumer):
+    """A group member; records carry headers as a list of (name, bytes)."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        group: str,
+        topics: Sequence[str],
+        on_assign: AssignmentCallback | None,
+        on_revoke: AssignmentCallback | None,
+    ) -> None:
+        self._consumer = _RdConsumer({**CONSUMER_DEFAULTS, **config, "group.id": group})
+        self._assigned: set[TopicPartition] = set()
+        self._lock = threading.Lock()
+
+        def assigned(_c: Any, tps: list[_RdTopicPartition]) -> None:
+            got = [(tp.topic, tp.partition) for tp in tps]
+            self._assigned.update(got)
+            if on_assign:
+                on_assign(got)
+
+        def revoked(_c: Any, tps: list[_RdTopicPartition]) -> None:
+            lost = [(tp.topic, tp.partition) for tp in tps]
+            if on_revoke:
+                on_revoke(lost)
+            self._assigned.difference_update(lost)
+
+        self._consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
+
+    def consume(self, max_records: int, timeout: float) -> list[Record]:
+        records = []
+        for msg in self._consumer.consume(max_records, timeout):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal() or not err.retriable():
+                    raise BrokerError(f"Kafka consumer: {err.str()}")
+                continue
+            records.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                  msg.headers() or [], msg.timestamp()[1]))
+        return records
+
+    def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool = False) -> None:
+        if not offsets:
+            return
+        tps = [_RdTopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=asynchronous)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() != KafkaError._NO_OFFSET:
+                raise BrokerError(f"Kafka commit failed: {err.str()}") from exc
+
+    def assignment(self) -> list[TopicPartition]:
+        return sorted(self._assigned)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.pause([_RdTopicPartition(t, p) for t, p in partitions])
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._consumer.resume([_RdTopicPartition(t, p) for t, p in partitions])
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class KafkaBroker(Broker):
+    """Kafka reached at ``kafka://host:port[,...]``; ``connect_timeout`` bounds every admin call."""
+
+    def __init__(self, url: str, connect_timeout: float = 10.0, **config: Any) -> None:
+        self.url = url
+        self.config = {**parse_kafka_url(url), **config}
+        self.connect_timeout = connect_timeout
+        self._admin: AdminClient | None = None
+        self._meta_consumer: _RdConsumer | None = None
+        self._known: dict[str, int] = {}
+
+    @property
+    def admin(self) -> AdminClient:
+        if self._admin is None:
+            self._admin = AdminClient(self.config)
+        return self._admin
+
+    def producer(self, **options: object) -> KafkaProducer:
+        return KafkaProducer({**self.config, **options})
+
+    def consumer(
+        self,
+        group: str,
+        topics: Sequence[str],
+        on_assign: AssignmentCallback | None = None,
+        on_revoke: AssignmentCallback | None = None,
+        **options: object,
+    ) -> KafkaConsumer:
+        return KafkaConsumer({**self.config, **options}, group, topics, on_assign, on_revoke)
+
+    def list_topics(self) -> dict[str, int]:
+        try:
+            meta = self.admin.list_topics(timeout=self.connect_timeout)
+        except KafkaException as exc:
+            raise BrokerError(
+                f"cannot reach Kafka at {self.config['bootstrap.servers']} within {self.connect_timeout:g} s: "
+                f"{exc.args[0]}; is the broker running?"
+            ) from exc
+        return {name: len(t.partitions) for name, t in meta.topics.items() if not t.error}
+
+    def ensure_topics(self, topics: dict[str, int], replication: int = 1) -> None:
+        missing = {t: n for t, n in topics.items() if t not in self._known}
+        if not missing:
+            return
+        existing = self.list_topics()
+        new = [NewTopic(t, n, replication) for t, n in missing.items() if t not in existing]
+        if new:
+            for topic, future in self.admin.create_topics(new, request_timeout=self.connect_timeout).items():
+                try:
+                    future.result()
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise BrokerError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from exc
+            self._wait_for_topics([t.topic for t in new])
+            existing = self.list_topics()
+        self._known.update({t: existing[t] for t in missing})
+
+    def _wait_for_topics(self, names: list[str]) -> None:
+        import time
+
+        deadline = time.monotonic() + self.connect_timeout
+        while time.monotonic() < deadline:
+            topics = self.admin.list_topics(timeout=self.connect_timeout).topics
+            if all(n in topics and not topics[n].error and topics[n].partitions for n in names):
+                return
+            time.sleep(0.05)
+        raise BrokerError(f"topics {names} were created but never appeared in metadata")
+
+    def _meta(self) -> _RdConsumer:
+        if self._meta_consumer is None:
+            self._meta_consumer = _RdConsumer({**self.config, "group.id": "taskq-admin", "enable.auto.commit": False})
+        return self._meta_consumer
+
+    def watermarks(self, topic: str) -> dict[int, tuple[int, int]]:
+        parts = self.list_topics().get(topic, 0)
+        meta = self._meta()
+        return {
+            p: tuple(meta.get_watermark_offsets(_RdTopicPartition(topic, p), timeout=self.connect_timeout))  # type: ignore[misc]
+            for p in range(parts)
+        }
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        parts = self.list_topics().get(topic, 0)
+        probe = _RdConsumer({**self.config, "group.id": group, "enable.auto.commit": False})
+        try:
+            tps = probe.committed([_RdTopicPartition(topic, p) for p in range(parts)], timeout=self.connect_timeout)
+        finally:
+            probe.close()
+        return {tp.partition: tp.offset for tp in tps if tp.offset != OFFSET_INVALID and tp.offset >= 0}
+
+    def close(self) -> None:
+        if self._meta_consumer is not None:
+            self._meta_consumer.close()
+            self._meta_consumer = None

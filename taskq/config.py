@@ -1,0 +1,91 @@
+"""Typed settings built from keyword arguments and ``TASKQ_*`` environment variables.
+
+Precedence: keyword argument, then environment, then default. An unknown setting is an error that
+names it (and the closest known one), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskq.errors import ConfigError
+
+
+@dataclass
+class Settings:
+    """Everything an app, its producer and its workers can be told."""
+
+    broker_url: str = ""  # "" = the embedded local broker in ``local_path``
+    result_backend: str = ""  # "" = the local broker's file, else required (redis://...)
+    local_path: str = ""  # "" = ~/.taskq/<app name>.db
+    default_partitions: int = 6
+    replication_factor: int = 1
+    topic_prefix: str = "taskq."
+    group: str = ""  # "" = taskq.<app name>
+    serializer: str = "json"
+    accept_content: tuple[str, ...] = ("json",)
+    result_expires: float = 86400.0
+    connect_timeout: float = 10.0  # bound on reaching the broker or the backend
+    send_timeout: float = 30.0  # a message not acknowledged by then fails (delivery error)
+    retry_tiers: tuple[float, ...] = (1.0, 10.0, 60.0, 600.0)
+    default_max_retries: int = 3
+    skip_finished: bool = True  # skip a redelivered message whose result is already final
+    producer_options: dict[str, Any] = field(default_factory=dict)  # extra librdkafka producer config
+    consumer_options: dict[str, Any] = field(default_factory=dict)  # extra librdkafka consumer config
+
+    @classmethod
+    def build(cls, overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from keyword overrides and ``TASKQ_<NAME>`` variables; unknown names raise."""
+        environ = os.environ if environ is None else environ
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name in overrides:
+            if name not in fields:
+                hint = difflib.get_close_matches(name, fields, n=1)
+                raise ConfigError(f"unknown setting {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        values: dict[str, Any] = {}
+        for name, f in fields.items():
+            env = environ.get("TASKQ_" + name.upper())
+            if name in overrides and overrides[name] is not None:
+                values[name] = overrides[name]
+            elif env is not None:
+                values[name] = _parse(name, env, f.default if f.default is not dataclasses.MISSING else {})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("default_partitions", "replication_factor"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("connect_timeout", "send_timeout", "result_expires"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if not self.retry_tiers or sorted(self.retry_tiers) != list(self.retry_tiers):
+            raise ConfigError(f"retry_tiers must be increasing delays in seconds, not {self.retry_tiers}")
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            items = [x.strip() for x in raw.split(",") if x.strip()]
+            return tuple(float(x) for x in items) if default and isinstance(default[0], float) else tuple(items)
+        if isinstance(default, dict):
+            return dict(item.split("=", 1) for item in raw.split(",") if item)
+        return raw
+    except ValueError:
+        raise ConfigError(f"TASKQ_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None

@@ -1,0 +1,51 @@
+"""One error hierarchy; every message says what to do next."""
+
+from __future__ import annotations
+
+
+class TaskqError(Exception):
+    """Base of every taskq error."""
+
+
+class ConfigError(TaskqError, ValueError):
+    """A setting, URL or option is wrong."""
+
+
+class BrokerError(TaskqError):
+    """The broker refused, lost or could not be reached for a message."""
+
+
+class BackendError(TaskqError):
+    """The result backend could not be reached or refused a write."""
+
+
+class SerializationError(TaskqError, TypeError):
+    """Arguments or a result could not be (de)serialized with the chosen serializer."""
+
+
+class NotRegistered(TaskqError, KeyError):
+    """No task of that name is registered with the app."""
+
+    def __str__(self) -> str:
+        return f"task {self.args[0]!r} is not registered; import the module that defines it (-A/--include)"
+
+
+class TimeoutError(TaskqError, TimeoutError):  # noqa: A001 - mirrors celery.exceptions.TimeoutError
+    """``AsyncResult.get`` waited longer than its timeout."""
+
+
+class TaskFailed(TaskqError):
+    """Raised by ``get()`` when the task's exception type cannot be rebuilt locally."""
+
+
+class Retry(TaskqError):
+    """Raised by ``Task.retry`` to ask the worker to run the task again later."""
+
+    def __init__(self, exc: BaseException | None = None, countdown: float | None = None) -> None:
+        super().__init__(exc, countdown)
+        self.exc = exc
+        self.countdown = countdown
+
+
+class Reject(TaskqError):
+    """Raise inside a task to send its message to the dead-letter topic without retrying."""

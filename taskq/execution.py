@@ -1,0 +1,140 @@
+"""Executing one message: a pure function from a record to an :class:`Outcome`.
+
+No broker and no result store here: the worker decides what to write and commit from the outcome,
+which keeps this easy to test and lets thread, process and asyncio pools share it.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from taskq.brokers.base import Record
+from taskq.errors import NotRegistered, Reject, Retry, SerializationError
+from taskq.message import TaskMessage
+from taskq.results.base import FAILURE, SUCCESS, ResultRecord
+from taskq.task import Request, Task
+
+if TYPE_CHECKING:
+    from taskq.app import Taskq
+
+
+class Kind(Enum):
+    SUCCESS = "success"  # result stored, offset done
+    RETRY = "retry"  # message re-sent through a delay tier, offset done
+    DEAD = "dead"  # task failed for good: FAILURE stored and the message dead-lettered
+    REJECTED = "rejected"  # poison (unknown task, undecodable): dead-lettered, no result possible
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one record, and what the worker must make durable before committing it."""
+
+    record: Record
+    kind: Kind
+    result: ResultRecord | None = None  # to store (SUCCESS, FAILURE, RETRY state)
+    message: TaskMessage | None = None  # for RETRY: the message to send again (attempts bumped)
+    retry_delay: float = 0.0
+    error_type: str = ""
+    error_message: str = ""
+    error_traceback: str = ""
+    runtime: float = 0.0
+
+
+def reject(record: Record, exc: BaseException) -> Outcome:
+    return Outcome(record, Kind.REJECTED, error_type=_qualname(exc), error_message=str(exc),
+                   error_traceback="")
+
+
+def prepare(app: Taskq, record: Record) -> tuple[TaskMessage, Task] | Outcome:
+    """Decode and look up the task; an :class:`Outcome` (rejected) when that is impossible."""
+    try:
+        message = TaskMessage.decode(record, app.serializers)
+        return message, app.get_task(message.task)
+    except (SerializationError, NotRegistered) as exc:
+        return reject(record, exc)
+
+
+def bind_request(task: Task, message: TaskMessage, record: Record) -> Request:
+    request = Request(message.id, message.task, message.args, message.kwargs, message.key, message.attempts,
+                      message.headers, record.topic, record.partition, record.offset)
+    task._request.set(request)
+    return request
+
+
+def conclude(task: Task, message: TaskMessage, record: Record, worker: str, started: float,
+             value: Any = None, exc: BaseException | None = None) -> Outcome:
+    """Classify a finished run into success, retry or dead."""
+    now = time.time()
+    runtime = time.perf_counter() - started
+    attempts = message.attempts + 1
+    if exc is None:
+        result = ResultRecord(message.id, SUCCESS, value, task=message.task, worker=worker, attempts=attempts,
+                              date_done=now)
+        try:
+            result.encode()
+        except (TypeError, ValueError) as err:
+            exc = SerializationError(f"result of {message.task} cannot be serialized: {err}")
+        else:
+            return Outcome(record, Kind.SUCCESS, result, runtime=runtime)
+    policy = task.retry_policy
+    countdown = None
+    cause: BaseException = exc
+    if isinstance(exc, Retry):
+        cause = exc.exc or exc
+        countdown = exc.countdown
+        retry = message.attempts < policy.max_retries
+    else:
+        retry = not isinstance(exc, Reject) and policy.should_retry(exc, message.attempts)
+    error = f"{_qualname(cause)}: {cause}"
+    tb = "".join(traceback.format_exception(cause))
+    if retry:
+        delay = policy.delay(message.attempts, countdown)
+        state = ResultRecord(message.id, "RETRY", None, error, tb, message.task, worker, attempts, None)
+        return Outcome(record, Kind.RETRY, state, message.retried(now, now + delay), delay,
+                       _qualname(cause), str(cause), tb, runtime)
+    result = ResultRecord(message.id, FAILURE, None, error, tb, message.task, worker, attempts, now)
+    return Outcome(record, Kind.DEAD, result, None, 0.0, _qualname(cause), str(cause), tb, runtime)
+
+
+def run(app: Taskq, record: Record, worker: str) -> Outcome:
+    """Run one record's task in this thread."""
+    prepared = prepare(app, record)
+    if isinstance(prepared, Outcome):
+        return prepared
+    message, task = prepared
+    bind_request(task, message, record)
+    started = time.perf_counter()
+    try:
+        value = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
+            *message.args, **message.kwargs)
+    except Exception as exc:  # noqa: BLE001 - every task error becomes an outcome
+        return conclude(task, message, record, worker, started, exc=exc)
+    finally:
+        task._request.set(None)
+    return conclude(task, message, record, worker, started, value)
+
+
+async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
+    """Run one record's coroutine task on the running event loop."""
+    prepared = prepare(app, record)
+    if isinstance(prepared, Outcome):
+        return prepared
+    message, task = prepared
+    started = time.perf_counter()
+    try:
+        bind_request(task, message, record)
+        coro = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
+            *message.args, **message.kwargs)
+        value = await coro
+    except Exception as exc:  # noqa: BLE001
+        return conclude(task, message, record, worker, started, exc=exc)
+    return conclude(task, message, record, worker, started, value)
+
+
+def _qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"

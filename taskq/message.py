@@ -1,0 +1,89 @@
+"""The task envelope: routing data in Kafka headers, ``[args, kwargs]`` in the value.
+
+Keeping id, task name and attempt count in headers lets the worker route, dead-letter and replay a
+message without decoding its body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from taskq.brokers.base import Headers, Record
+from taskq.errors import SerializationError
+from taskq.serialization import Registry
+
+H_ID = "id"
+H_TASK = "task"
+H_CONTENT_TYPE = "content-type"
+H_ATTEMPTS = "attempts"
+H_FIRST_FAILURE = "first-failure"
+H_ETA = "eta"
+H_ORIGIN = "origin-topic"
+H_USER_PREFIX = "x-"
+
+
+class MalformedMessage(SerializationError):
+    """A record that is not a taskq task message (goes to the dead-letter topic)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskMessage:
+    """One task invocation as it travels through Kafka."""
+
+    id: str
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    key: bytes | None = None
+    attempts: int = 0
+    first_failure: float | None = None
+    eta: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encode(self, registry: Registry, serializer: str = "json") -> tuple[bytes, Headers]:
+        """(value, headers) ready for ``Producer.produce``."""
+        content_type, value = registry.dumps([self.args, self.kwargs], serializer)
+        headers: Headers = [(H_ID, self.id.encode()), (H_TASK, self.task.encode()),
+                            (H_CONTENT_TYPE, content_type.encode())]
+        if self.attempts:
+            headers.append((H_ATTEMPTS, str(self.attempts).encode()))
+        if self.first_failure is not None:
+            headers.append((H_FIRST_FAILURE, repr(self.first_failure).encode()))
+        if self.eta is not None:
+            headers.append((H_ETA, repr(self.eta).encode()))
+        headers.extend((H_USER_PREFIX + k, v.encode()) for k, v in self.headers.items())
+        return value, headers
+
+    @classmethod
+    def decode(cls, record: Record, registry: Registry) -> TaskMessage:
+        """Parse a record; raises :class:`MalformedMessage` saying what is wrong."""
+        meta: dict[str, bytes] = {}
+        user: dict[str, str] = {}
+        try:
+            for name, raw in record.headers:
+                if name.startswith(H_USER_PREFIX):
+                    user[name[len(H_USER_PREFIX):]] = raw.decode()
+                else:
+                    meta[name] = raw
+            task_id = meta[H_ID].decode()
+            task = meta[H_TASK].decode()
+            content_type = meta.get(H_CONTENT_TYPE, b"application/json").decode()
+            attempts = int(meta.get(H_ATTEMPTS, b"0"))
+            first = float(meta[H_FIRST_FAILURE]) if H_FIRST_FAILURE in meta else None
+            eta = float(meta[H_ETA]) if H_ETA in meta else None
+        except KeyError as exc:
+            raise MalformedMessage(f"missing header {exc.args[0]!r}") from None
+        except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+            raise MalformedMessage(f"bad header: {exc}") from None
+        if record.value is None:
+            raise MalformedMessage("empty message value")
+        body = registry.loads(record.value, content_type)
+        if not (isinstance(body, list) and len(body) == 2 and isinstance(body[0], list)
+                and isinstance(body[1], dict)):
+            raise MalformedMessage("value must be [args, kwargs]")
+        return cls(task_id, task, body[0], body[1], record.key, attempts, first, eta, user)
+
+    def retried(self, now: float, eta: float) -> TaskMessage:
+        """This message as sent again for its next attempt."""
+        return replace(self, attempts=self.attempts + 1, first_failure=self.first_failure or now, eta=eta)

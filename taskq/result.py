@@ -1,0 +1,115 @@
+"""``AsyncResult``: the caller's handle on a task's state and outcome."""
+
+from __future__ import annotations
+
+import builtins
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from taskq.errors import TaskFailed, TimeoutError
+from taskq.results.base import FAILURE, PENDING, SUCCESS, ResultRecord
+
+if TYPE_CHECKING:
+    from taskq.app import Taskq
+
+
+class AsyncResult:
+    """State and outcome of task ``id``, read from the app's result backend."""
+
+    def __init__(self, id: str, app: Taskq) -> None:  # noqa: A002 - Celery's name
+        self.id = id
+        self.app = app
+        self._record: ResultRecord | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id} {self.status}>"
+
+    def _fetch(self) -> ResultRecord | None:
+        if self._record is None or not self._record.ready:
+            self._record = self.app.backend.get(self.id)
+        return self._record
+
+    @property
+    def status(self) -> str:
+        """PENDING (unknown or queued), STARTED, RETRY, SUCCESS or FAILURE."""
+        record = self._fetch()
+        return PENDING if record is None else record.status
+
+    state = status
+
+    def ready(self) -> bool:
+        return self.status in (SUCCESS, FAILURE)
+
+    def successful(self) -> bool:
+        return self.status == SUCCESS
+
+    def failed(self) -> bool:
+        return self.status == FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The return value, or the exception for a failed task, or None while not ready."""
+        record = self._fetch()
+        if record is None:
+            return None
+        return rebuild_exception(record) if record.status == FAILURE else record.result
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        record = self._fetch()
+        return None if record is None else record.traceback
+
+    @property
+    def record(self) -> ResultRecord | None:
+        """The full stored record (worker, attempts, timestamps, meta)."""
+        return self._fetch()
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Wait for the outcome: return the value, re-raise the task's error, or raise TimeoutError."""
+        record = self._record if self._record is not None and self._record.ready else None
+        if record is None:
+            record = self.app.backend.wait(self.id, timeout)
+            self._record = record
+        if record is None or not record.ready:
+            raise TimeoutError(f"task {self.id} not ready after {timeout} s (status {self.status})")
+        if record.status == FAILURE:
+            exc = rebuild_exception(record)
+            if propagate:
+                raise exc
+            return exc
+        return record.result
+
+    def wait(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        return self.get(timeout, propagate)
+
+    def stream(self, timeout: float | None = None) -> Iterator[Any]:
+        """Partial results (e.g. LLM tokens) as the task publishes them; ends when it is done."""
+        return self.app.backend.stream(self.id, timeout)
+
+    def forget(self) -> None:
+        self.app.backend.forget([self.id])
+        self._record = None
+
+
+def rebuild_exception(record: ResultRecord) -> BaseException:
+    """The task's exception with its remote traceback as a note.
+
+    Only builtin types and types from modules this process already imported are rebuilt (importing a
+    module named by a result would run code); others become :class:`TaskFailed`.
+    """
+    error = record.error or "Exception: unknown error"
+    qualname, _, message = error.partition(": ")
+    module, _, name = qualname.rpartition(".")
+    cls: Any = getattr(builtins, name, None) if module in ("", "builtins") else getattr(
+        sys.modules.get(module), name, None)
+    exc: BaseException
+    try:
+        exc = cls(message) if isinstance(cls, type) and issubclass(cls, Exception) else TaskFailed(error)
+    except Exception:
+        exc = TaskFailed(error)
+    if record.traceback:
+        exc.add_note(f"Remote traceback (task {record.id}):\n{record.traceback}")
+    return exc

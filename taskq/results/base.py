@@ -1,0 +1,85 @@
+"""The result backend contract: one record per task id, written once per outcome, read by callers."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from taskq.serialization import JSON
+
+PENDING = "PENDING"
+STARTED = "STARTED"
+RETRY = "RETRY"
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+READY_STATES = frozenset({SUCCESS, FAILURE})
+
+
+@dataclass(slots=True)
+class ResultRecord:
+    """State and outcome of one task."""
+
+    id: str
+    status: str = PENDING
+    result: Any = None
+    error: str | None = None  # "module.ExceptionType: message"
+    traceback: str | None = None
+    task: str | None = None
+    worker: str | None = None
+    attempts: int = 0
+    date_done: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.status in READY_STATES
+
+    def encode(self) -> bytes:
+        return JSON.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, data: bytes) -> ResultRecord:
+        return cls(**JSON.loads(data))
+
+
+class ResultBackend(ABC):
+    """Where workers store outcomes and callers wait for them."""
+
+    url: str
+    expires: float
+
+    @abstractmethod
+    def store_many(self, records: list[ResultRecord]) -> None:
+        """Write records (one round trip where the store allows) with the expiry; raise on failure."""
+
+    @abstractmethod
+    def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:
+        """Records for ``ids`` in order; None where nothing is stored."""
+
+    def get(self, task_id: str) -> ResultRecord | None:
+        return self.get_many([task_id])[0]
+
+    @abstractmethod
+    def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
+        """Block until the record is ready (or ``timeout`` passes: then the latest record or None)."""
+
+    @abstractmethod
+    def append_chunk(self, task_id: str, chunk: Any) -> None:
+        """Publish one partial result (an LLM token, a progress step)."""
+
+    @abstractmethod
+    def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:
+        """Partial results as they arrive, ending when the task is ready."""
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        """Drop stored results (optional)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    @staticmethod
+    def _deadline(timeout: float | None) -> float:
+        return float("inf") if timeout is None else time.monotonic() + timeout

@@ -1,0 +1,118 @@
+"""Redis result backend: ``SET key value EX`` plus ``PUBLISH`` in one pipeline per batch.
+
+Callers wait on a pub/sub channel per task (subscribe, then read, then wait), so ``get()`` never polls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import redis
+
+from taskq.errors import BackendError, ConfigError
+from taskq.results.base import ResultBackend, ResultRecord
+from taskq.serialization import JSON
+
+RESULT_PREFIX = "taskq-result:"
+CHUNK_PREFIX = "taskq-chunks:"
+
+
+class RedisBackend(ResultBackend):
+    """Results in Redis at ``redis://host:port/db``."""
+
+    def __init__(self, url: str, expires: float = 86400, connect_timeout: float = 5.0) -> None:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"bad Redis URL {url!r}: expected redis://host:port/db")
+        self.url = url
+        self.expires = expires
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout,
+                                           socket_timeout=max(connect_timeout, 30.0),
+                                           health_check_interval=30)
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis at {self.url} failed to {what}: {exc}") from exc
+
+    def store_many(self, records: list[ResultRecord]) -> None:
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            ex = int(self.expires)
+            for rec in records:
+                key = RESULT_PREFIX + rec.id
+                pipe.set(key, rec.encode(), ex=ex)
+                if rec.ready:
+                    pipe.publish(key, rec.status)
+            pipe.execute()
+        self._call("store results", write)
+
+    def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:
+        keys = [RESULT_PREFIX + i for i in ids]
+        if not keys:
+            return []
+        values = self._call("read results", self.client.mget, keys)
+        return [None if v is None else ResultRecord.decode(v) for v in values]
+
+    def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
+        key = RESULT_PREFIX + task_id
+        deadline = self._deadline(timeout)
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            self._call("subscribe", pubsub.subscribe, key)
+            while True:
+                record = self.get(task_id)
+                if record is not None and record.ready:
+                    return record
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return record
+                # a message on the channel means "read again"; wake at least every 5 s as a safety net
+                self._call("wait for a result", pubsub.get_message, True, min(left, 5.0))
+        finally:
+            pubsub.close()
+
+    def append_chunk(self, task_id: str, chunk: Any) -> None:
+        key = CHUNK_PREFIX + task_id
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.rpush(key, JSON.dumps(chunk))
+            pipe.expire(key, int(self.expires))
+            pipe.publish(RESULT_PREFIX + task_id, "chunk")
+            pipe.execute()
+        self._call("append a chunk", write)
+
+    def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:
+        key = CHUNK_PREFIX + task_id
+        deadline = self._deadline(timeout)
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        seen = 0
+        try:
+            self._call("subscribe", pubsub.subscribe, RESULT_PREFIX + task_id)
+            while True:
+                chunks = self._call("read chunks", self.client.lrange, key, seen, -1)
+                for raw in chunks:
+                    yield JSON.loads(raw)
+                seen += len(chunks)
+                record = self.get(task_id)
+                if record is not None and record.ready:
+                    tail = self._call("read chunks", self.client.lrange, key, seen, -1)
+                    yield from (JSON.loads(raw) for raw in tail)
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._call("wait for chunks", pubsub.get_message, True, min(left, 5.0))
+        finally:
+            pubsub.close()
+
+    def forget(self, task_ids: Iterable[str]) -> None:
+        keys = [p + i for i in task_ids for p in (RESULT_PREFIX, CHUNK_PREFIX)]
+        if keys:
+            self._call("delete results", self.client.delete, *keys)
+
+    def close(self) -> None:
+        self.client.close()

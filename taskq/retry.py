@@ -1,0 +1,53 @@
+"""Retry policy: backoff delays and the delay-tier topics that stand in for delayed delivery.
+
+Kafka cannot deliver a message later, so a delayed message goes to the smallest tier topic whose
+delay covers it (``taskq.delay.<seconds>s``); a forwarder in each worker moves it back to its task
+topic once its ``eta`` has passed. The task partition is never blocked while a task waits.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Celery's options: ``max_retries``, ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``."""
+
+    max_retries: int = 3
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    default_retry_delay: float = 1.0
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+
+    def should_retry(self, exc: BaseException, attempts: int) -> bool:
+        """Whether a failure of attempt number ``attempts`` (0 = first run) is retried."""
+        if attempts >= self.max_retries:
+            return False
+        return isinstance(exc, self.autoretry_for) and not isinstance(exc, self.dont_autoretry_for)
+
+    def delay(self, attempts: int, countdown: float | None = None) -> float:
+        """Seconds before the next attempt; exponential with full jitter when ``retry_backoff``."""
+        if countdown is not None:
+            return max(0.0, countdown)
+        if not self.retry_backoff:
+            return self.default_retry_delay
+        factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        delay = min(self.retry_backoff_max, factor * (2 ** attempts))
+        return random.uniform(0, delay) if self.retry_jitter else delay
+
+
+def tier_topic(prefix: str, tiers: Sequence[float], delay: float) -> str:
+    """The delay-tier topic for a message due in ``delay`` seconds."""
+    for tier in tiers:
+        if delay <= tier:
+            return f"{prefix}delay.{tier:g}s"
+    return f"{prefix}delay.{tiers[-1]:g}s"
+
+
+def tier_topics(prefix: str, tiers: Sequence[float]) -> list[str]:
+    return [f"{prefix}delay.{tier:g}s" for tier in tiers]

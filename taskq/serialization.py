@@ -1,0 +1,80 @@
+"""Serializer registry after kombu's: a name maps to (content type, dumps, loads).
+
+JSON is the default and the only accepted type unless the app opts in to more (``accept_content``);
+pickle is registered but refused by workers until accepted, since it runs code on load.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from taskq.errors import SerializationError
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; plain json keeps working without it
+    orjson = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class Serializer:
+    name: str
+    content_type: str
+    dumps: Callable[[Any], bytes]
+    loads: Callable[[bytes], Any]
+
+
+def _json_dumps(obj: Any) -> bytes:
+    if orjson is not None:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _json_loads(data: bytes) -> Any:
+    return orjson.loads(data) if orjson is not None else json.loads(data)
+
+
+JSON = Serializer("json", "application/json", _json_dumps, _json_loads)
+PICKLE = Serializer("pickle", "application/x-python-serialize", pickle.dumps, pickle.loads)
+
+
+class Registry:
+    """Serializers by name and by content type; ``accept`` limits what may be decoded."""
+
+    def __init__(self, accept: Iterable[str] = ("json",)) -> None:
+        self._by_name: dict[str, Serializer] = {}
+        self._by_type: dict[str, Serializer] = {}
+        for serializer in (JSON, PICKLE):
+            self.register(serializer)
+        self.accept = frozenset(self._by_name[name].content_type for name in accept)
+
+    def register(self, serializer: Serializer) -> None:
+        self._by_name[serializer.name] = serializer
+        self._by_type[serializer.content_type] = serializer
+
+    def get(self, name: str) -> Serializer:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise SerializationError(f"unknown serializer {name!r}; registered: {sorted(self._by_name)}") from None
+
+    def dumps(self, obj: Any, name: str = "json") -> tuple[str, bytes]:
+        """(content type, payload); a clear error names what could not be encoded."""
+        serializer = self.get(name)
+        try:
+            return serializer.content_type, serializer.dumps(obj)
+        except (TypeError, ValueError, pickle.PicklingError) as exc:
+            raise SerializationError(f"cannot serialize with {name}: {exc}") from exc
+
+    def loads(self, payload: bytes, content_type: str) -> Any:
+        """Decode ``payload``; refuses content types not accepted."""
+        if content_type not in self.accept:
+            raise SerializationError(f"content type {content_type!r} is not accepted (accept_content)")
+        try:
+            return self._by_type[content_type].loads(payload)
+        except Exception as exc:
+            raise SerializationError(f"cannot decode {content_type} payload: {exc}") from exc

@@ -1,0 +1,136 @@
+"""``Task``: a registered function and how to send it."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from taskq.errors import ConfigError, Retry
+from taskq.message import TaskMessage
+from taskq.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from taskq.app import Taskq
+    from taskq.result import AsyncResult
+
+
+@dataclass(slots=True)
+class Request:
+    """What a running task knows about its own invocation (``self.request`` in bound tasks)."""
+
+    id: str
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    key: bytes | None = None
+    attempts: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+class Task:
+    """A function registered with an app; call it to run locally, ``delay()`` to queue it."""
+
+    def __init__(
+        self,
+        app: Taskq,
+        fn: Callable[..., Any],
+        name: str,
+        key: str | None = None,
+        partitions: int | None = None,
+        bind: bool = False,
+        serializer: str | None = None,
+        time_limit: float | None = None,
+        soft_time_limit: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.key = key
+        self.partitions = partitions or app.settings.default_partitions
+        self.bind = bind
+        self.serializer = serializer or app.settings.serializer
+        self.time_limit = time_limit
+        self.soft_time_limit = soft_time_limit
+        self.retry_policy = retry or RetryPolicy(max_retries=app.settings.default_max_retries)
+        self.topic = app.topic_for(name)
+        self.is_async = _is_coroutine_function(fn)
+        self._request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(f"taskq.request.{name}", default=None)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} topic={self.topic}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run in this process, now (no broker involved)."""
+        return self.fn(self, *args, **kwargs) if self.bind else self.fn(*args, **kwargs)
+
+    @property
+    def request(self) -> Request:
+        """The invocation being run by this thread (bound tasks)."""
+        request = self._request.get()
+        if request is None:
+            raise RuntimeError(f"task {self.name} is not running in a worker here")
+        return request
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Queue ``fn(*args, **kwargs)``; returns at once with an :class:`AsyncResult`."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        key: str | bytes | None = None,
+        task_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        serializer: str | None = None,
+    ) -> AsyncResult:
+        """Queue with options: message ``key`` (ordering), ``countdown``/``eta`` (run later), headers."""
+        kwargs = kwargs or {}
+        task_id = task_id or uuid.uuid4().hex
+        if key is None and self.key is not None and self.key in kwargs:
+            key = str(kwargs[self.key])
+        raw_key = key.encode() if isinstance(key, str) else (key or task_id.encode())
+        when = _eta(countdown, eta)
+        message = TaskMessage(task_id, self.name, list(args), kwargs, raw_key, eta=when,
+                              headers=dict(headers or {}))
+        return self.app.send(message, self.topic, self.partitions, serializer or self.serializer)
+
+    def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Retry:
+        """Ask the worker to run this invocation again later; ``raise self.retry(...)`` in a bound task."""
+        raise Retry(exc, countdown)
+
+    def s(self, *args: Any, **kwargs: Any) -> Any:
+        """A signature of this task with these arguments."""
+        from taskq.canvas import Signature
+
+        return Signature(self.name, args, kwargs, app=self.app)
+
+
+def _eta(countdown: float | None, eta: datetime | float | None) -> float | None:
+    if countdown is not None and eta is not None:
+        raise ConfigError("give countdown or eta, not both")
+    if countdown is not None:
+        return time.time() + countdown if countdown > 0 else None
+    if isinstance(eta, datetime):
+        return eta.timestamp()
+    return eta
+
+
+def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)

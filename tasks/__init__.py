@@ -1,0 +1,1 @@
+"""Example GenAI application for taskq: LLM inference, RAG and agents."""

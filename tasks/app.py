@@ -1,0 +1,9 @@
+"""The example app. Broker and backend come from ``TASKQ_BROKER_URL`` / ``TASKQ_RESULT_BACKEND``;
+with neither set it runs on the embedded local broker."""
+
+from taskq import Taskq
+
+app = Taskq("tasks")
+
+# Importing the task modules registers their tasks with the app.
+from tasks import llm  # noqa: E402,F401

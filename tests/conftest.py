@@ -1,0 +1,165 @@
+"""Shared pytest fixtures: real Kafka and Redis, started lazily, once per run.
+
+* ``redis_url`` / ``kafka_url`` use ``TASKQ_TEST_REDIS_URL`` / ``TASKQ_TEST_KAFKA_URL``
+  when set, otherwise they start a local server (``scripts/services.py``).
+* ``redis_server`` and ``kafka_cluster3`` hand out the server objects for fault tests
+  (stop, kill, restart). Anything a test left stopped is restarted before the next
+  test that uses it.
+* A service that cannot start skips the tests that need it, or fails them when
+  ``CI=true``.
+
+Markers ``kafka``, ``redis``, ``cluster`` and ``slow`` are registered here and also
+added automatically to tests that use the matching fixtures, so
+``pytest -m "not cluster"`` works without marking tests by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from services import KafkaCluster, RedisServer  # noqa: E402  (scripts/services.py)
+
+T = TypeVar("T")
+
+MARKERS = {
+    "kafka": "needs a Kafka broker (kafka_url / kafka_cluster3 fixtures)",
+    "redis": "needs a Redis server (redis_url / redis_server fixtures)",
+    "cluster": "needs the 3-broker Kafka cluster (kafka_cluster3); slower",
+    "slow": "takes more than a few seconds",
+}
+
+#: fixture name -> markers added to every test that uses it
+FIXTURE_MARKERS = {
+    "kafka_url": ("kafka",),
+    "kafka_cluster3": ("kafka", "cluster", "slow"),
+    "redis_url": ("redis",),
+    "redis_clean": ("redis",),
+    "redis_server": ("redis",),
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, help_text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {help_text}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for fixture, markers in FIXTURE_MARKERS.items():
+            if fixture in names:
+                for marker in markers:
+                    if marker not in item.keywords:
+                        item.add_marker(marker)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def _start_or_give_up(what: str, start: Callable[[], T]) -> T:
+    """Run ``start``; on failure fail the test in CI, skip it elsewhere."""
+    try:
+        return start()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no service"
+        msg = f"could not start {what}: {type(exc).__name__}: {exc}"
+        if _in_ci():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@pytest.fixture(scope="session")
+def _redis_session() -> Iterator[RedisServer | None]:
+    """The local RedisServer, or None when TASKQ_TEST_REDIS_URL points elsewhere."""
+    if os.environ.get("TASKQ_TEST_REDIS_URL"):
+        yield None
+        return
+    server = _start_or_give_up("redis-server", lambda: RedisServer().start())
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(_redis_session: RedisServer | None) -> str:
+    """URL of the test Redis (``redis://127.0.0.1:PORT/0``)."""
+    if _redis_session is None:
+        return os.environ["TASKQ_TEST_REDIS_URL"]
+    return _redis_session.url
+
+
+@pytest.fixture(scope="session")
+def redis_server(_redis_session: RedisServer | None) -> RedisServer:
+    """The local RedisServer object, to stop/kill/restart it in fault tests."""
+    if _redis_session is None:
+        pytest.skip("TASKQ_TEST_REDIS_URL is set: no local redis-server to stop or restart")
+    return _redis_session
+
+
+@pytest.fixture
+def redis_clean(redis_url: str) -> str:
+    """``redis_url``, with the database flushed (FLUSHALL) before the test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=10)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_url
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+@pytest.fixture(scope="session")
+def kafka_url() -> Iterator[str]:
+    """``kafka://127.0.0.1:PORT`` of a 1-broker cluster (or TASKQ_TEST_KAFKA_URL)."""
+    external = os.environ.get("TASKQ_TEST_KAFKA_URL")
+    if external:
+        yield external
+        return
+    cluster = _start_or_give_up("Kafka (1 broker)", lambda: KafkaCluster().start(brokers=1))
+    yield cluster.url
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster3() -> Iterator[KafkaCluster]:
+    """A 3-broker KRaft cluster (min.insync.replicas=2) for fail-over tests."""
+    cluster = _start_or_give_up("Kafka (3 brokers)", lambda: KafkaCluster().start(brokers=3))
+    yield cluster
+    cluster.stop()
+
+
+# --------------------------------------------------------------------------- misc
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short random suffix for topic, group and queue names."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(autouse=True)
+def _heal_services(request: pytest.FixtureRequest) -> None:
+    """Before a test that uses them, restart servers an earlier test left stopped."""
+    names = set(request.fixturenames)
+    if names & {"redis_url", "redis_clean", "redis_server"}:
+        server = request.getfixturevalue("_redis_session")
+        if server is not None and not server.running:
+            _start_or_give_up("redis-server (restart)", server.restart)
+    if "kafka_cluster3" in names:
+        cluster: KafkaCluster = request.getfixturevalue("kafka_cluster3")
+        _start_or_give_up("Kafka (3 brokers, restart)", cluster.ensure_running)
