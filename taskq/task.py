@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import inspect
 import time
 import uuid
 from collections.abc import Callable
@@ -62,7 +63,8 @@ class Task:
         self.soft_time_limit = soft_time_limit
         self.retry_policy = retry or RetryPolicy(max_retries=app.settings.default_max_retries)
         self.topic = app.topic_for(name)
-        self.is_async = _is_coroutine_function(fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._key_position = _position_of(fn, key, bind)
         self._request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(f"taskq.request.{name}", default=None)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -101,8 +103,11 @@ class Task:
         """Queue with options: message ``key`` (ordering), ``countdown``/``eta`` (run later), headers."""
         kwargs = kwargs or {}
         task_id = task_id or uuid.uuid4().hex
-        if key is None and self.key is not None and self.key in kwargs:
-            key = str(kwargs[self.key])
+        if key is None and self.key is not None:
+            if self.key in kwargs:
+                key = str(kwargs[self.key])
+            elif self._key_position is not None and self._key_position < len(args):
+                key = str(args[self._key_position])
         raw_key = key.encode() if isinstance(key, str) else (key or task_id.encode())
         when = _eta(countdown, eta)
         message = TaskMessage(task_id, self.name, list(args), kwargs, raw_key, eta=when,
@@ -130,7 +135,14 @@ def _eta(countdown: float | None, eta: datetime | float | None) -> float | None:
     return eta
 
 
-def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(fn)
+def _position_of(fn: Callable[..., Any], param: str | None, bind: bool) -> int | None:
+    """Index in positional ``args`` of parameter ``param`` (so a key given positionally is found)."""
+    if param is None:
+        return None
+    try:
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return None
+    if param not in names:
+        raise ConfigError(f"task {fn.__qualname__} has no parameter {param!r} to take its key from")
+    return names.index(param) - (1 if bind else 0)

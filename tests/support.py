@@ -1,0 +1,90 @@
+"""Helpers for tests that run real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from taskq.app import Taskq
+from taskq.results.base import ResultRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerProcess:
+    """``taskq worker`` in a child process, its log collected in memory."""
+
+    def __init__(self, app_path: str, env: dict[str, str], *args: str, name: str = "w") -> None:
+        self.name = name
+        cmd = [sys.executable, "-m", "taskq.cli", "--log-level", "INFO", "worker", "-A", app_path, "-n", name, *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env, "RECORDER_WORKER": name},
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited {self.proc.returncode}:\n{self.log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker {self.name} never logged {text!r}:\n{self.log}")
+            time.sleep(0.05)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def wait_results(app: Taskq, ids: Sequence[str], timeout: float) -> list[ResultRecord | None]:
+    """Poll until every id has a final result or ``timeout`` passes; returns the records."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = app.backend.get_many(ids)
+        if all(r is not None and r.ready for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def env_for(kafka_url: str, redis_url: str, prefix: str) -> dict[str, str]:
+    """Environment that points the recorder app at fresh topics, group and keys."""
+    return {"TASKQ_BROKER_URL": kafka_url, "TASKQ_RESULT_BACKEND": redis_url,
+            "TASKQ_TOPIC_PREFIX": f"{prefix}.", "TASKQ_GROUP": f"{prefix}.group",
+            "RECORDER_REDIS_URL": redis_url, "RECORDER_PREFIX": prefix, "PYTHONPATH": str(ROOT)}
+
+
+def recorder_client(env: dict[str, str]) -> tuple[Taskq, object]:
+    """A caller-side app matching the recorder worker's settings, and its ``work`` task."""
+    app = Taskq("recorder", broker=env["TASKQ_BROKER_URL"], backend=env["TASKQ_RESULT_BACKEND"],
+                topic_prefix=env["TASKQ_TOPIC_PREFIX"], group=env["TASKQ_GROUP"])
+
+    def work(key: str, seq: int, sleep: float = 0.0) -> int:
+        raise AssertionError("runs in the worker process only")
+
+    task = app.task(work, name="tests.apps.recorder.work", key="key")
+    return app, task
