@@ -41,7 +41,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
@@ -132,7 +131,7 @@ def _spawn(argv: Sequence[str], *, cwd: Path, log: Path, detached: bool) -> subp
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if tie else None,
+            preexec_fn=_die_with_parent if tie else None,  # noqa: PLW1509 - only a prctl call
         )
 
 
@@ -174,7 +173,7 @@ def _apt_install(package: str) -> None:
         cmd = f"sudo -n sh -c '{cmd}'"
     _log(f"installing {package}: {cmd}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    res = subprocess.run(["sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL,
+    res = subprocess.run(["sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL, check=False,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if res.returncode != 0:
         raise ServiceError(f"`{cmd}` failed (exit {res.returncode}):\n{res.stdout[-3000:]}")
@@ -232,7 +231,7 @@ def fetch_kafka() -> Path:
                f"-DoutputDirectory={partial}", "-DincludeScope=runtime"]
         _log(f"fetching Kafka {KAFKA_VERSION} jars with Maven")
         t0 = time.monotonic()
-        res = subprocess.run(cmd, cwd=KAFKA_POM_DIR, stdin=subprocess.DEVNULL,
+        res = subprocess.run(cmd, cwd=KAFKA_POM_DIR, stdin=subprocess.DEVNULL, check=False,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if res.returncode != 0 or not (partial / KAFKA_MARKER_JAR).is_file():
             shutil.rmtree(partial, ignore_errors=True)
@@ -373,7 +372,8 @@ class KafkaCluster:
         ]
         self.cluster_id = _cluster_id()
         for n in self.nodes:
-            n.dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(n.dir, ignore_errors=True)  # every start() is a fresh cluster
+            n.dir.mkdir(parents=True)
             n.config.write_text(self._server_properties(n))
         self._format(java)
         if not self.detached:
@@ -425,7 +425,7 @@ class KafkaCluster:
         nodes lose their quorum and would wait seconds for a controlled shutdown
         that cannot happen, and the data is thrown away anyway.
         """
-        procs = [n.proc for n in self.nodes if n.running]
+        procs = [n.proc for n in self.nodes if n.proc is not None and n.proc.poll() is None]
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGCONT)
@@ -531,7 +531,7 @@ class KafkaCluster:
     def _wait_metadata(self, node_ids: set[int], deadline: float) -> None:
         """Wait until the cluster metadata lists ``node_ids`` (needs confluent_kafka)."""
         try:
-            from confluent_kafka.admin import AdminClient  # type: ignore[import-untyped]
+            from confluent_kafka.admin import AdminClient
         except ImportError:
             return  # the log line alone has to do
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 5000})
@@ -543,7 +543,7 @@ class KafkaCluster:
                 if node_ids <= seen:
                     return
                 last = f"brokers in metadata: {sorted(seen)}"
-            except Exception as exc:  # KafkaException, timeouts
+            except Exception as exc:  # noqa: BLE001 - KafkaException, timeouts: retry
                 last = repr(exc)
             if time.monotonic() > deadline:
                 raise ServiceError(f"Kafka nodes {sorted(node_ids)} not in cluster metadata in time ({last})")
@@ -651,6 +651,7 @@ class RedisServer:
         _LIVE.discard(self)
         if self.dir is not None and self._requested_dir is None:
             shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
 
     def __repr__(self) -> str:
         return f"RedisServer({self.url if self.port else 'not started'})"

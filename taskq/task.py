@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import time
-import uuid
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -102,7 +102,7 @@ class Task:
     ) -> AsyncResult:
         """Queue with options: message ``key`` (ordering), ``countdown``/``eta`` (run later), headers."""
         kwargs = kwargs or {}
-        task_id = task_id or uuid.uuid4().hex
+        task_id = task_id or new_task_id()
         if key is None and self.key is not None:
             if self.key in kwargs:
                 key = str(kwargs[self.key])
@@ -123,6 +123,11 @@ class Task:
         from taskq.canvas import Signature
 
         return Signature(self.name, args, kwargs, app=self.app)
+
+
+def new_task_id() -> str:
+    """A random 128-bit hex id (uuid4's randomness without its object overhead; reseeded after fork)."""
+    return "%032x" % random.getrandbits(128)
 
 
 def _eta(countdown: float | None, eta: datetime | float | None) -> float | None:

@@ -33,6 +33,7 @@ from taskq.retry import tier_topic
 log = logging.getLogger("taskq.worker")
 T = TypeVar("T")
 Outgoing = tuple[str, bytes | None, bytes | None, Headers]
+PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
 
 
 @dataclass
@@ -158,7 +159,7 @@ class Worker:
         self.topics = [t.topic for t in self.tasks]
         self.concurrency = concurrency
         self.batch_size = batch_size
-        self.prefetch = prefetch or max(batch_size * 2, concurrency * 4)
+        self.prefetch = prefetch or max(batch_size * 4, concurrency * 4)
         self.stop_timeout = stop_timeout
         self.forward_delayed = forward_delayed
         self.stats = WorkerStats()
@@ -216,16 +217,26 @@ class Worker:
 
     def _consume_loop(self, consumer: Consumer) -> None:
         paused: list[TopicPartition] = []
+        full_since = 0.0
         while not self._stopping.is_set():
             self._take_finished()
             self._commit(consumer)
-            full = self._in_flight >= self.prefetch
-            if full and not paused:
-                paused = consumer.assignment()
-                consumer.pause(paused)
-            elif not full and paused:
-                consumer.resume(paused)
-                paused = []
+            if self._in_flight >= self.prefetch:
+                # Wait for work to finish rather than pausing: a pause drops the client's prefetched
+                # records. Only when full for long (slow tasks) pause, to keep polling the group.
+                full_since = full_since or time.monotonic()
+                if not paused and time.monotonic() - full_since < PAUSE_AFTER:
+                    self._finished_event.wait(0.05)
+                    self._finished_event.clear()
+                    continue
+                if not paused:
+                    paused = consumer.assignment()
+                    consumer.pause(paused)
+            else:
+                full_since = 0.0
+                if paused:
+                    consumer.resume(paused)
+                    paused = []
             records = consumer.consume(self.batch_size, 0.02 if self._in_flight else 0.1)
             self.ready.set()
             if records:

@@ -26,7 +26,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from services import KafkaCluster, RedisServer  # noqa: E402  (scripts/services.py)
+from services import KafkaCluster, RedisServer  # noqa: E402 - scripts/services.py
 
 T = TypeVar("T")
 

@@ -8,8 +8,7 @@ import time
 import pytest
 import redis
 from confluent_kafka import Consumer, KafkaError, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
-
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from services import KafkaCluster, RedisServer, redis_ping
 
 
@@ -57,7 +56,7 @@ def _consume(bootstrap: str, topic: str, group: str, count: int, timeout: float 
             if msg is None:
                 continue
             assert msg.error() is None, msg.error()
-            got.append(msg.value().decode())
+            got.append((msg.value() or b"").decode())
         consumer.commit(asynchronous=False)
     finally:
         consumer.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from taskq.serialization import JSON
@@ -32,17 +32,25 @@ class ResultRecord:
     attempts: int = 0
     date_done: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    encoded: bytes | None = field(default=None, repr=False, compare=False)  # cache of encode()
 
     @property
     def ready(self) -> bool:
         return self.status in READY_STATES
 
     def encode(self) -> bytes:
-        return JSON.dumps(asdict(self))
+        """JSON bytes, computed once (the worker encodes where the task ran, the backend reuses it)."""
+        if self.encoded is None:
+            self.encoded = JSON.dumps({
+                "id": self.id, "status": self.status, "result": self.result, "error": self.error,
+                "traceback": self.traceback, "task": self.task, "worker": self.worker,
+                "attempts": self.attempts, "date_done": self.date_done, "meta": self.meta,
+            })
+        return self.encoded
 
     @classmethod
     def decode(cls, data: bytes) -> ResultRecord:
-        return cls(**JSON.loads(data))
+        return cls(**JSON.loads(data), encoded=data)
 
 
 class ResultBackend(ABC):
