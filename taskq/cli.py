@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 
 import click
 
@@ -58,6 +59,96 @@ def worker(app_path: str, queues: tuple[str, ...], concurrency: int, pool: str, 
     click.echo(f"taskq worker {w.name} stopped: {stats}", err=True)
 
 
+def _app(app_path: str):  # noqa: ANN202 - Taskq, imported lazily
+    try:
+        return load_app(app_path)
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: list, show, replay, purge."""
+
+
+APP_OPTION = click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
+
+
+@dlq.command("ls")
+@APP_OPTION
+@click.argument("task")
+def dlq_ls(app_path: str, task: str) -> None:
+    """List the dead letters of TASK (a task name or topic)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from taskq.dlq import dead_letters
+
+    letters = dead_letters(_app(app_path), task)
+    table = Table(title=f"{len(letters)} dead letter(s) of {task}")
+    table.add_column("id", no_wrap=True, min_width=32)
+    for column in ("reason", "error", "attempts"):
+        table.add_column(column)
+    table.add_column("dead at", no_wrap=True)
+    for d in letters:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.dead_at)) if d.dead_at else ""
+        table.add_row(d.id, d.reason, d.error[:80], str(d.attempts), when)
+    Console().print(table)
+
+
+@dlq.command("show")
+@APP_OPTION
+@click.argument("task")
+@click.argument("task_id")
+def dlq_show(app_path: str, task: str, task_id: str) -> None:
+    """Show one dead letter of TASK in full: headers, arguments, traceback."""
+    from taskq.dlq import dead_letters
+
+    for d in dead_letters(_app(app_path), task):
+        if d.id == task_id:
+            r = d.record
+            click.echo(f"id: {d.id}\ntask: {d.task}\nreason: {d.reason}\nerror: {d.error}\nattempts: {d.attempts}")
+            click.echo(f"original: {d.original_topic} key={r.key!r}\nlocation: {r.topic}[{r.partition}]@{r.offset}")
+            click.echo(f"value: {(r.value or b'').decode(errors='replace')[:2000]}")
+            click.echo(f"traceback:\n{d.traceback}")
+            return
+    raise click.ClickException(f"no dead letter {task_id!r} for {task}")
+
+
+@dlq.command("replay")
+@APP_OPTION
+@click.argument("task")
+@click.option("--id", "ids", multiple=True, help="Replay these ids (repeatable).")
+@click.option("--all", "everything", is_flag=True, help="Replay every dead letter of TASK.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be replayed.")
+def dlq_replay(app_path: str, task: str, ids: tuple[str, ...], everything: bool, dry_run: bool) -> None:
+    """Send dead letters of TASK back to its topic, with their original id and key."""
+    from taskq.dlq import dead_letters, replay
+
+    if not ids and not everything:
+        raise click.UsageError("name the dead letters with --id ID (repeatable) or pass --all")
+    app = _app(app_path)
+    letters = [d for d in dead_letters(app, task) if everything or d.id in ids]
+    missing = set(ids) - {d.id for d in letters}
+    if missing:
+        raise click.ClickException(f"no dead letter(s) {sorted(missing)} for {task}")
+    done = replay(app, letters, dry_run)
+    click.echo(f"{'would replay' if dry_run else 'replayed'} {len(done)} task(s): {', '.join(d.id for d in done)}")
+
+
+@dlq.command("purge")
+@APP_OPTION
+@click.argument("task")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(app_path: str, task: str, yes: bool) -> None:
+    """Delete every dead letter of TASK."""
+    from taskq.dlq import purge
+
+    if not yes:
+        click.confirm(f"delete every dead letter of {task}?", abort=True)
+    click.echo(f"purged {purge(_app(app_path), task)} dead letter(s)")
+
+
 @main.command()
 @click.option("-n", "--tasks", "count", default=60, show_default=True, help="How many prompts to send.")
 @click.option("--users", default=12, show_default=True, help="Distinct user keys.")
@@ -69,6 +160,11 @@ def demo(count: int, users: int) -> None:
         run_demo(count, users)
     except TaskqError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+from taskq.bench import bench  # noqa: E402 - `taskq bench enqueue|e2e|latency|llm|soak`
+
+main.add_command(bench)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -132,6 +132,10 @@ class Broker(ABC):
     def committed(self, group: str, topic: str) -> dict[int, int]:
         """Partition -> committed offset of ``group`` (partitions without a commit are left out)."""
 
+    @abstractmethod
+    def delete_records(self, topic: str, before: dict[int, int]) -> None:
+        """Delete records of ``topic`` below ``before[partition]`` (offsets are never reused)."""
+
     def lag(self, group: str, topic: str) -> dict[int, int]:
         """Partition -> messages not yet committed by ``group``."""
         committed = self.committed(group, topic)

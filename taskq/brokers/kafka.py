@@ -274,6 +274,16 @@ class KafkaBroker(Broker):
             probe.close()
         return {tp.partition: tp.offset for tp in tps if tp.offset != OFFSET_INVALID and tp.offset >= 0}
 
+    def delete_records(self, topic: str, before: dict[int, int]) -> None:
+        tps = [_RdTopicPartition(topic, p, o) for p, o in before.items() if o > 0]
+        if not tps:
+            return
+        for tp, future in self.admin.delete_records(tps, request_timeout=self.connect_timeout).items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                raise BrokerError(f"cannot delete records of {topic}[{tp.partition}]: {exc.args[0]}") from exc
+
     def close(self) -> None:
         if self._meta_consumer is not None:
             self._meta_consumer.close()

@@ -735,6 +735,13 @@ class LocalBroker(Broker):
                 c.execute("SELECT partition, offset FROM commits WHERE grp=? AND tid=? ORDER BY partition", (group, tid))
             )
 
+    def delete_records(self, topic: str, before: dict[int, int]) -> None:
+        """Delete records below ``before[partition]``; the next offsets stay where they are."""
+        with self._lock, Txn(self._conn()) as c:
+            tid = self._tid(topic)
+            c.executemany("DELETE FROM records WHERE tid=? AND partition=? AND offset<?",
+                          [(tid, part, offset) for part, offset in before.items()])
+
     def close(self) -> None:
         """Close the admin connection."""
         with self._lock:

@@ -1,0 +1,120 @@
+"""Dead letters: list, show, replay and purge the ``<topic>.dlq`` topics."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from taskq.app import Taskq
+from taskq.brokers.base import Headers, Record
+from taskq.message import H_ATTEMPTS, H_ETA, H_FIRST_FAILURE, H_ID, H_ORIGIN, H_TASK
+
+#: headers the worker adds when it dead-letters a message; replay strips them
+DEAD_HEADERS = frozenset({"error-type", "error-message", "error-traceback", "dead-reason", "worker",
+                          "original-topic", "original-partition", "original-offset", "dead-at"})
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead-lettered message with the reason the worker gave."""
+
+    record: Record
+
+    def _h(self, name: str) -> str:
+        raw = self.record.header(name)
+        return raw.decode(errors="replace") if raw is not None else ""
+
+    @property
+    def id(self) -> str:
+        return self._h(H_ID) or f"{self.record.topic}:{self.record.partition}:{self.record.offset}"
+
+    @property
+    def task(self) -> str:
+        return self._h(H_TASK)
+
+    @property
+    def reason(self) -> str:
+        return self._h("dead-reason")
+
+    @property
+    def error(self) -> str:
+        return f"{self._h('error-type')}: {self._h('error-message')}"
+
+    @property
+    def traceback(self) -> str:
+        return self._h("error-traceback")
+
+    @property
+    def attempts(self) -> int:
+        return int(self._h(H_ATTEMPTS) or 0) + 1
+
+    @property
+    def original_topic(self) -> str:
+        return self._h("original-topic") or self.record.topic.removesuffix(".dlq")
+
+    @property
+    def dead_at(self) -> float:
+        return float(self._h("dead-at") or 0)
+
+    def replay_headers(self) -> Headers:
+        """The original headers, with attempts and delays reset."""
+        drop = DEAD_HEADERS | {H_ATTEMPTS, H_FIRST_FAILURE, H_ETA, H_ORIGIN}
+        return [(k, v) for k, v in self.record.headers if k not in drop]
+
+
+def read_topic(app: Taskq, topic: str, timeout: float = 30.0) -> Iterator[Record]:
+    """Every record now in ``topic``, from the start (a throwaway group, nothing committed)."""
+    if topic not in app.broker.list_topics():
+        return
+    ends = {p: hi for p, (lo, hi) in app.broker.watermarks(topic).items() if hi > lo}
+    if not ends:
+        return
+    consumer = app.broker.consumer(f"taskq-reader-{uuid.uuid4().hex[:12]}", [topic])
+    try:
+        seen: dict[int, int] = {}
+        deadline = time.monotonic() + timeout
+        while any(seen.get(p, -1) + 1 < hi for p, hi in ends.items()) and time.monotonic() < deadline:
+            for record in consumer.consume(1000, 0.5):
+                if record.offset < ends.get(record.partition, 0):
+                    seen[record.partition] = record.offset
+                    yield record
+    finally:
+        consumer.close()
+
+
+def dead_letters(app: Taskq, task: str) -> list[DeadLetter]:
+    """Dead letters of ``task`` (a task name or topic), oldest first."""
+    return [DeadLetter(r) for r in read_topic(app, app.dlq_topic(_topic(app, task)))]
+
+
+def replay(app: Taskq, letters: Iterable[DeadLetter], dry_run: bool = False) -> list[DeadLetter]:
+    """Send the letters back to their task topics with their original id and key.
+
+    The stored FAILURE result is removed first, so the worker does not skip the task as finished.
+    """
+    chosen = list(letters)
+    if dry_run or not chosen:
+        return chosen
+    app.backend.forget([d.id for d in chosen])
+    producer = app.producer
+    for letter in chosen:
+        record = letter.record
+        producer.produce(letter.original_topic, record.key, record.value, letter.replay_headers())
+    app.flush()
+    return chosen
+
+
+def purge(app: Taskq, task: str) -> int:
+    """Delete every dead letter of ``task``; returns how many were removed."""
+    topic = app.dlq_topic(_topic(app, task))
+    marks = app.broker.watermarks(topic)
+    app.broker.delete_records(topic, {p: hi for p, (_lo, hi) in marks.items()})
+    return sum(hi - lo for lo, hi in marks.values())
+
+
+def _topic(app: Taskq, task: str) -> str:
+    if task in app.tasks:
+        return app.tasks[task].topic
+    return task if task.startswith(app.settings.topic_prefix) else app.topic_for(task)

@@ -1,0 +1,292 @@
+"""End to end on the embedded local broker (one SQLite file): workers in a thread and in a process.
+
+This module is also the app module of the worker subprocess (``-A tests.test_local_e2e:sub_app``):
+``sub_app`` takes its file from ``TASKQ_LOCAL_PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import taskq
+from taskq import Taskq, Worker
+from taskq.brokers.base import Record
+from taskq.message import TaskMessage
+from taskq.results.base import FAILURE, SUCCESS
+from tests.support import WorkerProcess, wait_results
+
+APP_PATH = "tests.test_local_e2e:sub_app"
+
+
+class AppError(Exception):
+    """Raised by a task; importable by name, so ``get()`` rebuilds it."""
+
+
+def build_app(local_path: str | None = None, name: str = "e2e", **settings: object) -> Taskq:
+    """The test app; the same task names in the test process and in the worker subprocess."""
+    app = Taskq(name, local_path=local_path, **settings)
+
+    @app.task(name="e2e.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task(name="e2e.fail")
+    def fail(message: str) -> None:
+        raise AppError(message)
+
+    @app.task(name="e2e.nap")
+    def nap(i: int, sleep: float, journal: str) -> int:
+        """Sleep, then append ``i`` to ``journal`` (one line per execution, across processes)."""
+        time.sleep(sleep)
+        with open(journal, "a") as f:
+            f.write(f"{i}\n")
+        return i
+
+    @app.task(name="e2e.retry_once", bind=True)
+    def retry_once(self: taskq.Task, value: str) -> str:
+        if self.request.attempts == 0:
+            raise self.retry(countdown=0.5)
+        return value
+
+    @app.task(name="e2e.always_fails", autoretry_for=(ValueError,), max_retries=2, default_retry_delay=0.1)
+    def always_fails(n: int) -> None:
+        raise ValueError(f"always fails {n}")
+
+    return app
+
+
+sub_app = build_app()  # lazy: opens nothing until used, so importing this module is harmless
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "q.db")
+
+
+@pytest.fixture
+def app(db: str) -> Iterator[Taskq]:
+    a = build_app(db)
+    yield a
+    a.close()
+
+
+@contextmanager
+def worker_thread(app: Taskq, **options: object) -> Iterator[Worker]:
+    """A Worker running in a thread; stopped (and checked to have stopped cleanly) on exit."""
+    options.setdefault("stop_timeout", 20.0)
+    worker = Worker(app, **options)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="test-worker", daemon=True)
+    thread.start()
+    assert worker.ready.wait(10) or errors, "worker never polled"
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "worker did not stop within 30 s"
+    assert not errors, errors
+
+
+def read_topic(app: Taskq, topic: str, count: int, timeout: float = 15.0) -> list[Record]:
+    """Records of ``topic`` read from the start by a fresh consumer group."""
+    consumer = app.broker.consumer(f"reader-{time.time_ns()}", [topic])
+    got: list[Record] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            got.extend(consumer.consume(500, 0.2))
+    finally:
+        consumer.close()
+    return got
+
+
+def committed_total(app: Taskq, topic: str) -> int:
+    return sum(app.broker.committed(app.group, topic).values())
+
+
+# --------------------------------------------------------------------------- in-thread worker
+
+
+def test_500_tasks_all_succeed(app: Taskq) -> None:
+    add = app.tasks["e2e.add"]
+    with worker_thread(app, concurrency=8) as worker:
+        results = [add.delay(i, i * 10) for i in range(500)]
+        values = [r.get(timeout=30) for r in results]
+    assert values == [i * 11 for i in range(500)]
+    assert all(r.status == SUCCESS for r in results)
+    assert worker.stats.succeeded == 500 and worker.stats.dead == 0 and worker.stats.rejected == 0
+    assert {r.record.attempts for r in results} == {1}  # type: ignore[union-attr]
+    assert committed_total(app, add.topic) == 500  # every finished record committed on stop
+
+
+def test_failure_propagates_with_type_and_remote_traceback(app: Taskq) -> None:
+    fail = app.tasks["e2e.fail"]
+    with worker_thread(app, concurrency=2):
+        result = fail.delay("it broke")
+        with pytest.raises(AppError, match="it broke") as info:
+            result.get(timeout=15)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert f"Remote traceback (task {result.id})" in notes
+    assert 'raise AppError(message)' in notes
+    assert result.status == FAILURE and result.failed()
+    assert isinstance(result.result, AppError)
+    # a FAILURE without retries is also dead-lettered
+    [dead] = read_topic(app, app.dlq_topic(fail.topic), 1)
+    assert dead.header("id") == result.id.encode() and dead.header("dead-reason") == b"dead"
+
+
+def test_get_timeout_on_never_run_task(app: Taskq) -> None:
+    result = app.tasks["e2e.add"].delay(1, 2)
+    started = time.monotonic()
+    with pytest.raises(taskq.TimeoutError) as info:
+        result.get(timeout=0.2)
+    elapsed = time.monotonic() - started
+    assert 0.15 <= elapsed < 2.0, elapsed
+    assert isinstance(info.value, TimeoutError)  # also the builtin, like Celery
+    assert result.id in str(info.value) and "PENDING" in str(info.value)
+    assert result.status == "PENDING" and not result.ready()
+
+
+def test_retry_with_countdown_then_success(app: Taskq) -> None:
+    retry_once = app.tasks["e2e.retry_once"]
+    with worker_thread(app, concurrency=2) as worker:
+        started = time.monotonic()
+        result = retry_once.delay("finally")
+        assert result.get(timeout=20) == "finally"
+        elapsed = time.monotonic() - started
+    assert result.record is not None and result.record.attempts == 2
+    assert elapsed >= 0.45, "the retry ran before its countdown"
+    assert worker.stats.retried == 1 and worker.stats.forwarded >= 1
+
+
+def test_autoretry_exhausted_ends_failure_and_dead_letter(app: Taskq) -> None:
+    always = app.tasks["e2e.always_fails"]
+    with worker_thread(app, concurrency=2) as worker:
+        result = always.delay(7)
+        with pytest.raises(ValueError, match="always fails 7"):
+            result.get(timeout=30)
+    assert result.record is not None
+    assert result.record.status == FAILURE and result.record.attempts == 3  # first run + max_retries=2
+    assert worker.stats.retried == 2 and worker.stats.dead == 1
+    dead = read_topic(app, f"{always.topic}.dlq", 1)
+    assert len(dead) == 1
+    letter = dead[0]
+    assert letter.header("id") == result.id.encode()
+    assert letter.header("error-type") == b"ValueError"
+    assert letter.header("dead-reason") == b"dead"
+    assert letter.header("attempts") == b"2"
+    assert letter.header("original-topic") == always.topic.encode()
+    original_offset = int(letter.header("original-offset") or b"-1")
+    assert original_offset >= 2  # the third copy of the message on the task topic
+    assert b"always fails 7" in (letter.header("error-traceback") or b"")
+    assert TaskMessage.decode(letter, app.serializers).args == [7]
+
+
+def test_skip_finished_disabled_still_runs_tasks(db: str) -> None:
+    app = build_app(db, skip_finished=False)
+    try:
+        add = app.tasks["e2e.add"]
+        with worker_thread(app, concurrency=2):
+            assert [add.delay(i, 1).get(timeout=15) for i in range(5)] == [1, 2, 3, 4, 5]
+    finally:
+        app.close()
+
+
+def test_stop_with_backlog_is_prompt_and_commits_only_finished(app: Taskq, tmp_path: Path) -> None:
+    nap = app.tasks["e2e.nap"]
+    journal = str(tmp_path / "journal.txt")
+    results = [nap.delay(i, 0.03, journal) for i in range(300)]
+    ids = [r.id for r in results]
+    with worker_thread(app, concurrency=2) as worker:
+        _wait_for_done(app, ids, 20, 30)
+        started = time.monotonic()
+        worker.stop()
+    stop_took = time.monotonic() - started
+    assert stop_took < 5.0, f"stop took {stop_took:.1f} s with a backlog (stop_timeout is 20 s)"
+    done = sum(1 for r in app.backend.get_many(ids) if r is not None and r.ready)
+    assert 20 <= done < 300
+    assert worker.stats.abandoned > 0
+    assert committed_total(app, nap.topic) == done
+    # a second worker finishes the rest: nothing lost, nothing run twice
+    with worker_thread(app, concurrency=8):
+        records = wait_results(app, ids, timeout=30)
+    assert all(r is not None and r.status == SUCCESS for r in records)
+    assert sorted(int(x) for x in Path(journal).read_text().split()) == list(range(300))
+
+
+def _wait_for_done(app: Taskq, ids: list[str], at_least: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = sum(1 for r in app.backend.get_many(ids) if r is not None and r.ready)
+        if done >= at_least:
+            return done
+        assert time.monotonic() < deadline, f"only {done} tasks done after {timeout} s"
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- worker in another process
+
+
+@pytest.fixture
+def process_env(db: str) -> dict[str, str]:
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return {"TASKQ_LOCAL_PATH": db, "PYTHONPATH": path}
+
+
+def test_worker_process_serves_delay(app: Taskq, process_env: dict[str, str]) -> None:
+    worker = WorkerProcess(APP_PATH, process_env, "-c", "4", name="proc-w")
+    try:
+        worker.wait_for("assigned", timeout=30)
+        add, fail = app.tasks["e2e.add"], app.tasks["e2e.fail"]
+        results = [add.delay(i, 1) for i in range(50)]
+        assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(50)]
+        assert {r.record.worker for r in results} == {"proc-w"}  # type: ignore[union-attr]
+        with pytest.raises(AppError, match="remote"):
+            fail.delay("remote").get(timeout=30)
+        assert worker.terminate(timeout=30) == 0, worker.log
+    finally:
+        worker.stop()
+
+
+def test_sigterm_worker_process_loses_nothing(app: Taskq, process_env: dict[str, str], tmp_path: Path) -> None:
+    nap = app.tasks["e2e.nap"]
+    journal = str(tmp_path / "journal.txt")
+    worker = WorkerProcess(APP_PATH, process_env, "-c", "4", name="term-w")
+    try:
+        worker.wait_for("assigned", timeout=30)
+        results = [nap.delay(i, 0.05, journal) for i in range(300)]
+        ids = [r.id for r in results]
+        _wait_for_done(app, ids, 40, 30)
+        started = time.monotonic()
+        code = worker.terminate(timeout=40)
+        took = time.monotonic() - started
+        assert code == 0, worker.log
+        assert took < 10, f"SIGTERM took {took:.1f} s to stop the worker:\n{worker.log[-3000:]}"
+    finally:
+        worker.stop()
+    final = [r for r in app.backend.get_many(ids) if r is not None and r.ready]
+    assert all(r.status == SUCCESS for r in final)
+    assert 40 <= len(final) < 300, len(final)
+    assert committed_total(app, nap.topic) == len(final)
+    # everything not committed is still there for the next worker; nothing runs twice
+    with worker_thread(app, concurrency=8):
+        records = wait_results(app, ids, timeout=30)
+    assert all(r is not None and r.status == SUCCESS for r in records)
+    assert sorted(int(x) for x in Path(journal).read_text().split()) == list(range(300))
+    assert committed_total(app, nap.topic) == 300
