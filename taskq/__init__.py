@@ -10,9 +10,12 @@ from taskq.errors import (
     Reject,
     Retry,
     SerializationError,
+    SoftTimeLimitExceeded,
     TaskFailed,
     TaskqError,
+    TimeLimitExceeded,
     TimeoutError,
+    WorkerLostError,
 )
 from taskq.result import AsyncResult
 from taskq.task import Task
@@ -28,11 +31,14 @@ __all__ = [
     "Retry",
     "SerializationError",
     "Signature",
+    "SoftTimeLimitExceeded",
     "Task",
     "TaskFailed",
     "Taskq",
     "TaskqError",
+    "TimeLimitExceeded",
     "TimeoutError",
+    "WorkerLostError",
     "Worker",
 ]
 __version__ = "0.1.0"

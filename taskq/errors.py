@@ -49,3 +49,15 @@ class Retry(TaskqError):
 
 class Reject(TaskqError):
     """Raise inside a task to send its message to the dead-letter topic without retrying."""
+
+
+class SoftTimeLimitExceeded(TaskqError):
+    """Raised inside a task when its ``soft_time_limit`` passes: clean up and return or raise."""
+
+
+class TimeLimitExceeded(TaskqError):
+    """A task ran past its hard ``time_limit`` and was ended by the worker."""
+
+
+class WorkerLostError(TaskqError):
+    """The process running a task died before reporting an outcome."""

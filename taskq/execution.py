@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskq.brokers.base import Record
 from taskq.errors import NotRegistered, Reject, Retry, SerializationError
-from taskq.message import TaskMessage
+from taskq.message import H_TASK, TaskMessage
 from taskq.results.base import FAILURE, SUCCESS, ResultRecord
 from taskq.task import Request, Task
 
@@ -98,6 +98,22 @@ def conclude(task: Task, message: TaskMessage, record: Record, worker: str, star
                        _qualname(cause), str(cause), tb, runtime)
     result = ResultRecord(message.id, FAILURE, None, error, tb, message.task, worker, attempts, now)
     return Outcome(record, Kind.DEAD, result, None, 0.0, _qualname(cause), str(cause), tb, runtime)
+
+
+def ended(app: Taskq, record: Record, worker: str, exc: BaseException, started: float) -> Outcome:
+    """The outcome of a run the pool had to end (hard time limit, lost process)."""
+    prepared = prepare(app, record)
+    if isinstance(prepared, Outcome):
+        return prepared
+    message, task = prepared
+    return conclude(task, message, record, worker, started, exc=exc)
+
+
+def time_limits(app: Taskq, record: Record) -> tuple[float | None, float | None]:
+    """(soft, hard) time limits of the record's task, without decoding its body."""
+    name = record.header(H_TASK)
+    task = app.tasks.get(name.decode(errors="replace")) if name else None
+    return (task.soft_time_limit, task.time_limit) if task else (None, None)
 
 
 def run(app: Taskq, record: Record, worker: str) -> Outcome:

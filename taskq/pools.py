@@ -2,29 +2,38 @@
 
 Every pool calls ``done(record, outcome)`` from one of its own threads; ``outcome`` is None when the
 record was abandoned before it started (the worker is stopping or lost the partition), so its offset
-must not be committed.
+must not be committed. Every pool enforces the task's hard ``time_limit``: the run is ended, its
+outcome is a :class:`~taskq.errors.TimeLimitExceeded` failure, and the partition moves on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import importlib
+import multiprocessing
 import os
 import queue
+import signal
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from taskq import execution
 from taskq.brokers.base import Record
-from taskq.errors import ConfigError
+from taskq.errors import ConfigError, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
 if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
     from taskq.app import Taskq
 
 Done = Callable[[Record, "execution.Outcome | None"], None]
 Runnable = Callable[[Record], bool]
+WATCH_INTERVAL = 0.05
 
 
 class Pool:
@@ -46,35 +55,112 @@ class Pool:
     def stop(self) -> None:
         """Stop after the records already started; unstarted ones are reported abandoned."""
 
+    def _ended(self, record: Record, exc: BaseException, started: float) -> execution.Outcome:
+        return execution.ended(self.app, record, self.worker_name, exc, started)
+
+
+@dataclass
+class _Run:
+    record: Record
+    started: float  # time.monotonic()
+    clock: float  # time.perf_counter(), for the outcome's runtime
+    soft: float | None
+    hard: float | None
+    soft_sent: bool = False
+    ended: bool = False  # the watchdog reported this run; its thread is abandoned
+
 
 class ThreadPool(Pool):
-    """``concurrency`` threads pulling from one queue; the default pool."""
+    """``concurrency`` threads pulling from one queue; the default pool.
+
+    A watchdog raises :class:`SoftTimeLimitExceeded` in a thread past its soft limit; past the hard
+    limit it reports the run failed, abandons the thread and starts a replacement.
+    """
 
     def start(self, done: Done, runnable: Runnable) -> None:
         super().start(done, runnable)
         self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._loop, name=f"taskq-exec-{i}", daemon=True)
-                         for i in range(self.concurrency)]
-        for thread in self._threads:
-            thread.start()
+        self._running: dict[int, _Run] = {}
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+        self._stopping = threading.Event()
+        for _ in range(self.concurrency):
+            self._spawn()
+        if any(t.time_limit or t.soft_time_limit for t in self.app.tasks.values()):
+            threading.Thread(target=self._watch, name="taskq-watchdog", daemon=True).start()
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(target=self._loop, name=f"taskq-exec-{len(self._threads)}", daemon=True)
+        self._threads.add(thread)
+        thread.start()
 
     def submit(self, record: Record) -> None:
         self._queue.put(record)
 
     def _loop(self) -> None:
         app, name, done, runnable, get = self.app, self.worker_name, self.done, self.runnable, self._queue.get
+        ident = threading.get_ident()
         while (record := get()) is not None:
-            done(record, execution.run(app, record, name) if runnable(record) else None)
+            if not runnable(record):
+                done(record, None)
+                continue
+            soft, hard = execution.time_limits(app, record)
+            if soft is None and hard is None:
+                done(record, execution.run(app, record, name))
+                continue
+            run = _Run(record, time.monotonic(), time.perf_counter(), soft, hard)
+            with self._lock:
+                self._running[ident] = run
+            try:
+                outcome = execution.run(app, record, name)
+            except TimeLimitExceeded:  # raised between the task and here: the watchdog reported it
+                outcome = None
+            with self._lock:
+                self._running.pop(ident, None)
+                if run.ended:
+                    self._threads.discard(threading.current_thread())
+                    return
+            done(record, outcome)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL):
+            now = time.monotonic()
+            over: list[_Run] = []
+            with self._lock:
+                for ident, run in list(self._running.items()):
+                    elapsed = now - run.started
+                    if run.hard is not None and elapsed > run.hard:
+                        run.ended = True
+                        del self._running[ident]
+                        _raise_in_thread(ident, TimeLimitExceeded)
+                        over.append(run)
+                    elif run.soft is not None and not run.soft_sent and elapsed > run.soft:
+                        run.soft_sent = True
+                        _raise_in_thread(ident, SoftTimeLimitExceeded)
+            for run in over:
+                exc = TimeLimitExceeded(f"task ran past its time limit of {run.hard:g} s and was ended")
+                self.done(run.record, self._ended(run.record, exc, run.clock))
+                self._spawn()
 
     def stop(self) -> None:
-        for _ in self._threads:
+        self._stopping.set()
+        threads = list(self._threads)
+        for _ in threads:
             self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
+        for thread in threads:
+            thread.join(timeout=None if thread in self._threads else 0)
+
+
+def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:
+    """Raise ``exc_type`` in thread ``ident`` at its next Python instruction."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
 
 
 class AsyncioPool(Pool):
-    """One event loop thread; coroutine tasks run concurrently, plain functions in its thread executor."""
+    """One event loop thread; coroutine tasks run concurrently, plain functions in its thread executor.
+
+    The hard time limit cancels the coroutine; soft limits apply to plain functions only.
+    """
 
     def start(self, done: Done, runnable: Runnable) -> None:
         super().start(done, runnable)
@@ -99,7 +185,13 @@ class AsyncioPool(Pool):
         if not isinstance(prepared, execution.Outcome) and not prepared[1].is_async:
             outcome = await self._loop.run_in_executor(None, execution.run, self.app, record, self.worker_name)
         else:
-            outcome = await execution.run_async(self.app, record, self.worker_name)
+            _soft, hard = execution.time_limits(self.app, record)
+            started = time.perf_counter()
+            try:
+                outcome = await asyncio.wait_for(execution.run_async(self.app, record, self.worker_name), hard)
+            except asyncio.TimeoutError:
+                exc = TimeLimitExceeded(f"task ran past its time limit of {hard:g} s and was cancelled")
+                outcome = self._ended(record, exc, started)
         self.done(record, outcome)
 
     def stop(self) -> None:
@@ -112,49 +204,97 @@ class AsyncioPool(Pool):
         self._thread.join()
 
 
-_child_app: Any = None
+def _child_main(app_path: str, conn: Connection, worker_name: str) -> None:
+    """A pool process: import the app, then run records from the pipe until told to stop."""
+    def soft_limit(_signum: int, _frame: object) -> None:
+        raise SoftTimeLimitExceeded("soft time limit exceeded")
 
-
-def _init_child(app_path: str) -> None:
-    global _child_app  # noqa: PLW0603 - one app per child process, set once by the pool initializer
-    _child_app = load_app(app_path)
-
-
-def _run_in_child(record: Record, worker_name: str) -> execution.Outcome:
-    return execution.run(_child_app, record, f"{worker_name}/{os.getpid()}")
+    signal.signal(signal.SIGUSR1, soft_limit)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    app = load_app(app_path)
+    name = f"{worker_name}/{os.getpid()}"
+    while (record := conn.recv()) is not None:
+        conn.send(execution.run(app, record, name))
 
 
 class ProcessPool(Pool):
-    """``concurrency`` child processes, each importing the app; for CPU-bound tasks."""
+    """``concurrency`` child processes, each importing the app; for CPU-bound tasks.
+
+    One thread per child feeds it records over a pipe and watches the clock: past the soft limit the
+    child gets SIGUSR1 (raising :class:`SoftTimeLimitExceeded`), past the hard limit it is killed and
+    replaced. A child that dies mid-task fails that task with :class:`WorkerLostError`.
+    """
 
     def start(self, done: Done, runnable: Runnable) -> None:
         super().start(done, runnable)
         if not self.app_path:
             raise ConfigError("the processes pool needs the app's import path (taskq worker -A module:app)")
-        import multiprocessing
+        self._context = multiprocessing.get_context("spawn")
+        self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
+        self._slots = [threading.Thread(target=self._slot, name=f"taskq-proc-{i}", daemon=True)
+                       for i in range(self.concurrency)]
+        for slot in self._slots:
+            slot.start()
 
-        self._executor = ProcessPoolExecutor(self.concurrency, multiprocessing.get_context("spawn"),
-                                             initializer=_init_child, initargs=(self.app_path,))
+    def _spawn_child(self) -> tuple[BaseProcess, Connection]:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=_child_main, args=(self.app_path, child, self.worker_name),
+                                        daemon=True)
+        process.start()
+        child.close()
+        return process, parent
 
     def submit(self, record: Record) -> None:
-        if not self.runnable(record):
-            self.done(record, None)
-            return
-        future = self._executor.submit(_run_in_child, record, self.worker_name)
-        future.add_done_callback(lambda f, r=record: self._finished(r, f))
+        self._queue.put(record)
 
-    def _finished(self, record: Record, future: Future[execution.Outcome]) -> None:
-        if future.cancelled():
-            self.done(record, None)
-            return
+    def _slot(self) -> None:
+        process, conn = self._spawn_child()
+        while (record := self._queue.get()) is not None:
+            if not self.runnable(record):
+                self.done(record, None)
+                continue
+            outcome, replace = self._run_in_child(process, conn, record)
+            if replace:
+                process.kill()
+                process.join()
+                process, conn = self._spawn_child()
+            self.done(record, outcome)
         try:
-            outcome = future.result()
-        except Exception as exc:  # noqa: BLE001 - a child died: the message is poison or the host is sick
-            outcome = execution.reject(record, exc)
-        self.done(record, outcome)
+            conn.send(None)
+        except OSError:
+            pass
+        process.join(timeout=10)
+
+    def _run_in_child(self, process: BaseProcess, conn: Connection, record: Record,
+                      ) -> tuple[execution.Outcome, bool]:
+        """(outcome, whether the child must be replaced)."""
+        soft, hard = execution.time_limits(self.app, record)
+        started, clock = time.monotonic(), time.perf_counter()
+        soft_sent = False
+        try:
+            conn.send(record)
+            while True:
+                if conn.poll(WATCH_INTERVAL * 4):
+                    return conn.recv(), False
+                elapsed = time.monotonic() - started
+                if hard is not None and elapsed > hard:
+                    exc: Exception = TimeLimitExceeded(f"task ran past its time limit of {hard:g} s; process killed")
+                    return self._ended(record, exc, clock), True
+                if soft is not None and not soft_sent and elapsed > soft and process.pid:
+                    os.kill(process.pid, signal.SIGUSR1)
+                    soft_sent = True
+                if not process.is_alive():
+                    raise EOFError
+        except (EOFError, OSError):
+            exc = WorkerLostError(f"pool process {process.pid} died (exit code {process.exitcode}) running the task")
+            return self._ended(record, exc, clock), True
 
     def stop(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for _ in self._slots:
+            self._queue.put(None)
+        for slot in self._slots:
+            slot.join()
 
 
 POOLS: dict[str, type[Pool]] = {"threads": ThreadPool, "processes": ProcessPool, "asyncio": AsyncioPool}
@@ -176,11 +316,8 @@ def load_app(path: str) -> Taskq:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import app module {module_name!r}: {exc}") from exc
-    if attr:
-        app = getattr(module, attr, None)
-    else:
-        app = getattr(module, "app", None) or next(
-            (v for v in vars(module).values() if isinstance(v, Taskq)), None)
+    app: Any = getattr(module, attr, None) if attr else getattr(module, "app", None) or next(
+        (v for v in vars(module).values() if isinstance(v, Taskq)), None)
     if not isinstance(app, Taskq):
         raise ConfigError(f"no Taskq app found at {path!r} (use module:attribute)")
     return app

@@ -8,6 +8,7 @@ so that Java clients agree on placement. Consumers never auto-commit; the worker
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -242,12 +243,12 @@ class KafkaBroker(Broker):
         self._known.update({t: existing[t] for t in missing})
 
     def _wait_for_topics(self, names: list[str]) -> None:
-        import time
-
+        """Until every new topic's partitions have leaders (producing before that fails)."""
         deadline = time.monotonic() + self.connect_timeout
         while time.monotonic() < deadline:
             topics = self.admin.list_topics(timeout=self.connect_timeout).topics
-            if all(n in topics and not topics[n].error and topics[n].partitions for n in names):
+            if all(n in topics and not topics[n].error and topics[n].partitions
+                   and all(p.leader >= 0 for p in topics[n].partitions.values()) for n in names):
                 return
             time.sleep(0.05)
         raise BrokerError(f"topics {names} were created but never appeared in metadata")

@@ -1,0 +1,42 @@
+"""Tasks that overrun their time limits (configured by TASKQ_* environment variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from taskq import SoftTimeLimitExceeded, Taskq
+
+app = Taskq("limits")
+
+
+@app.task(time_limit=1.0, max_retries=0)
+def stuck(seconds: float) -> str:
+    """Busy for ``seconds``: past the hard limit it is ended."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+    return "finished"
+
+
+@app.task(soft_time_limit=0.3, time_limit=5.0, max_retries=0)
+def polite(seconds: float) -> str:
+    """Catches the soft limit and returns early."""
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.01)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "finished"
+
+
+@app.task(time_limit=0.5, max_retries=0)
+async def slow_coroutine(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "finished"
+
+
+@app.task
+def quick(x: int) -> int:
+    return x * 2
