@@ -719,12 +719,14 @@ def run_soak(target: Target, seconds: float = 600.0, rate: float = 1000.0, sampl
                         samples.append({"t": round(elapsed, 1), "rss_mb": round(worker.rss_mb(), 1), "lag": lag})
                         next_sample += sample
                         phase.update(min(elapsed, seconds))
-                    if elapsed >= seconds:
-                        break
                     due = min(int(rate * elapsed) + 1, int(rate * seconds))
+                    if elapsed >= seconds:
+                        due = int(rate * seconds)
                     while sent < due:
                         noop.delay()
                         sent += 1
+                    if elapsed >= seconds:
+                        break
                     time.sleep(0.005)
             app.flush()
             drain_started = time.perf_counter()
@@ -750,7 +752,7 @@ def run_soak(target: Target, seconds: float = 600.0, rate: float = 1000.0, sampl
 
 # --------------------------------------------------------------------------- output
 
-UNITS = {"tasks_per_s": "tasks/s", "steady_tasks_per_s": "tasks/s", "sustained_tasks_per_s": "tasks/s",
+UNITS = {"seconds": "s", "tasks_per_s": "tasks/s", "steady_tasks_per_s": "tasks/s", "sustained_tasks_per_s": "tasks/s",
          "ideal_tasks_per_s": "tasks/s", "achieved_rate": "tasks/s", "rate": "tasks/s"}
 
 
@@ -782,9 +784,10 @@ def report(name: str, runs: list[dict[str, Any]], options: dict[str, Any], targe
         click.echo(json.dumps(doc, indent=2, default=str))
         return
     console = Console()
-    title = f"taskq bench {name}: " + ", ".join(f"{k}={v}" for k, v in options.items())
-    table = Table(title=title, caption=f"{target.broker} + {target.backend}; "
-                  f"{'median of ' + str(len(runs)) + ' runs' if len(runs) > 1 else '1 run'}")
+    console.print(f"[bold]taskq bench {name}[/] " + " ".join(f"{k}={v}" for k, v in options.items())
+                  + f" on {target.broker} + {target.backend}"
+                  + (f", median of {len(runs)} runs" if len(runs) > 1 else ", 1 run"))
+    table = Table()
     table.add_column("metric")
     table.add_column("median" if len(runs) > 1 else "value", justify="right")
     table.add_column("unit")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 
 class TaskqError(Exception):
     """Base of every taskq error."""
@@ -30,7 +32,7 @@ class NotRegistered(TaskqError, KeyError):
         return f"task {self.args[0]!r} is not registered; import the module that defines it (-A/--include)"
 
 
-class TimeoutError(TaskqError, TimeoutError):  # noqa: A001 - mirrors celery.exceptions.TimeoutError
+class TimeoutError(TaskqError, builtins.TimeoutError):  # noqa: A001 - mirrors celery.exceptions.TimeoutError
     """``AsyncResult.get`` waited longer than its timeout."""
 
 

@@ -29,11 +29,18 @@ from taskq.execution import Kind, Outcome
 from taskq.message import H_ETA, H_ORIGIN
 from taskq.pools import make_pool
 from taskq.retry import tier_topic
+from taskq.task import Task
 
 log = logging.getLogger("taskq.worker")
 T = TypeVar("T")
 Outgoing = tuple[str, bytes | None, bytes | None, Headers]
-PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
+PAUSE_AFTER = 10.0
+PERMANENT_PRODUCE_ERRORS = ("MSG_SIZE_TOO_LARGE", "too large")
+
+
+def _permanent(exc: Exception) -> bool:
+    """True for produce errors that no retry can mend."""
+    return any(marker in str(exc) for marker in PERMANENT_PRODUCE_ERRORS)  # seconds with prefetch full before partitions are paused
 
 
 @dataclass
@@ -256,11 +263,11 @@ class Worker:
 
     def _accept(self, records: list[Record]) -> None:
         self.stats.received += len(records)
-        skip = self._already_final(records) if self.app.settings.skip_finished else set()
+        skip = self._already_final(records) if self.app.settings.skip_finished else {}
         for record in records:
             self._offsets.take((record.topic, record.partition), record.offset)
             self._in_flight += 1
-            if record.offset in skip.get((record.topic, record.partition), ()):  # type: ignore[union-attr]
+            if record.offset in skip.get((record.topic, record.partition), ()):
                 self.stats.skipped += 1
                 self._finished.append((record, True))
             else:
@@ -410,7 +417,7 @@ class Worker:
                 return report
 
             for m in pending:
-                self._retrying("produce", lambda m=m: producer.produce(m[0], m[1], m[2], m[3], reporter(m)))
+                self._produce(producer, m, reporter(m))
             while acked[0] < len(pending):
                 producer.poll(0.1)
             if failed:
@@ -418,13 +425,29 @@ class Worker:
                 time.sleep(0.5)
             pending = failed
 
-    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` until it succeeds: an outage delays commits, it never loses an outcome."""
+    def _produce(self, producer: Producer, message: Outgoing,
+                 report: Callable[[BaseException | None, Record | None], None]) -> None:
+        """Queue one message; a message refused as too large is sent again without its traceback."""
+        topic, key, value, headers = message
+        try:
+            self._retrying("produce", lambda: producer.produce(topic, key, value, headers, report), _permanent)
+        except BrokerError as exc:
+            slim = [(k, v) for k, v in headers if k != "error-traceback"]
+            log.error("cannot send to %s (%s); sending it without its traceback header", topic, exc)
+            self._retrying("produce", lambda: producer.produce(topic, key, value, slim, report))
+
+    def _retrying(self, what: str, fn: Callable[[], T], give_up: Callable[[Exception], bool] | None = None) -> T:
+        """Run ``fn`` until it succeeds: an outage delays commits, it never loses an outcome.
+
+        ``give_up(exc)`` true re-raises at once (an error no retry can mend).
+        """
         pause = 0.1
         while True:
             try:
                 return fn()
             except (BackendError, BrokerError) as exc:
+                if give_up is not None and give_up(exc):
+                    raise
                 log.warning("%s failed, retrying in %.1f s: %s", what, pause, exc)
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
@@ -482,7 +505,7 @@ def _origin(record: Record) -> str:
     return origin.decode() if origin else record.topic
 
 
-def _task_by_topic(app: Taskq, name: str) -> object:
+def _task_by_topic(app: Taskq, name: str) -> Task:
     for task in app.tasks.values():
         if task.topic == name:
             return task

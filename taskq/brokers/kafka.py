@@ -157,7 +157,7 @@ class KafkaConsumer(Consumer):
                 if err.fatal() or not err.retriable():
                     raise BrokerError(f"Kafka consumer: {err.str()}")
                 continue
-            records.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+            records.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),  # type: ignore[arg-type]
                                   msg.headers() or [], msg.timestamp()[1]))
         return records
 
@@ -166,7 +166,7 @@ class KafkaConsumer(Consumer):
             return
         tps = [_RdTopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            self._consumer.commit(offsets=tps, asynchronous=asynchronous)
+            self._consumer.commit(offsets=tps, asynchronous=asynchronous)  # type: ignore[call-overload]
         except KafkaException as exc:
             err = exc.args[0]
             if err.code() != KafkaError._NO_OFFSET:

@@ -1,0 +1,1 @@
+"""Benchmarks that compare taskq with other task queues (``python benchmarks/compare.py``)."""
