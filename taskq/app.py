@@ -96,7 +96,11 @@ class Taskq:
 
     @property
     def delay_topics(self) -> list[str]:
-        return tier_topics(self.settings.topic_prefix, self.settings.retry_tiers)
+        return tier_topics(self.group, self.settings.retry_tiers)
+
+    def delay_topic(self, delay: float) -> str:
+        """The delay-tier topic for a message due in ``delay`` seconds."""
+        return tier_topic(self.group, self.settings.retry_tiers, delay)
 
     # -- connections ------------------------------------------------------------------------------
 
@@ -176,7 +180,7 @@ class Taskq:
         self.ensure_topic(topic, partitions)
         target = topic
         if message.eta is not None and message.eta > time.time():
-            target = tier_topic(self.settings.topic_prefix, self.settings.retry_tiers, message.eta - time.time())
+            target = self.delay_topic(message.eta - time.time())
             headers.append(("origin-topic", topic.encode()))
             self.ensure_topics({t: partitions for t in self.delay_topics})
         producer = self.producer

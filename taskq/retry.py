@@ -1,8 +1,9 @@
 """Retry policy: backoff delays and the delay-tier topics that stand in for delayed delivery.
 
 Kafka cannot deliver a message later, so a delayed message goes to the smallest tier topic whose
-delay covers it (``taskq.delay.<seconds>s``); a forwarder in each worker moves it back to its task
-topic once its ``eta`` has passed. The task partition is never blocked while a task waits.
+delay covers it (``<group>.delay.<seconds>s``, one set per consumer group so that each delayed
+message has exactly one forwarder group); a forwarder in each worker moves it back to its task topic
+once its ``eta`` has passed. The task partition is never blocked while a task waits.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ class RetryPolicy:
         return random.uniform(0, delay) if self.retry_jitter else delay
 
 
-def tier_topic(prefix: str, tiers: Sequence[float], delay: float) -> str:
+def tier_topic(group: str, tiers: Sequence[float], delay: float) -> str:
     """The delay-tier topic for a message due in ``delay`` seconds."""
     for tier in tiers:
         if delay <= tier:
-            return f"{prefix}delay.{tier:g}s"
-    return f"{prefix}delay.{tiers[-1]:g}s"
+            return f"{group}.delay.{tier:g}s"
+    return f"{group}.delay.{tiers[-1]:g}s"
 
 
-def tier_topics(prefix: str, tiers: Sequence[float]) -> list[str]:
-    return [f"{prefix}delay.{tier:g}s" for tier in tiers]
+def tier_topics(group: str, tiers: Sequence[float]) -> list[str]:
+    return [f"{group}.delay.{tier:g}s" for tier in tiers]

@@ -26,9 +26,8 @@ from taskq.app import Taskq
 from taskq.brokers.base import Consumer, Headers, Producer, Record, TopicPartition
 from taskq.errors import BackendError, BrokerError
 from taskq.execution import Kind, Outcome
-from taskq.message import H_ETA, H_ORIGIN
+from taskq.message import H_CONTENT_TYPE, H_ETA, H_ORIGIN
 from taskq.pools import make_pool
-from taskq.retry import tier_topic
 from taskq.task import Task
 
 log = logging.getLogger("taskq.worker")
@@ -64,6 +63,7 @@ class OffsetTracker:
         self._finished: dict[TopicPartition, set[int]] = {}
         self._commit_point: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
+        self._abandoned: dict[TopicPartition, int] = {}  # taken, will not run here: never finished
 
     def take(self, tp: TopicPartition, offset: int) -> None:
         self._taken.setdefault(tp, deque()).append(offset)
@@ -87,13 +87,19 @@ class OffsetTracker:
         self._committed.update(moved)
         return moved
 
+    def abandon(self, tp: TopicPartition, offset: int) -> None:
+        """``offset`` will not run here (stopping or revoked): it stays uncommitted, but is not waited for."""
+        if tp in self._taken:
+            self._abandoned[tp] = self._abandoned.get(tp, 0) + 1
+
     def unfinished(self, partitions: Iterable[TopicPartition]) -> int:
-        """Records of these partitions taken and not finished."""
-        return sum(len(self._taken.get(tp, ())) - len(self._finished.get(tp, ())) for tp in partitions)
+        """Records of these partitions taken and neither finished nor abandoned."""
+        return sum(len(self._taken.get(tp, ())) - len(self._finished.get(tp, ())) - self._abandoned.get(tp, 0)
+                   for tp in partitions)
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in partitions:
-            for table in (self._taken, self._finished, self._commit_point, self._committed):
+            for table in (self._taken, self._finished, self._commit_point, self._committed, self._abandoned):
                 table.pop(tp, None)
 
 
@@ -253,6 +259,8 @@ class Worker:
         dropped = self._dispatcher.drop()
         self.stats.abandoned += len(dropped)
         self._in_flight -= len(dropped)
+        for record in dropped:
+            self._offsets.abandon((record.topic, record.partition), record.offset)
         self._wait_finished(lambda: self._in_flight <= 0, self.stop_timeout)
         self._commit(consumer, sync=True)
         self.pool.stop()
@@ -290,6 +298,8 @@ class Worker:
             self._in_flight -= 1
             if done:
                 self._offsets.finish((record.topic, record.partition), record.offset)
+            else:
+                self._offsets.abandon((record.topic, record.partition), record.offset)
 
     def _commit(self, consumer: Consumer, sync: bool = False, partitions: Iterable[TopicPartition] | None = None,
                 ) -> None:
@@ -320,8 +330,10 @@ class Worker:
         dropped = self._dispatcher.drop(lost)
         self._in_flight -= len(dropped)
         self.stats.abandoned += len(dropped)
+        for record in dropped:
+            self._offsets.abandon((record.topic, record.partition), record.offset)
         # records not started stay unfinished: never committed here, the next owner reads them again
-        self._wait_finished(lambda: self._offsets.unfinished(lost) == len(dropped), self.stop_timeout)
+        self._wait_finished(lambda: self._offsets.unfinished(lost) == 0, self.stop_timeout)
         if self._consumer is not None:
             try:
                 self._commit(self._consumer, sync=True, partitions=lost)
@@ -379,9 +391,13 @@ class Worker:
         record = outcome.record
         if outcome.kind is Kind.RETRY and outcome.message is not None:
             self.stats.retried += 1
-            value, headers = outcome.message.encode(self.app.serializers)
+            # re-encode with the serializer the message came in (a pickle task's args may not be JSON)
+            content_type = (record.header(H_CONTENT_TYPE) or b"application/json").decode(errors="replace")
+            serializer = next((n for n in self.app.settings.accept_content
+                               if self.app.serializers.get(n).content_type == content_type), "json")
+            value, headers = outcome.message.encode(self.app.serializers, serializer)
             headers.append((H_ORIGIN, record.topic.encode()))
-            topic = tier_topic(self.app.settings.topic_prefix, self.app.settings.retry_tiers, outcome.retry_delay)
+            topic = self.app.delay_topic(outcome.retry_delay)
             return topic, record.key, value, headers
         if outcome.kind is Kind.DEAD:
             self.stats.dead += 1

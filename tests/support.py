@@ -88,3 +88,53 @@ def recorder_client(env: dict[str, str]) -> tuple[Taskq, object]:
 
     task = app.task(work, name="tests.apps.recorder.work", key="key")
     return app, task
+
+
+# --------------------------------------------------------------------------- reliability tests
+
+from collections.abc import Callable  # noqa: E402 - appended section
+
+
+def client_app(env: dict[str, str], name: str, **settings: object) -> Taskq:
+    """A caller-side app with the broker, backend, prefix and group of a worker started with ``env``."""
+    return Taskq(name, broker=env["TASKQ_BROKER_URL"], backend=env["TASKQ_RESULT_BACKEND"],
+                 topic_prefix=env["TASKQ_TOPIC_PREFIX"], group=env["TASKQ_GROUP"], **settings)
+
+
+def reliable_client(env: dict[str, str], **settings: object) -> tuple[Taskq, dict[str, object]]:
+    """A caller-side app matching ``tests.apps.reliable`` and its tasks by short name."""
+    app = client_app(env, "reliable", **settings)
+
+    def flaky(self, key: str, fails: int, countdown: float | None = None) -> int:  # noqa: ANN001
+        raise AssertionError("runs in the worker process only")
+
+    def stamp(key: str) -> float:
+        raise AssertionError("runs in the worker process only")
+
+    def echo(key: str, seq: int, sleep: float = 0.0) -> int:
+        raise AssertionError("runs in the worker process only")
+
+    tasks = {
+        "flaky": app.task(flaky, name="tests.apps.reliable.flaky", key="key", bind=True),
+        "stamp": app.task(stamp, name="tests.apps.reliable.stamp", key="key"),
+        "echo": app.task(echo, name="tests.apps.reliable.echo", key="key"),
+    }
+    return app, tasks
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``condition`` until it is true; fail saying ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def fault_line(name: str, sent: int, finished: int, lost: int, duplicates: int, extra: str = "") -> str:
+    """Print (and return) the one-line summary of a fault test: ``FAULT name: sent=… finished=… …``."""
+    line = f"FAULT {name}: sent={sent} finished={finished} lost={lost} duplicates_executed={duplicates}"
+    if extra:
+        line += f" {extra}"
+    print("\n" + line, flush=True)
+    return line

@@ -197,6 +197,25 @@ def test_autoretry_exhausted_ends_failure_and_dead_letter(app: Taskq) -> None:
     assert TaskMessage.decode(letter, app.serializers).args == [7]
 
 
+def test_retry_of_pickle_task_keeps_its_serializer(db: str) -> None:
+    app = build_app(db, accept_content=("json", "pickle"))
+
+    @app.task(name="e2e.pickled", bind=True, serializer="pickle")
+    def pickled(self: taskq.Task, items: set[int]) -> list[int]:
+        if self.request.attempts == 0:
+            raise self.retry(countdown=0.2)
+        return sorted(items)
+
+    try:
+        with worker_thread(app, concurrency=2) as worker:
+            result = pickled.delay({3, 1, 2})  # a set: not JSON
+            assert result.get(timeout=20) == [1, 2, 3]
+        assert result.record is not None and result.record.attempts == 2
+        assert worker.stats.retried == 1
+    finally:
+        app.close()
+
+
 def test_skip_finished_disabled_still_runs_tasks(db: str) -> None:
     app = build_app(db, skip_finished=False)
     try:

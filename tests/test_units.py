@@ -310,6 +310,24 @@ def test_offset_tracker_forget_and_finish_after_revoke() -> None:
     assert tracker.to_commit() == {tp: 6}
 
 
+def test_offset_tracker_abandoned_blocks_commit_but_is_not_waited_for() -> None:
+    tp = ("t", 0)
+    tracker = OffsetTracker()
+    for offset in range(4):
+        tracker.take(tp, offset)
+    tracker.finish(tp, 0)
+    tracker.abandon(tp, 1)  # not run (stopping / revoked)
+    tracker.finish(tp, 3)
+    assert tracker.unfinished([tp]) == 1  # only offset 2 is still running
+    tracker.finish(tp, 2)
+    assert tracker.unfinished([tp]) == 0
+    assert tracker.to_commit() == {tp: 1}  # never past the abandoned offset
+    tracker.forget([tp])
+    tracker.abandon(tp, 7)  # after a revoke: ignored
+    tracker.take(tp, 1)
+    assert tracker.unfinished([tp]) == 1
+
+
 # --------------------------------------------------------------------------- KeyedDispatcher
 
 

@@ -28,7 +28,7 @@ app.conf.update(
 if KAFKA:
     # kombu's Kafka transport has no fanout exchanges: remote control (pidbox) cannot work on it
     app.conf.update(worker_enable_remote_control=False,
-                    broker_transport_options={"wait_time_seconds": 1, "num_partitions": 1})
+                    broker_transport_options={"polling_interval": float(os.environ.get("BENCH_POLLING_INTERVAL", "0.01"))})
 
 
 @app.task(name="bench.noop")

@@ -1,0 +1,299 @@
+"""Reliability on real Kafka and Redis: retries, worker churn, crashes, broker and Redis outages.
+
+Every fault test prints one summary line (run with ``-s``)::
+
+    FAULT <name>: sent=N finished=N lost=0 duplicates_executed=K
+
+``finished`` counts tasks with a final result; ``duplicates_executed`` counts task bodies run more
+than once (a redelivery skipped because its result was already final is not an execution).
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka.admin import AdminClient
+
+from taskq import BackendError, BrokerError, Taskq
+from taskq.dlq import dead_letters, read_topic
+from taskq.partitioner import partition_for
+from taskq.results.base import FAILURE, SUCCESS
+from tests.support import (
+    WorkerProcess,
+    client_app,
+    env_for,
+    fault_line,
+    recorder_client,
+    reliable_client,
+    wait_results,
+    wait_until,
+)
+
+RELIABLE = "tests.apps.reliable"
+RECORDER = "tests.apps.recorder"
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
+
+
+class Setup:
+    """One test's environment: worker env, caller app and tasks, worker processes, a Redis client."""
+
+    def __init__(self, env: dict[str, str], app: Taskq, tasks: dict, store: redis.Redis) -> None:
+        self.env = env
+        self.app = app
+        self.tasks = tasks
+        self.store = store
+        self.workers: list[WorkerProcess] = []
+        self.prefix = env["RECORDER_PREFIX"]
+
+    def start(self, count: int = 1, *args: str, app_path: str = RELIABLE, settle: float = 0.0) -> list[WorkerProcess]:
+        new = [WorkerProcess(app_path, self.env, "-c", "4", *args, name=f"w{len(self.workers) + i}")
+               for i in range(count)]
+        self.workers.extend(new)
+        for w in new:
+            w.wait_for("assigned")
+        time.sleep(settle)
+        return new
+
+    def counter(self, name: str) -> int:
+        return int(self.store.get(f"{self.prefix}:{name}") or 0)
+
+    def floats(self, name: str) -> list[float]:
+        return [float(x) for x in self.store.lrange(f"{self.prefix}:{name}", 0, -1)]
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.app.close()
+        self.store.close()
+
+
+@pytest.fixture
+def rel(kafka_url: str, redis_clean: str, unique: str, tmp_path: Path) -> Iterator[Setup]:
+    """The ``tests.apps.reliable`` app on fresh topics."""
+    env = env_for(kafka_url, redis_clean, f"rel{unique}")
+    env["RELIABLE_LOG_DIR"] = str(tmp_path)
+    app, tasks = reliable_client(env)
+    for task in tasks.values():
+        app.ensure_topic(task.topic, task.partitions)
+    s = Setup(env, app, tasks, redis.Redis.from_url(redis_clean))
+    yield s
+    s.close()
+
+
+def log_counts(directory: Path) -> collections.Counter[int]:
+    """How many times each ``echo`` seq ran, from the workers' execution logs."""
+    counts: collections.Counter[int] = collections.Counter()
+    for path in directory.glob("*.log"):
+        counts.update(int(line) for line in path.read_text().split())
+    return counts
+
+
+def records_of(app: Taskq, topic: str, task_id: str) -> list:
+    return [r for r in read_topic(app, topic) if r.header("id") == task_id.encode()]
+
+
+# =========================================================================== 1. retries
+
+
+def test_autoretry_backoff_attempts_and_first_failure_travel_in_headers(rel: Setup) -> None:
+    """Fails twice then succeeds: SUCCESS after 3 attempts; attempts and first-failure in the headers."""
+    flaky = rel.tasks["flaky"]
+    rel.start(1)
+    ok = flaky.delay("k-ok", 2)
+    dead = flaky.delay("k-dead", 10)  # more failures than max_retries=3 allows
+    rel.app.flush()
+    ok_rec, dead_rec = wait_results(rel.app, [ok.id, dead.id], timeout=60)
+    assert ok_rec is not None and ok_rec.status == SUCCESS, (ok_rec, rel.workers[0].log[-3000:])
+    assert ok_rec.attempts == 3 and ok.get(timeout=1) == 3
+    # self.request.attempts seen by the task grows 0, 1, 2
+    assert [int(x) for x in rel.store.lrange(f"{rel.prefix}:attempts:{ok.id}", 0, -1)] == [0, 1, 2]
+    ran = rel.floats(f"ran_at:{ok.id}")
+    gaps = [b - a for a, b in zip(ran, ran[1:])]
+    # backoff with full jitter, capped by retry_backoff_max=2; plus forwarding latency
+    assert all(0 <= g < 2 + 3 for g in gaps), gaps
+
+    # the retried messages went back to the task topic with attempts and first-failure headers
+    sent = records_of(rel.app, flaky.topic, ok.id)
+    assert [r.header("attempts") for r in sent] == [None, b"1", b"2"], [r.headers for r in sent]
+    first = [r.header("first-failure") for r in sent]
+    assert first[0] is None and first[1] == first[2] is not None
+    assert ran[0] <= float(first[1]) <= ran[1]
+    assert all(r.header("origin-topic") is None for r in sent)  # the forwarder strips its routing header
+
+    # max_retries=3: four runs, then FAILURE and a dead letter
+    assert dead_rec is not None and dead_rec.status == FAILURE and dead_rec.attempts == 4, dead_rec
+    assert [int(x) for x in rel.store.lrange(f"{rel.prefix}:attempts:{dead.id}", 0, -1)] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="run 4 of 10"):
+        dead.get(timeout=1)
+    [letter] = [d for d in dead_letters(rel.app, flaky.name) if d.id == dead.id]
+    assert letter.reason == "dead" and letter.attempts == 4 and "ValueError" in letter.error
+
+
+def test_self_retry_countdown_and_apply_async_countdown(rel: Setup) -> None:
+    """``self.retry(countdown=1)`` waits >= 1 s; ``apply_async(countdown=2)`` runs >= 2 s after sending."""
+    flaky, stamp = rel.tasks["flaky"], rel.tasks["stamp"]
+    rel.start(1)
+    retried = flaky.delay("k-cd", 1, countdown=1)
+    sent_at = time.time()
+    later = stamp.apply_async(("k-later",), countdown=2)
+    rel.app.flush()
+    r1, r2 = wait_results(rel.app, [retried.id, later.id], timeout=30)
+    assert r1 is not None and r1.status == SUCCESS and r1.attempts == 2, r1
+    ran = rel.floats(f"ran_at:{retried.id}")
+    assert len(ran) == 2 and ran[1] - ran[0] >= 1.0, ran
+    assert r2 is not None and r2.status == SUCCESS, r2
+    assert r2.result >= sent_at + 2, (r2.result - sent_at)
+    assert rel.counter("executions") == 3  # 2 runs of flaky, 1 of stamp
+
+
+def test_retry_wait_does_not_block_the_partition(rel: Setup) -> None:
+    """While a task waits 6 s for its retry, tasks with other keys in its partition complete."""
+    flaky = rel.tasks["flaky"]
+    parts = flaky.partitions
+    target = partition_for(b"blocker", parts)
+    keys = [k for k in (f"other{i}" for i in range(2000)) if partition_for(k.encode(), parts) == target][:30]
+    assert len(keys) == 30
+    rel.start(1)
+    blocker = flaky.delay("blocker", 1, countdown=6)
+    rel.app.flush()
+    wait_until(lambda: rel.store.llen(f"{rel.prefix}:attempts:{blocker.id}") >= 1, 30, "the blocker's first run")
+    others = [flaky.delay(k, 0) for k in keys]
+    rel.app.flush()
+    done = wait_results(rel.app, [o.id for o in others], timeout=30)
+    assert all(r is not None and r.status == SUCCESS for r in done)
+    assert rel.app.AsyncResult(blocker.id).status == "RETRY"
+    final = wait_results(rel.app, [blocker.id], timeout=30)[0]
+    assert final is not None and final.status == SUCCESS and final.attempts == 2
+    ran = rel.floats(f"ran_at:{blocker.id}")
+    assert ran[1] - ran[0] >= 6.0, ran
+    assert max(r.date_done for r in done) < ran[1], "other keys waited for the retry"
+    # and they really shared the blocker's partition
+    ids = {o.id.encode() for o in others} | {blocker.id.encode()}
+    partitions = {r.partition for r in read_topic(rel.app, flaky.topic) if r.header("id") in ids}
+    assert partitions == {target}
+
+
+def test_countdown_survives_worker_restart(rel: Setup) -> None:
+    """A delayed task held by a worker that is stopped (SIGTERM) is run by the next worker."""
+    stamp = rel.tasks["stamp"]
+    rel.start(1)
+    sent_at = time.time()
+    late = stamp.apply_async(("k-late",), countdown=3)
+    rel.app.flush()
+    time.sleep(1.0)  # the first worker's forwarder now holds it, not yet due
+    assert rel.workers[0].terminate() == 0, rel.workers[0].log
+    assert late.status == "PENDING" and rel.counter("executions") == 0
+    rel.start(1)
+    record = wait_results(rel.app, [late.id], timeout=60)[0]
+    lost = int(record is None or record.status != SUCCESS)
+    fault_line("worker-restart-with-countdown", 1, 1 - lost, lost, rel.counter("executions") - 1)
+    assert not lost, rel.workers[1].log[-3000:]
+    assert record.result >= sent_at + 3
+    assert rel.counter("executions") == 1
+
+
+# =========================================================================== 2. rebalance churn
+
+
+def test_rebalance_churn_20k_tasks(kafka_url: str, redis_clean: str, unique: str) -> None:
+    """20,000 tasks while workers join, leave (SIGTERM) and crash (kill -9) every few seconds."""
+    total = 20_000
+    env = env_for(kafka_url, redis_clean, f"churn{unique}")
+    env["TASKQ_DEFAULT_PARTITIONS"] = "12"
+    app, work = recorder_client(env)
+    app.ensure_topic(work.topic, 12)
+    store = redis.Redis.from_url(redis_clean)
+    prefix = env["RECORDER_PREFIX"]
+    workers: list[WorkerProcess] = []
+    stopped: list[WorkerProcess] = []  # SIGTERMed: must exit 0
+    events: list[str] = []
+
+    def add() -> None:
+        w = WorkerProcess(RECORDER, env, "-c", "4", name=f"w{len(workers) + len(stopped)}")
+        workers.append(w)
+        events.append(f"+{w.name}")
+
+    def sigterm() -> None:
+        w = workers.pop(0)
+        w.proc.send_signal(signal.SIGTERM)
+        stopped.append(w)
+        events.append(f"-{w.name}")
+
+    def kill9() -> None:
+        w = workers.pop(0)
+        w.kill()
+        events.append(f"x{w.name}")
+
+    executions = lambda: int(store.get(f"{prefix}:executions") or 0)  # noqa: E731
+    try:
+        for _ in range(3):
+            add()
+        for w in workers:
+            w.wait_for("assigned")
+        t0 = time.monotonic()
+        results = [work.delay(f"k{i % 400}", i, 0.004) for i in range(total)]
+        app.flush()
+        ids = [r.id for r in results]
+        plan = [add, sigterm, add, kill9, add, sigterm, add, sigterm, add, sigterm, add, sigterm]
+        step = 0
+        while executions() < total and time.monotonic() - t0 < 150:
+            time.sleep(3)
+            if step < len(plan):
+                plan[step]()
+                step += 1
+        records = wait_results(app, ids, timeout=max(30, 170 - (time.monotonic() - t0)))
+        elapsed = time.monotonic() - t0
+        finished = sum(r is not None and r.status == SUCCESS for r in records)
+        runs = executions()
+        fault_line("rebalance-churn", total, finished, total - finished, runs - total,
+                   f"events={' '.join(events)} elapsed={elapsed:.1f}s")
+        assert finished == total, [w.log[-2000:] for w in workers]
+        assert [r.result for r in records] == list(range(total))
+        assert step >= 6, f"only {step} churn events happened before the run ended: make it longer"
+        for w in stopped:
+            assert w.proc.wait(60) == 0, w.log[-3000:]
+        # Graceful hand-overs re-run nothing: only what the crashed worker ran but had not stored yet.
+        assert 0 <= runs - total <= 100, runs - total
+    finally:
+        for w in workers + stopped:
+            w.stop()
+        app.close()
+        store.close()
+
+
+# =========================================================================== 3. kill -9 during retries
+
+
+def test_kill_9_during_retries_loses_no_retry(rel: Setup) -> None:
+    """Tasks failing their first 1-2 runs; the worker is killed mid-run; a new one finishes all."""
+    flaky = rel.tasks["flaky"]
+    count = 1500
+    fails = [i % 3 for i in range(count)]
+    rel.start(1)
+    results = [flaky.delay(f"k{i % 150}", fails[i]) for i in range(count)]
+    rel.app.flush()
+    expected_runs = sum(f + 1 for f in fails)
+    # kill once every first run happened and most retries are still waiting in the delay tiers
+    wait_until(lambda: rel.counter("executions") >= count, 60, "the first runs")
+    retried_before = rel.counter("executions") - count
+    rel.workers[0].kill()
+    rel.start(1)
+    records = wait_results(rel.app, [r.id for r in results], timeout=90)
+    finished = sum(r is not None and r.status == SUCCESS for r in records)
+    runs = rel.counter("executions")
+    fault_line("kill-9-during-retries", count, finished, count - finished, runs - expected_runs,
+               f"retry_runs_before_kill={retried_before}/{expected_runs - count}")
+    assert finished == count, rel.workers[1].log[-3000:]
+    assert retried_before < expected_runs - count, "the kill came after every retry had run"
+    pipe = rel.store.pipeline(transaction=False)
+    for r in results:
+        pipe.get(f"{rel.prefix}:runs:{r.id}")
+    per_task = [int(x) for x in pipe.execute()]
+    assert all(n >= f + 1 for n, f in zip(per_task, fails))  # every failing run was retried
+    assert runs >= expected_runs
