@@ -379,14 +379,22 @@ class Completion:
 
 def wait_for_keys(counter: Callable[[], int], total: int, worker: WorkerProcess, timeout: float,
                   on_progress: Callable[[int], None] | None = None, poll: float = 0.05,
-                  then: Callable[[], bool] | None = None) -> Completion:
-    """Poll ``counter()`` until it reaches ``total`` (then until ``then()`` holds); times from worker start."""
+                  then: Callable[[], bool] | None = None, stall: float | None = None) -> Completion:
+    """Poll ``counter()`` until it reaches ``total`` (then until ``then()`` holds); times from worker start.
+
+    Gives up after ``timeout`` s, or once the count has not moved for ``stall`` s after the first result.
+    """
     deadline = time.perf_counter() + timeout
     first = done_at_first = None
     cpu_at_first = 0.0
+    last, moved = -1, time.perf_counter()
     while True:
         n = counter()
         now = time.perf_counter()
+        if n != last:
+            last, moved = n, now
+        elif stall is not None and first is not None and n < total and now - moved > stall:
+            raise click.ClickException(f"stalled: {n} of {total} tasks done, none more in {stall:.0f} s")
         if on_progress is not None:
             on_progress(n)
         if n and first is None:

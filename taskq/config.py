@@ -12,8 +12,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from taskq.errors import ConfigError
+
+BROKER_SCHEMES = ("kafka", "local")
+BACKEND_SCHEMES = ("redis", "rediss", "unix", "local")
 
 
 @dataclass
@@ -65,6 +69,14 @@ class Settings:
         for name in ("connect_timeout", "send_timeout", "result_expires"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        broker = urlsplit(self.broker_url)
+        if self.broker_url and (broker.scheme not in BROKER_SCHEMES or not (broker.netloc or broker.path)):
+            raise ConfigError(f"bad broker URL {self.broker_url!r}: use kafka://host:port[,host:port] "
+                              "or local:///path/to/file.db")
+        backend = urlsplit(self.result_backend)
+        if self.result_backend and (backend.scheme not in BACKEND_SCHEMES or not (backend.netloc or backend.path)):
+            raise ConfigError(f"bad result backend URL {self.result_backend!r}: use redis://host:port/db "
+                              "or local:///path/to/file.db")
         if not self.retry_tiers or sorted(self.retry_tiers) != list(self.retry_tiers):
             raise ConfigError(f"retry_tiers must be increasing delays in seconds, not {self.retry_tiers}")
 

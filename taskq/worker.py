@@ -262,10 +262,17 @@ class Worker:
         for record in dropped:
             self._offsets.abandon((record.topic, record.partition), record.offset)
         self._wait_finished(lambda: self._in_flight <= 0, self.stop_timeout)
-        self._commit(consumer, sync=True)
+        self._commit_on_stop(consumer)
         self.pool.stop()
         self._take_finished()
-        self._commit(consumer, sync=True)
+        self._commit_on_stop(consumer)
+
+    def _commit_on_stop(self, consumer: Consumer) -> None:
+        """The final commit; refused during a rebalance (stale generation), the next owner re-reads."""
+        try:
+            self._commit(consumer, sync=True)
+        except BrokerError as exc:
+            log.warning("commit on stop failed (the next owner re-reads those records): %s", exc)
 
     # -- consumer thread --------------------------------------------------------------------------
 

@@ -259,34 +259,16 @@ def _one_line_naming(exc: BaseException, text: str) -> None:
 
 @pytest.mark.parametrize("url", ["amqp://x", "kafka://", "local://", "redis://127.0.0.1:6379/0"])
 def test_bad_broker_url(url: str) -> None:
-    app = Taskq("x", broker=url, backend="redis://127.0.0.1:1/0")
-
-    @app.task(name="x.t")
-    def t() -> None: ...
-
     with pytest.raises(ConfigError) as info:
-        t.delay()
+        Taskq("x", broker=url, backend="redis://127.0.0.1:1/0")
     _one_line_naming(info.value, repr(url))
-    with pytest.raises(ConfigError):
-        Worker(app).run()
 
 
 @pytest.mark.parametrize("url", ["mongodb://x", "http://127.0.0.1:6379", "local://"])
 def test_bad_backend_url(url: str, tmp_path: Path) -> None:
-    app = Taskq("x", backend=url, local_path=str(tmp_path / "q.db"))
-
-    @app.task(name="x.t")
-    def t() -> None: ...
-
-    result = t.delay()  # the broker is fine: sending works
     with pytest.raises(ConfigError) as info:
-        result.get(timeout=1)
+        Taskq("x", backend=url, local_path=str(tmp_path / "q.db"))
     _one_line_naming(info.value, repr(url))
-    started = time.monotonic()
-    with pytest.raises(ConfigError):
-        Worker(app).run()  # fails fast, before consuming anything
-    assert time.monotonic() - started < 5
-    app.close()
 
 
 def test_kafka_without_backend_is_config_error() -> None:

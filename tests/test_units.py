@@ -257,17 +257,25 @@ def test_should_retry() -> None:
     assert not RetryPolicy().should_retry(ValueError("x"), 0)  # nothing is autoretried by default
 
 
-@pytest.mark.parametrize("delay,topic", [(0.0, "taskq.delay.1s"), (0.5, "taskq.delay.1s"), (1.0, "taskq.delay.1s"),
-                                         (1.01, "taskq.delay.10s"), (10, "taskq.delay.10s"),
-                                         (59, "taskq.delay.60s"), (600, "taskq.delay.600s"),
-                                         (10_000, "taskq.delay.600s")])
+@pytest.mark.parametrize("delay,topic", [(0.0, "g.delay.1s"), (0.5, "g.delay.1s"), (1.0, "g.delay.1s"),
+                                         (1.01, "g.delay.10s"), (10, "g.delay.10s"),
+                                         (59, "g.delay.60s"), (600, "g.delay.600s"),
+                                         (10_000, "g.delay.600s")])
 def test_tier_topic(delay: float, topic: str) -> None:
-    assert tier_topic("taskq.", (1.0, 10.0, 60.0, 600.0), delay) == topic
+    assert tier_topic("g", (1.0, 10.0, 60.0, 600.0), delay) == topic
 
 
 def test_tier_topics_names() -> None:
-    assert tier_topics("p.", (0.5, 2.0)) == ["p.delay.0.5s", "p.delay.2s"]
-    assert tier_topic("p.", (0.5, 2.0), 0.25) == "p.delay.0.5s"
+    assert tier_topics("taskq.app", (0.5, 2.0)) == ["taskq.app.delay.0.5s", "taskq.app.delay.2s"]
+    assert tier_topic("taskq.app", (0.5, 2.0), 0.25) == "taskq.app.delay.0.5s"
+
+
+def test_app_delay_topics_belong_to_its_group(tmp_path: Path) -> None:
+    app = Taskq("tiers", local_path=str(tmp_path / "q.db"), retry_tiers=(2.0, 20.0))
+    assert app.delay_topics == ["taskq.tiers.delay.2s", "taskq.tiers.delay.20s"]
+    assert app.delay_topic(3) == "taskq.tiers.delay.20s"
+    other = Taskq("tiers", local_path=str(tmp_path / "q.db"), group="custom", retry_tiers=(2.0, 20.0))
+    assert other.delay_topics[0] == "custom.delay.2s"
 
 
 # --------------------------------------------------------------------------- OffsetTracker
@@ -663,7 +671,8 @@ def test_apply_async_countdown_goes_to_delay_tier(app: Taskq) -> None:
 
     result = later.apply_async(countdown=5, headers={"trace": "t1"})
     app.flush()
-    [record] = _read_all(app, "taskq.delay.10s", 1)
+    assert app.delay_topic(5) == f"{app.group}.delay.10s"
+    [record] = _read_all(app, app.delay_topic(5), 1)
     assert record.header("origin-topic") == later.topic.encode()
     assert record.header("x-trace") == b"t1"
     assert float(record.header("eta") or 0) == pytest.approx(time.time() + 5, abs=2)

@@ -261,16 +261,28 @@ class KafkaBroker(Broker):
     def watermarks(self, topic: str) -> dict[int, tuple[int, int]]:
         parts = self.list_topics().get(topic, 0)
         meta = self._meta()
-        return {
-            p: tuple(meta.get_watermark_offsets(_RdTopicPartition(topic, p), timeout=self.connect_timeout))  # type: ignore[misc]
-            for p in range(parts)
-        }
+        marks: dict[int, tuple[int, int]] = {}
+        for p in range(parts):
+            deadline = time.monotonic() + self.connect_timeout
+            while True:
+                try:
+                    low, high = meta.get_watermark_offsets(_RdTopicPartition(topic, p), timeout=self.connect_timeout)
+                    marks[p] = (low, high)
+                    break
+                except KafkaException as exc:  # a new topic's leader may not be known yet
+                    if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_LEADER_FOR_PARTITION \
+                            or time.monotonic() > deadline:
+                        raise BrokerError(f"cannot read offsets of {topic}[{p}]: {exc.args[0].str()}") from exc
+                    time.sleep(0.1)
+        return marks
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         parts = self.list_topics().get(topic, 0)
         probe = _RdConsumer({**self.config, "group.id": group, "enable.auto.commit": False})
         try:
             tps = probe.committed([_RdTopicPartition(topic, p) for p in range(parts)], timeout=self.connect_timeout)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read committed offsets of {group} on {topic}: {exc.args[0].str()}") from exc
         finally:
             probe.close()
         return {tp.partition: tp.offset for tp in tps if tp.offset != OFFSET_INVALID and tp.offset >= 0}
