@@ -46,14 +46,15 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from taskq.app import Taskq
+
+if TYPE_CHECKING:  # rich is imported where it is used: `taskq worker` should not pay for it
+    from rich.console import Console
+    from rich.progress import Progress
 
 NOOP = "bench.noop"
 SLEEP = "bench.sleep"
@@ -162,6 +163,9 @@ def services(start: bool, console: Console | None = None) -> Iterator[Target]:
             console.print(f"[dim]Kafka {kafka.url} ready in {kafka.startup_seconds:.1f} s, Redis {redis_server.url}[/]")
         yield Target(kafka.url, redis_server.url, started_here=True)
     finally:
+        import gc
+
+        gc.collect()  # destroy this process's Kafka clients first: no reconnect noise once Kafka is gone
         if kafka is not None:
             kafka.stop()
         redis_server.close()
@@ -367,6 +371,15 @@ class KeyCounter:
             self.client.close()
 
 
+class Incomplete(click.ClickException):
+    """Not every task finished: ``done`` of them, the last one ``last_progress_s`` after the worker started."""
+
+    def __init__(self, message: str, done: int, last_progress_s: float) -> None:
+        super().__init__(message)
+        self.done = done
+        self.last_progress_s = last_progress_s
+
+
 @dataclass
 class Completion:
     """When a batch of tasks was seen done, relative to the worker's start."""
@@ -394,7 +407,8 @@ def wait_for_keys(counter: Callable[[], int], total: int, worker: WorkerProcess,
         if n != last:
             last, moved = n, now
         elif stall is not None and first is not None and n < total and now - moved > stall:
-            raise click.ClickException(f"stalled: {n} of {total} tasks done, none more in {stall:.0f} s")
+            raise Incomplete(f"stalled: {n} of {total} tasks done, none more in {stall:.0f} s", n,
+                             moved - worker.started)
         if on_progress is not None:
             on_progress(n)
         if n and first is None:
@@ -404,8 +418,8 @@ def wait_for_keys(counter: Callable[[], int], total: int, worker: WorkerProcess,
             return Completion(first - worker.started, now - worker.started, done_at_first, cpu_at_first)
         worker.check()
         if now > deadline:
-            raise click.ClickException(f"only {n} of {total} tasks done after {timeout:.0f} s; "
-                                       f"{worker.name} log:\n{worker.log_tail()}")
+            raise Incomplete(f"only {n} of {total} tasks done after {timeout:.0f} s; "
+                             f"{worker.name} log:\n{worker.log_tail()}", n, moved - worker.started)
         time.sleep(poll)
 
 
@@ -456,6 +470,9 @@ def verify_results(app: Taskq, ids: Sequence[str]) -> tuple[int, list[Any]]:
 
 
 def make_progress(console: Console) -> Progress:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn)
+
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TaskProgressColumn(), TimeElapsedColumn(), console=console, transient=True)
 
@@ -505,6 +522,8 @@ def median_of(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in runs if key in r]
         if all(isinstance(v, bool) for v in values):
             out[key] = all(values)
+        elif all(isinstance(v, int) for v in values):
+            out[key] = statistics.median_low(values)
         elif all(isinstance(v, (int, float)) for v in values):
             out[key] = statistics.median(values)
         else:
@@ -786,6 +805,9 @@ def _unit(key: str) -> str:
 
 
 def report(name: str, runs: list[dict[str, Any]], options: dict[str, Any], target: Target, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     summary = median_of(runs)
     if as_json:
         doc = {"bench": name, "options": options, "median": summary, "runs": runs, "environment": environment(target)}
@@ -816,6 +838,8 @@ def report(name: str, runs: list[dict[str, Any]], options: dict[str, Any], targe
 
 def _execute(name: str, options: dict[str, Any], runs: int, start_services: bool, as_json: bool,
              once: Callable[[Target, Progress], dict[str, Any]]) -> None:
+    from rich.console import Console
+
     err = Console(stderr=True)
     with services(start_services, err) as target:
         results = []

@@ -293,7 +293,7 @@ def test_pause_and_resume(broker: Broker) -> None:
 
 def test_produce_to_missing_topic_errors(broker: Broker) -> None:
     t = name("missing")
-    p = broker.producer()
+    p = broker.producer(**({"message.timeout.ms": 5000} if broker.url.startswith("kafka") else {}))
     errors: list[Exception] = []
     try:
         p.produce(t, b"k", b"v", on_delivery=lambda err, rec: errors.append(err) if err is not None else None)
@@ -352,7 +352,11 @@ def test_local_multiprocess_producers_keep_offsets_contiguous(tmp_path: os.PathL
     assert values == {f"{who}:{i}".encode() for who in range(2) for i in range(2000)}
     for who in range(2):  # each producer's own order survives within a partition
         for part in range(2):
-            mine = [int((r.value or b"").split(b":")[1]) for r in records if r.partition == part and r.value.startswith(b"%d:" % who)]
+            mine = [
+                int((r.value or b"").split(b":")[1])
+                for r in records
+                if r.partition == part and (r.value or b"").startswith(b"%d:" % who)
+            ]
             assert mine == sorted(mine)
     broker.close()
 
@@ -394,6 +398,7 @@ def test_local_member_handover_and_sigkill_expiry(tmp_path: os.PathLike[str]) ->
         assert len(assigned) == 1 and len(c.assignment()) == 1
         (tp,) = assigned[0]
         assert [(r.partition, r.offset) for r in first] == [(tp[1], o) for o in range(3, 10)]
+        assert child.pid is not None
         os.kill(child.pid, signal.SIGKILL)
         started = time.monotonic()
         (second,) = drain([c], 7, LOCAL_PATIENCE)  # the dead child's partition after its session expired

@@ -140,10 +140,12 @@ class KafkaConsumer(Consumer):
                 on_assign(got)
 
         def revoked(_c: Any, tps: list[_RdTopicPartition]) -> None:
-            lost = [(tp.topic, tp.partition) for tp in tps]
-            if on_revoke:
+            lost = [(tp.topic, tp.partition) for tp in tps if (tp.topic, tp.partition) in self._assigned]
+            if on_revoke and lost:
                 on_revoke(lost)
             self._assigned.difference_update(lost)
+
+        self._revoked = revoked
 
         self._consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
@@ -182,7 +184,11 @@ class KafkaConsumer(Consumer):
         self._consumer.resume([_RdTopicPartition(t, p) for t, p in partitions])
 
     def close(self) -> None:
-        self._consumer.close()
+        """Revoke (so the callback can commit while still a member), then leave the group."""
+        try:
+            self._revoked(self._consumer, [_RdTopicPartition(t, p) for t, p in self._assigned])
+        finally:
+            self._consumer.close()
 
 
 class KafkaBroker(Broker):

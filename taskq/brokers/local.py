@@ -39,7 +39,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 from taskq.brokers.base import (
     AssignmentCallback,
@@ -157,6 +156,17 @@ def to_bytes(data: bytes | str | None) -> bytes | None:
     return data.encode() if isinstance(data, str) else data
 
 
+def number_option(options: dict[str, object], name: str) -> float | None:
+    """``options[name]`` as a float (None when absent); ConfigError when it is not a number."""
+    value = options.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {name}={value!r} must be a number") from None
+
+
 def topic_map(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
     """Topic name -> (tid, partition count)."""
     return {name: (tid, n) for tid, name, n in conn.execute("SELECT tid, name, partitions FROM topics")}
@@ -171,7 +181,9 @@ class LocalProducer(Producer):
         self._conn = connect(path)
         self._lock = threading.RLock()
         self._batch_size = max(1, batch_size)
-        self._queue: list[tuple[str, int, int, bytes | None, bytes | None, bytes | None, int, DeliveryCallback | None, Headers]] = []
+        self._queue: list[
+            tuple[str, int, int, bytes | None, bytes | None, bytes | None, int, DeliveryCallback | None, Headers]
+        ] = []
         self._queued_bytes = 0
         self._done: list[tuple[DeliveryCallback | None, Exception | None, Record | None]] = []
         self._topics: dict[str, tuple[int, int]] = {}
@@ -184,7 +196,9 @@ class LocalProducer(Producer):
             self._topics = topic_map(self._conn)
             meta = self._topics.get(topic)
             if meta is None:
-                raise BrokerError(f"unknown topic {topic!r} in local broker {self._path!r}; create it first (ensure_topics)")
+                raise BrokerError(
+                    f"unknown topic {topic!r} in local broker {self._path!r}; create it first (ensure_topics)"
+                )
         return meta
 
     def produce(
@@ -217,7 +231,17 @@ class LocalProducer(Producer):
                 if partition >= n:
                     raise BrokerError(f"topic {topic!r} has {n} partitions, cannot produce to partition {partition}")
             self._queue.append(
-                (topic, tid, partition, key, value, encode_headers(headers), time.time_ns() // 1_000_000, on_delivery, headers or [])
+                (
+                    topic,
+                    tid,
+                    partition,
+                    key,
+                    value,
+                    encode_headers(headers),
+                    time.time_ns() // 1_000_000,
+                    on_delivery,
+                    headers or [],
+                )
             )
             self._queued_bytes += len(value or b"") + len(key or b"")
             if len(self._queue) >= self._batch_size or self._queued_bytes >= MAX_BATCH_BYTES:
@@ -238,7 +262,9 @@ class LocalProducer(Producer):
         try:
             with Txn(conn):
                 for (tid, part), idxs in by_part.items():
-                    row = conn.execute("SELECT next_offset FROM partitions WHERE tid=? AND partition=?", (tid, part)).fetchone()
+                    row = conn.execute(
+                        "SELECT next_offset FROM partitions WHERE tid=? AND partition=?", (tid, part)
+                    ).fetchone()
                     if row is None:
                         raise BrokerError(f"partition {part} of topic id {tid} vanished from {self._path!r}")
                     base = row[0]
@@ -252,7 +278,11 @@ class LocalProducer(Producer):
                         "UPDATE partitions SET next_offset=? WHERE tid=? AND partition=?", (base + len(idxs), tid, part)
                     )
         except (sqlite3.Error, BrokerError) as exc:
-            err = exc if isinstance(exc, BrokerError) else BrokerError(f"local broker write to {self._path!r} failed: {exc}")
+            err = (
+                exc
+                if isinstance(exc, BrokerError)
+                else BrokerError(f"local broker write to {self._path!r} failed: {exc}")
+            )
             if not any(it[7] is not None for it in batch):
                 raise err from (None if err is exc else exc)
             self._done.extend((it[7], err, None) for it in batch)  # _serve raises for those without callback
@@ -357,7 +387,9 @@ class LocalConsumer(Consumer):
 
     def _evict_expired(self, c: sqlite3.Connection) -> bool:
         """Delete members whose session expired and their ownerships (inside a write transaction)."""
-        cur = c.execute("DELETE FROM members WHERE grp=? AND heartbeat + session_timeout < ?", (self._group, time.time()))
+        cur = c.execute(
+            "DELETE FROM members WHERE grp=? AND heartbeat + session_timeout < ?", (self._group, time.time())
+        )
         if cur.rowcount > 0:
             c.execute(
                 "DELETE FROM owners WHERE grp=? AND member NOT IN (SELECT member FROM members WHERE grp=?)",
@@ -403,9 +435,10 @@ class LocalConsumer(Consumer):
         """Group generation and our share of the round-robin assignment (one read snapshot)."""
         with Txn(c, "DEFERRED"):
             gen = c.execute("SELECT generation FROM groups WHERE name=?", (self._group,)).fetchone()[0]
-            members = [(m, set(json.loads(t))) for m, t in c.execute(
-                "SELECT member, topics FROM members WHERE grp=? ORDER BY member", (self._group,)
-            )]
+            members = [
+                (m, set(json.loads(t)))
+                for m, t in c.execute("SELECT member, topics FROM members WHERE grp=? ORDER BY member", (self._group,))
+            ]
             topics = topic_map(c)
         self._tids = {name: tid for name, (tid, _) in topics.items()}
         self._names = {tid: name for name, tid in self._tids.items()}
@@ -458,7 +491,9 @@ class LocalConsumer(Consumer):
             for tid, part, m in c.execute("SELECT tid, partition, member FROM owners WHERE grp=?", (self._group,))
         }
         live = {m for (m,) in c.execute("SELECT member FROM members WHERE grp=?", (self._group,))}
-        if not any(owners.get((tid, p)) in (None, self.member_id) or owners[(tid, p)] not in live for _, p, tid in pend):
+        if not any(
+            owners.get((tid, p)) in (None, self.member_id) or owners[(tid, p)] not in live for _, p, tid in pend
+        ):
             return
         claimed: list[TopicPartition] = []
         with Txn(c) as c:
@@ -581,12 +616,15 @@ class LocalConsumer(Consumer):
                             rows.append((self._group, tid, part, int(off)))
                     c.executemany("INSERT OR REPLACE INTO commits VALUES (?,?,?,?)", rows)
                     c.execute(
-                        "UPDATE members SET heartbeat=? WHERE grp=? AND member=?", (time.time(), self._group, self.member_id)
+                        "UPDATE members SET heartbeat=? WHERE grp=? AND member=?",
+                        (time.time(), self._group, self.member_id),
                     )
             except sqlite3.Error as exc:
                 raise BrokerError(f"local broker commit to {self._path!r} failed: {exc}") from exc
             if skipped:
-                log.warning("group %s: not committing %s, member %s does not own them", self._group, skipped, self.member_id)
+                log.warning(
+                    "group %s: not committing %s, member %s does not own them", self._group, skipped, self.member_id
+                )
 
     def assignment(self) -> list[TopicPartition]:
         """Partitions this member currently owns (reads from)."""
@@ -601,12 +639,12 @@ class LocalConsumer(Consumer):
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop returning records from ``partitions``."""
         with self._lock:
-            self._paused.update(tuple(tp) for tp in partitions)
+            self._paused.update((t, p) for t, p in partitions)
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         """Return records from ``partitions`` again."""
         with self._lock:
-            self._paused.difference_update(tuple(tp) for tp in partitions)
+            self._paused.difference_update((t, p) for t, p in partitions)
 
     def close(self) -> None:
         """Revoke (callback), release partitions and leave the group."""
@@ -619,12 +657,11 @@ class LocalConsumer(Consumer):
             finally:
                 self._closed = True
                 try:
-                    if not self._joined:
-                        return
-                    with Txn(self._conn) as c:
-                        c.execute("DELETE FROM owners WHERE grp=? AND member=?", (self._group, self.member_id))
-                        c.execute("DELETE FROM members WHERE grp=? AND member=?", (self._group, self.member_id))
-                        c.execute("UPDATE groups SET generation=generation+1 WHERE name=?", (self._group,))
+                    if self._joined:
+                        with Txn(self._conn) as c:
+                            c.execute("DELETE FROM owners WHERE grp=? AND member=?", (self._group, self.member_id))
+                            c.execute("DELETE FROM members WHERE grp=? AND member=?", (self._group, self.member_id))
+                            c.execute("UPDATE groups SET generation=generation+1 WHERE name=?", (self._group,))
                 finally:
                     self._owned.clear()
                     self._conn.close()
@@ -654,7 +691,7 @@ class LocalBroker(Broker):
 
     def producer(self, **options: object) -> LocalProducer:
         """A new producer (option ``batch_size``: messages queued before an automatic write)."""
-        return LocalProducer(self.path, batch_size=int(options.get("batch_size", MAX_BATCH)))  # type: ignore[arg-type]
+        return LocalProducer(self.path, batch_size=int(number_option(options, "batch_size") or MAX_BATCH))
 
     def consumer(
         self,
@@ -665,18 +702,18 @@ class LocalBroker(Broker):
         **options: object,
     ) -> LocalConsumer:
         """A new member of ``group``; options ``session_timeout`` (s, default 10) and ``heartbeat_interval``."""
-        session = options.get("session_timeout")
-        if session is None and "session.timeout.ms" in options:
-            session = float(options["session.timeout.ms"]) / 1000  # type: ignore[arg-type]
-        hb = options.get("heartbeat_interval")
+        session = number_option(options, "session_timeout")
+        if session is None:
+            session_ms = number_option(options, "session.timeout.ms")
+            session = session_ms / 1000 if session_ms is not None else DEFAULT_SESSION_TIMEOUT
         return LocalConsumer(
             self.path,
             group,
             topics,
             on_assign,
             on_revoke,
-            session_timeout=float(session) if session is not None else DEFAULT_SESSION_TIMEOUT,  # type: ignore[arg-type]
-            heartbeat_interval=float(hb) if hb is not None else None,  # type: ignore[arg-type]
+            session_timeout=session,
+            heartbeat_interval=number_option(options, "heartbeat_interval"),
         )
 
     def ensure_topics(self, topics: dict[str, int], replication: int = 1) -> None:
@@ -719,7 +756,9 @@ class LocalBroker(Broker):
             c = self._conn()
             tid = self._tid(topic)
             out = {}
-            for part, high in c.execute("SELECT partition, next_offset FROM partitions WHERE tid=? ORDER BY partition", (tid,)):
+            for part, high in c.execute(
+                "SELECT partition, next_offset FROM partitions WHERE tid=? ORDER BY partition", (tid,)
+            ):
                 low = c.execute(
                     "SELECT offset FROM records WHERE tid=? AND partition=? ORDER BY offset LIMIT 1", (tid, part)
                 ).fetchone()
@@ -732,15 +771,19 @@ class LocalBroker(Broker):
             c = self._conn()
             tid = self._tid(topic)
             return dict(
-                c.execute("SELECT partition, offset FROM commits WHERE grp=? AND tid=? ORDER BY partition", (group, tid))
+                c.execute(
+                    "SELECT partition, offset FROM commits WHERE grp=? AND tid=? ORDER BY partition", (group, tid)
+                )
             )
 
     def delete_records(self, topic: str, before: dict[int, int]) -> None:
         """Delete records below ``before[partition]``; the next offsets stay where they are."""
         with self._lock, Txn(self._conn()) as c:
             tid = self._tid(topic)
-            c.executemany("DELETE FROM records WHERE tid=? AND partition=? AND offset<?",
-                          [(tid, part, offset) for part, offset in before.items()])
+            c.executemany(
+                "DELETE FROM records WHERE tid=? AND partition=? AND offset<?",
+                [(tid, part, offset) for part, offset in before.items()],
+            )
 
     def close(self) -> None:
         """Close the admin connection."""
