@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 Done = Callable[[Record, "execution.Outcome | None"], None]
 Runnable = Callable[[Record], bool]
 WATCH_INTERVAL = 0.05
+CHILD_START_TIMEOUT = 60.0
+READY = "ready"
 
 
 class Pool:
@@ -214,6 +216,7 @@ def _child_main(app_path: str, conn: Connection, worker_name: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     app = load_app(app_path)
     name = f"{worker_name}/{os.getpid()}"
+    conn.send(READY)  # the parent starts the clock on a task only once the child can run it
     while (record := conn.recv()) is not None:
         conn.send(execution.run(app, record, name))
 
@@ -243,6 +246,14 @@ class ProcessPool(Pool):
                                         daemon=True)
         process.start()
         child.close()
+        try:
+            started = parent.poll(CHILD_START_TIMEOUT) and parent.recv() == READY
+        except (EOFError, OSError):
+            started = False
+        if not started:
+            process.kill()
+            raise WorkerLostError(f"pool process did not start within {CHILD_START_TIMEOUT:g} s "
+                                  f"(cannot import {self.app_path!r}?)")
         return process, parent
 
     def submit(self, record: Record) -> None:
