@@ -80,10 +80,16 @@ class OffsetTracker:
             finished.discard(done)
             self._commit_point[tp] = done + 1
 
-    def to_commit(self, partitions: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
-        """Commit points that moved since the last call (for ``partitions``, or all)."""
+    def to_commit(self, partitions: Iterable[TopicPartition] | None = None, every: bool = False,
+                  ) -> dict[TopicPartition, int]:
+        """Commit points that moved since the last call (``every``: all of them), for ``partitions`` or all.
+
+        ``every`` is for the synchronous commits at revoke and stop, which must land even if an earlier
+        asynchronous commit of the same point was lost.
+        """
         tps = self._commit_point.keys() if partitions is None else [p for p in partitions if p in self._commit_point]
-        moved = {tp: self._commit_point[tp] for tp in tps if self._committed.get(tp) != self._commit_point[tp]}
+        moved = {tp: self._commit_point[tp] for tp in tps
+                 if every or self._committed.get(tp) != self._commit_point[tp]}
         self._committed.update(moved)
         return moved
 
@@ -310,7 +316,7 @@ class Worker:
 
     def _commit(self, consumer: Consumer, sync: bool = False, partitions: Iterable[TopicPartition] | None = None,
                 ) -> None:
-        offsets = self._offsets.to_commit(partitions)
+        offsets = self._offsets.to_commit(partitions, every=sync)
         if offsets:
             consumer.commit(offsets, asynchronous=not sync)
 
