@@ -150,8 +150,16 @@ class KafkaConsumer(Consumer):
         self._consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def consume(self, max_records: int, timeout: float) -> list[Record]:
+        # librdkafka's batch consume waits for a full batch or the timeout; poll returns on the first
+        # message, so: take what is there, else wait for one message, then take what came with it.
+        msgs = self._consumer.consume(max_records, 0)
+        if not msgs:
+            first = self._consumer.poll(timeout)
+            if first is None:
+                return []
+            msgs = [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
         records = []
-        for msg in self._consumer.consume(max_records, timeout):
+        for msg in msgs:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -244,18 +252,19 @@ class KafkaBroker(Broker):
                 except KafkaException as exc:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise BrokerError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from exc
-            self._wait_for_topics([t.topic for t in new])
-            existing = self.list_topics()
+            # the counts come from the metadata that showed the topics ready: another list_topics()
+            # may ask a broker that does not know them yet (KeyError with several brokers)
+            existing = {**existing, **self._wait_for_topics([t.topic for t in new])}
         self._known.update({t: existing[t] for t in missing})
 
-    def _wait_for_topics(self, names: list[str]) -> None:
-        """Until every new topic's partitions have leaders (producing before that fails)."""
+    def _wait_for_topics(self, names: list[str]) -> dict[str, int]:
+        """Until every new topic's partitions have leaders (producing before that fails); their counts."""
         deadline = time.monotonic() + self.connect_timeout
         while time.monotonic() < deadline:
             topics = self.admin.list_topics(timeout=self.connect_timeout).topics
             if all(n in topics and not topics[n].error and topics[n].partitions
                    and all(p.leader >= 0 for p in topics[n].partitions.values()) for n in names):
-                return
+                return {n: len(topics[n].partitions) for n in names}
             time.sleep(0.05)
         raise BrokerError(f"topics {names} were created but never appeared in metadata")
 
