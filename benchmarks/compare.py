@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -47,12 +49,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rich.console import Console  # noqa: E402
-from rich.progress import Progress  # noqa: E402
-from rich.table import Table  # noqa: E402
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
-from taskq import bench  # noqa: E402
-from taskq.results.redis import RESULT_PREFIX  # noqa: E402
+from taskq import bench
+from taskq.results.redis import RESULT_PREFIX
 
 FRAMEWORKS = ("taskq", "celery-redis", "celery-kafka", "dramatiq")
 
@@ -143,25 +145,29 @@ class PeerClient:
 
 
 def measure(client: Any, backend_url: str, n: int, rounds: int, warmup: int, budget: float,
-            latency_budget: float, progress: Progress) -> dict[str, Any]:
+            latency_budget: float, progress: Progress, enqueue_warmup: int = 100,
+            stall: float = 60.0) -> dict[str, Any]:
     """enqueue, e2e and latency for one client (one worker process)."""
     out: dict[str, Any] = {"framework": client.label, "config": client.config, "tasks": n,
                            "loadavg_before": round(os.getloadavg()[0], 2)}
     notes: list[str] = []
-    keys: list[str] = []
+    keys = [client.send() for _ in range(enqueue_warmup)]  # connections, producer ids: not timed
+    client.flush()
     with bench.Phase(progress, f"{client.label}: enqueue {n}", n) as phase:
         started = time.perf_counter()
         deadline = started + budget
+        sent = 0
         for i in range(n):
             keys.append(client.send())
+            sent += 1
             if i % 200 == 0:
                 phase.update(i)
                 if time.perf_counter() > deadline:
-                    notes.append(f"enqueue stopped after {len(keys)} of {n} tasks ({budget:.0f} s budget)")
+                    notes.append(f"enqueue stopped after {sent} of {n} tasks ({budget:.0f} s budget)")
                     break
         client.flush()
         elapsed = time.perf_counter() - started
-    out.update(enqueue_tasks=len(keys), enqueue_s=elapsed, enqueue_per_s=len(keys) / elapsed)
+    out.update(enqueue_tasks=sent, enqueue_s=elapsed, enqueue_per_s=sent / elapsed)
 
     counter = bench.KeyCounter(backend_url, keys)
     worker = client.worker()
@@ -170,7 +176,7 @@ def measure(client: Any, backend_url: str, n: int, rounds: int, warmup: int, bud
         with worker, bench.Phase(progress, f"{client.label}: e2e, one worker", total) as phase:
             try:
                 done = bench.wait_for_keys(counter.count, total, worker, budget, phase.update,
-                                           then=client.finished())
+                                           then=client.finished(), stall=stall)
                 cpu = worker.cpu_seconds()
                 e2e = bench.e2e_numbers(total, worker, done, cpu)
                 out.update({"e2e_" + k: v for k, v in e2e.items() if k != "tasks"})
@@ -178,9 +184,13 @@ def measure(client: Any, backend_url: str, n: int, rounds: int, warmup: int, bud
             except Exception as exc:  # noqa: BLE001 - a budget overrun or a dead worker is a result too
                 finished = counter.count()
                 elapsed = time.perf_counter() - worker.started
+                if isinstance(exc, bench.Incomplete) and exc.done:  # the rate up to the last progress
+                    finished, elapsed = exc.done, exc.last_progress_s
                 worker_alive = worker.proc is not None and worker.proc.poll() is None
-                notes.append(f"e2e incomplete: {finished} of {total} results after {elapsed:.0f} s"
-                             + ("" if worker_alive else f"; worker exited: {str(exc)[-1500:]}"))
+                notes.append(f"e2e incomplete: {finished} of {total} results, the last {elapsed:.1f} s after the "
+                             f"worker started" + (f" ({str(exc).splitlines()[0]})" if worker_alive
+                                                  else f"; worker exited: {str(exc)[-1500:]}")
+                             + "; e2e tasks/s counts those; latency not measured (tasks still queued)")
                 out.update(e2e_tasks=finished, e2e_seconds=elapsed, e2e_tasks_per_s=finished / elapsed,
                            e2e_cpu_ms_per_task=worker.cpu_seconds() / max(finished, 1) * 1000 if worker_alive
                            else float("nan"), e2e_peak_rss_mb=worker.peak_rss_mb() if worker_alive else float("nan"))
@@ -225,7 +235,7 @@ def fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        if value != value:
+        if math.isnan(value):
             return "-"
         return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
     return str(value)
@@ -234,14 +244,16 @@ def fmt(value: Any) -> str:
 def print_table(doc: dict[str, Any], console: Console) -> None:
     rows = doc["results"]
     ours = next((r for r in rows if r["framework"] == "taskq" and "error" not in r), None)
-    table = Table(title=f"taskq vs peers: {doc['tasks']:,} no-op tasks, one worker process each",
+    table = Table(title=f"taskq vs peers: {doc['tasks']:,} no-op tasks (e2e: +{doc['enqueue_warmup']} warm-up), "
+                        "one worker process each",
                   caption="peer cells: value (xR) where R = how many times better taskq is "
                           "(throughput: taskq/peer; CPU, RSS, latency: peer/taskq)")
-    table.add_column("framework")
+    table.add_column("framework", no_wrap=True)
     for _, title in COLUMNS:
         table.add_column(title, justify="right")
     for r in rows:
-        label = r["framework"] + (" *" if r.get("chosen") else "")
+        incomplete = any(n.startswith("e2e incomplete") for n in r.get("notes", []))
+        label = r["framework"] + (" *" if r.get("chosen") else "") + (" †" if incomplete else "")
         if "error" in r:
             table.add_row(label, f"[red]error: {r['error'][:300]}[/]", *[""] * (len(COLUMNS) - 1))
             continue
@@ -257,7 +269,8 @@ def print_table(doc: dict[str, Any], console: Console) -> None:
         table.add_row(label, *cells)
     console.print(table)
     for r in rows:
-        console.print(f"[bold]{r['framework']}[/]: {r.get('config', '')}"
+        mark = " †" if any(n.startswith("e2e incomplete") for n in r.get("notes", [])) else ""
+        console.print(f"[bold]{r['framework']}{mark}[/]: {r.get('config', '')}"
                       + (f"  (load avg before: {r['loadavg_before']})" if "loadavg_before" in r else ""))
         for note in r.get("notes", []):
             console.print(f"   note: {note}")
@@ -281,10 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(FRAMEWORKS), help=f"comma list of {', '.join(FRAMEWORKS)}")
     parser.add_argument("--celery-pools", default="threads:8,prefork:2",
                         help="Celery worker pools to try on Redis, pool:concurrency (default threads:8,prefork:2)")
+    parser.add_argument("--celery-kafka-pool", default="auto",
+                        help="pool:concurrency for celery-kafka (default auto: the faster Celery pool on Redis)")
     parser.add_argument("--budget", type=float, default=300.0,
                         help="seconds allowed for enqueue and for e2e of one framework (default 300)")
     parser.add_argument("--latency-budget", type=float, default=120.0,
                         help="seconds allowed for the round trips of one framework (default 120)")
+    parser.add_argument("--stall", type=float, default=60.0,
+                        help="give up e2e when no task finished for this many seconds (default 60)")
+    parser.add_argument("--enqueue-warmup", type=int, default=100,
+                        help="tasks sent before the enqueue timing starts; the worker runs them too (default 100)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--out", type=Path, help="also write the JSON results to this file")
     args = parser.parse_args(argv)
@@ -301,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = target.backend
         kafka_bootstrap = target.broker[len("kafka://"):].split(",")[0]
         results: list[dict[str, Any]] = []
-        doc: dict[str, Any] = {"tasks": args.tasks, "rounds": args.rounds, "warmup": args.warmup,
+        doc: dict[str, Any] = {"tasks": args.tasks, "enqueue_warmup": args.enqueue_warmup, "rounds": args.rounds,
+                               "warmup": args.warmup,
                                "environment": bench.environment(target), "results": results}
 
         def attempt(label: str, make: Callable[[], Any], progress: Progress) -> dict[str, Any]:
@@ -309,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 client = make()
                 row = measure(client, redis_url, args.tasks, args.rounds, args.warmup, args.budget,
-                              args.latency_budget, progress)
+                              args.latency_budget, progress, args.enqueue_warmup, args.stall)
             except Exception as exc:  # noqa: BLE001 - record the exact error and go on
                 row = {"framework": label, "config": getattr(client, "config", ""),
                        "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
@@ -326,11 +346,11 @@ def main(argv: list[str] | None = None) -> int:
             if "celery-redis" in only:
                 rows = []
                 for pool, conc in celery_pools:
-                    rows.append((attempt(f"celery-redis {pool}", lambda pool=pool, conc=conc: PeerClient(
-                        f"celery-redis {pool}", "celery_app", redis_url, redis_url, conc, pool,
-                        f"Celery 5, Redis broker + Redis results, worker --pool {pool} -c {conc}"), progress),
-                        (pool, conc)))
-                ok = [(r, pc) for r, pc in rows if "e2e_tasks_per_s" in r and not r.get("notes")]
+                    make = functools.partial(
+                        PeerClient, f"celery-redis {pool}", "celery_app", redis_url, redis_url, conc, pool,
+                        f"Celery 5, Redis broker + Redis results, worker --pool {pool} -c {conc}")
+                    rows.append((attempt(f"celery-redis {pool}", make, progress), (pool, conc)))
+                ok = [(r, pc) for r, pc in rows if "e2e_startup_s" in r]  # e2e completed
                 if ok:
                     best, chosen_pool = max(ok, key=lambda item: item[0]["e2e_tasks_per_s"])
                     best["chosen"] = True
@@ -340,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                         + "); used for celery-kafka and marked *.")
             if "celery-kafka" in only:
                 pool, conc = chosen_pool
+                if args.celery_kafka_pool != "auto":
+                    pool, conc = args.celery_kafka_pool.split(":")[0], int(args.celery_kafka_pool.split(":")[1])
                 attempt("celery-kafka", lambda: PeerClient(
                     "celery-kafka", "celery_app", f"confluentkafka://{kafka_bootstrap}", redis_url, conc, pool,
                     f"Celery 5 on kombu's confluentkafka transport (polling_interval "
@@ -361,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(text)
     else:
-        print_table(doc, Console())
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+        print_table(doc, console)
     return 0
 
 

@@ -54,4 +54,7 @@ def round_trip(timeout: float) -> None:
 
 
 def close() -> None:
+    from kombu import pools
+
     app.close()
+    pools.reset()  # close kombu's global connection/producer pools (and its Kafka producers); next app starts fresh
