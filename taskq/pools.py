@@ -86,9 +86,10 @@ class ThreadPool(Pool):
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
         self._stopping = threading.Event()
+        self._limited = any(t.time_limit or t.soft_time_limit for t in self.app.tasks.values())
         for _ in range(self.concurrency):
             self._spawn()
-        if any(t.time_limit or t.soft_time_limit for t in self.app.tasks.values()):
+        if self._limited:
             threading.Thread(target=self._watch, name="taskq-watchdog", daemon=True).start()
 
     def _spawn(self) -> None:
@@ -106,7 +107,7 @@ class ThreadPool(Pool):
             if not runnable(record):
                 done(record, None)
                 continue
-            soft, hard = execution.time_limits(app, record)
+            soft, hard = execution.time_limits(app, record) if self._limited else (None, None)
             if soft is None and hard is None:
                 done(record, execution.run(app, record, name))
                 continue

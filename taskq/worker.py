@@ -297,7 +297,10 @@ class Worker:
     def _already_final(self, records: list[Record]) -> dict[TopicPartition, set[int]]:
         """Offsets of records whose task already has a final result (redeliveries after a crash)."""
         ids = [(r.header("id") or b"").decode(errors="replace") for r in records]
-        stored = self._retrying("check results", lambda: self.app.backend.get_many(ids))
+        backend = self.app.backend
+        if not self._retrying("check results", lambda: backend.any_stored(ids)):
+            return {}
+        stored = self._retrying("check results", lambda: backend.get_many(ids))
         final: dict[TopicPartition, set[int]] = {}
         for record, result in zip(records, stored):
             if result is not None and result.ready:
@@ -427,7 +430,9 @@ class Worker:
             ("original-offset", str(record.offset).encode()),
             ("dead-at", repr(time.time()).encode()),
         ]
-        return self.app.dlq_topic(_origin(record)), record.key, record.value, headers
+        # record.topic, not the origin-topic header: the worker consumes task topics only, and a header
+        # naming a topic without a dead-letter topic would block the finisher forever
+        return self.app.dlq_topic(record.topic), record.key, record.value, headers
 
     def _send_all(self, messages: list[Outgoing]) -> None:
         """Produce and wait for every acknowledgement; re-send what failed until it succeeds."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 Headers = list[tuple[str, bytes]]
 TopicPartition = tuple[str, int]
@@ -16,9 +16,11 @@ DeliveryCallback = Callable[["Exception | None", "Record | None"], None]
 AssignmentCallback = Callable[[list[TopicPartition]], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One message as read from (or acknowledged by) a topic partition."""
+class Record(NamedTuple):
+    """One message as read from (or acknowledged by) a topic partition.
+
+    A named tuple: the consumer builds one per message, and a tuple is the cheapest immutable record.
+    """
 
     topic: str
     partition: int

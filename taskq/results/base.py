@@ -67,6 +67,10 @@ class ResultBackend(ABC):
     def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:
         """Records for ``ids`` in order; None where nothing is stored."""
 
+    def any_stored(self, ids: list[str]) -> bool:
+        """Whether any of ``ids`` has a record; a cheap pre-check before :meth:`get_many`."""
+        return any(r is not None for r in self.get_many(ids))
+
     def get(self, task_id: str) -> ResultRecord | None:
         return self.get_many([task_id])[0]
 

@@ -49,6 +49,10 @@ class RedisBackend(ResultBackend):
             pipe.execute()
         self._call("store results", write)
 
+    def any_stored(self, ids: list[str]) -> bool:
+        """Whether any of ``ids`` has a record (one integer back instead of every value)."""
+        return bool(ids) and bool(self._call("check results", self.client.exists, *[RESULT_PREFIX + i for i in ids]))
+
     def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:
         keys = [RESULT_PREFIX + i for i in ids]
         if not keys:
