@@ -193,6 +193,7 @@ class Worker:
         self._dispatcher = KeyedDispatcher(self.pool.submit)
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
+        self._known_topics: set[str] = set()
         self.ready = threading.Event()  # set once the consumer has joined the group
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -296,13 +297,14 @@ class Worker:
 
     def _already_final(self, records: list[Record]) -> dict[TopicPartition, set[int]]:
         """Offsets of records whose task already has a final result (redeliveries after a crash)."""
-        ids = [(r.header("id") or b"").decode(errors="replace") for r in records]
+        with_id = [(r, i.decode(errors="replace")) for r in records if (i := r.header("id"))]
+        ids = [task_id for _, task_id in with_id]
         backend = self.app.backend
         if not self._retrying("check results", lambda: backend.any_stored(ids)):
             return {}
         stored = self._retrying("check results", lambda: backend.get_many(ids))
         final: dict[TopicPartition, set[int]] = {}
-        for record, result in zip(records, stored):
+        for (record, _), result in zip(with_id, stored):
             if result is not None and result.ready:
                 final.setdefault((record.topic, record.partition), set()).add(record.offset)
         return final
@@ -385,13 +387,22 @@ class Worker:
             self._finish(batch)
 
     def _finish(self, batch: list[tuple[Record, Outcome | None]]) -> None:
+        """Make a batch of outcomes durable, then report their offsets finished.
+
+        Order matters for a crash in between: a final FAILURE is stored only after its dead letter is
+        acknowledged (a redelivery finding FAILURE is skipped, so the letter must exist by then);
+        a RETRY state is stored before its retry is sent (a redelivery finding RETRY runs again).
+        """
         outcomes = [o for _, o in batch if o is not None]
-        results = [o.result for o in outcomes if o.result is not None]
-        if results:
-            self._retrying("store results", lambda: self.app.backend.store_many(results))
+        first = [o.result for o in outcomes if o.result is not None and o.kind is not Kind.DEAD]
+        if first:
+            self._retrying("store results", lambda: self.app.backend.store_many(first))
         sends = [self._follow_up(o) for o in outcomes if o.kind is not Kind.SUCCESS]
         if sends:
             self._send_all(sends)
+        failures = [o.result for o in outcomes if o.result is not None and o.kind is Kind.DEAD]
+        if failures:
+            self._retrying("store results", lambda: self.app.backend.store_many(failures))
         for o in outcomes:
             self.stats.by_kind[o.kind.value] = self.stats.by_kind.get(o.kind.value, 0) + 1
         self.stats.succeeded += sum(o.kind is Kind.SUCCESS for o in outcomes)
@@ -512,11 +523,11 @@ class Worker:
                 due: list[Record] = []
                 now = time.time()
                 for tp, records in held.items():
-                    while records and float(records[0].header(H_ETA) or 0) <= now:
+                    while records and _due_at(records[0]) <= now:
                         due.append(records.popleft())
                 if due:
-                    self._send_all([(_origin(r), r.key, r.value, [h for h in r.headers if h[0] != H_ORIGIN])
-                                    for r in due])
+                    self._send_all([(self._forward_target(r), r.key, r.value,
+                                     [h for h in r.headers if h[0] != H_ORIGIN]) for r in due])
                     self.stats.forwarded += len(due)
                     commits: dict[TopicPartition, int] = {}
                     for r in due:
@@ -534,9 +545,28 @@ class Worker:
             consumer.close()
 
 
-def _origin(record: Record) -> str:
-    origin = record.header(H_ORIGIN)
-    return origin.decode() if origin else record.topic
+    def _forward_target(self, record: Record) -> str:
+        """The task topic a delayed record returns to; a dead-letter topic when it names none."""
+        origin = (record.header(H_ORIGIN) or b"").decode(errors="replace")
+        if origin in self._known_topics or origin in self._refresh_known_topics():
+            return origin
+        target = self.app.dlq_topic(record.topic)
+        self.app.ensure_topic(target, 1)
+        log.error("delayed record %s[%d]@%d names no task topic (%r): dead-lettered to %s",
+                  record.topic, record.partition, record.offset, origin, target)
+        return target
+
+    def _refresh_known_topics(self) -> set[str]:
+        self._known_topics = set(self.app.broker.list_topics())
+        return self._known_topics
+
+
+def _due_at(record: Record) -> float:
+    """When a delayed record is due; at once when its eta header is missing or unreadable."""
+    try:
+        return float(record.header(H_ETA) or 0)
+    except ValueError:
+        return 0.0
 
 
 def _task_by_topic(app: Taskq, name: str) -> Task:

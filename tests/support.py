@@ -92,7 +92,7 @@ def recorder_client(env: dict[str, str]) -> tuple[Taskq, object]:
 
 # --------------------------------------------------------------------------- reliability tests
 
-from collections.abc import Callable  # noqa: E402 - appended section
+from collections.abc import Callable  # appended section
 
 
 def client_app(env: dict[str, str], name: str, **settings: object) -> Taskq:
@@ -105,7 +105,7 @@ def reliable_client(env: dict[str, str], **settings: object) -> tuple[Taskq, dic
     """A caller-side app matching ``tests.apps.reliable`` and its tasks by short name."""
     app = client_app(env, "reliable", **settings)
 
-    def flaky(self, key: str, fails: int, countdown: float | None = None) -> int:  # noqa: ANN001
+    def flaky(self, key: str, fails: int, countdown: float | None = None) -> int:
         raise AssertionError("runs in the worker process only")
 
     def stamp(key: str) -> float:

@@ -11,6 +11,8 @@ than once (a redelivery skipped because its result was already final is not an e
 from __future__ import annotations
 
 import collections
+import itertools
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -114,7 +116,7 @@ def test_autoretry_backoff_attempts_and_first_failure_travel_in_headers(rel: Set
     # self.request.attempts seen by the task grows 0, 1, 2
     assert [int(x) for x in rel.store.lrange(f"{rel.prefix}:attempts:{ok.id}", 0, -1)] == [0, 1, 2]
     ran = rel.floats(f"ran_at:{ok.id}")
-    gaps = [b - a for a, b in zip(ran, ran[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(ran)]
     # backoff with full jitter, capped by retry_backoff_max=2; plus forwarding latency
     assert all(0 <= g < 2 + 3 for g in gaps), gaps
 
@@ -213,9 +215,10 @@ def test_rebalance_churn_20k_tasks(kafka_url: str, redis_clean: str, unique: str
     workers: list[WorkerProcess] = []
     stopped: list[WorkerProcess] = []  # SIGTERMed: must exit 0
     events: list[str] = []
+    names = itertools.count()
 
     def add() -> None:
-        w = WorkerProcess(RECORDER, env, "-c", "4", name=f"w{len(workers) + len(stopped)}")
+        w = WorkerProcess(RECORDER, env, "-c", "4", name=f"w{next(names)}")
         workers.append(w)
         events.append(f"+{w.name}")
 
@@ -230,20 +233,20 @@ def test_rebalance_churn_20k_tasks(kafka_url: str, redis_clean: str, unique: str
         w.kill()
         events.append(f"x{w.name}")
 
-    executions = lambda: int(store.get(f"{prefix}:executions") or 0)  # noqa: E731
+    executions = lambda: int(store.get(f"{prefix}:executions") or 0)
     try:
         for _ in range(3):
             add()
         for w in workers:
             w.wait_for("assigned")
         t0 = time.monotonic()
-        results = [work.delay(f"k{i % 400}", i, 0.004) for i in range(total)]
+        results = [work.delay(f"k{i % 400}", i, 0.005) for i in range(total)]
         app.flush()
         ids = [r.id for r in results]
         plan = [add, sigterm, add, kill9, add, sigterm, add, sigterm, add, sigterm, add, sigterm]
         step = 0
         while executions() < total and time.monotonic() - t0 < 150:
-            time.sleep(3)
+            time.sleep(2.5)
             if step < len(plan):
                 plan[step]()
                 step += 1
@@ -251,8 +254,9 @@ def test_rebalance_churn_20k_tasks(kafka_url: str, redis_clean: str, unique: str
         elapsed = time.monotonic() - t0
         finished = sum(r is not None and r.status == SUCCESS for r in records)
         runs = executions()
+        refused = sum("commit on stop failed" in w.log for w in stopped)
         fault_line("rebalance-churn", total, finished, total - finished, runs - total,
-                   f"events={' '.join(events)} elapsed={elapsed:.1f}s")
+                   f"events={' '.join(events)} stop_commits_refused={refused} elapsed={elapsed:.1f}s")
         assert finished == total, [w.log[-2000:] for w in workers]
         assert [r.result for r in records] == list(range(total))
         assert step >= 6, f"only {step} churn events happened before the run ended: make it longer"
@@ -279,21 +283,196 @@ def test_kill_9_during_retries_loses_no_retry(rel: Setup) -> None:
     results = [flaky.delay(f"k{i % 150}", fails[i]) for i in range(count)]
     rel.app.flush()
     expected_runs = sum(f + 1 for f in fails)
-    # kill once every first run happened and most retries are still waiting in the delay tiers
-    wait_until(lambda: rel.counter("executions") >= count, 60, "the first runs")
-    retried_before = rel.counter("executions") - count
+    # kill once the first runs and some retries happened, and most retries still wait in the delay tiers
+    wait_until(lambda: rel.counter("executions") >= count + 200, 60, "the first runs and some retries")
+    runs_before_kill = rel.counter("executions")
     rel.workers[0].kill()
     rel.start(1)
     records = wait_results(rel.app, [r.id for r in results], timeout=90)
     finished = sum(r is not None and r.status == SUCCESS for r in records)
     runs = rel.counter("executions")
-    fault_line("kill-9-during-retries", count, finished, count - finished, runs - expected_runs,
-               f"retry_runs_before_kill={retried_before}/{expected_runs - count}")
-    assert finished == count, rel.workers[1].log[-3000:]
-    assert retried_before < expected_runs - count, "the kill came after every retry had run"
     pipe = rel.store.pipeline(transaction=False)
     for r in results:
-        pipe.get(f"{rel.prefix}:runs:{r.id}")
-    per_task = [int(x) for x in pipe.execute()]
-    assert all(n >= f + 1 for n, f in zip(per_task, fails))  # every failing run was retried
+        pipe.lrange(f"{rel.prefix}:attempts:{r.id}", 0, -1)
+    attempts = [[int(a) for a in seen] for seen in pipe.execute()]
+    # which attempt numbers ran twice: a redelivered attempt whose retry was already sent runs again
+    # (its stored state is RETRY, not final, so the worker does not skip it)
+    repeated: collections.Counter[int] = collections.Counter()
+    for seen in attempts:
+        repeated.update({a: n - 1 for a, n in collections.Counter(seen).items() if n > 1})
+    # an attempt message written twice to the task topic was forwarded twice from its delay tier
+    written = collections.Counter((r.header("id"), r.header("attempts")) for r in read_topic(rel.app, flaky.topic))
+    fault_line("kill-9-during-retries", count, finished, count - finished, sum(repeated.values()),
+               f"repeated_by_attempt={dict(sorted(repeated.items()))} runs={runs} (needed {expected_runs}) "
+               f"runs_before_kill={runs_before_kill} forwarded_twice={sum(n - 1 for n in written.values())}")
+    assert finished == count, rel.workers[1].log[-3000:]
+    assert runs_before_kill < expected_runs, "the kill came after every retry had run"
+    assert sum(len(seen) for seen in attempts) == runs
+    # each task ran until it stopped failing, its attempts numbered from 0 without gaps
+    assert all(len(seen) >= f + 1 and set(seen) == set(range(max(seen) + 1)) for seen, f in zip(attempts, fails))
     assert runs >= expected_runs
+
+
+# =========================================================================== 5. Redis outage
+
+
+def test_redis_down_10s_mid_run(rel: Setup, redis_server, tmp_path: Path) -> None:
+    """Redis stops for 10 s mid-run: no offset is committed past a result not stored, the workers
+    retry storing, and every result is there once Redis is back; ``get()`` fails fast meanwhile.
+
+    ``RedisServer.stop()`` runs without persistence, so a restarted server would come back empty and
+    every result stored before the outage would vanish with it (a Redis durability matter, not a
+    taskq one). To test taskq rather than that, the server is stopped with ``SHUTDOWN SAVE`` - the
+    same outage for every client - and ``restart()`` reloads the snapshot. The snapshot also says
+    exactly which results were stored before the outage.
+    """
+    from services import RedisServer  # scripts/services.py, on sys.path through conftest
+
+    echo = rel.tasks["echo"]
+    count = 6000
+    group, topic = rel.app.group, echo.topic
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rel.env["RELIABLE_LOG_DIR"] = str(logs)
+    rel.start(2, settle=2)
+    results = [echo.delay(f"k{i % 300}", i, 0.01) for i in range(count)]
+    rel.app.flush()
+    ids = [r.id for r in results]
+    wait_until(lambda: sum(log_counts(logs).values()) >= 1500, 60, "1500 runs before the outage")
+    pending = next(r for r in reversed(results) if r.status == "PENDING")
+    dump = Path(redis_server.dir) / "dump.rdb"
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    try:
+        rel.store.shutdown(save=True)
+        wait_until(lambda: not redis_server.running, 10, "redis-server to exit")
+        down_at = time.monotonic()
+        shutil.copy(dump, snapshot / "dump.rdb")
+        with pytest.raises(BackendError):
+            pending.get(timeout=30)
+        get_seconds = time.monotonic() - down_at
+        runs_early = sum(log_counts(logs).values())
+        time.sleep(max(0.0, 9.5 - (time.monotonic() - down_at)))
+        committed = rel.app.broker.committed(group, topic)  # as the outage ends
+        runs_late = sum(log_counts(logs).values())
+    finally:
+        if not redis_server.running:
+            redis_server.restart()
+        dump.unlink(missing_ok=True)
+    outage = time.monotonic() - down_at
+    # which results Redis held when it went down
+    before = RedisServer(snapshot).start()
+    peek = redis.Redis(port=before.port)
+    try:
+        stored_before = {k.decode().removeprefix("taskq-result:") for k in peek.keys("taskq-result:*")}
+    finally:
+        peek.close()
+        before.close()
+    below = [r.header("id").decode() for r in read_topic(rel.app, topic)
+             if r.offset < committed.get(r.partition, 0)]
+    records = wait_results(rel.app, ids, timeout=90)
+    finished = sum(r is not None and r.status == SUCCESS for r in records)
+    counts = log_counts(logs)
+    fault_line("redis-down-10s", count, finished, count - finished, sum(counts.values()) - len(counts),
+               f"get_raised_after={get_seconds:.2f}s outage={outage:.1f}s stored_before={len(stored_before)} "
+               f"committed_at_end_of_outage={len(below)} runs_during_outage={runs_late - runs_early}")
+    assert get_seconds < 5, f"AsyncResult.get() took {get_seconds:.1f} s to fail with Redis down"
+    assert 0 < len(below) <= len(stored_before) < count
+    assert set(below) <= stored_before, "offsets were committed for results Redis never stored"
+    assert any("store results failed" in w.log for w in rel.workers), "no worker retried storing results"
+    assert finished == count, [w.log[-3000:] for w in rel.workers]
+    assert [r.result for r in records] == list(range(count))
+    assert set(counts) == set(range(count)) and max(counts.values()) == 1, "a task ran twice"
+    assert all(w.proc.poll() is None for w in rel.workers), "a worker died during the outage"
+
+
+# =========================================================================== 4. three-broker cluster
+
+
+def _leaders(bootstrap: str, topic: str) -> dict[int, tuple[int, list[int]]]:
+    """partition -> (leader node id, replicas)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    meta = admin.list_topics(topic, timeout=10).topics[topic]
+    return {p: (m.leader, list(m.replicas)) for p, m in meta.partitions.items()}
+
+
+def test_three_brokers_leader_killed_mid_run_then_two_down(kafka_cluster3, redis_clean: str, unique: str) -> None:
+    """Replication 3: the leader of the busiest partition dies mid-run - no task lost, none written twice.
+    With two of three brokers down, sending fails loudly instead of dropping the task."""
+    cluster = kafka_cluster3
+    bootstrap = cluster.url.removeprefix("kafka://")
+    env = env_for(cluster.url, redis_clean, f"cl{unique}")
+    env["TASKQ_REPLICATION_FACTOR"] = "3"
+    app = client_app(env, "recorder", replication_factor=3)
+
+    def work(key: str, seq: int, sleep: float = 0.0) -> int:
+        raise AssertionError("runs in the worker process only")
+
+    work = app.task(work, name="tests.apps.recorder.work", key="key")
+    app.ensure_topic(work.topic, 6)
+    leaders = _leaders(bootstrap, work.topic)
+    assert all(len(replicas) == 3 for _, replicas in leaders.values()), leaders
+
+    total = 8000
+    keys = [f"k{i % 7}" if i % 2 else f"k{i % 200}" for i in range(total)]  # a few hot keys
+    load = collections.Counter(partition_for(k.encode(), 6) for k in keys)
+    busiest = load.most_common(1)[0][0]
+    victim = leaders[busiest][0]
+    store = redis.Redis.from_url(redis_clean)
+    prefix = env["RECORDER_PREFIX"]
+    workers = [WorkerProcess(RECORDER, env, "-c", "8", name=f"w{i}") for i in range(2)]
+    killed: list[int] = []
+    try:
+        for w in workers:
+            w.wait_for("assigned")
+        results = []
+        for start in range(0, total, 400):
+            if start == total // 4:
+                cluster.kill(victim)
+                killed.append(victim)
+            results += [work.delay(keys[i], i, 0.001) for i in range(start, start + 400)]
+            time.sleep(0.4)
+        app.flush(timeout=90)
+        ids = [r.id for r in results]
+        records = wait_results(app, ids, timeout=120)
+        finished = sum(r is not None and r.status == SUCCESS for r in records)
+        in_log = collections.Counter(r.header("id").decode() for r in read_topic(app, work.topic, timeout=60))
+        runs = int(store.get(f"{prefix}:executions") or 0)
+        moved_to = _leaders(bootstrap, work.topic)[busiest][0]
+        fault_line("leader-killed-3-brokers", total, finished, total - finished, runs - total,
+                   f"killed_node={victim} busiest_partition={busiest} new_leader={moved_to} "
+                   f"log_records={sum(in_log.values())} log_duplicates={sum(n - 1 for n in in_log.values())}")
+        assert moved_to != victim
+        assert finished == total, [w.log[-3000:] for w in workers]
+        assert [r.result for r in records] == list(range(total))
+        assert set(in_log) == set(ids) and max(in_log.values()) == 1, "a task message was written twice"
+        assert all(w.proc.poll() is None for w in workers), "a worker died with the broker"
+        for w in workers:
+            assert w.terminate() == 0, w.log[-3000:]
+        cluster.restart(victim)
+        killed.remove(victim)
+
+        # Two of three brokers down: min.insync.replicas=2 cannot be met; the send must fail loudly.
+        strict = client_app(env, "recorder", replication_factor=3, send_timeout=8, connect_timeout=8)
+        task = strict.task(work.fn, name="tests.apps.recorder.work", key="key")
+        strict.ensure_topic(task.topic, 6)
+        down = [n for n in cluster.node_ports if n != victim][:2]
+        for node in down:
+            cluster.kill(node)
+            killed.append(node)
+        t0 = time.monotonic()
+        with pytest.raises(BrokerError) as err:
+            task.delay("k-lost", -1)
+            strict.flush()
+        failed_after = time.monotonic() - t0
+        fault_line("two-of-three-brokers-down", 1, 0, 0, 0,
+                   f"send_failed_loudly_after={failed_after:.1f}s error={str(err.value)[:120]!r}")
+        assert failed_after < 30
+        strict.close()
+    finally:
+        for w in workers:
+            w.stop()
+        for node in killed:
+            cluster.restart(node)
+        app.close()
+        store.close()

@@ -35,6 +35,7 @@ from taskq.brokers.base import (
 )
 from taskq.errors import BrokerError, ConfigError
 
+MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes, below the broker's default limit
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
@@ -80,7 +81,9 @@ class KafkaProducer(Producer):
     """An idempotent, batching producer."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self._producer = _RdProducer({**PRODUCER_DEFAULTS, **config})
+        config = {**PRODUCER_DEFAULTS, **config}
+        self.max_message_bytes = int(config.get("message.max.bytes", MAX_MESSAGE_BYTES))
+        self._producer = _RdProducer(config)
 
     def produce(
         self,
@@ -109,6 +112,12 @@ class KafkaProducer(Producer):
             except BufferError:  # local queue full: serve deliveries, then try again
                 self._producer.poll(0.05)
             except KafkaException as exc:
+                if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())
+                    raise BrokerError(
+                        f"message of {size} bytes for {topic} is too large: the limit is "
+                        f"{self.max_message_bytes} bytes (message.max.bytes); pass a reference to the payload "
+                        "(an object-store key or URL) instead of the payload") from exc
                 raise _error(exc) from exc  # type: ignore[misc]
 
     def poll(self, timeout: float = 0.0) -> int:

@@ -59,6 +59,7 @@ SCHEME = "local://"
 BUSY_TIMEOUT_MS = 30_000
 DEFAULT_SESSION_TIMEOUT = 10.0
 MAX_BATCH = 5_000
+MAX_MESSAGE_BYTES = 1_000_000  # Kafka's producer default (message.max.bytes)
 MAX_BATCH_BYTES = 8 << 20
 MIN_SLEEP = 0.001
 MAX_SLEEP = 0.02
@@ -215,6 +216,11 @@ class LocalProducer(Producer):
         value = to_bytes(value)
         if headers:
             headers = [(k, v.encode() if isinstance(v, str) else v) for k, v in headers]
+        size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())
+        if size > MAX_MESSAGE_BYTES:
+            raise BrokerError(f"message of {size} bytes for {topic} is too large: the limit is {MAX_MESSAGE_BYTES} "
+                              "bytes, as on Kafka; pass a reference to the payload (an object-store key or URL) "
+                              "instead of the payload")
         with self._lock:
             if self._closed:
                 raise BrokerError("producer is closed; create a new one with broker.producer()")

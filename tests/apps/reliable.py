@@ -25,7 +25,7 @@ _log = None
 
 @app.task(bind=True, key="key", autoretry_for=(ValueError,), max_retries=3, retry_backoff=True,
           retry_backoff_max=2)
-def flaky(self, key: str, fails: int, countdown: float | None = None) -> int:  # noqa: ANN001
+def flaky(self, key: str, fails: int, countdown: float | None = None) -> int:
     """Fail the first ``fails`` runs of this task id (counted in Redis), then return the run number.
 
     Every run records ``self.request.attempts`` and its start time; with ``countdown`` a failure asks
@@ -33,12 +33,12 @@ def flaky(self, key: str, fails: int, countdown: float | None = None) -> int:  #
     """
     tid = self.request.id
     now = time.time()
-    run = _redis.incr(f"{_prefix}:runs:{tid}")
-    pipe = _redis.pipeline(transaction=False)
+    pipe = _redis.pipeline(transaction=True)  # MULTI/EXEC: a kill -9 records all of a run or none
+    pipe.incr(f"{_prefix}:runs:{tid}")
     pipe.rpush(f"{_prefix}:attempts:{tid}", self.request.attempts)
     pipe.rpush(f"{_prefix}:ran_at:{tid}", repr(now))
     pipe.incr(f"{_prefix}:executions")
-    pipe.execute()
+    run = pipe.execute()[0]
     if run <= fails:
         if countdown is not None:
             raise self.retry(exc=ValueError(f"run {run} of {fails} failing"), countdown=countdown)
