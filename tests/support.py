@@ -8,11 +8,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from taskq.app import Taskq
 from taskq.results.base import ResultRecord
+from taskq.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,3 +140,28 @@ def fault_line(name: str, sent: int, finished: int, lost: int, duplicates: int, 
         line += f" {extra}"
     print("\n" + line, flush=True)
     return line
+
+
+@contextmanager
+def worker_thread(app: Taskq, **options: object) -> Iterator[tuple[Worker, threading.Thread]]:
+    """A Worker running in a thread; on exit it is stopped and checked to have stopped cleanly."""
+    options.setdefault("stop_timeout", 20.0)
+    worker = Worker(app, **options)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="test-worker", daemon=True)
+    thread.start()
+    assert worker.ready.wait(60) and not errors, f"worker never polled: {errors}"
+    try:
+        yield worker, thread
+    finally:
+        worker.stop()
+        thread.join(60)
+    assert not thread.is_alive(), "the worker did not stop within 60 s"
+    assert not errors, f"the worker crashed: {errors!r}"

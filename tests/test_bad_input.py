@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import os
 import pickle
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from taskq import BackendError, BrokerError, ConfigError, SerializationError, Taskq, Worker
+from taskq import BackendError, BrokerError, ConfigError, SerializationError, Taskq
 from taskq.brokers.base import Record
 from taskq.message import TaskMessage
+from tests.support import worker_thread
 
 KAFKA = pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])
 WAIT = {"local": 15.0, "kafka": 60.0}
@@ -48,29 +47,6 @@ def app(kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique: str) 
 def echo_task(app: Taskq):  # noqa: ANN201
     [task] = [t for name, t in app.tasks.items() if name.endswith(".echo")]
     return task
-
-
-@contextmanager
-def worker_thread(app: Taskq) -> Iterator[Worker]:
-    worker = Worker(app, concurrency=4, forward_delayed=False, stop_timeout=20)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="bad-input-worker", daemon=True)
-    thread.start()
-    assert worker.ready.wait(60) or errors, "worker never polled"
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(60)
-        assert not thread.is_alive(), "worker did not stop"
-    assert not errors, errors
 
 
 def produce_raw(app: Taskq, topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
@@ -113,7 +89,7 @@ def test_unknown_task_is_dead_lettered_and_worker_continues(app: Taskq, kind: st
     app.ensure_topic(echo.topic, echo.partitions)
     value, headers = valid_message(app, "no.such.task", "poison-unknown", [1])
     produce_raw(app, echo.topic, [(b"same-key", value, headers)])
-    with worker_thread(app) as worker:
+    with worker_thread(app, concurrency=4, forward_delayed=False) as (worker, _):
         after = echo.apply_async(("still alive",), key="same-key")  # same partition, after the poison
         assert after.get(timeout=WAIT[kind]) == "still alive"
     assert worker.stats.rejected == 1 and worker.stats.succeeded == 1
@@ -157,7 +133,7 @@ def test_malformed_messages_are_dead_lettered_and_worker_continues(app: Taskq, k
     }
     produce_raw(app, echo.topic, [(key, value, headers + [("x-case", name.encode())])
                                   for name, (key, value, headers) in poison.items()])
-    with worker_thread(app) as worker:
+    with worker_thread(app, concurrency=4, forward_delayed=False) as (worker, _):
         after = echo.apply_async(({"ok": True},), key="same-key")
         assert after.get(timeout=WAIT[kind]) == {"ok": True}
         more = [echo.delay(i) for i in range(20)]

@@ -14,16 +14,15 @@ import json
 import pickle
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from taskq import BrokerError, Taskq, Worker
+from taskq import BrokerError, Taskq
 from taskq.dlq import read_topic
+from tests.support import worker_thread
 
 UNPICKLED: list[str] = []
 
@@ -102,29 +101,6 @@ def raw_record(draw: st.DrawFn, task_name: str) -> tuple[bytes | None, list[tupl
 # --------------------------------------------------------------------------- the rig
 
 
-@contextmanager
-def running_worker(app: Taskq) -> Iterator[tuple[Worker, threading.Thread]]:
-    worker = Worker(app, concurrency=4, forward_delayed=False, stop_timeout=20)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="fuzz-worker", daemon=True)
-    thread.start()
-    assert worker.ready.wait(60) and not errors, f"worker never polled: {errors}"
-    try:
-        yield worker, thread
-    finally:
-        worker.stop()
-        thread.join(60)
-    assert not thread.is_alive(), "the worker did not stop"
-    assert not errors, f"the worker crashed: {errors!r}"
-
-
 def fuzz(app: Taskq, prefix: str, examples: int, wait: float) -> None:
     """Produce fuzzed records to a task topic of ``app`` and follow each to its end."""
     executed: collections.Counter[bytes] = collections.Counter()
@@ -147,7 +123,7 @@ def fuzz(app: Taskq, prefix: str, examples: int, wait: float) -> None:
     sent: list[bytes] = []
     dead: collections.Counter[bytes] = collections.Counter()
     UNPICKLED.clear()
-    with running_worker(app) as (worker, thread):
+    with worker_thread(app, concurrency=4, forward_delayed=False) as (worker, thread):
         producer = app.broker.producer()
         reader = app.broker.consumer(f"{prefix}.dlq-reader", [dlq])
         try:

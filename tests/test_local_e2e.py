@@ -7,20 +7,18 @@ This module is also the app module of the worker subprocess (``-A tests.test_loc
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import taskq
-from taskq import Taskq, Worker
+from taskq import Taskq
 from taskq.brokers.base import Record
 from taskq.message import TaskMessage
 from taskq.results.base import FAILURE, SUCCESS
-from tests.support import WorkerProcess, wait_results
+from tests.support import WorkerProcess, wait_results, worker_thread
 
 APP_PATH = "tests.test_local_e2e:sub_app"
 
@@ -77,31 +75,6 @@ def app(db: str) -> Iterator[Taskq]:
     a.close()
 
 
-@contextmanager
-def worker_thread(app: Taskq, **options: object) -> Iterator[Worker]:
-    """A Worker running in a thread; stopped (and checked to have stopped cleanly) on exit."""
-    options.setdefault("stop_timeout", 20.0)
-    worker = Worker(app, **options)  # type: ignore[arg-type]
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="test-worker", daemon=True)
-    thread.start()
-    assert worker.ready.wait(10) or errors, "worker never polled"
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(30)
-        assert not thread.is_alive(), "worker did not stop within 30 s"
-    assert not errors, errors
-
-
 def read_topic(app: Taskq, topic: str, count: int, timeout: float = 15.0) -> list[Record]:
     """Records of ``topic`` read from the start by a fresh consumer group."""
     consumer = app.broker.consumer(f"reader-{time.time_ns()}", [topic])
@@ -124,7 +97,7 @@ def committed_total(app: Taskq, topic: str) -> int:
 
 def test_500_tasks_all_succeed(app: Taskq) -> None:
     add = app.tasks["e2e.add"]
-    with worker_thread(app, concurrency=8) as worker:
+    with worker_thread(app, concurrency=8) as (worker, _):
         results = [add.delay(i, i * 10) for i in range(500)]
         values = [r.get(timeout=30) for r in results]
     assert values == [i * 11 for i in range(500)]
@@ -164,7 +137,7 @@ def test_get_timeout_on_never_run_task(app: Taskq) -> None:
 
 def test_retry_with_countdown_then_success(app: Taskq) -> None:
     retry_once = app.tasks["e2e.retry_once"]
-    with worker_thread(app, concurrency=2) as worker:
+    with worker_thread(app, concurrency=2) as (worker, _):
         started = time.monotonic()
         result = retry_once.delay("finally")
         assert result.get(timeout=20) == "finally"
@@ -176,7 +149,7 @@ def test_retry_with_countdown_then_success(app: Taskq) -> None:
 
 def test_autoretry_exhausted_ends_failure_and_dead_letter(app: Taskq) -> None:
     always = app.tasks["e2e.always_fails"]
-    with worker_thread(app, concurrency=2) as worker:
+    with worker_thread(app, concurrency=2) as (worker, _):
         result = always.delay(7)
         with pytest.raises(ValueError, match="always fails 7"):
             result.get(timeout=30)
@@ -207,7 +180,7 @@ def test_retry_of_pickle_task_keeps_its_serializer(db: str) -> None:
         return sorted(items)
 
     try:
-        with worker_thread(app, concurrency=2) as worker:
+        with worker_thread(app, concurrency=2) as (worker, _):
             result = pickled.delay({3, 1, 2})  # a set: not JSON
             assert result.get(timeout=20) == [1, 2, 3]
         assert result.record is not None and result.record.attempts == 2
@@ -231,7 +204,7 @@ def test_stop_with_backlog_is_prompt_and_commits_only_finished(app: Taskq, tmp_p
     journal = str(tmp_path / "journal.txt")
     results = [nap.delay(i, 0.03, journal) for i in range(300)]
     ids = [r.id for r in results]
-    with worker_thread(app, concurrency=2) as worker:
+    with worker_thread(app, concurrency=2) as (worker, _):
         _wait_for_done(app, ids, 20, 30)
         started = time.monotonic()
         worker.stop()
