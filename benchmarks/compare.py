@@ -56,7 +56,7 @@ from rich.table import Table
 from taskq import bench
 from taskq.results.redis import RESULT_PREFIX
 
-FRAMEWORKS = ("taskq", "celery-redis", "celery-kafka", "dramatiq")
+FRAMEWORKS = ("taskq", "taskq-low-latency", "celery-redis", "celery-kafka", "dramatiq")
 
 
 class Budget(Exception):
@@ -71,16 +71,21 @@ class TaskqClient:
 
     label = "taskq"
 
-    def __init__(self, target: bench.Target, concurrency: int = 8, pool: str = "threads") -> None:
+    def __init__(self, target: bench.Target, concurrency: int = 8, pool: str = "threads",
+                 linger_ms: int | None = None) -> None:
         self.target = target
         self.run = bench.new_run_id()
-        self.app = target.app(self.run)
+        options = {} if linger_ms is None else {"producer_options": {"linger.ms": linger_ms}}
+        self.app = target.app(self.run, **options)
+        if linger_ms is not None:
+            self.label = f"taskq linger.ms={linger_ms}"
         bench.prepare_topics(self.app, [bench.NOOP])  # topic creation is an admin step, not timed
         self.noop = self.app.get_task(bench.NOOP)
         self.concurrency = concurrency
         self.pool = pool
         self.ids: list[str] = []
-        self.config = f"Kafka + Redis results, worker --pool {pool} -c {concurrency}"
+        self.config = f"Kafka + Redis results, worker --pool {pool} -c {concurrency}" + (
+            f", producer linger.ms={linger_ms} (the low-latency setting)" if linger_ms is not None else "")
 
     def worker(self) -> bench.WorkerProcess:
         return bench.taskq_worker(self.target, self.run, self.concurrency, self.pool)
@@ -343,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         with bench.make_progress(err) as progress:
             if "taskq" in only:
                 attempt("taskq", lambda: TaskqClient(target), progress)
+            if "taskq-low-latency" in only:
+                attempt("taskq linger.ms=0", lambda: TaskqClient(target, linger_ms=0), progress)
             if "celery-redis" in only:
                 rows = []
                 for pool, conc in celery_pools:
