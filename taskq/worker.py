@@ -33,13 +33,13 @@ from taskq.task import Task
 log = logging.getLogger("taskq.worker")
 T = TypeVar("T")
 Outgoing = tuple[str, bytes | None, bytes | None, Headers]
-PAUSE_AFTER = 10.0
+PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
 PERMANENT_PRODUCE_ERRORS = ("MSG_SIZE_TOO_LARGE", "too large")
 
 
 def _permanent(exc: Exception) -> bool:
     """True for produce errors that no retry can mend."""
-    return any(marker in str(exc) for marker in PERMANENT_PRODUCE_ERRORS)  # seconds with prefetch full before partitions are paused
+    return any(marker in str(exc) for marker in PERMANENT_PRODUCE_ERRORS)
 
 
 @dataclass
