@@ -34,6 +34,7 @@ log = logging.getLogger("taskq.worker")
 T = TypeVar("T")
 Outgoing = tuple[str, bytes | None, bytes | None, Headers]
 PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
+COMMIT_INTERVAL = 0.2  # seconds between asynchronous commits of finished work
 PERMANENT_PRODUCE_ERRORS = ("MSG_SIZE_TOO_LARGE", "too large")
 
 
@@ -194,6 +195,7 @@ class Worker:
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._known_topics: set[str] = set()
+        self._last_commit = 0.0
         self.ready = threading.Event()  # set once the consumer has joined the group
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -321,6 +323,15 @@ class Worker:
 
     def _commit(self, consumer: Consumer, sync: bool = False, partitions: Iterable[TopicPartition] | None = None,
                 ) -> None:
+        """Commit finished work: asynchronously at most every COMMIT_INTERVAL, or now and synchronously.
+
+        One commit per loop at a low message rate would be a request per message, and the client's
+        commit queue then falls behind (lag grows although every task is done).
+        """
+        now = time.monotonic()
+        if not sync and now - self._last_commit < COMMIT_INTERVAL:
+            return
+        self._last_commit = now
         offsets = self._offsets.to_commit(partitions, every=sync)
         if offsets:
             consumer.commit(offsets, asynchronous=not sync)

@@ -21,6 +21,7 @@ from confluent_kafka import (
     Producer as _RdProducer,
     TopicPartition as _RdTopicPartition,
 )
+from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from taskq.brokers.base import (
@@ -302,13 +303,12 @@ class KafkaBroker(Broker):
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         parts = self.list_topics().get(topic, 0)
-        probe = _RdConsumer({**self.config, "group.id": group, "enable.auto.commit": False})
+        request = ConsumerGroupTopicPartitions(group, [_RdTopicPartition(topic, p) for p in range(parts)])
         try:
-            tps = probe.committed([_RdTopicPartition(topic, p) for p in range(parts)], timeout=self.connect_timeout)
+            future = self.admin.list_consumer_group_offsets([request], request_timeout=self.connect_timeout)[group]
+            tps = future.result().topic_partitions
         except KafkaException as exc:
             raise BrokerError(f"cannot read committed offsets of {group} on {topic}: {exc.args[0].str()}") from exc
-        finally:
-            probe.close()
         return {tp.partition: tp.offset for tp in tps if tp.offset != OFFSET_INVALID and tp.offset >= 0}
 
     def delete_records(self, topic: str, before: dict[int, int]) -> None:
