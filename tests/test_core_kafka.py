@@ -113,3 +113,26 @@ def test_sigterm_finishes_in_flight_and_commits_only_finished_work(setup) -> Non
     records = wait_results(app, ids, timeout=120)
     assert all(r is not None and r.status == "SUCCESS" for r in records)
     assert int(store.get(f"{prefix(env)}:executions")) == 2_000
+
+
+def test_commits_keep_up_with_a_steady_trickle(setup) -> None:  # noqa: ANN001
+    """At a low steady rate every loop has a little to commit; commits must still keep pace."""
+    env, app, work, workers, store = setup
+    start_workers(env, workers, 1, "-c", "4")
+    ids = []
+    started = time.monotonic()
+    for i in range(4_000):  # ~800 tasks/s for 5 s, each sent on its own
+        ids.append(work.delay(f"k{i % 50}", i).id)
+        app.producer.poll(0)
+        while time.monotonic() - started < i / 800:
+            time.sleep(0.0005)
+    app.flush()
+    records = wait_results(app, ids, timeout=60)
+    assert all(r is not None and r.status == "SUCCESS" for r in records)
+    behind = sum(app.broker.lag(app.group, work.topic).values())
+    print(f"commit lag when every result was stored: {behind}")
+    assert behind < 500, f"commits fell {behind} records behind finished work"
+    deadline = time.monotonic() + 10
+    while sum(app.broker.lag(app.group, work.topic).values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sum(app.broker.lag(app.group, work.topic).values()) == 0
