@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from taskq.brokers.base import Broker, Producer, Record
 from taskq.config import Settings
 from taskq.errors import BrokerError, ConfigError, NotRegistered
-from taskq.message import TaskMessage
+from taskq.message import H_ORIGIN, TaskMessage
 from taskq.result import AsyncResult
 from taskq.results.base import ResultBackend
 from taskq.retry import RetryPolicy, tier_topic, tier_topics
@@ -181,7 +181,7 @@ class Taskq:
         target = topic
         if message.eta is not None and message.eta > time.time():
             target = self.delay_topic(message.eta - time.time())
-            headers.append(("origin-topic", topic.encode()))
+            headers.append((H_ORIGIN, topic.encode()))
             self.ensure_topics({t: partitions for t in self.delay_topics})
         producer = self.producer
         producer.produce(target, message.key, value, headers, on_delivery=self._delivery_reporter(message.id))
@@ -198,7 +198,8 @@ class Taskq:
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every sent task is acknowledged by the broker; raise if any was not."""
         if self._producer is not None:
-            left = self._producer.flush(self.settings.send_timeout if timeout is None else timeout)
+            # a little past send_timeout, so that a message the broker never took reports its own error
+            left = self._producer.flush(self.settings.send_timeout + 5 if timeout is None else timeout)
             if left:
                 raise BrokerError(f"{left} task message(s) still unacknowledged after flush; is the broker up?")
         if self._delivery_errors:
