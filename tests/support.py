@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from taskq.app import Taskq
+from taskq.brokers.base import Record
 from taskq.results.base import ResultRecord
 from taskq.worker import Worker
 
@@ -165,3 +166,16 @@ def worker_thread(app: Taskq, **options: object) -> Iterator[tuple[Worker, threa
         thread.join(60)
     assert not thread.is_alive(), "the worker did not stop within 60 s"
     assert not errors, f"the worker crashed: {errors!r}"
+
+
+def read_records(app: Taskq, topic: str, count: int, timeout: float = 15.0) -> list[Record]:
+    """``count`` records of ``topic`` from the start (or what came within ``timeout``), by a fresh group."""
+    consumer = app.broker.consumer(f"{app.group}.reader.{time.time_ns()}", [topic])
+    got: list[Record] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            got.extend(consumer.consume(500, 0.2))
+    finally:
+        consumer.close()
+    return got

@@ -16,7 +16,7 @@ import pytest
 from taskq import BackendError, BrokerError, ConfigError, SerializationError, Taskq
 from taskq.brokers.base import Record
 from taskq.message import TaskMessage
-from tests.support import worker_thread
+from tests.support import read_records, worker_thread
 
 KAFKA = pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])
 WAIT = {"local": 15.0, "kafka": 60.0}
@@ -64,19 +64,6 @@ def produce_raw(app: Taskq, topic: str, records: list[tuple[bytes | None, bytes 
     assert not errors, errors
 
 
-def read_topic(app: Taskq, topic: str, count: int, timeout: float) -> list[Record]:
-    """``count`` records of ``topic`` (or what came within ``timeout``), read by a fresh group."""
-    consumer = app.broker.consumer(f"{app.group}.reader.{time.time_ns()}", [topic])
-    got: list[Record] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(got) < count and time.monotonic() < deadline:
-            got.extend(consumer.consume(500, 0.2))
-    finally:
-        consumer.close()
-    return got
-
-
 def valid_message(app: Taskq, task_name: str, task_id: str, args: list[object]) -> tuple[bytes, list[tuple[str, bytes]]]:
     return TaskMessage(task_id, task_name, args, {}, b"k").encode(app.serializers)
 
@@ -93,7 +80,7 @@ def test_unknown_task_is_dead_lettered_and_worker_continues(app: Taskq, kind: st
         after = echo.apply_async(("still alive",), key="same-key")  # same partition, after the poison
         assert after.get(timeout=WAIT[kind]) == "still alive"
     assert worker.stats.rejected == 1 and worker.stats.succeeded == 1
-    letters = read_topic(app, app.dlq_topic(echo.topic), 1, WAIT[kind])
+    letters = read_records(app, app.dlq_topic(echo.topic), 1, WAIT[kind])
     assert len(letters) == 1
     letter = letters[0]
     assert letter.header("dead-reason") == b"rejected"
@@ -139,7 +126,7 @@ def test_malformed_messages_are_dead_lettered_and_worker_continues(app: Taskq, k
         more = [echo.delay(i) for i in range(20)]
         assert [r.get(timeout=WAIT[kind]) for r in more] == list(range(20))
     assert worker.stats.rejected == len(poison) and worker.stats.succeeded == 21
-    letters = read_topic(app, app.dlq_topic(echo.topic), len(poison), WAIT[kind])
+    letters = read_records(app, app.dlq_topic(echo.topic), len(poison), WAIT[kind])
     by_case = {(r.header("x-case") or b"").decode(): r for r in letters}
     assert sorted(by_case) == sorted(poison), by_case.keys()
     for name, letter in by_case.items():

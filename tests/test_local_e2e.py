@@ -15,10 +15,9 @@ import pytest
 
 import taskq
 from taskq import Taskq
-from taskq.brokers.base import Record
 from taskq.message import TaskMessage
 from taskq.results.base import FAILURE, SUCCESS
-from tests.support import WorkerProcess, wait_results, worker_thread
+from tests.support import WorkerProcess, read_records, wait_results, worker_thread
 
 APP_PATH = "tests.test_local_e2e:sub_app"
 
@@ -75,19 +74,6 @@ def app(db: str) -> Iterator[Taskq]:
     a.close()
 
 
-def read_topic(app: Taskq, topic: str, count: int, timeout: float = 15.0) -> list[Record]:
-    """Records of ``topic`` read from the start by a fresh consumer group."""
-    consumer = app.broker.consumer(f"reader-{time.time_ns()}", [topic])
-    got: list[Record] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(got) < count and time.monotonic() < deadline:
-            got.extend(consumer.consume(500, 0.2))
-    finally:
-        consumer.close()
-    return got
-
-
 def committed_total(app: Taskq, topic: str) -> int:
     return sum(app.broker.committed(app.group, topic).values())
 
@@ -119,7 +105,7 @@ def test_failure_propagates_with_type_and_remote_traceback(app: Taskq) -> None:
     assert result.status == FAILURE and result.failed()
     assert isinstance(result.result, AppError)
     # a FAILURE without retries is also dead-lettered
-    [dead] = read_topic(app, app.dlq_topic(fail.topic), 1)
+    [dead] = read_records(app, app.dlq_topic(fail.topic), 1)
     assert dead.header("id") == result.id.encode() and dead.header("dead-reason") == b"dead"
 
 
@@ -156,7 +142,7 @@ def test_autoretry_exhausted_ends_failure_and_dead_letter(app: Taskq) -> None:
     assert result.record is not None
     assert result.record.status == FAILURE and result.record.attempts == 3  # first run + max_retries=2
     assert worker.stats.retried == 2 and worker.stats.dead == 1
-    dead = read_topic(app, f"{always.topic}.dlq", 1)
+    dead = read_records(app, f"{always.topic}.dlq", 1)
     assert len(dead) == 1
     letter = dead[0]
     assert letter.header("id") == result.id.encode()

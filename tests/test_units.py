@@ -18,6 +18,7 @@ from taskq.results.base import FAILURE, SUCCESS, ResultRecord
 from taskq.retry import RetryPolicy, tier_topic, tier_topics
 from taskq.serialization import Registry
 from taskq.worker import KeyedDispatcher, OffsetTracker
+from tests.support import read_records
 
 JSON_ONLY = Registry(("json",))
 
@@ -601,18 +602,6 @@ def test_task_retry_options_and_unknown_lookup(app: Taskq) -> None:
 # --------------------------------------------------------------------------- key selection
 
 
-def _read_all(app: Taskq, topic: str, count: int, timeout: float = 10.0) -> list[Record]:
-    consumer = app.broker.consumer(f"reader-{time.time_ns()}", [topic])
-    got: list[Record] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(got) < count and time.monotonic() < deadline:
-            got.extend(consumer.consume(100, 0.2))
-    finally:
-        consumer.close()
-    return got
-
-
 def test_apply_async_key_selection(app: Taskq) -> None:
     @app.task(name="u.keyed", key="user_id", partitions=3)
     def keyed(prompt: str, user_id: str | int = "") -> str:
@@ -627,7 +616,7 @@ def test_apply_async_key_selection(app: Taskq) -> None:
     r_id = keyed.apply_async(("p",), task_id="fixed-id")
     r_both = keyed.apply_async(("p", "u3"), key="explicit2")
     app.flush()
-    records = {r.header("id").decode(): r for r in _read_all(app, keyed.topic, 8)}  # type: ignore[union-attr]
+    records = {r.header("id").decode(): r for r in read_records(app, keyed.topic, 8)}  # type: ignore[union-attr]
     assert len(records) == 8
     assert records[r_explicit.id].key == b"explicit"
     assert records[r_kwarg.id].key == b"u1"
@@ -655,7 +644,7 @@ def test_bound_task_positional_key(app: Taskq) -> None:
 
     result = bound.delay("alice")
     app.flush()
-    [record] = _read_all(app, bound.topic, 1)
+    [record] = read_records(app, bound.topic, 1)
     assert record.key == b"alice" and record.header("id") == result.id.encode()
 
 
@@ -672,7 +661,7 @@ def test_apply_async_countdown_goes_to_delay_tier(app: Taskq) -> None:
     result = later.apply_async(countdown=5, headers={"trace": "t1"})
     app.flush()
     assert app.delay_topic(5) == f"{app.group}.delay.10s"
-    [record] = _read_all(app, app.delay_topic(5), 1)
+    [record] = read_records(app, app.delay_topic(5), 1)
     assert record.header("origin-topic") == later.topic.encode()
     assert record.header("x-trace") == b"t1"
     assert float(record.header("eta") or 0) == pytest.approx(time.time() + 5, abs=2)
