@@ -240,7 +240,7 @@ def test_rebalance_churn_20k_tasks(kafka_url: str, redis_clean: str, unique: str
         for w in workers:
             w.wait_for("assigned")
         t0 = time.monotonic()
-        results = [work.delay(f"k{i % 400}", i, 0.005) for i in range(total)]
+        results = [work.delay(f"k{i % 400}", i, 0.01) for i in range(total)]  # long enough for 6+ churn events
         app.flush()
         ids = [r.id for r in results]
         plan = [add, sigterm, add, kill9, add, sigterm, add, sigterm, add, sigterm, add, sigterm]
