@@ -1,0 +1,72 @@
+"""``taskq dlq ls|show|replay|purge`` on real dead letters (embedded broker)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from click.testing import CliRunner
+
+from taskq.cli import main
+from tests.support import worker_thread
+
+APP = "tests.apps.dlqapp"
+TASK = "tests.apps.dlqapp.flaky"
+
+
+@pytest.fixture
+def dlqapp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    monkeypatch.setenv("TASKQ_LOCAL_PATH", str(tmp_path / "q.db"))
+    monkeypatch.setenv("DLQ_MARKER", str(tmp_path / "ready"))
+    monkeypatch.delenv("TASKQ_BROKER_URL", raising=False)
+    monkeypatch.delenv("TASKQ_RESULT_BACKEND", raising=False)
+    import tests.apps.dlqapp as module
+
+    module = importlib.reload(module)
+    yield module
+    module.app.close()
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_list_show_replay_purge(dlqapp: ModuleType, tmp_path: Path) -> None:
+    app, flaky = dlqapp.app, dlqapp.flaky
+    with worker_thread(app, concurrency=2):
+        failed = [flaky.delay(i, user="ann") for i in range(3)]
+        for result in failed:
+            with pytest.raises(ValueError):
+                result.get(timeout=20)
+        listing = cli("dlq", "ls", "-A", APP, TASK)
+        assert set(re.findall(r"[0-9a-f]{32}", listing)) == {r.id for r in failed}
+        shown = cli("dlq", "show", "-A", APP, TASK, failed[0].id)
+        assert "ValueError: not yet: 0" in shown and "key=b'ann'" in shown and "Traceback" in shown
+
+        assert "would replay 1" in cli("dlq", "replay", "-A", APP, TASK, "--id", failed[0].id, "--dry-run")
+        assert failed[0].status == "FAILURE"  # a dry run changes nothing
+
+        (tmp_path / "ready").touch()
+        cli("dlq", "replay", "-A", APP, TASK, "--id", failed[0].id)
+        assert app.AsyncResult(failed[0].id).get(timeout=20) == 0  # same id, run again
+        assert app.AsyncResult(failed[1].id).status == "FAILURE"  # only the one named
+
+        cli("dlq", "replay", "-A", APP, TASK, "--all")
+        assert [app.AsyncResult(r.id).get(timeout=20) for r in failed] == [0, 10, 20]
+
+    assert "purged 3" in cli("dlq", "purge", "-A", APP, TASK, "--yes")
+    assert not re.findall(r"[0-9a-f]{32}", cli("dlq", "ls", "-A", APP, TASK))
+
+
+def test_replay_needs_ids_or_all_and_names_unknown_ids(dlqapp: ModuleType) -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["dlq", "replay", "-A", APP, TASK])
+    assert result.exit_code != 0 and "--id" in result.output
+    result = runner.invoke(main, ["dlq", "replay", "-A", APP, TASK, "--id", "nope"])
+    assert result.exit_code != 0 and "nope" in result.output
