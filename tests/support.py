@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from taskq.app import Taskq
 from taskq.brokers.base import Record
@@ -179,3 +182,13 @@ def read_records(app: Taskq, topic: str, count: int, timeout: float = 15.0) -> l
     finally:
         consumer.close()
     return got
+
+
+def local_app_module(module_name: str, db_path: str, monkeypatch: Any, **env: str) -> ModuleType:
+    """Import (afresh) a test app module configured for the embedded broker in ``db_path``."""
+    monkeypatch.setenv("TASKQ_LOCAL_PATH", db_path)
+    monkeypatch.delenv("TASKQ_BROKER_URL", raising=False)
+    monkeypatch.delenv("TASKQ_RESULT_BACKEND", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return importlib.reload(importlib.import_module(module_name))

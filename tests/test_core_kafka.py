@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from tests.support import WorkerProcess, env_for, recorder_client, wait_results
+from tests.support import WorkerProcess, env_for, recorder_client, wait_results, wait_until
 
 APP = "tests.apps.recorder"
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
@@ -37,6 +37,10 @@ def start_workers(env: dict[str, str], workers: list[WorkerProcess], count: int,
 
 def prefix(env: dict[str, str]) -> str:
     return env["RECORDER_PREFIX"]
+
+
+def executions(store: redis.Redis, env: dict[str, str]) -> int:
+    return int(store.get(f"{prefix(env)}:executions") or 0)
 
 
 def test_10k_tasks_over_6_partitions_two_workers(setup) -> None:  # noqa: ANN001
@@ -72,16 +76,13 @@ def test_kill_9_of_one_worker_loses_nothing(setup) -> None:  # noqa: ANN001
     results = [work.delay(f"k{i % 200}", i, 0.002) for i in range(5_000)]
     app.flush()
     ids = [r.id for r in results]
-    deadline = time.monotonic() + 60
-    while int(store.get(f"{prefix(env)}:executions") or 0) < 1_500:
-        assert time.monotonic() < deadline, "workers made no progress"
-        time.sleep(0.05)
+    wait_until(lambda: executions(store, env) >= 1_500, 60, "1,500 executions before the kill")
     workers[0].kill()
     records = wait_results(app, ids, timeout=180)
     assert all(r is not None and r.status == "SUCCESS" for r in records)
-    executions = int(store.get(f"{prefix(env)}:executions"))
-    assert executions >= 5_000
-    print(f"kill -9: 5000 tasks, {executions} executions ({executions - 5000} re-run after the crash)")
+    runs = executions(store, env)
+    assert runs >= 5_000
+    print(f"kill -9: 5000 tasks, {runs} executions ({runs - 5000} re-run after the crash)")
 
 
 def test_sigterm_finishes_in_flight_and_commits_only_finished_work(setup) -> None:  # noqa: ANN001
@@ -90,8 +91,7 @@ def test_sigterm_finishes_in_flight_and_commits_only_finished_work(setup) -> Non
     results = [work.delay(f"k{i % 40}", i, 0.005) for i in range(2_000)]
     app.flush()
     ids = [r.id for r in results]
-    while int(store.get(f"{prefix(env)}:executions") or 0) < 300:
-        time.sleep(0.02)
+    wait_until(lambda: executions(store, env) >= 300, 60, "300 executions before SIGTERM", interval=0.02)
     assert workers[0].terminate() == 0, workers[0].log
     # Every record below each committed offset has its final result: nothing committed is unfinished.
     committed = app.broker.committed(app.group, work.topic)
@@ -106,13 +106,13 @@ def test_sigterm_finishes_in_flight_and_commits_only_finished_work(setup) -> Non
     below = [task_id for (p, o), task_id in by_offset.items() if o < committed.get(p, 0)]
     stored = app.backend.get_many(below)
     assert all(r is not None and r.status == "SUCCESS" for r in stored)
-    finished_first_run = int(store.get(f"{prefix(env)}:executions"))
+    finished_first_run = executions(store, env)
     assert len(below) <= finished_first_run < 2_000
     # A new worker finishes the rest without running anything twice.
     start_workers(env, workers, 1, "-c", "4")
     records = wait_results(app, ids, timeout=120)
     assert all(r is not None and r.status == "SUCCESS" for r in records)
-    assert int(store.get(f"{prefix(env)}:executions")) == 2_000
+    assert executions(store, env) == 2_000
 
 
 def test_commits_keep_up_with_a_steady_trickle(setup) -> None:  # noqa: ANN001

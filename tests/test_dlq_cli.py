@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from taskq.cli import main
-from tests.support import worker_thread
+from tests.support import local_app_module, worker_thread
 
 APP = "tests.apps.dlqapp"
 TASK = "tests.apps.dlqapp.flaky"
@@ -20,13 +19,7 @@ TASK = "tests.apps.dlqapp.flaky"
 
 @pytest.fixture
 def dlqapp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    monkeypatch.setenv("TASKQ_LOCAL_PATH", str(tmp_path / "q.db"))
-    monkeypatch.setenv("DLQ_MARKER", str(tmp_path / "ready"))
-    monkeypatch.delenv("TASKQ_BROKER_URL", raising=False)
-    monkeypatch.delenv("TASKQ_RESULT_BACKEND", raising=False)
-    import tests.apps.dlqapp as module
-
-    module = importlib.reload(module)
+    module = local_app_module(APP, str(tmp_path / "q.db"), monkeypatch, DLQ_MARKER=str(tmp_path / "ready"))
     yield module
     module.app.close()
 
