@@ -14,11 +14,7 @@ started=$SECONDS
 PYTHON="${PYTHON:-python}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
-if [[ -f pyproject.toml ]]; then
-    "$PYTHON" -m pip install --disable-pip-version-check --root-user-action=ignore -q -e '.[test]'
-else
-    echo "test.sh: no pyproject.toml, skipping 'pip install -e .[test]'" >&2
-fi
+"$PYTHON" -m pip install --disable-pip-version-check --root-user-action=ignore -q -e '.[test]'
 "$PYTHON" scripts/services.py fetch
 
 status=0

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from taskq.app import Taskq
 from taskq.brokers.base import Consumer, Headers, Producer, Record, TopicPartition
-from taskq.errors import BackendError, BrokerError
+from taskq.errors import BackendError, BrokerError, NotRegistered
 from taskq.execution import Kind, Outcome
 from taskq.message import H_CONTENT_TYPE, H_ETA, H_ORIGIN
 from taskq.pools import make_pool
@@ -584,6 +584,4 @@ def _task_by_topic(app: Taskq, name: str) -> Task:
     for task in app.tasks.values():
         if task.topic == name:
             return task
-    from taskq.errors import NotRegistered
-
     raise NotRegistered(name)

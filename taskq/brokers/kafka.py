@@ -178,7 +178,7 @@ class KafkaConsumer(Consumer):
                     raise BrokerError(f"Kafka consumer: {err.str()}")
                 continue
             records.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),  # type: ignore[arg-type]
-                                  msg.headers() or [], msg.timestamp()[1]))
+                                  msg.headers() or [], msg.timestamp()[1]))  # type: ignore[arg-type]
         return records
 
     def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool = False) -> None:

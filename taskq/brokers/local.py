@@ -637,11 +637,6 @@ class LocalConsumer(Consumer):
         with self._lock:
             return sorted(self._owned)
 
-    def position(self, tp: TopicPartition) -> int | None:
-        """The next offset ``consume`` returns for ``tp`` (None when not owned)."""
-        with self._lock:
-            return self._positions.get(tp)
-
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop returning records from ``partitions``."""
         with self._lock:
