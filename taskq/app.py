@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
@@ -15,12 +16,13 @@ from urllib.parse import urlsplit
 from taskq.brokers.base import Broker, Producer, Record
 from taskq.config import Settings
 from taskq.errors import BrokerError, ConfigError, NotRegistered
+from taskq.hooks import Hook
 from taskq.message import H_ORIGIN, TaskMessage
 from taskq.result import AsyncResult
 from taskq.results.base import ResultBackend
 from taskq.retry import RetryPolicy, tier_topic, tier_topics
 from taskq.serialization import Registry
-from taskq.task import Task
+from taskq.task import Request, Task
 
 log = logging.getLogger("taskq")
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -47,6 +49,10 @@ class Taskq:
         self._lock = threading.Lock()
         self._delivery_errors: list[tuple[str, BaseException]] = []
         self._ensured: set[str] = set()
+        self.hooks: list[Hook] = []
+        #: the task invocation running in this thread or coroutine (its children take it as parent)
+        self.current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+            f"taskq.current.{name}", default=None)
 
     def __repr__(self) -> str:
         return f"<Taskq {self.name} broker={self.broker_url}>"
@@ -101,6 +107,23 @@ class Taskq:
     def delay_topic(self, delay: float) -> str:
         """The delay-tier topic for a message due in ``delay`` seconds."""
         return tier_topic(self.group, self.settings.retry_tiers, delay)
+
+    @property
+    def events_topic(self) -> str:
+        """Where workers publish task and worker events (``<topic_prefix>events`` unless set)."""
+        topic = self.settings.events_topic or self.settings.topic_prefix + "events"
+        if not TOPIC_NAME.match(topic):
+            raise ConfigError(f"events topic {topic!r} is not a valid Kafka topic name")
+        return topic
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def add_hook(self, hook: Hook) -> Hook:
+        """Register a worker hook (a :class:`taskq.hooks.Hook`); workers started afterwards call it."""
+        if not isinstance(hook, Hook):
+            raise ConfigError(f"{hook!r} is not a taskq.hooks.Hook: subclass it and override its methods")
+        self.hooks.append(hook)
+        return hook
 
     # -- connections ------------------------------------------------------------------------------
 

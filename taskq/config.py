@@ -39,6 +39,10 @@ class Settings:
     retry_tiers: tuple[float, ...] = (1.0, 10.0, 60.0, 600.0)
     default_max_retries: int = 3
     skip_finished: bool = True  # skip a redelivered message whose result is already final
+    events: bool = True  # workers publish task and worker events (taskq events / inspect)
+    events_topic: str = ""  # "" = <topic_prefix>events
+    events_include_args: bool = False  # put args, kwargs and result into task events
+    track_started: bool = False  # also store STARTED in the result backend when a task starts
     producer_options: dict[str, Any] = field(default_factory=dict)  # extra librdkafka producer config
     consumer_options: dict[str, Any] = field(default_factory=dict)  # extra librdkafka consumer config
 

@@ -60,8 +60,10 @@ def prepare(app: Taskq, record: Record) -> tuple[TaskMessage, Task] | Outcome:
 
 def bind_request(task: Task, message: TaskMessage, record: Record) -> Request:
     request = Request(message.id, message.task, message.args, message.kwargs, message.key, message.attempts,
-                      message.headers, record.topic, record.partition, record.offset)
+                      message.headers, record.topic, record.partition, record.offset, message.root_id,
+                      message.parent_id)
     task._request.set(request)
+    task.app.current_request.set(request)
     return request
 
 
@@ -131,6 +133,7 @@ def run(app: Taskq, record: Record, worker: str) -> Outcome:
         return conclude(task, message, record, worker, started, exc=exc)
     finally:
         task._request.set(None)
+        task.app.current_request.set(None)
     return conclude(task, message, record, worker, started, value)
 
 

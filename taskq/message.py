@@ -20,6 +20,8 @@ H_ATTEMPTS = "attempts"
 H_FIRST_FAILURE = "first-failure"
 H_ETA = "eta"
 H_ORIGIN = "origin-topic"
+H_ROOT_ID = "root_id"  # the first task of a workflow (a chain's first link); absent = the task's own id
+H_PARENT_ID = "parent_id"  # the task that sent this one, if any
 H_USER_PREFIX = "x-"
 
 
@@ -40,12 +42,23 @@ class TaskMessage:
     first_failure: float | None = None
     eta: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    root_id: str | None = None  # None = this task is its own root
+    parent_id: str | None = None
+
+    @property
+    def root(self) -> str:
+        """The root task id (the own id unless sent within a workflow)."""
+        return self.root_id or self.id
 
     def encode(self, registry: Registry, serializer: str = "json") -> tuple[bytes, Headers]:
         """(value, headers) ready for ``Producer.produce``."""
         content_type, value = registry.dumps([self.args, self.kwargs], serializer)
         headers: Headers = [(H_ID, self.id.encode()), (H_TASK, self.task.encode()),
                             (H_CONTENT_TYPE, content_type.encode())]
+        if self.root_id is not None and self.root_id != self.id:
+            headers.append((H_ROOT_ID, self.root_id.encode()))
+        if self.parent_id is not None:
+            headers.append((H_PARENT_ID, self.parent_id.encode()))
         if self.attempts:
             headers.append((H_ATTEMPTS, str(self.attempts).encode()))
         if self.first_failure is not None:
@@ -72,6 +85,8 @@ class TaskMessage:
             attempts = int(meta.get(H_ATTEMPTS, b"0"))
             first = float(meta[H_FIRST_FAILURE]) if H_FIRST_FAILURE in meta else None
             eta = float(meta[H_ETA]) if H_ETA in meta else None
+            root_id = meta[H_ROOT_ID].decode() if H_ROOT_ID in meta else None
+            parent_id = meta[H_PARENT_ID].decode() if H_PARENT_ID in meta else None
         except KeyError as exc:
             raise MalformedMessage(f"missing header {exc.args[0]!r}") from None
         except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
@@ -82,7 +97,7 @@ class TaskMessage:
         if not (isinstance(body, list) and len(body) == 2 and isinstance(body[0], list)
                 and isinstance(body[1], dict)):
             raise MalformedMessage("value must be [args, kwargs]")
-        return cls(task_id, task, body[0], body[1], record.key, attempts, first, eta, user)
+        return cls(task_id, task, body[0], body[1], record.key, attempts, first, eta, user, root_id, parent_id)
 
     def retried(self, now: float, eta: float) -> TaskMessage:
         """This message as sent again for its next attempt."""

@@ -34,6 +34,13 @@ class Request:
     topic: str = ""
     partition: int = -1
     offset: int = -1
+    root_id: str | None = None  # None: this task is its own root
+    parent_id: str | None = None
+
+    @property
+    def root(self) -> str:
+        """The root task id of this invocation's workflow (its own id when it has none)."""
+        return self.root_id or self.id
 
 
 class Task:
@@ -99,8 +106,14 @@ class Task:
         countdown: float | None = None,
         eta: datetime | float | None = None,
         serializer: str | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
     ) -> AsyncResult:
-        """Queue with options: message ``key`` (ordering), ``countdown``/``eta`` (run later), headers."""
+        """Queue with options: message ``key`` (ordering), ``countdown``/``eta`` (run later), headers.
+
+        Sent from inside a running task, the new task's parent is that task and its root is that
+        task's root (as in Celery); ``root_id``/``parent_id`` set them explicitly (canvas).
+        """
         kwargs = kwargs or {}
         task_id = task_id or new_task_id()
         if key is None and self.key is not None:
@@ -110,8 +123,11 @@ class Task:
                 key = str(args[self._key_position])
         raw_key = key.encode() if isinstance(key, str) else (key or task_id.encode())
         when = _eta(countdown, eta)
+        if parent_id is None and (current := self.app.current_request.get()) is not None:
+            parent_id = current.id
+            root_id = root_id or current.root
         message = TaskMessage(task_id, self.name, list(args), kwargs, raw_key, eta=when,
-                              headers=dict(headers or {}))
+                              headers=dict(headers or {}), root_id=root_id, parent_id=parent_id)
         return self.app.send(message, self.topic, self.partitions, serializer or self.serializer)
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Retry:
