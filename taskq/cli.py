@@ -162,6 +162,21 @@ def demo(count: int, users: int) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command("llm-server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=8765, show_default=True, help="TCP port.")
+@click.option("--latency", default=0.0, show_default=True, help="Seconds before the first byte of an answer.")
+@click.option("--tokens-per-second", default=0.0, show_default=True, help="Streaming speed (0: no delay).")
+def llm_server(host: str, port: int, latency: float, tokens_per_second: float) -> None:
+    """Serve a local stand-in for Anthropic's Messages API (point ANTHROPIC_BASE_URL at it)."""
+    try:
+        from taskq.devtools.llm_server import serve
+    except ImportError as exc:
+        raise click.ClickException(f"{exc}; install the extra: pip install 'taskq[llm]'") from exc
+    click.echo(f"Messages API stand-in on http://{host}:{port} (faults: see taskq/devtools/llm_server.py)", err=True)
+    serve(host, port, latency, tokens_per_second)
+
+
 from taskq.bench import bench  # noqa: E402 - `taskq bench enqueue|e2e|latency|llm|soak`
 
 main.add_command(bench)

@@ -20,13 +20,16 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from services import KafkaCluster, RedisServer  # noqa: E402 - scripts/services.py
+
+if TYPE_CHECKING:
+    from taskq.devtools.llm_server import LLMServerProcess
 
 T = TypeVar("T")
 
@@ -141,6 +144,23 @@ def kafka_cluster3() -> Iterator[KafkaCluster]:
     cluster = _start_or_give_up("Kafka (3 brokers)", lambda: KafkaCluster().start(brokers=3))
     yield cluster
     cluster.stop()
+
+
+# --------------------------------------------------------------------------- LLM stand-in
+
+
+@pytest.fixture(scope="session")
+def llm_server() -> Iterator[LLMServerProcess]:
+    """The Messages API stand-in (taskq.devtools.llm_server) in a child process; ``.url`` for base_url.
+
+    Shared by the whole run: use a unique prompt per test (faults by prompt marker count per prompt), and
+    the ``add_fault``/``requests`` control methods with a ``match`` text of your own.
+    """
+    from taskq.devtools.llm_server import LLMServerProcess
+
+    server = _start_or_give_up("the LLM stand-in", lambda: LLMServerProcess().start())
+    yield server
+    server.stop()
 
 
 # --------------------------------------------------------------------------- misc
