@@ -6,6 +6,7 @@ which keeps this easy to test and lets thread, process and asyncio pools share i
 
 from __future__ import annotations
 
+import asyncio
 import time
 import traceback
 from dataclasses import dataclass
@@ -119,7 +120,11 @@ def time_limits(app: Taskq, record: Record) -> tuple[float | None, float | None]
 
 
 def run(app: Taskq, record: Record, worker: str) -> Outcome:
-    """Run one record's task in this thread."""
+    """Run one record's task in this thread.
+
+    Whatever the task raises ends it as an outcome, ``SystemExit`` included; only ``KeyboardInterrupt``
+    propagates (the pool leaves the record uncommitted and the worker stops, as on Ctrl-C).
+    """
     prepared = prepare(app, record)
     if isinstance(prepared, Outcome):
         return prepared
@@ -129,7 +134,9 @@ def run(app: Taskq, record: Record, worker: str) -> Outcome:
     try:
         value = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
             *message.args, **message.kwargs)
-    except Exception as exc:  # noqa: BLE001 - every task error becomes an outcome
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every task error (SystemExit too) becomes an outcome
         return conclude(task, message, record, worker, started, exc=exc)
     finally:
         task._request.set(None)
@@ -138,7 +145,11 @@ def run(app: Taskq, record: Record, worker: str) -> Outcome:
 
 
 async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
-    """Run one record's coroutine task on the running event loop."""
+    """Run one record's coroutine task on the running event loop.
+
+    A ``CancelledError`` raised by the task's own code is a failure like any other; a cancellation of
+    this run from outside (the pool's time limit) propagates.
+    """
     prepared = prepare(app, record)
     if isinstance(prepared, Outcome):
         return prepared
@@ -149,7 +160,14 @@ async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
         coro = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
             *message.args, **message.kwargs)
         value = await coro
-    except Exception as exc:  # noqa: BLE001
+    except asyncio.CancelledError as exc:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the pool cancels this run (time limit): it reports the outcome
+        return conclude(task, message, record, worker, started, exc=exc)  # raised by the task's own code
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every task error becomes an outcome
         return conclude(task, message, record, worker, started, exc=exc)
     return conclude(task, message, record, worker, started, value)
 

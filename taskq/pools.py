@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import importlib
+import logging
 import multiprocessing
 import os
 import queue
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from taskq.app import Taskq
 
+log = logging.getLogger("taskq.pools")
 Done = Callable[[Record, "execution.Outcome | None"], None]
 Runnable = Callable[[Record], bool]
 WATCH_INTERVAL = 0.05
@@ -46,10 +48,11 @@ class Pool:
         self.concurrency = concurrency
         self.worker_name = worker_name
         self.app_path = app_path
+        self._interrupted = threading.Event()
 
     def start(self, done: Done, runnable: Runnable) -> None:
         self.done = done
-        self.runnable = runnable
+        self.runnable = lambda record: not self._interrupted.is_set() and runnable(record)
 
     def submit(self, record: Record) -> None:
         raise NotImplementedError
@@ -60,6 +63,26 @@ class Pool:
     def _ended(self, record: Record, exc: BaseException, started: float) -> execution.Outcome:
         return execution.ended(self.app, record, self.worker_name, exc, started)
 
+    def _guarded(self, record: Record, run: Callable[[], execution.Outcome], started: float,
+                 ) -> execution.Outcome | None:
+        """``run()``'s outcome; a failure outcome if the pool's own code around the task raised.
+
+        A task raising ``KeyboardInterrupt`` stops the worker as Ctrl-C would (SIGINT to this
+        process); its record is reported abandoned (None), so it is redelivered, not lost.
+        """
+        try:
+            return run()
+        except KeyboardInterrupt:
+            log.warning("a task raised KeyboardInterrupt: stopping the worker; %s[%d]@%d will be redelivered",
+                        record.topic, record.partition, record.offset)
+            self._interrupted.set()
+            signal.raise_signal(signal.SIGINT)
+            return None
+        except BaseException as exc:  # noqa: BLE001 - a pool never loses a record without an outcome
+            log.exception("running %s[%d]@%d failed outside the task", record.topic, record.partition,
+                          record.offset)
+            return self._ended(record, exc, started)
+
 
 @dataclass
 class _Run:
@@ -69,14 +92,20 @@ class _Run:
     soft: float | None
     hard: float | None
     soft_sent: bool = False
-    ended: bool = False  # the watchdog reported this run; its thread is abandoned
+    ended: bool = False  # past the hard limit: the watchdog interrupts it until its thread returns
+    last_raise: float = 0.0  # time.monotonic() of the last TimeLimitExceeded raised in its thread
 
 
 class ThreadPool(Pool):
     """``concurrency`` threads pulling from one queue; the default pool.
 
-    A watchdog raises :class:`SoftTimeLimitExceeded` in a thread past its soft limit; past the hard
-    limit it reports the run failed, abandons the thread and starts a replacement.
+    A watchdog raises :class:`SoftTimeLimitExceeded` in a thread past its soft limit, and
+    :class:`TimeLimitExceeded` past its hard limit (again every second until the task gives up), and
+    starts a replacement thread so that the pool keeps its strength. A thread can only be interrupted
+    between Python bytecodes: a call blocked in C (``time.sleep``, a socket read, a long NumPy call)
+    ends first. Until the overdue thread really returns, its record has no outcome, so its key stays
+    held and its offset uncommitted: the next task of that key never overlaps it. Use the processes
+    pool to end code blocked in C at the limit.
     """
 
     def start(self, done: Done, runnable: Runnable) -> None:
@@ -84,7 +113,8 @@ class ThreadPool(Pool):
         self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
         self._running: dict[int, _Run] = {}
         self._lock = threading.Lock()
-        self._threads: set[threading.Thread] = set()
+        self._threads: set[threading.Thread] = set()  # the pool's working threads
+        self._overdue: set[threading.Thread] = set()  # past their hard limit, replaced, not yet returned
         self._stopping = threading.Event()
         self._limited = any(t.time_limit or t.soft_time_limit for t in self.app.tasks.values())
         for _ in range(self.concurrency):
@@ -109,40 +139,65 @@ class ThreadPool(Pool):
                 continue
             soft, hard = execution.time_limits(app, record) if self._limited else (None, None)
             if soft is None and hard is None:
-                done(record, execution.run(app, record, name))
+                done(record, self._guarded(record, lambda: execution.run(app, record, name), time.perf_counter()))
                 continue
             run = _Run(record, time.monotonic(), time.perf_counter(), soft, hard)
             with self._lock:
                 self._running[ident] = run
-            try:
-                outcome = execution.run(app, record, name)
-            except TimeLimitExceeded:  # raised between the task and here: the watchdog reported it
-                outcome = None
-            with self._lock:
-                self._running.pop(ident, None)
-                if run.ended:
-                    self._threads.discard(threading.current_thread())
-                    return
+            outcome = self._limited_run(record, run)
+            if run.ended:
+                exc = TimeLimitExceeded(f"task ran past its time limit of {run.hard:g} s and was interrupted "
+                                        f"after {time.monotonic() - run.started:.1f} s")
+                done(record, self._ended(record, exc, run.clock))
+                with self._lock:
+                    self._overdue.discard(threading.current_thread())
+                return  # a replacement thread took this one's place at the limit
             done(record, outcome)
+
+    def _limited_run(self, record: Record, run: _Run) -> execution.Outcome | None:
+        """Run under the watchdog; afterwards nothing more is raised in this thread."""
+        ident = threading.get_ident()
+        outcome: execution.Outcome | None = None
+        try:
+            outcome = self._guarded(record, lambda: execution.run(self.app, record, self.worker_name), run.clock)
+        except (TimeLimitExceeded, SoftTimeLimitExceeded):  # raised between the task and here
+            pass
+        finally:
+            while True:
+                try:
+                    with self._lock:
+                        self._running.pop(ident, None)
+                        _raise_in_thread(ident, None)  # drop an exception raised but not yet delivered
+                    break
+                except (TimeLimitExceeded, SoftTimeLimitExceeded):
+                    continue
+        return outcome
 
     def _watch(self) -> None:
         while not self._stopping.wait(WATCH_INTERVAL):
             now = time.monotonic()
-            over: list[_Run] = []
+            replace = 0
             with self._lock:
-                for ident, run in list(self._running.items()):
+                for ident, run in self._running.items():
                     elapsed = now - run.started
                     if run.hard is not None and elapsed > run.hard:
-                        run.ended = True
-                        del self._running[ident]
-                        _raise_in_thread(ident, TimeLimitExceeded)
-                        over.append(run)
+                        if not run.ended:
+                            run.ended = True
+                            replace += 1
+                            thread = next((t for t in self._threads if t.ident == ident), None)
+                            if thread is not None:
+                                self._threads.discard(thread)
+                                self._overdue.add(thread)
+                            log.warning("%s[%d]@%d ran past its time limit of %g s; interrupting it (its key "
+                                        "stays held until its thread returns)", run.record.topic,
+                                        run.record.partition, run.record.offset, run.hard)
+                        if now - run.last_raise >= 1.0:
+                            run.last_raise = now
+                            _raise_in_thread(ident, TimeLimitExceeded)
                     elif run.soft is not None and not run.soft_sent and elapsed > run.soft:
                         run.soft_sent = True
                         _raise_in_thread(ident, SoftTimeLimitExceeded)
-            for run in over:
-                exc = TimeLimitExceeded(f"task ran past its time limit of {run.hard:g} s and was ended")
-                self.done(run.record, self._ended(run.record, exc, run.clock))
+            for _ in range(replace):
                 self._spawn()
 
     def stop(self) -> None:
@@ -151,23 +206,27 @@ class ThreadPool(Pool):
         for _ in threads:
             self._queue.put(None)
         for thread in threads:
-            thread.join(timeout=None if thread in self._threads else 0)
+            thread.join()
+        # overdue threads are not waited for: their records have no outcome and stay uncommitted
 
 
-def _raise_in_thread(ident: int, exc_type: type[BaseException]) -> None:
-    """Raise ``exc_type`` in thread ``ident`` at its next Python instruction."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+def _raise_in_thread(ident: int, exc_type: type[BaseException] | None) -> None:
+    """Raise ``exc_type`` in thread ``ident`` at its next Python instruction (None: cancel a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                               None if exc_type is None else ctypes.py_object(exc_type))
 
 
 class AsyncioPool(Pool):
     """One event loop thread; coroutine tasks run concurrently, plain functions in its thread executor.
 
-    The hard time limit cancels the coroutine; soft limits apply to plain functions only.
+    At most ``concurrency`` runs are in flight (coroutines and functions together). The hard time
+    limit cancels the coroutine; soft limits apply to plain functions only.
     """
 
     def start(self, done: Done, runnable: Runnable) -> None:
         super().start(done, runnable)
         self._loop = asyncio.new_event_loop()
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="taskq-asyncio", daemon=True)
         self._thread.start()
@@ -181,21 +240,30 @@ class AsyncioPool(Pool):
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, record: Record) -> None:
-        if not self.runnable(record):
-            self.done(record, None)
-            return
-        prepared = execution.prepare(self.app, record)
-        if not isinstance(prepared, execution.Outcome) and not prepared[1].is_async:
-            outcome = await self._loop.run_in_executor(None, execution.run, self.app, record, self.worker_name)
-        else:
-            _soft, hard = execution.time_limits(self.app, record)
+        async with self._slots:
+            if not self.runnable(record):
+                self.done(record, None)
+                return
             started = time.perf_counter()
             try:
-                outcome = await asyncio.wait_for(execution.run_async(self.app, record, self.worker_name), hard)
-            except asyncio.TimeoutError:
-                exc = TimeLimitExceeded(f"task ran past its time limit of {hard:g} s and was cancelled")
-                outcome = self._ended(record, exc, started)
-        self.done(record, outcome)
+                outcome = await self._execute(record)
+            except KeyboardInterrupt:
+                outcome = self._guarded(record, _reraise(KeyboardInterrupt()), started)
+            except BaseException as exc:  # noqa: BLE001 - a pool never loses a record without an outcome
+                outcome = self._guarded(record, _reraise(exc), started)
+            self.done(record, outcome)
+
+    async def _execute(self, record: Record) -> execution.Outcome:
+        prepared = execution.prepare(self.app, record)
+        if not isinstance(prepared, execution.Outcome) and not prepared[1].is_async:
+            return await self._loop.run_in_executor(None, execution.run, self.app, record, self.worker_name)
+        _soft, hard = execution.time_limits(self.app, record)
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(execution.run_async(self.app, record, self.worker_name), hard)
+        except asyncio.TimeoutError:
+            exc = TimeLimitExceeded(f"task ran past its time limit of {hard:g} s and was cancelled")
+            return self._ended(record, exc, started)
 
     def stop(self) -> None:
         async def drain() -> None:
@@ -205,6 +273,12 @@ class AsyncioPool(Pool):
         asyncio.run_coroutine_threadsafe(drain(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+
+
+def _reraise(exc: BaseException) -> Callable[[], execution.Outcome]:
+    def again() -> execution.Outcome:
+        raise exc
+    return again
 
 
 def _child_main(app_path: str, conn: Connection, worker_name: str) -> None:

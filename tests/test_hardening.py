@@ -1,0 +1,154 @@
+"""Hardening against what adversarial runs and outside clients found (issue 8).
+
+Each test runs on the embedded local broker and on real Kafka + Redis where the behaviour is the
+broker's or the backend's; pool tests run the worker in this process so a task can report to the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from taskq import TaskFailed, Taskq, TimeLimitExceeded
+from tests.support import worker_thread
+
+KAFKA = pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])
+
+
+@pytest.fixture(params=["local", KAFKA])
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def make_app(kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique: str, **settings: object) -> Taskq:
+    """A fresh app (unique name, hence unique topics and group) on the local broker or Kafka + Redis."""
+    if kind == "local":
+        return Taskq(f"hard{unique}", local_path=str(tmp_path / "q.db"), **settings)
+    return Taskq(f"hard{unique}", broker=request.getfixturevalue("kafka_url"),
+                 backend=request.getfixturevalue("redis_url"), **settings)
+
+
+class Probe:
+    """What tasks running in this process report to the test."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.spans: dict[str, list[float]] = {}
+
+    def enter(self) -> None:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.running -= 1
+
+
+@pytest.fixture
+def pools_app(kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Iterator[tuple[Taskq, Probe]]:
+    app = make_app(kind, request, tmp_path, unique)
+    probe = Probe()
+
+    @app.task(name="hard.exits", key="key", max_retries=0)
+    def exits(key: str) -> None:
+        raise SystemExit(3)
+
+    @app.task(name="hard.cancels", key="key", max_retries=0)
+    async def cancels(key: str) -> None:
+        raise asyncio.CancelledError()
+
+    @app.task(name="hard.ok", key="key")
+    def ok(key: str, seq: int) -> int:
+        return seq
+
+    @app.task(name="hard.aok", key="key")
+    async def aok(key: str, seq: int) -> int:
+        return seq
+
+    @app.task(name="hard.nap", key="key")
+    async def nap(key: str, seconds: float) -> None:
+        probe.enter()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            probe.leave()
+
+    @app.task(name="hard.blocked", key="key", time_limit=0.5, max_retries=0)
+    def blocked(key: str, seconds: float) -> str:
+        start = time.time()
+        try:
+            time.sleep(seconds)  # one call in C: the threads pool cannot interrupt it
+        finally:
+            probe.spans[f"blocked {seconds}"] = [start, time.time()]
+        return "finished"
+
+    yield app, probe
+    app.close()
+
+
+def tasks_of(app: Taskq) -> dict:
+    return {name.removeprefix("hard."): task for name, task in app.tasks.items()}
+
+
+# --------------------------------------------------------------------------- 2. BaseException from user code
+
+
+@pytest.mark.parametrize("pool,name", [("threads", "exits"), ("asyncio", "cancels")])
+def test_base_exception_from_a_task_is_a_failure_and_the_key_moves_on(
+        pools_app: tuple[Taskq, Probe], pool: str, name: str) -> None:
+    """SystemExit (threads) or CancelledError (asyncio) raised by the task: FAILURE, the next task of its
+    key runs, and the worker stops at once when asked."""
+    app, _ = pools_app
+    t = tasks_of(app)
+    with worker_thread(app, pool=pool, concurrency=2, stop_timeout=20.0):
+        bad = t[name].delay("k")
+        follower = (t["aok"] if pool == "asyncio" else t["ok"]).delay("k", 7)
+        with pytest.raises(TaskFailed, match="SystemExit|CancelledError"):
+            bad.get(timeout=30)
+        assert follower.get(timeout=30) == 7
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 10
+
+
+# --------------------------------------------------------------------------- 3. -c bounds the asyncio pool
+
+
+def test_asyncio_pool_honours_concurrency(pools_app: tuple[Taskq, Probe]) -> None:
+    """``--pool asyncio -c 2``: at most two coroutines in flight, however many keys are ready."""
+    app, probe = pools_app
+    nap = tasks_of(app)["nap"]
+    with worker_thread(app, pool="asyncio", concurrency=2):
+        results = [nap.delay(f"k{i}", 0.2) for i in range(12)]
+        for r in results:
+            r.get(timeout=60)
+    assert probe.most == 2, f"{probe.most} coroutines ran at once with -c 2"
+
+
+# --------------------------------------------------------------------------- 4. threads hard limit holds the key
+
+
+def test_threads_hard_limit_keeps_the_key_until_the_thread_stops(pools_app: tuple[Taskq, Probe]) -> None:
+    """A task blocked in one C call past its time limit fails with TimeLimitExceeded, but the next task of
+    its key starts only once the blocked thread really returned: the two never overlap."""
+    app, probe = pools_app
+    t = tasks_of(app)
+    with worker_thread(app, pool="threads", concurrency=2):
+        stuck = t["blocked"].delay("k", 2.0)
+        follower = t["blocked"].delay("k", 0.0)
+        with pytest.raises(TimeLimitExceeded):
+            stuck.get(timeout=30)
+        assert follower.get(timeout=30) == "finished"
+        assert t["ok"].delay("other", 1).get(timeout=30) == 1  # the pool kept its strength
+    start, end = probe.spans["blocked 2.0"]
+    assert end - start >= 2.0
+    assert probe.spans["blocked 0.0"][0] >= end, (
+        f"the next task of the key started {end - probe.spans['blocked 0.0'][0]:.2f} s before the stuck one "
+        "returned")
