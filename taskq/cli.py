@@ -1,7 +1,8 @@
-"""The ``taskq`` command: ``worker``, ``demo``, ``bench``."""
+"""The ``taskq`` command: ``worker``, ``dlq``, ``events``, ``inspect``, ``lag``, ``demo``, ``bench``."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -147,6 +148,195 @@ def dlq_purge(app_path: str, task: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"delete every dead letter of {task}?", abort=True)
     click.echo(f"purged {purge(_app(app_path), task)} dead letter(s)")
+
+
+OPTIONAL_APP = click.option("-A", "--app", "app_path", default=None,
+                            help="The app: module or module:attribute (default: from TASKQ_* settings).")
+
+
+def _app_or_env(app_path: str | None):  # noqa: ANN202 - Taskq, imported lazily
+    if app_path:
+        return _app(app_path)
+    from taskq.app import Taskq
+
+    try:
+        return Taskq("taskq")
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _print_json(obj: object) -> None:
+    click.echo(json.dumps(obj, separators=(",", ":"), default=str))
+
+
+@main.command()
+@OPTIONAL_APP
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+@click.option("--task", default=None, help="Only this task name.")
+@click.option("--state", default=None, help="Only this type or state: started, task-failed, SUCCESS ...")
+@click.option("--key", default=None, help="Only this message key.")
+@click.option("--since", type=float, default=None, help="Start this many seconds back (default: now).")
+@click.option("--count", type=int, default=None, help="Stop after this many matching events.")
+@click.option("--timeout", type=float, default=None, help="Stop after this many seconds.")
+def events(app_path: str | None, as_json: bool, task: str | None, state: str | None, key: str | None,
+           since: float | None, count: int | None, timeout: float | None) -> None:
+    """Live tail of task and worker events (Ctrl-C to stop)."""
+    from taskq.inspect import follow, matcher
+
+    app = _app_or_env(app_path)
+    try:
+        match = matcher(task, state, key)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--state") from exc
+    deadline = None if timeout is None else time.monotonic() + timeout
+    stream = follow(app, None if since is None else time.time() - since)
+    seen = 0
+    table = None if as_json else _EventsTable()
+    try:
+        with table.live() if table else _nothing():
+            for event in stream:
+                if event is not None and match(event):
+                    seen += 1
+                    if table is None:
+                        _print_json(event)
+                    else:
+                        table.add(event)
+                if (count is not None and seen >= count) or (deadline is not None and time.monotonic() > deadline):
+                    break
+    except KeyboardInterrupt:
+        pass
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        stream.close()
+        app.close()
+
+
+class _EventsTable:
+    """The latest state of the most recent tasks (and workers), redrawn as events arrive."""
+
+    ROWS = 30
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, object]] = {}
+
+    def live(self):  # noqa: ANN202 - rich.live.Live
+        from rich.live import Live
+
+        self._live = Live(self.render(), refresh_per_second=4, transient=False)
+        return self._live
+
+    def add(self, event: dict[str, object]) -> None:
+        ident = str(event.get("id") or event.get("worker"))
+        self.rows.pop(ident, None)
+        self.rows[ident] = event
+        while len(self.rows) > self.ROWS:
+            self.rows.pop(next(iter(self.rows)))
+        self._live.update(self.render())
+
+    def render(self):  # noqa: ANN202 - rich.table.Table
+        from rich.table import Table
+
+        table = Table(title="taskq events (latest per task)")
+        for column in ("time", "type", "task", "id", "key", "worker", "attempt", "runtime", "error"):
+            table.add_column(column, no_wrap=column in ("time", "id"))
+        for e in self.rows.values():
+            runtime = e.get("runtime")
+            table.add_row(time.strftime("%H:%M:%S", time.localtime(float(e["ts"]))), str(e["type"]),
+                          str(e.get("task") or ""), str(e.get("id") or ""), str(e.get("key") or ""),
+                          str(e.get("worker") or ""), str(e.get("attempt") or ""),
+                          f"{runtime:.3f}" if isinstance(runtime, float) else "",
+                          str(e.get("exc_type") or ""))
+        return table
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@main.command("inspect")
+@click.argument("what", type=click.Choice(["workers", "active", "stats"]))
+@OPTIONAL_APP
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@click.option("--window", type=float, default=None, help="Seconds of events to read (default 60).")
+def inspect_cmd(what: str, app_path: str | None, as_json: bool, window: float | None) -> None:
+    """Workers, their active tasks and counters, from the events they publish."""
+    from taskq import inspect as insp
+
+    app = _app_or_env(app_path)
+    now = time.time()
+    try:
+        events = insp.read_events(app, now - (window or insp.WINDOW))
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        app.close()
+    if what == "workers":
+        views = insp.workers(events, now)
+        if as_json:
+            _print_json([v.as_dict() for v in views])
+            return
+        _table(f"{len(views)} worker(s)", ["worker", "status", "pool", "concurrency", "active", "processed",
+                                           "partitions", "last seen"],
+               [[v.name, v.status, v.pool, v.concurrency, v.active, v.processed, len(v.partitions),
+                 f"{v.seconds_ago:.1f} s ago"] for v in views])
+    elif what == "active":
+        tasks = insp.active(events, now)
+        if as_json:
+            _print_json(tasks)
+            return
+        _table(f"{len(tasks)} active task(s)", ["id", "task", "worker", "key", "running"],
+               [[t["id"], t.get("task"), t.get("worker"), t.get("key"), f"{now - (t.get('started') or now):.1f} s"]
+                for t in tasks])
+    else:
+        result = insp.stats(events, now)
+        if as_json:
+            _print_json(result)
+            return
+        _table("worker stats", ["worker", "status", "processed", "active", "events in window"],
+               [[n, s["status"], s["processed"], s["active"],
+                 ", ".join(f"{k}={v}" for k, v in sorted(s["events"].items()))] for n, s in result.items()])
+
+
+@main.command("lag")
+@OPTIONAL_APP
+@click.option("--group", default=None, help="Consumer group (default: the app's).")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+def lag_cmd(app_path: str | None, group: str | None, as_json: bool) -> None:
+    """Per topic and partition: committed offset, end offset, lag; and totals."""
+    from taskq.inspect import lag
+
+    app = _app_or_env(app_path)
+    try:
+        report = lag(app, group)
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        app.close()
+    if as_json:
+        _print_json(report)
+        return
+    rows = [[p["topic"], p["partition"], "-" if p["committed"] is None else p["committed"], p["end"], p["lag"]]
+            for p in report["partitions"]]
+    rows += [[f"{topic} (total)", "", "", "", total] for topic, total in report["topics"].items()]
+    rows.append(["total", "", "", "", report["total"]])
+    _table(f"lag of group {report['group']}", ["topic", "partition", "committed", "end", "lag"], rows)
+
+
+def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console().print(table)
 
 
 @main.command()

@@ -22,6 +22,7 @@ from taskq.brokers.base import Record, TopicPartition
 
 if TYPE_CHECKING:
     from taskq.execution import Outcome
+    from taskq.results.base import ResultRecord
 
 log = logging.getLogger("taskq.hooks")
 
@@ -67,8 +68,9 @@ class Hook:
         """Outcomes made durable (result stored, retry or dead letter acknowledged); ``outcome.kind``
         is SUCCESS, RETRY, DEAD (failed and dead-lettered) or REJECTED. Thread: the finisher."""
 
-    def skipped(self, records: Sequence[Record]) -> None:
-        """Redelivered records whose task already has a final result: not run again. Thread: consumer."""
+    def skipped(self, records: Sequence[Record], results: Sequence[ResultRecord]) -> None:
+        """Redelivered records whose task already has a final result (``results``, in the same order):
+        not run again. Thread: consumer."""
 
     def abandoned(self, records: Sequence[Record]) -> None:
         """Records not started before a stop or revoke; left uncommitted for redelivery."""
@@ -108,7 +110,7 @@ class HookSet:
     received: Callable[[Sequence[Record], float], None]
     started: Callable[[Record], None]
     finished: Callable[[Sequence[Outcome]], None]
-    skipped: Callable[[Sequence[Record]], None]
+    skipped: Callable[[Sequence[Record], Sequence[ResultRecord]], None]
     abandoned: Callable[[Sequence[Record]], None]
     forwarded: Callable[[Sequence[Record]], None]
     committed: Callable[[dict[TopicPartition, int]], None]
@@ -202,7 +204,7 @@ class StatsHook(Hook):
         stats.dead = by_kind.get("dead", 0)
         stats.rejected = by_kind.get("rejected", 0)
 
-    def skipped(self, records: Sequence[Record]) -> None:
+    def skipped(self, records: Sequence[Record], results: Sequence[ResultRecord]) -> None:
         self.stats.skipped += len(records)
 
     def abandoned(self, records: Sequence[Record]) -> None:

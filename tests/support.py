@@ -192,3 +192,45 @@ def local_app_module(module_name: str, db_path: str, monkeypatch: Any, **env: st
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return importlib.reload(importlib.import_module(module_name))
+
+
+# --------------------------------------------------------------------------- events, inspect, lag
+
+import json  # appended section
+import subprocess
+
+
+def taskq_cli(env: dict[str, str], *args: str, timeout: float = 60) -> str:
+    """Run ``taskq ARGS`` in a child process with ``env``; its stdout (fails on a non-zero exit)."""
+    out = subprocess.run([sys.executable, "-m", "taskq.cli", *args], cwd=ROOT, env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"taskq {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def taskq_lag(env: dict[str, str], group: str) -> dict[tuple[str, int], tuple[int | None, int, int]]:
+    """``taskq lag --json`` as (topic, partition) -> (committed, end, lag); checks the total adds up."""
+    report = json.loads(taskq_cli(env, "lag", "--group", group, "--json"))
+    rows = {(p["topic"], p["partition"]): (p["committed"], p["end"], p["lag"]) for p in report["partitions"]}
+    assert report["total"] == sum(lag for _, _, lag in rows.values())
+    return rows
+
+
+def kafka_describe(kafka_url: str, group: str) -> dict[tuple[str, int], tuple[int | None, int, int | None]]:
+    """What Kafka's ConsumerGroupCommand prints for ``group``: (current offset, log end offset, lag)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from services import KAFKA_LIBS, java_binary
+
+    out = subprocess.run([java_binary(), "-cp", f"{KAFKA_LIBS}/*",
+                          "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+                          "--bootstrap-server", kafka_url.removeprefix("kafka://"), "--describe", "--group", group],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows: dict[tuple[str, int], tuple[int | None, int, int | None]] = {}
+    for line in out.stdout.splitlines():
+        cols = line.split()
+        if len(cols) >= 6 and cols[0] == group:
+            current, lag = (None if v == "-" else int(v) for v in (cols[3], cols[5]))
+            rows[(cols[1], int(cols[2]))] = (current, int(cols[4]), lag)
+    assert rows, f"ConsumerGroupCommand printed no partitions:\n{out.stdout}\n{out.stderr}"
+    return rows

@@ -13,6 +13,7 @@ from taskq.brokers.base import Record
 from taskq.execution import Kind, Outcome, run
 from taskq.hooks import KINDS, Hook, HookSet, StatsHook, WorkerStats
 from taskq.message import H_PARENT_ID, H_ROOT_ID, TaskMessage
+from taskq.results.base import ResultRecord
 from taskq.serialization import Registry
 
 JSON_ONLY = Registry(("json",))
@@ -76,7 +77,7 @@ def test_stats_hook_counts_outcomes_by_kind() -> None:
     hooks.received([record(0), record(1), record(2)], 1.0)
     hooks.finished([Outcome(record(), Kind.SUCCESS), Outcome(record(), Kind.RETRY), Outcome(record(), Kind.DEAD)])
     hooks.finished([Outcome(record(), Kind.SUCCESS), Outcome(record(), Kind.REJECTED)])
-    hooks.skipped([record()])
+    hooks.skipped([record()], [ResultRecord('x', 'SUCCESS')])
     assert (stats.received, stats.succeeded, stats.retried, stats.dead, stats.rejected, stats.skipped) == (
         3, 2, 1, 1, 1, 1)
     assert stats.processed == 6 and stats.by_kind == {"success": 2, "retry": 1, "dead": 1, "rejected": 1}

@@ -10,6 +10,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
+from taskq.errors import BrokerError
+
 Headers = list[tuple[str, bytes]]
 TopicPartition = tuple[str, int]
 DeliveryCallback = Callable[["Exception | None", "Record | None"], None]
@@ -94,6 +96,17 @@ class Consumer(ABC):
         """Leave the group (revoking partitions through the callback first)."""
 
 
+class Reader(ABC):
+    """Reads one topic from given offsets, outside any consumer group (tails, inspection)."""
+
+    @abstractmethod
+    def read(self, max_records: int, timeout: float) -> list[Record]:
+        """Up to ``max_records`` next records, waiting at most ``timeout`` s for the first."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+
 class Broker(ABC):
     """Factory for producers and consumers plus the admin calls the worker and the monitor need."""
 
@@ -137,6 +150,18 @@ class Broker(ABC):
     @abstractmethod
     def delete_records(self, topic: str, before: dict[int, int]) -> None:
         """Delete records of ``topic`` below ``before[partition]`` (offsets are never reused)."""
+
+    def offsets_for_time(self, topic: str, ts: float) -> dict[int, int]:
+        """Partition -> the first offset whose timestamp is at or after ``ts`` (epoch s), else the end."""
+        raise BrokerError(f"{type(self).__name__} cannot look up offsets by time")
+
+    def reader(self, topic: str, start: dict[int, int]) -> Reader:
+        """A :class:`Reader` of ``topic`` from ``start[partition]`` (partitions left out are not read)."""
+        raise BrokerError(f"{type(self).__name__} cannot read outside a consumer group")
+
+    def group_topics(self, group: str) -> list[str]:
+        """Topics on which ``group`` has committed offsets (Kafka: or its live members are assigned)."""
+        return sorted(t for t in self.list_topics() if self.committed(group, t))
 
     def lag(self, group: str, topic: str) -> dict[int, int]:
         """Partition -> messages not yet committed by ``group``."""

@@ -31,6 +31,7 @@ from taskq.brokers.base import (
     DeliveryCallback,
     Headers,
     Producer,
+    Reader,
     Record,
     TopicPartition,
 )
@@ -311,6 +312,35 @@ class KafkaBroker(Broker):
             raise BrokerError(f"cannot read committed offsets of {group} on {topic}: {exc.args[0].str()}") from exc
         return {tp.partition: tp.offset for tp in tps if tp.offset != OFFSET_INVALID and tp.offset >= 0}
 
+    def offsets_for_time(self, topic: str, ts: float) -> dict[int, int]:
+        marks = self.watermarks(topic)
+        query = [_RdTopicPartition(topic, p, int(ts * 1000)) for p in marks]
+        try:
+            found = self._meta().offsets_for_times(query, timeout=self.connect_timeout) if query else []
+        except KafkaException as exc:
+            raise BrokerError(f"cannot look up offsets of {topic} by time: {exc.args[0].str()}") from exc
+        # no record at or after ts: the end (-1 from the broker)
+        return {tp.partition: tp.offset if tp.offset >= 0 else marks[tp.partition][1] for tp in found}
+
+    def reader(self, topic: str, start: dict[int, int]) -> KafkaReader:
+        return KafkaReader(self.config, topic, start)
+
+    def group_topics(self, group: str) -> list[str]:
+        try:
+            future = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
+                                                            request_timeout=self.connect_timeout)[group]
+            tps = future.result().topic_partitions
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read committed offsets of {group}: {exc.args[0].str()}") from exc
+        topics = {tp.topic for tp in tps or () if tp.offset >= 0}
+        try:  # and what live members are assigned (Kafka's tool shows those partitions too)
+            description = self.admin.describe_consumer_groups([group], request_timeout=self.connect_timeout)[group]
+            for member in description.result().members:
+                topics.update(tp.topic for tp in member.assignment.topic_partitions)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot describe consumer group {group}: {exc.args[0].str()}") from exc
+        return sorted(topics)
+
     def delete_records(self, topic: str, before: dict[int, int]) -> None:
         tps = [_RdTopicPartition(topic, p, o) for p, o in before.items() if o > 0]
         if not tps:
@@ -325,3 +355,34 @@ class KafkaBroker(Broker):
         if self._meta_consumer is not None:
             self._meta_consumer.close()
             self._meta_consumer = None
+
+
+class KafkaReader(Reader):
+    """An assigned (not subscribed) consumer: no group membership, no commits."""
+
+    def __init__(self, config: dict[str, Any], topic: str, start: dict[int, int]) -> None:
+        self._consumer = _RdConsumer({**config, "group.id": f"taskq-reader-{time.time_ns()}",
+                                      "enable.auto.commit": False, "enable.auto.offset.store": False,
+                                      "auto.offset.reset": "earliest", "enable.partition.eof": False})
+        self._consumer.assign([_RdTopicPartition(topic, p, o) for p, o in start.items()])
+
+    def read(self, max_records: int, timeout: float) -> list[Record]:
+        msgs = self._consumer.consume(max_records, 0)
+        if not msgs:
+            first = self._consumer.poll(timeout)
+            if first is None:
+                return []
+            msgs = [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
+        records = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise BrokerError(f"Kafka reader: {err.str()}")
+                continue
+            records.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),  # type: ignore[arg-type]
+                                  msg.headers() or [], msg.timestamp()[1]))  # type: ignore[arg-type]
+        return records
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,308 @@
+"""Task and worker events: the events hook and the one owner of the event format (schema v1).
+
+Each event is one compact JSON object on ``app.events_topic`` (``<topic_prefix>events``), keyed by
+the root task id (worker events by the worker name), so a workflow's events stay in order in one
+partition. The README's "Events" section documents the fields.
+
+The hook methods run on the worker's threads and only append to a queue; a publisher thread turns
+the queue into events and produces them on the worker's idempotent producer, so a task never waits
+for its event. ``close()`` (at worker stop) publishes what is queued and flushes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from taskq.brokers.base import Producer, Record
+from taskq.execution import Kind, Outcome
+from taskq.hooks import Hook, WorkerInfo
+from taskq.message import H_ATTEMPTS, H_ID, H_PARENT_ID, H_ROOT_ID, H_TASK
+from taskq.results.base import ResultRecord
+from taskq.serialization import JSON
+
+if TYPE_CHECKING:
+    from taskq.app import Taskq
+
+log = logging.getLogger("taskq.events")
+
+VERSION = 1
+TASK_SENT = "task-sent"
+TASK_RECEIVED = "task-received"
+TASK_STARTED = "task-started"
+TASK_SUCCEEDED = "task-succeeded"
+TASK_RETRIED = "task-retried"
+TASK_FAILED = "task-failed"
+TASK_DEAD = "task-dead"
+TASK_REJECTED = "task-rejected"
+TASK_SKIPPED = "task-skipped"
+TASK_REVOKED = "task-revoked"
+WORKER_ONLINE = "worker-online"
+WORKER_HEARTBEAT = "worker-heartbeat"
+WORKER_OFFLINE = "worker-offline"
+TASK_TYPES = (TASK_SENT, TASK_RECEIVED, TASK_STARTED, TASK_SUCCEEDED, TASK_RETRIED, TASK_FAILED, TASK_DEAD,
+              TASK_REJECTED, TASK_SKIPPED, TASK_REVOKED)
+WORKER_TYPES = (WORKER_ONLINE, WORKER_HEARTBEAT, WORKER_OFFLINE)
+#: a task's last event: nothing more happens to that task id after it (task-dead follows task-failed)
+FINAL_TYPES = frozenset({TASK_SUCCEEDED, TASK_FAILED, TASK_DEAD, TASK_REJECTED, TASK_SKIPPED, TASK_REVOKED})
+#: event type -> the result state it stands for (task-dead is a FAILURE)
+STATES = {TASK_SENT: "PENDING", TASK_RECEIVED: "RECEIVED", TASK_STARTED: "STARTED", TASK_SUCCEEDED: "SUCCESS",
+          TASK_RETRIED: "RETRY", TASK_FAILED: "FAILURE", TASK_DEAD: "FAILURE", TASK_REJECTED: "REJECTED",
+          TASK_SKIPPED: "SKIPPED", TASK_REVOKED: "REVOKED"}
+HEARTBEAT_INTERVAL = 2.0
+MAX_TRACKED = 1_000_000  # records received and not finished that the publisher remembers times for
+_OUTCOME_TYPES = {Kind.SUCCESS: TASK_SUCCEEDED, Kind.RETRY: TASK_RETRIED, Kind.DEAD: TASK_FAILED,
+                  Kind.REJECTED: TASK_REJECTED}
+_NO_ERROR = {"exc_type": None, "exc_message": None}
+
+# queue items: (what, when, payload)
+_RECEIVED, _STARTED, _FINISHED, _SKIPPED, _ABANDONED, _WORKER = range(6)
+
+
+def task_base(record: Record, worker: str | None, sent: float | None = None) -> dict[str, Any]:
+    """The fields every task event of this record carries, times unset."""
+    headers = dict(record.headers)
+    raw_id = headers.get(H_ID)
+    task_id = raw_id.decode(errors="replace") if raw_id is not None else None
+    root = headers.get(H_ROOT_ID)
+    parent = headers.get(H_PARENT_ID)
+    name = headers.get(H_TASK)
+    try:
+        attempt = int(headers.get(H_ATTEMPTS, b"0")) + 1
+    except ValueError:
+        attempt = None
+    return {
+        "v": VERSION, "type": None, "ts": None, "worker": worker,
+        "id": task_id, "root_id": root.decode(errors="replace") if root is not None else task_id,
+        "parent_id": parent.decode(errors="replace") if parent is not None else None,
+        "task": name.decode(errors="replace") if name is not None else None,
+        "key": record.key.decode(errors="replace") if record.key is not None else None,
+        "topic": record.topic, "partition": record.partition, "offset": record.offset, "attempt": attempt,
+        "sent": sent if sent is not None else (record.timestamp_ms / 1000.0 if record.timestamp_ms > 0 else None),
+        "received": None, "started": None, "finished": None, "runtime": None,
+        "exc_type": None, "exc_message": None,
+    }
+
+
+def worker_event(kind: str, info: WorkerInfo, ts: float) -> dict[str, Any]:
+    """A worker-online/heartbeat/offline event."""
+    return {"v": VERSION, "type": kind, "ts": ts, "worker": info.name, "hostname": info.hostname, "pid": info.pid,
+            "pool": info.pool, "concurrency": info.concurrency, "group": info.group, "active": info.active,
+            "processed": info.processed, "partitions": [list(tp) for tp in info.partitions], "freq": info.freq}
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return JSON.dumps(event)
+
+
+def decode(data: bytes | None) -> dict[str, Any] | None:
+    """An event from a record value; None when it is not a v1 event (a newer producer, junk)."""
+    if not data:
+        return None
+    try:
+        event = JSON.loads(data)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and event.get("v") == VERSION and "type" in event else None
+
+
+def event_key(event: dict[str, Any]) -> bytes | None:
+    """The Kafka key of an event: the root task id, or the worker name for worker events."""
+    key = event.get("root_id") or event.get("id") if event["type"] not in WORKER_TYPES else event.get("worker")
+    return key.encode() if isinstance(key, str) else None
+
+
+def hostname_pid() -> tuple[str, int]:
+    return socket.gethostname(), os.getpid()
+
+
+class EventsHook(Hook):
+    """Publishes every task state change and worker heartbeats on the worker's producer."""
+
+    def __init__(self, app: Taskq, producer: Producer, worker: str) -> None:
+        self.topic = app.events_topic
+        self.include_args = app.settings.events_include_args
+        self.serializers = app.serializers
+        self.worker = worker
+        self._producer = producer
+        self._queue: deque[tuple[int, float, Any]] = deque()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._times: dict[tuple[str, int, int], dict[str, Any]] = {}
+        self._failed = 0
+        self._failure_logged = False
+        self.published = 0
+        self._thread = threading.Thread(target=self._run, name="taskq-events", daemon=True)
+        self._thread.start()
+
+    # -- hook methods: called on worker threads, only queue -----------------------------------------
+
+    def received(self, records: Sequence[Record], now: float) -> None:
+        self._queue.append((_RECEIVED, now, records))
+
+    def started(self, record: Record) -> None:
+        self._queue.append((_STARTED, time.time(), record))
+
+    def finished(self, outcomes: Sequence[Outcome]) -> None:
+        """Queue the final events and produce everything queued, here: they reach the producer before
+        the worker may commit these offsets (a crash right after a commit loses no final event)."""
+        self._queue.append((_FINISHED, time.time(), outcomes))
+        self._drain()
+
+    def skipped(self, records: Sequence[Record], results: Sequence[ResultRecord]) -> None:
+        self._queue.append((_SKIPPED, time.time(), (records, results)))
+
+    def abandoned(self, records: Sequence[Record]) -> None:
+        self._queue.append((_ABANDONED, time.time(), records))
+
+    def worker_online(self, worker: WorkerInfo) -> None:
+        self._queue.append((_WORKER, time.time(), (WORKER_ONLINE, worker)))
+        self._wake.set()
+
+    def worker_heartbeat(self, worker: WorkerInfo) -> None:
+        self._queue.append((_WORKER, time.time(), (WORKER_HEARTBEAT, worker)))
+        self._wake.set()
+
+    def worker_offline(self, worker: WorkerInfo) -> None:
+        self._queue.append((_WORKER, time.time(), (WORKER_OFFLINE, worker)))
+        self._wake.set()
+
+    # -- publisher thread ---------------------------------------------------------------------------
+
+    def close(self, timeout: float) -> int:
+        """Publish everything queued and wait for its acknowledgement; returns events not acknowledged."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        return self._producer.flush(timeout)
+
+    def _run(self) -> None:
+        while True:
+            stopping = self._stop.is_set()
+            try:
+                self._drain()
+            except Exception:  # noqa: BLE001 - a bad record must not end the events of the worker
+                log.exception("building task events failed; continuing")
+            if stopping:
+                self._drain()  # what was queued while the last drain ran
+                return
+            self._wake.wait(0.05)
+            self._wake.clear()
+
+    def _drain(self) -> None:
+        with self._lock:  # one drainer at a time keeps the queue's order on the producer
+            self._drain_locked()
+
+    def _drain_locked(self) -> None:
+        queue, times = self._queue, self._times
+        produce = self._produce
+        worker = self.worker
+        while queue:
+            what, now, payload = queue.popleft()
+            if what == _RECEIVED:
+                for record in payload:
+                    base = task_base(record, worker)
+                    base["received"] = now
+                    if len(times) < MAX_TRACKED:
+                        times[(record.topic, record.partition, record.offset)] = base
+                    produce(self._task_event(base, TASK_RECEIVED, now, record))
+            elif what == _STARTED:
+                record = payload
+                base = times.get((record.topic, record.partition, record.offset)) or task_base(record, worker)
+                base["started"] = now
+                produce(self._task_event(base, TASK_STARTED, now, record))
+            elif what == _FINISHED:
+                for outcome in payload:
+                    self._finished(outcome, now)
+            elif what == _SKIPPED:
+                for record, result in zip(*payload):
+                    base = self._take(record)
+                    base["finished"] = result.date_done or now
+                    event = self._task_event(base, TASK_SKIPPED, now, record)
+                    event["state"] = result.status  # the final state stored by the run that finished it
+                    produce(event)
+            elif what == _ABANDONED:
+                for record in payload:  # redelivered later (maybe elsewhere): its next run has events
+                    times.pop((record.topic, record.partition, record.offset), None)
+            elif what == _WORKER:
+                kind, info = payload
+                event = worker_event(kind, info, now)
+                self._send(info.name.encode(), encode(event))
+        self._producer.poll(0)
+
+    def _finished(self, outcome: Outcome, now: float) -> None:
+        record = outcome.record
+        base = self._take(record)
+        result = outcome.result
+        finished = result.date_done if result is not None and result.date_done else now
+        base["finished"] = finished
+        base["runtime"] = outcome.runtime if outcome.kind is not Kind.REJECTED else None
+        if base["started"] is None and base["runtime"] is not None:  # the started event was not seen here
+            base["started"] = finished - outcome.runtime
+        kind = _OUTCOME_TYPES[outcome.kind]
+        if outcome.kind is not Kind.SUCCESS:
+            base["exc_type"] = outcome.error_type or None
+            base["exc_message"] = (outcome.error_message or "")[:1024] or None
+        event = self._task_event(base, kind, now, record)
+        if outcome.kind is Kind.RETRY:
+            event["retry_in"] = outcome.retry_delay
+        if self.include_args and result is not None and outcome.kind is Kind.SUCCESS:
+            event["result"] = result.result
+        self._produce(event)
+        if outcome.kind is Kind.DEAD:
+            dead = dict(event)
+            dead["type"] = TASK_DEAD
+            self._produce(dead)
+
+    def _take(self, record: Record) -> dict[str, Any]:
+        """The fields gathered for ``record`` so far (forgotten here), or fresh ones."""
+        base: dict[str, Any] | None = self._times.pop((record.topic, record.partition, record.offset), None)
+        return base if base is not None else task_base(record, self.worker)
+
+    def _task_event(self, base: dict[str, Any], kind: str, now: float, record: Record) -> dict[str, Any]:
+        event = dict(base)
+        event["type"] = kind
+        event["ts"] = now
+        if self.include_args:
+            event["args"], event["kwargs"] = self._arguments(record)
+        return event
+
+    def _arguments(self, record: Record) -> tuple[Any, Any]:
+        content_type = (record.header("content-type") or b"application/json").decode(errors="replace")
+        try:
+            args, kwargs = self.serializers.loads(record.value or b"", content_type)
+            JSON.dumps([args, kwargs])  # pickled arguments may not be JSON: leave them out
+            return args, kwargs
+        except Exception:  # noqa: BLE001 - undecodable arguments are not an event error
+            return None, None
+
+    def _produce(self, event: dict[str, Any]) -> None:
+        root = event["root_id"]
+        self._send(root.encode() if root else None, encode(event))
+
+    def _send(self, key: bytes | None, value: bytes) -> None:
+        try:
+            self._producer.produce(self.topic, key, value, None, self._report)
+        except Exception as exc:  # noqa: BLE001 - an event that cannot be sent never affects a task
+            self._report(exc, None)
+
+    def _report(self, err: BaseException | None, _record: Record | None) -> None:
+        if err is None:
+            self.published += 1
+            return
+        self._failed += 1
+        if not self._failure_logged:
+            self._failure_logged = True
+            log.error("task event not delivered to %s: %s (further failures are counted, not logged)", self.topic, err)
+
+    @property
+    def failed(self) -> int:
+        """Events the broker did not take (each one is logged once at most)."""
+        return self._failed
