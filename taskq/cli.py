@@ -371,6 +371,11 @@ from taskq.bench import bench  # noqa: E402 - `taskq bench enqueue|e2e|latency|l
 
 main.add_command(bench)
 
+from monitor.cli import flower, monitor  # noqa: E402 - `taskq monitor`, `taskq flower` (extras: monitor, flower)
+
+main.add_command(monitor)
+main.add_command(flower)
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,126 @@
+"""Reads the task-events topic and hands every event to the monitor's listeners.
+
+The consumer thread owns its Kafka consumer. Each monitor process joins a fresh consumer group and
+reads the topic from the beginning, so after a restart the view is rebuilt from history (events
+older than ``since`` are skipped) and, while it runs, it sees every event the topic keeps: nothing
+is sampled or dropped, unlike Celery's transient event queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from taskq.app import Taskq
+from taskq.errors import TaskqError
+
+log = logging.getLogger("taskq.monitor")
+Listener = Callable[[dict[str, Any]], None]
+
+
+def events_topic(app: Taskq) -> str:
+    """The ``events_topic`` setting, else ``<topic_prefix>events``: where workers publish events."""
+    return getattr(app.settings, "events_topic", "") or f"{app.settings.topic_prefix}events"
+
+
+class EventConsumer:
+    """A thread that replays the events topic from ``since`` and then follows it."""
+
+    def __init__(self, app: Taskq, listeners: list[Listener], since: float = 0.0, batch: int = 2000) -> None:
+        self.app = app
+        self.topic = events_topic(app)
+        self.listeners = listeners
+        self.since = since
+        self.batch = batch
+        self.group = f"taskq-monitor-{uuid.uuid4().hex[:12]}"
+        self.caught_up = threading.Event()  # set once the history present at start is read
+        self.received = 0
+        self.skipped_old = 0
+        self.undecodable = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="taskq-monitor-events", daemon=True)
+
+    def start(self) -> EventConsumer:
+        self.app.ensure_topics({self.topic: self.app.settings.default_partitions})
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        ends = {p: hi for p, (lo, hi) in self.app.broker.watermarks(self.topic).items() if hi > lo}
+        if not ends:
+            self.caught_up.set()
+        consumer = self.app.broker.consumer(self.group, [self.topic])
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    records = consumer.consume(self.batch, 0.2)
+                    failures = 0
+                except TaskqError as exc:  # broker down: say so on the overview, try again
+                    failures += 1
+                    self.error = str(exc)
+                    log.warning("events consumer: %s (attempt %d)", exc, failures)
+                    self._stop.wait(min(5.0, 0.2 * 2 ** failures))
+                    continue
+                self.error = None
+                for record in records:
+                    self._handle(record.value)
+                    if ends and record.offset + 1 >= ends.get(record.partition, 0):
+                        ends.pop(record.partition, None)
+                        if not ends:
+                            self.caught_up.set()
+        finally:
+            consumer.close()
+
+    def _handle(self, value: bytes | None) -> None:
+        try:
+            event = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            self.undecodable += 1
+            return
+        if not isinstance(event, dict):
+            self.undecodable += 1
+            return
+        if float(event.get("ts") or 0) < self.since:
+            self.skipped_old += 1
+            return
+        self.received += 1
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - one bad listener must not stop the others
+                log.exception("monitor listener failed on %s", event.get("type"))
+
+
+def parse_since(text: str | None, now: float | None = None) -> float:
+    """``--since``: ``all``, seconds/minutes/hours/days ago (``90s``, ``15m``, ``6h``, ``2d``), an epoch, or ISO time."""
+    now = time.time() if now is None else now
+    if not text or text == "all":
+        return 0.0
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - float(text[:-1]) * units[text[-1]]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        from taskq.errors import ConfigError
+
+        raise ConfigError(f"bad --since {text!r}: use all, 15m, 6h, 2d, an epoch or an ISO time") from None
+    return moment.timestamp()

@@ -1,0 +1,60 @@
+"""The ASGI app: pages, ``/api``, ``/metrics``, static assets, and the optional token check."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from monitor import api, pages
+from monitor.core import Monitor
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "taskq_monitor_token"
+OPEN_PATHS = ("/static/",)
+
+
+def create_app(monitor: Monitor) -> FastAPI:
+    """The web app for ``monitor`` (which the caller starts and stops)."""
+    import taskq
+
+    web = FastAPI(title="taskq monitor", version=taskq.__version__,
+                  description="Tasks, workers, topics, lag and dead letters of a taskq app.")
+    web.state.monitor = monitor
+    web.include_router(api.router(monitor))
+    web.include_router(pages.router(monitor))
+    web.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @web.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(monitor.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    if monitor.config.token:
+        web.middleware("http")(_token_check(monitor.config.token))
+    return web
+
+
+def _token_check(token: str) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    """Require ``Authorization: Bearer <token>``, ``?token=`` (which sets a cookie) or the cookie."""
+
+    async def check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path.startswith(OPEN_PATHS):
+            return await call_next(request)
+        given = request.query_params.get("token")
+        header = request.headers.get("authorization", "")
+        candidates = [given, header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None,
+                      request.cookies.get(COOKIE)]
+        if not any(c and hmac.compare_digest(c.encode(), token.encode()) for c in candidates):
+            return JSONResponse({"detail": "token required: send 'Authorization: Bearer <token>' or open "
+                                           "the page once with ?token=<token>"}, status_code=401)
+        if given and request.method == "GET" and not request.url.path.startswith("/api"):
+            response: Response = RedirectResponse(str(request.url.remove_query_params("token")), 303)
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+            return response
+        return await call_next(request)
+
+    return check
