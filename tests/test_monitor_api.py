@@ -1,0 +1,184 @@
+"""The monitor's REST API with a real worker on the embedded broker: submit, result, stream, dead letters,
+clear 4xx errors, the token, /metrics, and a schemathesis fuzz over the OpenAPI schema (no 5xx)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from fastapi.testclient import TestClient
+
+from monitor.core import Monitor, MonitorConfig
+from monitor.web import create_app
+from tests.monitor_support import WORKER_EVENTS, running_monitor, wait_state
+from tests.support import local_app_module, wait_until, worker_thread
+
+APP = "tests.apps.monitorapp"
+WORK = f"{APP}.work"
+
+
+@pytest.fixture
+def mod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    module = local_app_module(APP, str(tmp_path / "q.db"), monkeypatch, MONITOR_MARKER=str(tmp_path / "ready"))
+    yield module
+    module.app.close()
+
+
+@pytest.fixture
+def monitor(mod: ModuleType) -> Iterator[Monitor]:
+    with running_monitor(mod.app) as m:
+        yield m
+
+
+@pytest.fixture
+def client(monitor: Monitor) -> Iterator[TestClient]:
+    with TestClient(create_app(monitor)) as c:
+        yield c
+
+
+def result_of(client: TestClient, task_id: str, timeout: float = 30) -> dict:
+    box: dict = {}
+
+    def ready() -> bool:
+        r = client.get(f"/api/tasks/{task_id}/result")
+        if r.status_code == 200 and r.json()["status"] in ("SUCCESS", "FAILURE"):
+            box.update(r.json())
+            return True
+        assert r.status_code == 404, r.text
+        return False
+    wait_until(ready, timeout, f"a final result for {task_id}")
+    return box
+
+
+def test_errors_are_clear_4xx(client: TestClient) -> None:
+    r = client.post("/api/tasks", json={"task": "no.such.task"})
+    assert r.status_code == 404 and "not registered" in r.json()["detail"] and WORK in r.json()["detail"]
+    r = client.post("/api/tasks", json={"task": WORK, "args": [1, 2, 3, 4]})
+    assert r.status_code == 422 and "too many positional arguments" in r.json()["detail"]
+    r = client.post("/api/tasks", json={"task": WORK, "kwargs": {"nope": 1}})
+    assert r.status_code == 422 and "signature" in r.json()["detail"]
+    assert client.post("/api/tasks", json={"args": []}).status_code == 422  # no task name
+    assert client.post("/api/tasks", content=b"{not json", headers={"content-type": "application/json"}
+                       ).status_code == 422
+    r = client.get("/api/tasks/0123456789abcdef/result")
+    assert r.status_code == 404 and "unknown task id" in r.json()["detail"]
+    assert client.get("/api/tasks/0123456789abcdef").status_code == 404
+    assert client.get("/api/tasks?state=BOGUS").status_code == 422
+    assert client.get("/api/tasks?limit=0").status_code == 422
+    assert client.get("/api/dead-letters/no.such.task").status_code == 404
+    r = client.post(f"/api/dead-letters/{APP}.fragile/replay", json={})
+    assert r.status_code == 422 and "'ids'" in r.json()["detail"]
+    r = client.post(f"/api/dead-letters/{APP}.fragile/replay", json={"ids": ["nope"]})
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+    assert client.get("/tasks/0123456789abcdef").status_code == 404
+    schema = client.get("/openapi.json").json()
+    assert {"/api/tasks", "/api/tasks/{task_id}/result", "/api/tasks/{task_id}/stream", "/api/workers", "/api/lag",
+            "/api/dead-letters/{task}/replay"} <= set(schema["paths"])
+
+
+def test_submit_result_stream_and_dead_letter_replay(mod: ModuleType, client: TestClient, tmp_path: Path) -> None:
+    with worker_thread(mod.app, concurrency=4):
+        r = client.post("/api/tasks", json={"task": WORK, "args": [21], "kwargs": {"user": "ann"}})
+        assert r.status_code == 202, r.text
+        assert result_of(client, r.json()["id"])["result"] == 42
+
+        r = client.post("/api/tasks", json={"task": f"{APP}.tokens", "args": ["one two three four"]})
+        with client.stream("GET", f"/api/tasks/{r.json()['id']}/stream?timeout=30") as stream:
+            body = "".join(stream.iter_text())
+        assert [line[6:] for line in body.splitlines() if line.startswith("data: ")][:4] == \
+            ['"one"', '"two"', '"three"', '"four"']
+        assert "event: done" in body and '"status":"SUCCESS"' in body
+
+        failed = [client.post("/api/tasks", json={"task": f"{APP}.fragile", "args": [i]}).json()["id"]
+                  for i in range(3)]
+        for task_id in failed:
+            res = result_of(client, task_id)
+            assert res["status"] == "FAILURE" and "marker missing" in res["error"] and "Traceback" in res["traceback"]
+        letters = client.get(f"/api/dead-letters/{APP}.fragile").json()
+        assert {d["id"] for d in letters} == set(failed)
+        assert letters[0]["headers"]["error-type"].endswith("ValueError") and letters[0]["reason"]
+
+        (tmp_path / "ready").touch()
+        r = client.post(f"/api/dead-letters/{APP}.fragile/replay", json={"ids": [failed[0]]})
+        assert r.status_code == 200 and r.json() == {"replayed": [failed[0]]}
+        assert result_of(client, failed[0])["result"] == 0
+        r = client.post(f"/api/dead-letters/{APP}.fragile/replay", json={"all": True})
+        assert sorted(r.json()["replayed"]) == sorted(failed)
+        assert [result_of(client, t)["result"] for t in failed] == [0, 10, 20]
+
+
+@pytest.mark.skipif(not WORKER_EVENTS, reason="the worker does not publish task events yet (taskq.events)")
+def test_events_from_a_real_worker(mod: ModuleType, monitor: Monitor, client: TestClient) -> None:
+    """Tasks, their tree, workers and metrics come from the worker's own events."""
+    with worker_thread(mod.app, concurrency=4, name="mon-worker"):
+        root = mod.fan_out.delay(3, user="ann")
+        work = mod.work.delay(5, user="bob")
+        wait_state(monitor, work.id, "SUCCESS")
+        wait_state(monitor, root.id, "SUCCESS")
+        wait_until(lambda: len(monitor.state.family(root.id)) == 6, 30, "the whole tree of fan_out")
+        detail = client.get(f"/api/tasks/{root.id}").json()
+        children = detail["tree"]["children"]
+        assert len(children) == 4 and sorted(len(c["children"]) for c in children) == [0, 0, 0, 1]
+        t = detail["task"]
+        assert t["topic"] == mod.fan_out.topic and t["offset"] is not None and t["worker"] == "mon-worker"
+        assert t["sent"] <= t["received"] <= t["started"] <= t["finished"]
+        wait_until(lambda: any(w["name"] == "mon-worker" and w["alive"] and w["partitions"]
+                               for w in client.get("/api/workers").json()), 30, "the worker's heartbeat")
+        listing = client.get("/api/tasks", params={"key": "bob"}).json()
+        assert [x["id"] for x in listing["tasks"]] == [work.id]
+        metrics = client.get("/metrics").text
+        assert f'taskq_task_events_total{{state="SUCCESS",task="{WORK}"}}' in metrics
+        assert "taskq_task_runtime_seconds_bucket" in metrics and "taskq_consumer_lag{" in metrics
+
+
+def test_token_is_required_when_set(mod: ModuleType) -> None:
+    monitor = Monitor(mod.app, MonitorConfig(token="s3cret"))
+    with TestClient(create_app(monitor)) as c:
+        assert c.get("/api/workers").status_code == 401
+        assert c.get("/").status_code == 401
+        assert c.get("/api/workers", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.get("/api/workers", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        r = c.get("/workers?token=s3cret", follow_redirects=False)
+        assert r.status_code == 303 and "token" not in r.headers["location"]
+        assert c.get("/workers").status_code == 200  # the cookie set above
+        assert c.get("/static/app.css").status_code == 200  # assets need no token
+
+
+def test_metrics_exposition(client: TestClient, monitor: Monitor) -> None:
+    monitor.sampler.sample()
+    text = client.get("/metrics").text
+    for name in ("taskq_workers_alive", "taskq_monitor_tasks_kept", "taskq_consumer_lag",
+                 "taskq_task_runtime_seconds", "taskq_task_queue_wait_seconds", "taskq_task_retries",
+                 "taskq_dead_letters"):
+        assert f"# HELP {name}" in text, name
+
+
+def test_fuzzing_the_api_finds_no_server_error(monitor: Monitor) -> None:
+    """schemathesis generates requests from the OpenAPI schema; no answer may be a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, settings
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(monitor))
+    schema = schema.exclude(path_regex=r"/(stream|events)$")
+    operations = [op.ok() for op in schema.get_all_operations()]
+    assert len(operations) >= 10
+    started, calls = time.monotonic(), 0
+    for op in operations:
+        strategy = op.as_strategy()
+
+        @settings(max_examples=25, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def run(case: schemathesis.Case) -> None:
+            nonlocal calls
+            calls += 1
+            response = case.call()
+            case.validate_response(response, checks=[not_a_server_error])
+
+        from hypothesis import given
+
+        given(strategy)(run)()
+    print(f"\nMONITOR fuzz: {calls} requests over {len(operations)} operations in {time.monotonic() - started:.1f} s")
