@@ -70,11 +70,43 @@ class Registry:
         except (TypeError, ValueError, pickle.PicklingError) as exc:
             raise SerializationError(f"cannot serialize with {name}: {exc}") from exc
 
+    def by_content_type(self, content_type: str) -> Serializer | None:
+        """The serializer for a content type as HTTP reads it (``Application/JSON; charset=utf-8``)."""
+        media, params = parse_content_type(content_type)
+        serializer = self._by_type.get(media)
+        if serializer is None:
+            return None
+        charset = params.get("charset")
+        if charset is not None and serializer is JSON and charset not in JSON_CHARSETS:
+            raise SerializationError(f"content type {content_type!r}: JSON must be UTF-8, not {charset!r}")
+        return serializer
+
     def loads(self, payload: bytes, content_type: str) -> Any:
         """Decode ``payload``; refuses content types not accepted."""
-        if content_type not in self.accept:
+        serializer = self.by_content_type(content_type)
+        if serializer is None or serializer.content_type not in self.accept:
             raise SerializationError(f"content type {content_type!r} is not accepted (accept_content)")
         try:
-            return self._by_type[content_type].loads(payload)
+            return serializer.loads(payload)
         except Exception as exc:
             raise SerializationError(f"cannot decode {content_type} payload: {exc}") from exc
+
+
+JSON_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
+
+
+def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """``"Application/JSON; charset=UTF-8"`` -> ``("application/json", {"charset": "utf-8"})``.
+
+    Media type and parameter names are case-insensitive (RFC 9110); values may be quoted. The
+    charset value is lower-cased too, since charset names are case-insensitive.
+    """
+    media, *rest = value.split(";")
+    params: dict[str, str] = {}
+    for item in rest:
+        name, sep, raw = item.partition("=")
+        if sep:
+            name = name.strip().lower()
+            raw = raw.strip().strip('"')
+            params[name] = raw.lower() if name == "charset" else raw
+    return media.strip().lower(), params

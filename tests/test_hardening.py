@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from taskq import TaskFailed, Taskq, TimeLimitExceeded
-from tests.support import worker_thread
+from tests.support import read_records, worker_thread
 
 KAFKA = pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])
 
@@ -152,3 +152,50 @@ def test_threads_hard_limit_keeps_the_key_until_the_thread_stops(pools_app: tupl
     assert probe.spans["blocked 0.0"][0] >= end, (
         f"the next task of the key started {end - probe.spans['blocked 0.0'][0]:.2f} s before the stuck one "
         "returned")
+
+
+# --------------------------------------------------------------------------- 9. content types with parameters
+
+
+def produce_raw(app: Taskq, topic: str, records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]],
+                ) -> None:
+    """Produce hand-made records and wait for their acknowledgement."""
+    producer = app.broker.producer()
+    errors: list[BaseException] = []
+    for key, value, headers in records:
+        producer.produce(topic, key, value, headers,
+                         on_delivery=lambda err, _rec: errors.append(err) if err is not None else None)
+    assert producer.flush(30) == 0 and not errors, errors
+
+
+@pytest.fixture
+def echo_app(kind: str, request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> Iterator[Taskq]:
+    app = make_app(kind, request, tmp_path, unique)
+
+    @app.task(name="hard.echo", key="key")
+    def echo(key: str, value: object) -> object:
+        return value
+
+    yield app
+    app.close()
+
+
+def test_content_type_with_parameters_is_accepted(echo_app: Taskq, unique: str) -> None:
+    """``application/json; charset=utf-8`` and other spellings HTTP allows run; a foreign charset is refused
+    (dead-lettered) with a reason."""
+    app = echo_app
+    echo = app.tasks["hard.echo"]
+    app.ensure_topic(echo.topic, echo.partitions)
+    spellings = ["application/json; charset=utf-8", "Application/JSON;charset=\"UTF-8\"", "application/json ;"]
+    records = []
+    for i, content_type in enumerate(spellings + ["application/json; charset=latin-1"]):
+        value = f'[["k{i}", {i}], {{}}]'.encode()
+        headers = [("id", f"ct-{unique}-{i}".encode()), ("task", b"hard.echo"), ("content-type", content_type.encode())]
+        records.append((f"k{i}".encode(), value, headers))
+    produce_raw(app, echo.topic, records)
+    with worker_thread(app, concurrency=2, forward_delayed=False):
+        for i in range(len(spellings)):
+            assert app.AsyncResult(f"ct-{unique}-{i}").get(timeout=30) == i
+        letters = read_records(app, app.dlq_topic(echo.topic), 1, timeout=30)
+    assert [r.header("id") for r in letters] == [f"ct-{unique}-3".encode()]
+    assert b"UTF-8" in (dict(letters[0].headers).get("error-message") or b"")
