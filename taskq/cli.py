@@ -34,6 +34,18 @@ def main(log_level: str) -> None:
 def worker(app_path: str, queues: tuple[str, ...], concurrency: int, pool: str, batch_size: int,
            prefetch: int | None, name: str | None) -> None:
     """Consume task topics and run tasks until SIGTERM or SIGINT."""
+    # Signal handling first: a SIGTERM while the app is still importing is a clean stop, not a kill.
+    stopping: list[int] = []  # signals received; one before the Worker exists stops it before it starts
+
+    def stop(signum: int, _frame: object) -> None:
+        logging.getLogger("taskq").warning("signal %d: finishing in-flight tasks, then leaving", signum)
+        stopping.append(signum)
+        if workers:
+            workers[0].stop()
+
+    workers: list[Worker] = []
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     from taskq.worker import Worker
 
     try:
@@ -42,13 +54,11 @@ def worker(app_path: str, queues: tuple[str, ...], concurrency: int, pool: str, 
                    prefetch=prefetch, name=name, app_path=app_path)
     except (TaskqError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
-
-    def stop(signum: int, _frame: object) -> None:
-        logging.getLogger("taskq").warning("signal %d: finishing in-flight tasks, then leaving", signum)
-        w.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    workers.append(w)
+    if stopping:
+        app.close()
+        click.echo(f"taskq worker {w.name}: stopped before it started", err=True)
+        return
     click.echo(f"taskq worker {w.name}: {len(w.topics)} topic(s) on {app.broker_url}, pool {pool} x{concurrency}",
                err=True)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from taskq import TaskFailed, Taskq, TimeLimitExceeded
-from tests.support import read_records, worker_thread
+from tests.support import WorkerProcess, read_records, wait_until, worker_thread
 
 KAFKA = pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])
 
@@ -199,3 +199,28 @@ def test_content_type_with_parameters_is_accepted(echo_app: Taskq, unique: str) 
         letters = read_records(app, app.dlq_topic(echo.topic), 1, timeout=30)
     assert [r.header("id") for r in letters] == [f"ct-{unique}-3".encode()]
     assert b"UTF-8" in (dict(letters[0].headers).get("error-message") or b"")
+
+
+# --------------------------------------------------------------------------- 12. SIGTERM while importing the app
+
+
+def test_sigterm_while_importing_the_app_stops_cleanly(kind: str, request: pytest.FixtureRequest,
+                                                       tmp_path: Path, unique: str) -> None:
+    """``taskq worker`` sent SIGTERM while it still imports its app exits 0 without starting to consume."""
+    marker = tmp_path / "importing"
+    env = {"SLOW_IMPORT_MARKER": str(marker), "SLOW_IMPORT_SECONDS": "2", "TASKQ_GROUP": f"slow{unique}"}
+    if kind == "local":
+        env["TASKQ_LOCAL_PATH"] = str(tmp_path / "q.db")
+    else:
+        env["TASKQ_BROKER_URL"] = request.getfixturevalue("kafka_url")
+        env["TASKQ_RESULT_BACKEND"] = request.getfixturevalue("redis_url")
+    worker = WorkerProcess("tests.apps.slow_import", env)
+    try:
+        wait_until(marker.exists, 30, "the worker to start importing its app")
+        t0 = time.monotonic()
+        code = worker.terminate(timeout=30)
+        assert code == 0, f"exit code {code}:\n{worker.log}"
+        assert time.monotonic() - t0 < 10
+        assert "stopped before it started" in worker.log
+    finally:
+        worker.stop()
