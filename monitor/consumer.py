@@ -15,18 +15,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from taskq.app import Taskq
 from taskq.errors import TaskqError
+from taskq.events import decode
 
 log = logging.getLogger("taskq.monitor")
 Listener = Callable[[dict[str, Any]], None]
 
 
 def events_topic(app: Taskq) -> str:
-    """The ``events_topic`` setting, else ``<topic_prefix>events``: where workers publish events."""
-    return getattr(app.settings, "events_topic", "") or f"{app.settings.topic_prefix}events"
+    """Where workers publish task and worker events (``app.events_topic``)."""
+    return app.events_topic
 
 
 class EventConsumer:
@@ -84,12 +83,8 @@ class EventConsumer:
             consumer.close()
 
     def _handle(self, value: bytes | None) -> None:
-        try:
-            event = orjson.loads(value or b"")
-        except orjson.JSONDecodeError:
-            self.undecodable += 1
-            return
-        if not isinstance(event, dict):
+        event = decode(value)  # taskq.events owns the format: None for junk or another schema version
+        if event is None or not isinstance(event.get("ts", 0), (int, float)):
             self.undecodable += 1
             return
         if float(event.get("ts") or 0) < self.since:

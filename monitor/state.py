@@ -15,23 +15,15 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from taskq.events import STATES as EVENT_STATES
+
 TIMELINE_CAP = 50
 SERIES_SECONDS = 3600  # throughput history kept for the overview chart (one bucket a second)
 
-#: event type -> the state a task is in after it
-STATE_OF = {
-    "task-sent": "PENDING",
-    "task-received": "RECEIVED",
-    "task-started": "STARTED",
-    "task-succeeded": "SUCCESS",
-    "task-retried": "RETRY",
-    "task-failed": "FAILURE",
-    "task-dead": "FAILURE",
-    "task-rejected": "REJECTED",
-    "task-revoked": "REVOKED",
-}
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REJECTED", "REVOKED"})
-STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REJECTED", "REVOKED")
+#: event type -> the state a task is in after it (taskq.events owns the mapping; task-dead is a FAILURE)
+STATE_OF = dict(EVENT_STATES)
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REJECTED", "REVOKED", "SKIPPED"})
+STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REJECTED", "REVOKED", "SKIPPED")
 TASK_FIELDS = ("task", "root_id", "parent_id", "key", "topic", "partition", "offset", "attempt", "sent",
                "received", "started", "finished", "runtime", "exc_type", "exc_message", "args", "kwargs",
                "result", "worker")
@@ -181,6 +173,9 @@ class State:
             if value is not None:
                 setattr(task, name, value if name != "key" else str(value))
         new_state = STATE_OF.get(kind)
+        if kind == "task-skipped":  # redelivered after it finished: the state its finished run stored
+            new_state = e.get("state") if e.get("state") in FINAL_STATES else (
+                None if task.state in FINAL_STATES else "SKIPPED")
         if kind == "task-dead":
             task.dead = True
         if kind == "task-retried":

@@ -110,7 +110,7 @@ def test_submit_result_stream_and_dead_letter_replay(mod: ModuleType, client: Te
         assert [result_of(client, t)["result"] for t in failed] == [0, 10, 20]
 
 
-@pytest.mark.skipif(not WORKER_EVENTS, reason="the worker does not publish task events yet (taskq.events)")
+@pytest.mark.skipif(not WORKER_EVENTS, reason="the worker does not publish task events yet (EventsHook not wired in)")
 def test_events_from_a_real_worker(mod: ModuleType, monitor: Monitor, client: TestClient) -> None:
     """Tasks, their tree, workers and metrics come from the worker's own events."""
     with worker_thread(mod.app, concurrency=4, name="mon-worker"):
