@@ -5,63 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from taskq.app import Taskq
-from taskq.brokers.base import Headers, Record
-from taskq.message import H_ATTEMPTS, H_ETA, H_FIRST_FAILURE, H_ID, H_ORIGIN, H_TASK
+from taskq.brokers.base import Record
+from taskq.deadletter import DeadLetter
 
-#: headers the worker adds when it dead-letters a message; replay strips them
-DEAD_HEADERS = frozenset({"error-type", "error-message", "error-traceback", "dead-reason", "worker",
-                          "original-topic", "original-partition", "original-offset", "dead-at"})
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One dead-lettered message with the reason the worker gave."""
-
-    record: Record
-
-    def _h(self, name: str) -> str:
-        raw = self.record.header(name)
-        return raw.decode(errors="replace") if raw is not None else ""
-
-    @property
-    def id(self) -> str:
-        return self._h(H_ID) or f"{self.record.topic}:{self.record.partition}:{self.record.offset}"
-
-    @property
-    def task(self) -> str:
-        return self._h(H_TASK)
-
-    @property
-    def reason(self) -> str:
-        return self._h("dead-reason")
-
-    @property
-    def error(self) -> str:
-        return f"{self._h('error-type')}: {self._h('error-message')}"
-
-    @property
-    def traceback(self) -> str:
-        return self._h("error-traceback")
-
-    @property
-    def attempts(self) -> int:
-        return int(self._h(H_ATTEMPTS) or 0) + 1
-
-    @property
-    def original_topic(self) -> str:
-        return self._h("original-topic") or self.record.topic.removesuffix(".dlq")
-
-    @property
-    def dead_at(self) -> float:
-        return float(self._h("dead-at") or 0)
-
-    def replay_headers(self) -> Headers:
-        """The original headers, with attempts and delays reset."""
-        drop = DEAD_HEADERS | {H_ATTEMPTS, H_FIRST_FAILURE, H_ETA, H_ORIGIN}
-        return [(k, v) for k, v in self.record.headers if k not in drop]
+__all__ = ["DeadLetter", "dead_letters", "purge", "read_topic", "replay"]
 
 
 def read_topic(app: Taskq, topic: str, timeout: float = 30.0) -> Iterator[Record]:

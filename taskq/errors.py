@@ -17,6 +17,10 @@ class BrokerError(TaskqError):
     """The broker refused, lost or could not be reached for a message."""
 
 
+class MessageTooLarge(BrokerError):
+    """The broker refuses a message over its size limit; no retry can send it as it is."""
+
+
 class BackendError(TaskqError):
     """The result backend could not be reached or refused a write."""
 

@@ -35,7 +35,7 @@ from taskq.brokers.base import (
     Record,
     TopicPartition,
 )
-from taskq.errors import BrokerError, ConfigError
+from taskq.errors import BrokerError, ConfigError, MessageTooLarge
 
 MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes, below the broker's default limit
 PRODUCER_DEFAULTS: dict[str, Any] = {
@@ -116,7 +116,7 @@ class KafkaProducer(Producer):
             except KafkaException as exc:
                 if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
                     size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())
-                    raise BrokerError(
+                    raise MessageTooLarge(
                         f"message of {size} bytes for {topic} is too large: the limit is "
                         f"{self.max_message_bytes} bytes (message.max.bytes); pass a reference to the payload "
                         "(an object-store key or URL) instead of the payload") from exc

@@ -50,7 +50,7 @@ from taskq.brokers.base import (
     Record,
     TopicPartition,
 )
-from taskq.errors import BrokerError, ConfigError
+from taskq.errors import BrokerError, ConfigError, MessageTooLarge
 from taskq.partitioner import partition_for
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class LocalProducer(Producer):
             headers = [(k, v.encode() if isinstance(v, str) else v) for k, v in headers]
         size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())
         if size > MAX_MESSAGE_BYTES:
-            raise BrokerError(f"message of {size} bytes for {topic} is too large: the limit is {MAX_MESSAGE_BYTES} "
+            raise MessageTooLarge(f"message of {size} bytes for {topic} is too large: the limit is {MAX_MESSAGE_BYTES} "
                               "bytes, as on Kafka; pass a reference to the payload (an object-store key or URL) "
                               "instead of the payload")
         with self._lock:

@@ -1,0 +1,275 @@
+"""The worker, and its consumer thread: consume, dispatch, track offsets, commit.
+
+Threads and their hand-offs:
+- the consumer thread (``Worker.run``) owns the group consumer and the :class:`OffsetTracker`; it
+  hands records to the :class:`KeyedDispatcher`, which submits them to the pool;
+- the pool runs records and hands each outcome to the :class:`Finisher` (``Finisher.put``);
+- the finisher makes outcomes durable (results stored, retries and dead letters acknowledged through
+  the :class:`Sender`), then calls ``Worker._finished`` which queues the records on ``_finished``
+  (a deque the consumer thread drains) and releases their keys in the dispatcher;
+- the :class:`Forwarder` moves due delayed messages back to their task topics.
+An offset is committed only when it and every offset before it in its partition are finished.
+Counting goes through :class:`WorkerStats` (``on_*`` calls), nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from taskq.app import Taskq
+from taskq.brokers.base import Consumer, Record, TopicPartition
+from taskq.errors import BrokerError, NotRegistered
+from taskq.pools import make_pool
+from taskq.task import Task
+from taskq.worker.dispatch import KeyedDispatcher
+from taskq.worker.finisher import Finished, Finisher
+from taskq.worker.forwarder import Forwarder
+from taskq.worker.offsets import OffsetTracker
+from taskq.worker.sender import Sender, retrying
+from taskq.worker.stats import WorkerStats
+
+log = logging.getLogger("taskq.worker")
+PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
+COMMIT_INTERVAL = 0.2  # seconds between asynchronous commits of finished work
+
+
+class Worker:
+    """Consumes task topics in the app's consumer group and runs their tasks.
+
+    ``concurrency`` tasks run at once (for ``asyncio``: coroutines in flight); ``prefetch`` bounds the
+    records taken but not finished.
+    """
+
+    def __init__(
+        self,
+        app: Taskq,
+        tasks: Iterable[str] | None = None,
+        concurrency: int = 8,
+        pool: str = "threads",
+        batch_size: int = 1000,
+        prefetch: int | None = None,
+        name: str | None = None,
+        app_path: str | None = None,
+        stop_timeout: float = 30.0,
+        forward_delayed: bool = True,
+    ) -> None:
+        self.app = app
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        selected = list(tasks) if tasks else list(app.tasks)
+        self.tasks = [app.tasks[t] if t in app.tasks else _task_by_topic(app, t) for t in selected]
+        self.topics = [t.topic for t in self.tasks]
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.prefetch = prefetch or max(batch_size * 4, concurrency * 4)
+        self.stop_timeout = stop_timeout
+        self.forward_delayed = forward_delayed
+        self.stats = WorkerStats()
+        self.pool = make_pool(pool, app, concurrency, self.name, app_path)
+        self._stopping = threading.Event()
+        self._finished: deque[tuple[Record, bool]] = deque()  # (record, offset may be committed)
+        self._finished_event = threading.Event()
+        self._offsets = OffsetTracker()
+        self._revoked: set[TopicPartition] = set()
+        self._in_flight = 0
+        self._dispatcher = KeyedDispatcher(self.pool.submit)
+        self._consumer: Consumer | None = None
+        self._last_commit = 0.0
+        self.ready = threading.Event()  # set once the consumer has joined the group
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop fetching, finish what is running, commit, leave the group (safe from any thread)."""
+        self._stopping.set()
+
+    def run(self) -> WorkerStats:
+        """Work until :meth:`stop`; returns the counters."""
+        if not self.topics:
+            raise BrokerError("no tasks to consume: register tasks or name them with -Q")
+        app = self.app
+        partitions = {t.topic: t.partitions for t in self.tasks}
+        app.ensure_topics({**partitions, **{app.dlq_topic(t): n for t, n in partitions.items()}})
+        app.ensure_topics({t: app.settings.default_partitions for t in app.delay_topics})
+        app.backend  # noqa: B018 - fail fast on a bad backend URL
+        sender = Sender(app.broker.producer(**app.settings.producer_options))
+        finisher = Finisher(app, sender, self.name, self._on_finished, self.stats.on_outcome)
+        self.pool.start(finisher.put, self._runnable)
+        finisher.start()
+        forwarder = None
+        if self.forward_delayed:
+            forwarder = Forwarder(app, sender, self._stopping, self.stats.on_forwarded)
+            forwarder.start()
+        consumer = self._consumer = app.broker.consumer(app.group, self.topics, self._on_assign, self._on_revoke,
+                                                        **app.settings.consumer_options)
+        log.info("worker %s consuming %s in group %s", self.name, self.topics, app.group)
+        try:
+            self._consume_loop(consumer)
+            self._shutdown(consumer)
+        finally:
+            self._stopping.set()
+            consumer.close()
+            finisher.stop(self.stop_timeout)
+            if forwarder is not None:
+                forwarder.join(self.stop_timeout)
+            sender.flush(app.settings.send_timeout)
+        return self.stats
+
+    def _consume_loop(self, consumer: Consumer) -> None:
+        paused: list[TopicPartition] = []
+        full_since = 0.0
+        while not self._stopping.is_set():
+            self._take_finished()
+            self._commit(consumer)
+            if self._in_flight >= self.prefetch:
+                # Wait for work to finish rather than pausing: a pause drops the client's prefetched
+                # records. Only when full for long (slow tasks) pause, to keep polling the group.
+                full_since = full_since or time.monotonic()
+                if not paused and time.monotonic() - full_since < PAUSE_AFTER:
+                    self._finished_event.wait(0.05)
+                    self._finished_event.clear()
+                    continue
+                if not paused:
+                    paused = consumer.assignment()
+                    consumer.pause(paused)
+            else:
+                full_since = 0.0
+                if paused:
+                    consumer.resume(paused)
+                    paused = []
+            records = consumer.consume(self.batch_size, 0.02 if self._in_flight else 0.1)
+            self.ready.set()
+            if records:
+                self._accept(records)
+
+    def _shutdown(self, consumer: Consumer) -> None:
+        self._abandon(self._dispatcher.drop())
+        self._wait_finished(lambda: self._in_flight <= 0, self.stop_timeout)
+        self._commit_on_stop(consumer)
+        self.pool.stop()
+        self._take_finished()
+        self._commit_on_stop(consumer)
+
+    def _commit_on_stop(self, consumer: Consumer) -> None:
+        """The final commit; refused during a rebalance (stale generation), the next owner re-reads."""
+        try:
+            self._commit(consumer, sync=True)
+        except BrokerError as exc:
+            log.warning("commit on stop failed (the next owner re-reads those records): %s", exc)
+
+    # -- consumer thread --------------------------------------------------------------------------
+
+    def _accept(self, records: list[Record]) -> None:
+        self.stats.on_received(len(records))
+        skip = self._already_final(records) if self.app.settings.skip_finished else {}
+        for record in records:
+            self._offsets.take((record.topic, record.partition), record.offset)
+            self._in_flight += 1
+            if record.offset in skip.get((record.topic, record.partition), ()):
+                self.stats.on_skipped()
+                self._finished.append((record, True))
+            else:
+                self._dispatcher.dispatch(record)
+
+    def _already_final(self, records: list[Record]) -> dict[TopicPartition, set[int]]:
+        """Offsets of records whose task already has a final result (redeliveries after a crash)."""
+        with_id = [(r, i.decode(errors="replace")) for r in records if (i := r.header("id"))]
+        ids = [task_id for _, task_id in with_id]
+        backend = self.app.backend
+        if not retrying("check results", lambda: backend.any_stored(ids)):
+            return {}
+        stored = retrying("check results", lambda: backend.get_many(ids))
+        final: dict[TopicPartition, set[int]] = {}
+        for (record, _), result in zip(with_id, stored):
+            if result is not None and result.ready:
+                final.setdefault((record.topic, record.partition), set()).add(record.offset)
+        return final
+
+    def _abandon(self, dropped: list[Record]) -> None:
+        """Records dropped before they started: never committed here, the next owner reads them again."""
+        self.stats.on_abandoned(len(dropped))
+        self._in_flight -= len(dropped)
+        for record in dropped:
+            self._offsets.abandon((record.topic, record.partition), record.offset)
+
+    def _take_finished(self) -> None:
+        finished = self._finished
+        while finished:
+            record, done = finished.popleft()
+            self._in_flight -= 1
+            if done:
+                self._offsets.finish((record.topic, record.partition), record.offset)
+            else:
+                self._offsets.abandon((record.topic, record.partition), record.offset)
+
+    def _commit(self, consumer: Consumer, sync: bool = False, partitions: Iterable[TopicPartition] | None = None,
+                ) -> None:
+        """Commit finished work: asynchronously at most every COMMIT_INTERVAL, or now and synchronously.
+
+        One commit per loop at a low message rate would be a request per message, and the client's
+        commit queue then falls behind (lag grows although every task is done).
+        """
+        now = time.monotonic()
+        if not sync and now - self._last_commit < COMMIT_INTERVAL:
+            return
+        self._last_commit = now
+        offsets = self._offsets.to_commit(partitions, every=sync)
+        if offsets:
+            consumer.commit(offsets, asynchronous=not sync)
+
+    def _wait_finished(self, condition: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._take_finished()
+            if condition():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._finished_event.wait(min(left, 0.05))
+            self._finished_event.clear()
+
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        self._revoked.difference_update(partitions)
+        log.info("worker %s assigned %s", self.name, partitions)
+
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        """Finish (or abandon) in-flight work of these partitions and commit exactly what is done."""
+        lost = set(partitions)
+        self._revoked.update(lost)
+        self._abandon(self._dispatcher.drop(lost))
+        self._wait_finished(lambda: self._offsets.unfinished(lost) == 0, self.stop_timeout)
+        if self._consumer is not None:
+            try:
+                self._commit(self._consumer, sync=True, partitions=lost)
+            except BrokerError as exc:
+                log.warning("commit on revoke failed (the next owner re-reads those records): %s", exc)
+        self._offsets.forget(lost)
+        log.info("worker %s revoked %s", self.name, partitions)
+
+    def _runnable(self, record: Record) -> bool:
+        return not self._stopping.is_set() and (record.topic, record.partition) not in self._revoked
+
+    # -- finisher thread --------------------------------------------------------------------------
+
+    def _on_finished(self, batch: Finished) -> None:
+        """From the finisher: these records' outcomes are durable (or they were abandoned)."""
+        abandoned = sum(not durable for _, durable in batch)
+        if abandoned:
+            self.stats.on_abandoned(abandoned)
+        for item in batch:
+            self._finished.append(item)
+            self._dispatcher.release(item[0])
+        self._finished_event.set()
+
+
+def _task_by_topic(app: Taskq, name: str) -> Task:
+    for task in app.tasks.values():
+        if task.topic == name:
+            return task
+    raise NotRegistered(name)
