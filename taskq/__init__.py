@@ -5,9 +5,11 @@ from taskq.canvas import Signature
 from taskq.errors import (
     BackendError,
     BrokerError,
+    BudgetExceeded,
     ConfigError,
     MessageTooLarge,
     NotRegistered,
+    RateLimited,
     Reject,
     Retry,
     SerializationError,
@@ -19,6 +21,7 @@ from taskq.errors import (
     WorkerLostError,
 )
 from taskq.result import AsyncResult
+from taskq.results.base import StreamRestart
 from taskq.task import Task
 from taskq.worker import Worker
 
@@ -26,13 +29,16 @@ __all__ = [
     "AsyncResult",
     "BackendError",
     "BrokerError",
+    "BudgetExceeded",
     "ConfigError",
     "MessageTooLarge",
     "NotRegistered",
+    "RateLimited",
     "Reject",
     "Retry",
     "SerializationError",
     "Signature",
+    "StreamRestart",
     "SoftTimeLimitExceeded",
     "Task",
     "TaskFailed",

@@ -50,6 +50,7 @@ class Taskq:
         self._delivery_errors: list[tuple[str, BaseException]] = []
         self._ensured: set[str] = set()
         self.hooks: list[Hook] = []
+        self.startup_checks: list[Callable[[], object]] = []
         #: the task invocation running in this thread or coroutine (its children take it as parent)
         self.current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
             f"taskq.current.{name}", default=None)
@@ -124,6 +125,17 @@ class Taskq:
             raise ConfigError(f"{hook!r} is not a taskq.hooks.Hook: subclass it and override its methods")
         self.hooks.append(hook)
         return hook
+
+    def add_startup_check(self, check: Callable[[], object]) -> Callable[[], object]:
+        """Register ``check()``, called by a worker before it consumes: raise a :class:`TaskqError`
+        (e.g. a missing API key, naming the variable) and the worker does not start."""
+        self.startup_checks.append(check)
+        return check
+
+    def run_startup_checks(self) -> None:
+        """Run every startup check; the first error stops here."""
+        for check in self.startup_checks:
+            check()
 
     # -- connections ------------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ def worker(app_path: str, queues: tuple[str, ...], concurrency: int, pool: str, 
 
     try:
         app = load_app(app_path)
+        app.run_startup_checks()
         w = Worker(app, queues or None, concurrency=concurrency, pool=pool, batch_size=batch_size,
                    prefetch=prefetch, name=name, app_path=app_path)
     except (TaskqError, KeyError) as exc:

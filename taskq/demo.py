@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -9,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from taskq.errors import ConfigError
+from taskq.llm.client import API_KEY, BASE_URL, SDK_BASE_URL
 from taskq.worker import Worker
 
 PROMPTS = ["Summarise the release notes", "Draft a reply to the customer", "Explain consumer lag",
@@ -21,7 +24,18 @@ def run_demo(count: int, users: int) -> None:
 
     console = Console()
     console.print(f"[bold]taskq demo[/]: {count} prompts from {users} users on {app.broker_url}")
-    worker = Worker(app, [infer.name], concurrency=8, batch_size=100)
+    server = None
+    if not (os.environ.get(API_KEY) or os.environ.get(BASE_URL) or os.environ.get(SDK_BASE_URL)):
+        try:
+            from taskq.devtools.llm_server import LLMServer
+        except ImportError as exc:
+            raise ConfigError(f"the demo needs the llm extra ({exc}): pip install 'taskq[llm]'") from exc
+
+        server = LLMServer(latency=0.2, tokens_per_second=200).start()
+        os.environ[BASE_URL] = server.url
+        console.print(f"no {API_KEY} or {BASE_URL}: using the local Messages API stand-in at {server.url}")
+    app.run_startup_checks()
+    worker = Worker(app, [infer.name], concurrency=100, pool="asyncio", batch_size=100)
     thread = threading.Thread(target=worker.run, name="taskq-demo-worker", daemon=True)
     thread.start()
     started = time.perf_counter()
@@ -46,6 +60,8 @@ def run_demo(count: int, users: int) -> None:
         table.add_row(user, prompt, value["text"][:48], str(value["usage"]["output_tokens"]),
                       str(record.attempts if record else "?"), record.worker if record else "?")
     console.print(table)
+    if server is not None:
+        server.stop()
     if count > 20:
         console.print(f"... and {count - 20} more; every one SUCCESS: "
                       f"{all(r[3] is not None and r[3].status == 'SUCCESS' for r in rows)}")

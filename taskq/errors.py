@@ -67,3 +67,16 @@ class TimeLimitExceeded(TaskqError):
 
 class WorkerLostError(TaskqError):
     """The process running a task died before reporting an outcome."""
+
+
+class BudgetExceeded(TaskqError):
+    """A user's daily token or cost budget is spent: further calls for that user fail until the next
+    UTC day (or raise the budget)."""
+
+
+class RateLimited(TaskqError):
+    """A user is blocked for a while after exceeding a request rate; retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

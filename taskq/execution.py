@@ -7,6 +7,7 @@ which keeps this easy to test and lets thread, process and asyncio pools share i
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from taskq.task import Request, Task
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
+
+_THREAD = threading.local()  # per pool thread: the event loop for coroutine tasks run outside the asyncio pool
 
 
 class Kind(Enum):
@@ -69,14 +72,15 @@ def bind_request(task: Task, message: TaskMessage, record: Record) -> Request:
 
 
 def conclude(task: Task, message: TaskMessage, record: Record, worker: str, started: float,
-             value: Any = None, exc: BaseException | None = None) -> Outcome:
-    """Classify a finished run into success, retry or dead."""
+             value: Any = None, exc: BaseException | None = None, meta: dict[str, Any] | None = None) -> Outcome:
+    """Classify a finished run into success, retry or dead; ``meta`` (``request.meta``) goes with the result."""
+    meta = meta or {}
     now = time.time()
     runtime = time.perf_counter() - started
     attempts = message.attempts + 1
     if exc is None:
         result = ResultRecord(message.id, SUCCESS, value, task=message.task, worker=worker, attempts=attempts,
-                              date_done=now)
+                              date_done=now, meta=meta)
         try:
             result.encode()
         except (TypeError, ValueError) as err:
@@ -96,10 +100,10 @@ def conclude(task: Task, message: TaskMessage, record: Record, worker: str, star
     tb = "".join(traceback.format_exception(cause))
     if retry:
         delay = policy.delay(message.attempts, countdown)
-        state = ResultRecord(message.id, "RETRY", None, error, tb, message.task, worker, attempts, None)
+        state = ResultRecord(message.id, "RETRY", None, error, tb, message.task, worker, attempts, None, meta)
         return Outcome(record, Kind.RETRY, state, message.retried(now, now + delay), delay,
                        _qualname(cause), str(cause), tb, runtime)
-    result = ResultRecord(message.id, FAILURE, None, error, tb, message.task, worker, attempts, now)
+    result = ResultRecord(message.id, FAILURE, None, error, tb, message.task, worker, attempts, now, meta)
     return Outcome(record, Kind.DEAD, result, None, 0.0, _qualname(cause), str(cause), tb, runtime)
 
 
@@ -129,19 +133,29 @@ def run(app: Taskq, record: Record, worker: str) -> Outcome:
     if isinstance(prepared, Outcome):
         return prepared
     message, task = prepared
-    bind_request(task, message, record)
+    request = bind_request(task, message, record)
     started = time.perf_counter()
     try:
         value = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
             *message.args, **message.kwargs)
+        if task.is_async:  # a coroutine task outside the asyncio pool: this thread's own loop runs it
+            value = _thread_loop().run_until_complete(value)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - every task error (SystemExit too) becomes an outcome
-        return conclude(task, message, record, worker, started, exc=exc)
+        return conclude(task, message, record, worker, started, exc=exc, meta=request.meta)
     finally:
         task._request.set(None)
         task.app.current_request.set(None)
-    return conclude(task, message, record, worker, started, value)
+    return conclude(task, message, record, worker, started, value, meta=request.meta)
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per pool thread, kept for the thread's life (clients bound to it stay usable)."""
+    loop = getattr(_THREAD, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _THREAD.loop = asyncio.new_event_loop()
+    return loop
 
 
 async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
@@ -155,8 +169,8 @@ async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
         return prepared
     message, task = prepared
     started = time.perf_counter()
+    request = bind_request(task, message, record)
     try:
-        bind_request(task, message, record)
         coro = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
             *message.args, **message.kwargs)
         value = await coro
@@ -164,12 +178,12 @@ async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise  # the pool cancels this run (time limit): it reports the outcome
-        return conclude(task, message, record, worker, started, exc=exc)  # raised by the task's own code
+        return conclude(task, message, record, worker, started, exc=exc, meta=request.meta)  # the task's own
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - every task error becomes an outcome
-        return conclude(task, message, record, worker, started, exc=exc)
-    return conclude(task, message, record, worker, started, value)
+        return conclude(task, message, record, worker, started, exc=exc, meta=request.meta)
+    return conclude(task, message, record, worker, started, value, meta=request.meta)
 
 
 def _qualname(exc: BaseException) -> str:

@@ -36,6 +36,7 @@ class Request:
     offset: int = -1
     root_id: str | None = None  # None: this task is its own root
     parent_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # stored with the result (e.g. tokens, cost)
 
     @property
     def root(self) -> str:

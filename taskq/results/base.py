@@ -16,6 +16,30 @@ RETRY = "RETRY"
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 READY_STATES = frozenset({SUCCESS, FAILURE})
+RESTART_MARK = b"\x00restart"  # stored between two attempts' chunks (never valid JSON)
+
+
+class StreamRestart:
+    """Yielded by ``AsyncResult.stream()`` when a new attempt of the task starts streaming while the
+    caller watches: discard what the earlier attempt showed. A caller that starts reading later gets
+    only the last attempt's chunks, without a restart."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "StreamRestart()"
+
+
+def last_attempt(raw: list[bytes]) -> list[bytes]:
+    """The chunks after the last restart mark."""
+    for i in range(len(raw) - 1, -1, -1):
+        if raw[i] == RESTART_MARK:
+            return raw[i + 1:]
+    return raw
+
+
+def decode_chunk(raw: bytes) -> Any:
+    return StreamRestart() if raw == RESTART_MARK else JSON.loads(raw)
 
 
 @dataclass(slots=True)
@@ -83,8 +107,13 @@ class ResultBackend(ABC):
         """Publish one partial result (an LLM token, a progress step)."""
 
     @abstractmethod
+    def restart_chunks(self, task_id: str) -> None:
+        """Mark the start of a new attempt's partial results (earlier chunks belong to a failed attempt)."""
+
+    @abstractmethod
     def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:
-        """Partial results as they arrive, ending when the task is ready."""
+        """Partial results as they arrive, ending when the task is ready; only the latest attempt's when
+        reading starts, then a :class:`StreamRestart` for each attempt that starts while reading."""
 
     def forget(self, task_ids: Iterable[str]) -> None:
         """Drop stored results (optional)."""

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from taskq.results.base import ResultBackend, ResultRecord
+from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
 
 SCHEMA = """
@@ -81,6 +81,9 @@ class LocalBackend(ResultBackend):
     def append_chunk(self, task_id: str, chunk: Any) -> None:
         self._db().execute("INSERT INTO chunks (id, value) VALUES (?, ?)", (task_id, JSON.dumps(chunk)))
 
+    def restart_chunks(self, task_id: str) -> None:
+        self._db().execute("INSERT INTO chunks (id, value) VALUES (?, ?)", (task_id, RESTART_MARK))
+
     def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:
         deadline = self._deadline(timeout)
         last = 0
@@ -90,9 +93,12 @@ class LocalBackend(ResultBackend):
             rows = self._db().execute(
                 "SELECT seq, value FROM chunks WHERE id = ? AND seq > ? ORDER BY seq", (task_id, last)
             ).fetchall()
-            for seq, value in rows:
-                last = seq
-                yield JSON.loads(value)
+            first_read = last == 0
+            if rows:
+                last = rows[-1][0]
+            values = [bytes(v) for _, v in rows]
+            for value in (last_attempt(values) if first_read else values):
+                yield decode_chunk(value)
             if (record is not None and record.ready) or time.monotonic() >= deadline:
                 return
             if not rows:

@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from taskq.errors import BackendError, ConfigError
-from taskq.results.base import ResultBackend, ResultRecord
+from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
 
 RESULT_PREFIX = "taskq-result:"
@@ -89,6 +89,17 @@ class RedisBackend(ResultBackend):
             pipe.execute()
         self._call("append a chunk", write)
 
+    def restart_chunks(self, task_id: str) -> None:
+        key = CHUNK_PREFIX + task_id
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.rpush(key, RESTART_MARK)
+            pipe.expire(key, int(self.expires))
+            pipe.publish(RESULT_PREFIX + task_id, "chunk")
+            pipe.execute()
+        self._call("mark a restart", write)
+
     def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:
         key = CHUNK_PREFIX + task_id
         deadline = self._deadline(timeout)
@@ -98,13 +109,13 @@ class RedisBackend(ResultBackend):
             self._call("subscribe", pubsub.subscribe, RESULT_PREFIX + task_id)
             while True:
                 chunks = self._call("read chunks", self.client.lrange, key, seen, -1)
-                for raw in chunks:
-                    yield JSON.loads(raw)
                 seen += len(chunks)
+                for raw in (last_attempt(chunks) if seen == len(chunks) else chunks):
+                    yield decode_chunk(raw)
                 record = self.get(task_id)
                 if record is not None and record.ready:
                     tail = self._call("read chunks", self.client.lrange, key, seen, -1)
-                    yield from (JSON.loads(raw) for raw in tail)
+                    yield from (decode_chunk(raw) for raw in (last_attempt(tail) if not seen else tail))
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:

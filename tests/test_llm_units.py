@@ -1,0 +1,65 @@
+"""LLM pieces without services: configuration, prices, restart marks in the local result store."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from taskq.errors import ConfigError
+from taskq.llm.client import LLMConfig
+from taskq.llm.pricing import cost, price_of
+from taskq.results.base import SUCCESS, ResultRecord, StreamRestart
+from taskq.results.local import LocalBackend
+
+
+def test_config_names_the_variables_when_nothing_is_set() -> None:
+    with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY.*TASKQ_LLM_BASE_URL"):
+        LLMConfig.from_env({})
+    config = LLMConfig.from_env({"TASKQ_LLM_BASE_URL": "http://127.0.0.1:1", "TASKQ_LLM_READ_TIMEOUT": "7"})
+    assert config.read_timeout == 7.0 and config.api_key  # a placeholder key for a keyless stand-in
+    secret = LLMConfig.from_env({"ANTHROPIC_API_KEY": "sk-secret"})
+    assert "sk-secret" not in repr(secret)
+    with pytest.raises(ConfigError, match="TASKQ_LLM_READ_TIMEOUT"):
+        LLMConfig.from_env({"ANTHROPIC_API_KEY": "k", "TASKQ_LLM_READ_TIMEOUT": "soon"})
+
+
+def test_prices() -> None:
+    assert cost("claude-sonnet-4-6", 1_000_000, 1_000_000) == 18.0
+    assert price_of("claude-haiku-4-5-20251001") == price_of("claude-haiku-4-5")
+    assert price_of("claude-opus-9") == price_of("something-opus")
+    assert cost("unknown", 1000, 0) == 0.003
+
+
+def test_local_stream_keeps_only_the_last_attempt(tmp_path: Path) -> None:
+    backend = LocalBackend(str(tmp_path / "r.db"))
+    for chunk in ("Hel",):
+        backend.append_chunk("t1", chunk)
+    backend.restart_chunks("t1")
+    for chunk in ("Hel", "lo"):
+        backend.append_chunk("t1", chunk)
+    backend.store_many([ResultRecord("t1", SUCCESS, "Hello")])
+    assert list(backend.stream("t1", timeout=1)) == ["Hel", "lo"]
+
+
+def test_local_stream_marks_a_restart_seen_live(tmp_path: Path) -> None:
+    backend = LocalBackend(str(tmp_path / "r.db"))
+    backend.append_chunk("t2", "Hel")
+    seen: list[object] = []
+    first = threading.Event()
+
+    def read() -> None:
+        for chunk in backend.stream("t2", timeout=10):
+            seen.append(chunk)
+            first.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert first.wait(5)
+    backend.restart_chunks("t2")
+    backend.append_chunk("t2", "Hel")
+    backend.append_chunk("t2", "lo")
+    backend.store_many([ResultRecord("t2", SUCCESS, "Hello")])
+    reader.join(10)
+    assert seen[0] == "Hel" and isinstance(seen[1], StreamRestart) and seen[2:] == ["Hel", "lo"]
