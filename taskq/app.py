@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, overload
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from taskq.message import H_ORIGIN, TaskMessage
 from taskq.result import AsyncResult
 from taskq.results.base import ResultBackend
 from taskq.retry import RetryPolicy, tier_topic, tier_topics
+from taskq.schedules import Periodic
 from taskq.serialization import Registry
 from taskq.task import Request, Task
 
@@ -41,6 +43,7 @@ class Taskq:
         self.name = name
         self.settings = Settings.build({"broker_url": broker, "result_backend": backend, **settings})
         self.tasks: dict[str, Task] = {}
+        self.schedules: dict[str, Periodic] = {}
         self.serializers = Registry(self.settings.accept_content)
         self.group = self.settings.group or f"taskq.{name}"
         self._broker: Broker | None = None
@@ -75,7 +78,7 @@ class Taskq:
         name = name or f"{fn.__module__}.{fn.__qualname__}"
         retry_fields = {k: options.pop(k) for k in list(options) if k in RetryPolicy.__dataclass_fields__}
         retry_fields.setdefault("max_retries", self.settings.default_max_retries)
-        known = {"key", "partitions", "bind", "serializer", "time_limit", "soft_time_limit"}
+        known = {"key", "partitions", "bind", "serializer", "time_limit", "soft_time_limit", "unique_for", "unique_key"}
         unknown = set(options) - known
         if unknown:
             raise ConfigError(f"unknown task option(s) {sorted(unknown)} for task {name!r}")
@@ -84,6 +87,30 @@ class Taskq:
             raise ConfigError(f"task name {name!r} is registered twice")
         self.tasks[name] = task
         return task
+
+    def periodic_task(self, fn: Callable[..., Any] | None = None, *, cron: str | None = None,
+                      every: timedelta | float | None = None, args: tuple[Any, ...] | list[Any] = (),
+                      kwargs: dict[str, Any] | None = None, schedule_name: str | None = None,
+                      **options: Any) -> Any:
+        """A task that ``taskq beat`` sends on a schedule: ``@app.periodic_task(cron="*/5 * * * *")``
+        or ``@app.periodic_task(every=timedelta(seconds=30))``; other options as for ``@app.task``."""
+        def register(f: Callable[..., Any]) -> Task:
+            task = self._register(f, **options)
+            self.add_periodic(task, cron=cron, every=every, args=args, kwargs=kwargs, name=schedule_name)
+            return task
+        return register if fn is None else register(fn)
+
+    def add_periodic(self, task: Task | str, *, cron: str | None = None, every: timedelta | float | None = None,
+                     args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None,
+                     name: str | None = None, key: str | None = None) -> Periodic:
+        """Schedule a registered task (one task may have several schedules, each with its own ``name``)."""
+        task_name = task if isinstance(task, str) else task.name
+        self.get_task(task_name)
+        name = name or task_name
+        if name in self.schedules:
+            raise ConfigError(f"schedule {name!r} is declared twice; give the second one its own name=")
+        schedule = self.schedules[name] = Periodic.build(name, task_name, cron, every, args, kwargs, key)
+        return schedule
 
     def get_task(self, name: str) -> Task:
         try:

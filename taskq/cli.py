@@ -8,16 +8,23 @@ import signal
 import sys
 import time
 
+from typing import TYPE_CHECKING
+
 import click
 
 from taskq.errors import TaskqError
 from taskq.pools import POOLS, load_app
 
+if TYPE_CHECKING:
+    from taskq.cli_control import BeatThread
+
 
 @click.group()
 @click.option("--log-level", default="WARNING", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
-def main(log_level: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str) -> None:
     """taskq: a Celery-style task queue on Apache Kafka."""
+    ctx.obj = {"log_level": log_level}
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if "" not in sys.path:  # like celery: -A modules are found in the current directory
         sys.path.insert(0, "")
@@ -31,8 +38,12 @@ def main(log_level: str) -> None:
 @click.option("--batch-size", default=1000, show_default=True, help="Records fetched per poll.")
 @click.option("--prefetch", type=int, default=None, help="Records taken but unfinished at most.")
 @click.option("-n", "--name", default=None, help="Worker name (default host:pid).")
-def worker(app_path: str, queues: tuple[str, ...], concurrency: int, pool: str, batch_size: int,
-           prefetch: int | None, name: str | None) -> None:
+@click.option("--processes", type=click.IntRange(1), default=None,
+              help="Run N worker processes (group members) under a supervisor that restarts dead ones.")
+@click.option("--beat", "with_beat", is_flag=True, help="Also run the periodic-task beat in this process.")
+@click.pass_context
+def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], concurrency: int, pool: str, batch_size: int,
+           prefetch: int | None, name: str | None, processes: int | None, with_beat: bool) -> None:
     """Consume task topics and run tasks until SIGTERM or SIGINT."""
     # Signal handling first: a SIGTERM while the app is still importing is a clean stop, not a kill.
     stopping: list[int] = []  # signals received; one before the Worker exists stops it before it starts
@@ -40,14 +51,20 @@ def worker(app_path: str, queues: tuple[str, ...], concurrency: int, pool: str, 
     def stop(signum: int, _frame: object) -> None:
         logging.getLogger("taskq").warning("signal %d: finishing in-flight tasks, then leaving", signum)
         stopping.append(signum)
-        if workers:
-            workers[0].stop()
+        for running in workers:
+            running.stop()
 
-    workers: list[Worker] = []
+    workers: list[Worker | BeatThread] = []  # what a signal stops: the worker, and a --beat thread
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     from taskq.worker import Worker
 
+    if processes is not None:
+        from taskq.cli_control import run_supervised
+
+        args = ["-A", app_path, *[a for q in queues for a in ("-Q", q)], "-c", str(concurrency), "--pool", pool,
+                "--batch-size", str(batch_size), *(["--prefetch", str(prefetch)] if prefetch else [])]
+        sys.exit(run_supervised(args, processes, name, ctx.obj["log_level"], app_path if with_beat else None))
     try:
         app = load_app(app_path)
         app.run_startup_checks()
@@ -60,6 +77,13 @@ def worker(app_path: str, queues: tuple[str, ...], concurrency: int, pool: str, 
         app.close()
         click.echo(f"taskq worker {w.name}: stopped before it started", err=True)
         return
+
+    beat = None
+    if with_beat:
+        from taskq.cli_control import start_beat_thread
+
+        beat = start_beat_thread(app)
+        workers.append(beat)
     click.echo(f"taskq worker {w.name}: {len(w.topics)} topic(s) on {app.broker_url}, pool {pool} x{concurrency}",
                err=True)
     try:
@@ -67,6 +91,9 @@ def worker(app_path: str, queues: tuple[str, ...], concurrency: int, pool: str, 
     except TaskqError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
+        if beat is not None:
+            beat.stop()
+            beat.join(30)
         app.close()
     click.echo(f"taskq worker {w.name} stopped: {stats}", err=True)
 
@@ -379,8 +406,11 @@ def llm_server(host: str, port: int, latency: float, tokens_per_second: float) -
 
 
 from taskq.bench import bench  # noqa: E402 - `taskq bench enqueue|e2e|latency|llm|soak`
+from taskq.cli_control import CONTROL_COMMANDS  # noqa: E402 - beat, replay, topics, revoke
 
 main.add_command(bench)
+for _command in CONTROL_COMMANDS:
+    main.add_command(_command)
 
 from monitor.cli import flower, monitor  # noqa: E402 - `taskq monitor`, `taskq flower` (extras: monitor, flower)
 

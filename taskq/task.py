@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import inspect
 import time
 import random
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from taskq.errors import ConfigError, Retry
 from taskq.message import TaskMessage
 from taskq.retry import RetryPolicy
+from taskq.serialization import JSON
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -59,6 +61,8 @@ class Task:
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
         retry: RetryPolicy | None = None,
+        unique_for: float | None = None,
+        unique_key: Callable[..., str] | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -70,6 +74,12 @@ class Task:
         self.time_limit = time_limit
         self.soft_time_limit = soft_time_limit
         self.retry_policy = retry or RetryPolicy(max_retries=app.settings.default_max_retries)
+        if unique_key is not None and not unique_for:
+            raise ConfigError(f"task {name}: unique_key needs unique_for=<seconds> (how long a key stays taken)")
+        if unique_for is not None and unique_for <= 0:
+            raise ConfigError(f"task {name}: unique_for must be a positive number of seconds, not {unique_for}")
+        self.unique_for = unique_for
+        self.unique_key = unique_key
         self.topic = app.topic_for(name)
         self.is_async = inspect.iscoroutinefunction(fn)
         self._key_position = _position_of(fn, key, bind)
@@ -129,7 +139,29 @@ class Task:
             root_id = root_id or current.root
         message = TaskMessage(task_id, self.name, list(args), kwargs, raw_key, eta=when,
                               headers=dict(headers or {}), root_id=root_id, parent_id=parent_id)
-        return self.app.send(message, self.topic, self.partitions, serializer or self.serializer)
+        claim = self._unique_claim(args, kwargs) if self.unique_for else None
+        if claim is not None:
+            holder = self.app.backend.claim(claim, task_id, self.unique_for or 0)
+            if holder is not None:  # sent inside the window already: the first call's result
+                return self.app.AsyncResult(holder)
+        try:
+            return self.app.send(message, self.topic, self.partitions, serializer or self.serializer)
+        except BaseException:
+            if claim is not None:
+                self.app.backend.release(claim, task_id)
+            raise
+
+    def _unique_claim(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
+        """The claim name of a unique task's call: its ``unique_key`` or a digest of its arguments."""
+        if self.unique_key is not None:
+            ident = str(self.unique_key(*args, **kwargs))
+        else:
+            try:
+                ident = hashlib.sha256(JSON.dumps([list(args), sorted(kwargs.items())])).hexdigest()
+            except Exception as exc:
+                raise ConfigError(f"task {self.name}: unique_for needs JSON arguments to compare calls, or a "
+                                  f"unique_key= function ({exc})") from exc
+        return f"unique:{self.app.group}:{self.name}:{ident}"
 
     def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> Retry:
         """Ask the worker to run this invocation again later; ``raise self.retry(...)`` in a bound task."""

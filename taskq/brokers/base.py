@@ -40,6 +40,15 @@ class Record(NamedTuple):
         return None
 
 
+class TopicInfo(NamedTuple):
+    """What ``taskq topics`` shows of a topic."""
+
+    partitions: int
+    replication: int
+    retention_ms: int | None  # None: kept forever (retention.ms=-1)
+    cleanup_policy: str = "delete"
+
+
 class Producer(ABC):
     """Asynchronous producer: ``produce`` queues, delivery is reported through ``on_delivery``."""
 
@@ -162,6 +171,21 @@ class Broker(ABC):
     def group_topics(self, group: str) -> list[str]:
         """Topics on which ``group`` has committed offsets (Kafka: or its live members are assigned)."""
         return sorted(t for t in self.list_topics() if self.committed(group, t))
+
+    # -- topic management (``taskq topics``); brokers without it say so --------------------------------
+
+    def describe_topics(self, topics: Sequence[str]) -> dict[str, TopicInfo]:
+        """Partitions, replication and retention of existing ``topics``."""
+        counts = self.list_topics()
+        return {t: TopicInfo(counts[t], 1, None) for t in topics if t in counts}
+
+    def create_partitions(self, topic: str, total: int) -> None:
+        """Grow ``topic`` to ``total`` partitions (Kafka can add partitions, never remove them)."""
+        raise BrokerError(f"the {type(self).__name__} cannot add partitions; use a Kafka broker")
+
+    def group_members(self, group: str) -> int:
+        """How many members ``group`` has now."""
+        raise BrokerError(f"the {type(self).__name__} cannot describe consumer groups; use a Kafka broker")
 
     def lag(self, group: str, topic: str) -> dict[int, int]:
         """Partition -> messages not yet committed by ``group``."""

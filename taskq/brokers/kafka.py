@@ -22,7 +22,7 @@ from confluent_kafka import (
     TopicPartition as _RdTopicPartition,
 )
 from confluent_kafka import ConsumerGroupTopicPartitions
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
 from taskq.brokers.base import (
     AssignmentCallback,
@@ -33,6 +33,7 @@ from taskq.brokers.base import (
     Producer,
     Reader,
     Record,
+    TopicInfo,
     TopicPartition,
 )
 from taskq.errors import BrokerError, ConfigError, MessageTooLarge
@@ -350,6 +351,45 @@ class KafkaBroker(Broker):
                 future.result()
             except KafkaException as exc:
                 raise BrokerError(f"cannot delete records of {topic}[{tp.partition}]: {exc.args[0]}") from exc
+
+    def describe_topics(self, topics: Sequence[str]) -> dict[str, TopicInfo]:
+        meta = self.admin.list_topics(timeout=self.connect_timeout).topics
+        names = [t for t in topics if t in meta and not meta[t].error]
+        if not names:
+            return {}
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in names]
+        try:
+            futures = self.admin.describe_configs(resources, request_timeout=self.connect_timeout)
+            configs = {res.name: future.result() for res, future in futures.items()}
+        except KafkaException as exc:
+            raise BrokerError(f"cannot describe topics {names}: {exc.args[0].str()}") from exc
+        info = {}
+        for name in names:
+            parts = meta[name].partitions
+            retention = int(configs[name]["retention.ms"].value)
+            info[name] = TopicInfo(len(parts), max((len(p.replicas) for p in parts.values()), default=0),
+                                   None if retention < 0 else retention, configs[name]["cleanup.policy"].value)
+        return info
+
+    def create_partitions(self, topic: str, total: int) -> None:
+        futures = self.admin.create_partitions([NewPartitions(topic, total)], request_timeout=self.connect_timeout)
+        try:
+            futures[topic].result()
+        except KafkaException as exc:
+            raise BrokerError(f"cannot grow {topic} to {total} partitions: {exc.args[0].str()}") from exc
+        self._known.pop(topic, None)
+        deadline = time.monotonic() + self.connect_timeout
+        while self._wait_for_topics([topic])[topic] < total:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"{topic} was grown to {total} partitions but metadata does not show them yet")
+            time.sleep(0.1)
+
+    def group_members(self, group: str) -> int:
+        try:
+            described = self.admin.describe_consumer_groups([group], request_timeout=self.connect_timeout)[group].result()
+        except KafkaException as exc:
+            raise BrokerError(f"cannot describe consumer group {group}: {exc.args[0].str()}") from exc
+        return len(described.members)
 
     def close(self) -> None:
         if self._meta_consumer is not None:

@@ -118,6 +118,20 @@ class ResultBackend(ABC):
     def forget(self, task_ids: Iterable[str]) -> None:
         """Drop stored results (optional)."""
 
+    # -- claims: unique tasks, the beat's leader lease and its fired ticks -------------------------
+
+    @abstractmethod
+    def claim(self, name: str, value: str, ttl: float) -> str | None:
+        """Take ``name`` for ``ttl`` seconds unless someone holds it: None if taken now, else the holder's value."""
+
+    @abstractmethod
+    def extend(self, name: str, value: str, ttl: float) -> bool:
+        """Renew a claim held by ``value`` for another ``ttl`` seconds; False if it is not (any longer) held."""
+
+    @abstractmethod
+    def release(self, name: str, value: str) -> None:
+        """Drop a claim if ``value`` still holds it."""
+
     def close(self) -> None:
         """Release connections."""
 

@@ -18,6 +18,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (id TEXT NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, value BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_id ON chunks (id, seq);
+CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL);
 """
 
 
@@ -106,6 +107,28 @@ class LocalBackend(ResultBackend):
                 pause = min(pause * 2, 0.02)
             else:
                 pause = 0.001
+
+    def claim(self, name: str, value: str, ttl: float) -> str | None:
+        db = self._db()
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM claims WHERE name = ? AND expires <= ?", (name, now))
+            taken = db.execute("INSERT OR IGNORE INTO claims VALUES (?, ?, ?)", (name, value, now + ttl)).rowcount
+            holder = None if taken else db.execute("SELECT value FROM claims WHERE name = ?", (name,)).fetchone()[0]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return holder
+
+    def extend(self, name: str, value: str, ttl: float) -> bool:
+        now = time.time()
+        return bool(self._db().execute("UPDATE claims SET expires = ? WHERE name = ? AND value = ? AND expires > ?",
+                                       (now + ttl, name, value, now)).rowcount)
+
+    def release(self, name: str, value: str) -> None:
+        self._db().execute("DELETE FROM claims WHERE name = ? AND value = ?", (name, value))
 
     def forget(self, task_ids: Iterable[str]) -> None:
         ids = [(i,) for i in task_ids]

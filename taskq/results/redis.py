@@ -17,6 +17,10 @@ from taskq.serialization import JSON
 
 RESULT_PREFIX = "taskq-result:"
 CHUNK_PREFIX = "taskq-chunks:"
+CLAIM_PREFIX = "taskq-claim:"
+#: compare-and-act scripts: extend or delete a claim only while the caller's value holds it
+EXTEND_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+RELEASE_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class RedisBackend(ResultBackend):
@@ -128,6 +132,23 @@ class RedisBackend(ResultBackend):
         keys = [p + i for i in task_ids for p in (RESULT_PREFIX, CHUNK_PREFIX)]
         if keys:
             self._call("delete results", self.client.delete, *keys)
+
+    def claim(self, name: str, value: str, ttl: float) -> str | None:
+        def take() -> str | None:
+            pipe = self.client.pipeline(transaction=True)  # SET NX then GET, atomically
+            pipe.set(CLAIM_PREFIX + name, value, nx=True, px=max(1, int(ttl * 1000)))
+            pipe.get(CLAIM_PREFIX + name)
+            taken, holder = pipe.execute()
+            return None if taken else (holder or b"").decode()
+        holder: str | None = self._call("claim", take)
+        return holder
+
+    def extend(self, name: str, value: str, ttl: float) -> bool:
+        return bool(self._call("extend a claim", self.client.eval, EXTEND_SCRIPT, 1, CLAIM_PREFIX + name, value,
+                               max(1, int(ttl * 1000))))
+
+    def release(self, name: str, value: str) -> None:
+        self._call("release a claim", self.client.eval, RELEASE_SCRIPT, 1, CLAIM_PREFIX + name, value)
 
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,73 @@
+"""Control features without services: the cron parser, schedules, claims in the local store."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from taskq.cron import Cron
+from taskq.errors import ConfigError
+from taskq.results.local import LocalBackend
+from taskq.schedules import Periodic
+from taskq.topics import _kept
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(("expression", "after", "expected"), [
+    ("*/5 * * * *", utc(2026, 1, 1, 10, 7), utc(2026, 1, 1, 10, 10)),
+    ("*/5 * * * *", utc(2026, 1, 1, 10, 10), utc(2026, 1, 1, 10, 15)),  # strictly after
+    ("0 9 * * mon-fri", utc(2026, 11, 27, 10, 0), utc(2026, 11, 30, 9, 0)),  # Friday 10:00 -> Monday
+    ("30 2 29 2 *", utc(2026, 3, 1), utc(2028, 2, 29, 2, 30)),
+    ("0 0 1,15 * *", utc(2026, 1, 2), utc(2026, 1, 15)),
+    ("0 12 13 * 5", utc(2026, 1, 1), utc(2026, 1, 2, 12)),  # day 13 OR a Friday (Vixie cron)
+    ("15 10-12/2 * jan sun", utc(2026, 1, 3), utc(2026, 1, 4, 10, 15)),
+    ("0 0 * * 7", utc(2026, 1, 1), utc(2026, 1, 4)),  # 7 is Sunday too
+])
+def test_cron_next_and_last(expression: str, after: datetime, expected: datetime) -> None:
+    cron = Cron.parse(expression)
+    assert cron.next_after(after) == expected
+    assert cron.last_at_or_before(expected) == expected
+    assert cron.last_at_or_before(expected.replace(second=59)) == expected
+
+
+@pytest.mark.parametrize("bad", ["* * * *", "60 * * * *", "*/0 * * * *", "a * * * *", "5-1 * * * *"])
+def test_cron_rejects_bad_expressions(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        Cron.parse(bad)
+
+
+def test_interval_ticks_are_aligned_and_ids_deterministic() -> None:
+    p = Periodic.build("s", "t", every=30)
+    now = 1_000_000_045.5
+    assert p.last_tick(now) == 1_000_000_020.0 and p.next_tick(now) == 1_000_000_050.0
+    assert p.task_id("g", 1_000_000_020.0) == Periodic.build("s", "t", every=30).task_id("g", 1_000_000_020)
+    assert p.task_id("g", 1_000_000_020.0) != p.task_id("g", 1_000_000_050.0)
+    with pytest.raises(ConfigError):
+        Periodic.build("s", "t")
+    with pytest.raises(ConfigError):
+        Periodic.build("s", "t", cron="* * * * *", every=5)
+
+
+def test_local_claims(tmp_path: Path) -> None:
+    store = LocalBackend(str(tmp_path / "r.db"))
+    assert store.claim("a", "one", 0.3) is None
+    assert store.claim("a", "two", 0.3) == "one"
+    assert store.extend("a", "one", 0.3) and not store.extend("a", "two", 0.3)
+    store.release("a", "two")  # not the holder: no effect
+    assert store.claim("a", "two", 0.3) == "one"
+    time.sleep(0.35)
+    assert store.claim("a", "two", 0.3) is None  # expired
+    store.release("a", "two")
+    assert store.claim("a", "three", 1) is None
+
+
+def test_share_of_keys_kept_when_partitions_grow() -> None:
+    assert _kept(2, 6) == pytest.approx(1 / 3)
+    assert _kept(3, 6) == pytest.approx(1 / 2)
+    assert _kept(6, 6) == 1
