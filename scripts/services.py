@@ -289,7 +289,7 @@ class KafkaNode:
 
 
 #: Services started by this process and not detached; stopped at exit at the latest.
-_LIVE: set[KafkaCluster | RedisServer] = set()
+_LIVE: set[KafkaCluster | RedisServer | FlowerServer] = set()
 
 
 class KafkaCluster:
@@ -657,8 +657,87 @@ class RedisServer:
         return f"RedisServer({self.url if self.port else 'not started'})"
 
 
+# --------------------------------------------------------------------------- Flower and Chromium
+
+
+def ensure_chromium() -> str:
+    """Debian's ``chromium`` for the monitor's browser test (installed by apt-get if missing)."""
+    return _require("chromium", "chromium", "/usr/bin/chromium")
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True if ``url`` answers with a status below 500."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URLs only
+            return bool(response.status < 500)
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except OSError:
+        return False
+
+
+class FlowerServer:
+    """The real Flower (``celery --broker=redis://... flower``) on a free loopback port, API unauthenticated.
+
+    Needs the ``flower`` extra (flower, celery[redis]) in the running Python.
+    """
+
+    def __init__(self, broker_url: str, run_dir: Path | None = None) -> None:
+        self.broker_url = broker_url
+        self.dir = run_dir
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        assert self.dir is not None
+        return self.dir / "flower.log"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 60.0) -> FlowerServer:
+        t0 = time.monotonic()
+        if self.dir is None:
+            self.dir = _run_dir("flower-")
+        self.port = free_ports(1)[0]
+        env = dict(os.environ, FLOWER_UNAUTHENTICATED_API="true")
+        argv = [sys.executable, "-m", "celery", f"--broker={self.broker_url}", "flower", f"--port={self.port}",
+                "--address=127.0.0.1", "--inspect_timeout=3000", "--persistent=False"]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        _LIVE.add(self)
+        deadline = time.monotonic() + timeout
+        while not http_ok(f"{self.url}/healthcheck"):
+            if not self.running:
+                raise ServiceError(f"flower exited (code {self.proc.returncode}):\n{_tail(self.log)}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"flower did not answer on port {self.port} in {timeout} s:\n{_tail(self.log)}")
+            time.sleep(0.1)
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        _terminate(self.proc, grace)
+        _LIVE.discard(self)
+
+    def __repr__(self) -> str:
+        return f"FlowerServer({self.url if self.port else 'not started'})"
+
+
 # RedisServer.stop keeps the directory so that restart() can reuse it; at exit we close.
-_stop_for_exit = {KafkaCluster: KafkaCluster.stop, RedisServer: RedisServer.close}
+_stop_for_exit = {KafkaCluster: KafkaCluster.stop, RedisServer: RedisServer.close, FlowerServer: FlowerServer.stop}
 
 
 @atexit.register
@@ -693,6 +772,7 @@ def _cmd_fetch(_: argparse.Namespace) -> int:
     libs = fetch_kafka()
     print(f"Kafka {KAFKA_VERSION} jars: {libs}")
     print(f"redis-server: {ensure_redis()}")
+    print(f"chromium (monitor browser test): {ensure_chromium()}")
     return 0
 
 

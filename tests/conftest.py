@@ -26,7 +26,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from services import KafkaCluster, RedisServer  # noqa: E402 - scripts/services.py
+from services import FlowerServer, KafkaCluster, RedisServer  # noqa: E402 - scripts/services.py
 
 if TYPE_CHECKING:
     from taskq.devtools.llm_server import LLMServerProcess
@@ -47,6 +47,7 @@ FIXTURE_MARKERS = {
     "redis_url": ("redis",),
     "redis_clean": ("redis",),
     "redis_server": ("redis",),
+    "flower_server": ("redis", "slow"),
 }
 
 
@@ -159,6 +160,18 @@ def llm_server() -> Iterator[LLMServerProcess]:
     from taskq.devtools.llm_server import LLMServerProcess
 
     server = _start_or_give_up("the LLM stand-in", lambda: LLMServerProcess().start())
+    yield server
+    server.stop()
+
+
+# --------------------------------------------------------------------------- Flower
+
+
+@pytest.fixture(scope="session")
+def flower_server(redis_url: str) -> Iterator[FlowerServer]:
+    """The real Flower reading Celery events and pidbox replies from database 2 of the test Redis."""
+    broker = redis_url.rsplit("/", 1)[0] + "/2"
+    server = _start_or_give_up("flower", lambda: FlowerServer(broker).start())
     yield server
     server.stop()
 

@@ -1,0 +1,347 @@
+"""``taskq flower``: the real Flower shows taskq workers and tasks.
+
+Flower refuses Kafka broker URLs, and it learns about a cluster in two ways: Celery events on the
+``celeryev`` exchange and remote-control replies on the ``celery.pidbox`` mailbox. The bridge does
+both over a Redis broker that Flower reads (``celery --broker=redis://... flower``):
+
+- the events thread reads taskq's events topic and republishes each event as the Celery event Flower
+  expects, through Celery's own ``EventDispatcher`` (one per worker, so every event carries that
+  worker's hostname, timestamp, utcoffset, pid and Lamport clock; heartbeats carry ``freq``);
+- the pidbox thread answers ``inspect`` broadcasts (ping, stats with ``total`` and ``broker``,
+  registered, active, active_queues, conf, scheduled, reserved, revoked) on behalf of every worker
+  heard from, from what its heartbeats and task events said.
+
+Each thread owns its own kombu connection (kombu connections are not thread-safe); ``Bridge`` state
+shared between them is guarded by one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from monitor.consumer import EventConsumer
+from taskq.app import Taskq
+
+log = logging.getLogger("taskq.flower")
+PREFIX = "taskq@"
+
+
+def celery_name(worker: str) -> str:
+    """Celery node names are ``name@host``; a taskq worker ``host:pid`` becomes ``taskq@host:pid``."""
+    return worker if "@" in worker else PREFIX + worker
+
+
+@dataclass
+class NodeInfo:
+    """What the bridge knows about one worker, to answer inspect calls for it."""
+
+    name: str
+    pid: int = 0
+    pool: str = "threads"
+    concurrency: int = 1
+    freq: float = 2.0
+    processed: int = 0
+    online_since: float = field(default_factory=time.time)
+    last_seen: float = 0.0
+    offline: bool = False
+    partitions: list[list[Any]] = field(default_factory=list)
+    total: Counter[str] = field(default_factory=Counter)
+    active: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def alive(self, now: float) -> bool:
+        return not self.offline and now - self.last_seen <= max(3 * self.freq, 6.0)
+
+
+class FlowerBridge:
+    """Republish taskq events as Celery events and answer Flower's inspect calls."""
+
+    def __init__(self, app: Taskq, broker_url: str, since: float = 0.0) -> None:
+        from celery import Celery
+
+        self.app = app
+        self.capp = Celery("taskq-flower", broker=broker_url, set_as_current=False)
+        self.capp.conf.broker_connection_retry_on_startup = True
+        self.nodes: dict[str, NodeInfo] = {}
+        self.published = 0
+        self._lock = threading.Lock()
+        self._events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=100_000)
+        self._stop = threading.Event()
+        self.consumer = EventConsumer(app, [self._enqueue], since=since)
+        self._threads = [threading.Thread(target=self._publish_loop, name="taskq-flower-events", daemon=True),
+                         threading.Thread(target=self._pidbox_loop, name="taskq-flower-pidbox", daemon=True)]
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> FlowerBridge:
+        for t in self._threads:
+            t.start()
+        self.consumer.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.consumer.stop(timeout)
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout)
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    # -- events: taskq -> Celery --------------------------------------------------------------------
+
+    def _enqueue(self, event: dict[str, Any]) -> None:
+        self._track(event)
+        self._events.put(event)  # blocks the reader when Redis is slow: back-pressure, not loss
+
+    def _track(self, e: dict[str, Any]) -> None:
+        """Keep what inspect replies need: per worker, totals by task name and the tasks running now."""
+        worker = e.get("worker")
+        if not isinstance(worker, str):
+            return
+        name = celery_name(worker)
+        kind = e.get("type", "")
+        with self._lock:
+            node = self.nodes.setdefault(name, NodeInfo(name))
+            node.last_seen = max(node.last_seen, float(e.get("ts") or 0))
+            if kind.startswith("worker-"):
+                node.pid = int(e.get("pid") or 0)
+                node.pool = str(e.get("pool") or node.pool)
+                node.concurrency = int(e.get("concurrency") or node.concurrency)
+                node.freq = float(e.get("freq") or node.freq)
+                node.processed = int(e.get("processed") or 0)
+                node.partitions = list(e.get("partitions") or [])
+                node.offline = kind == "worker-offline"
+                if kind == "worker-online":
+                    node.online_since = float(e.get("ts") or time.time())
+            elif kind in ("task-received", "task-started"):
+                node.active[e["id"]] = {
+                    "id": e["id"], "name": e.get("task"), "args": _repr(e.get("args"), "()"),
+                    "kwargs": _repr(e.get("kwargs"), "{}"), "type": e.get("task"), "hostname": name,
+                    "time_start": e.get("started"), "acknowledged": True, "worker_pid": node.pid,
+                    "delivery_info": {"exchange": "", "routing_key": e.get("topic"), "priority": 0,
+                                      "redelivered": (e.get("attempt") or 1) > 1},
+                }
+            elif kind in ("task-succeeded", "task-failed", "task-retried", "task-rejected", "task-revoked",
+                          "task-skipped"):
+                node.active.pop(e.get("id"), None)
+                if kind in ("task-succeeded", "task-failed") and e.get("task"):
+                    node.total[e["task"]] += 1
+
+    def _publish_loop(self) -> None:
+        dispatchers: dict[str, Any] = {}
+        connection = None
+        while not self._stop.is_set():
+            try:
+                event = self._events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            converted = to_celery(event)
+            if converted is None:
+                continue
+            kind, hostname, pid, fields = converted
+            try:
+                if connection is None:
+                    connection = self.capp.connection_for_write()
+                    connection.ensure_connection(max_retries=3)
+                dispatcher = dispatchers.get(hostname)
+                if dispatcher is None:
+                    dispatcher = dispatchers[hostname] = self.capp.events.Dispatcher(
+                        connection, hostname=hostname, enabled=True, buffer_while_offline=False)
+                dispatcher.pid = pid or dispatcher.pid
+                dispatcher.send(kind, retry=True, **fields)
+                self.published += 1
+            except Exception as exc:  # noqa: BLE001 - Redis down: drop the connection, keep reading
+                log.warning("cannot publish Celery event %s: %s", kind, exc)
+                for d in dispatchers.values():
+                    _quiet(d.close)
+                dispatchers.clear()
+                if connection is not None:
+                    _quiet(connection.release)
+                connection = None
+                self._stop.wait(1.0)
+        for d in dispatchers.values():
+            _quiet(d.close)
+        if connection is not None:
+            _quiet(connection.release)
+
+    # -- pidbox: Flower's inspect calls -------------------------------------------------------------
+
+    def _pidbox_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._serve_pidbox()
+            except Exception as exc:  # noqa: BLE001 - Redis down: start over after a pause
+                log.warning("pidbox: %s; reconnecting", exc)
+                self._stop.wait(1.0)
+
+    def _serve_pidbox(self) -> None:
+        with self.capp.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=3)
+            mailbox = self.capp.control.mailbox(connection)
+            consumers: dict[str, Any] = {}
+            try:
+                while not self._stop.is_set():
+                    now = time.time()
+                    with self._lock:
+                        alive = {n for n, info in self.nodes.items() if info.alive(now)}
+                    for name in alive - set(consumers):
+                        node = mailbox.Node(name, state=self, handlers=self.node_handlers(name),
+                                            channel=connection.channel())
+                        consumers[name] = node.listen(callback=node.handle_message)
+                    for name in set(consumers) - alive:
+                        _quiet(consumers.pop(name).cancel)
+                    try:
+                        connection.drain_events(timeout=0.5)
+                    except TimeoutError:
+                        pass
+                    except OSError as exc:
+                        if "timed out" not in str(exc):
+                            raise
+            finally:
+                for c in consumers.values():
+                    _quiet(c.cancel)
+
+    def handlers(self) -> dict[str, Any]:
+        """Remote-control commands that every node answers alike."""
+        return {"ping": lambda state, **kw: {"ok": "pong"},
+                "registered": lambda state, **kw: sorted(self.app.tasks),
+                "conf": lambda state, **kw: self._conf(),
+                "scheduled": lambda state, **kw: [],
+                "reserved": lambda state, **kw: [],
+                "revoked": lambda state, **kw: [],
+                "clock": lambda state, **kw: {"clock": self.capp.clock.value},
+                # taskq workers always publish events: Flower's periodic enable_events is acknowledged
+                "enable_events": lambda state, **kw: {"ok": "task events enabled"},
+                "disable_events": lambda state, **kw: {"ok": "taskq workers always publish events"},
+                "report": lambda state, **kw: {"ok": "taskq worker (via taskq flower)"}}
+
+    def _conf(self) -> dict[str, Any]:
+        s = self.app.settings
+        return {"broker_url": _redact(self.app.broker_url), "result_backend": _redact(s.result_backend or ""),
+                "task_serializer": s.serializer, "accept_content": list(s.accept_content),
+                "result_expires": s.result_expires, "taskq_group": self.app.group,
+                "taskq_topic_prefix": s.topic_prefix, "include": sorted({t.fn.__module__ for t in self.app.tasks.values()})}
+
+    def node_handlers(self, name: str) -> dict[str, Any]:
+        """The handlers of one node (stats, active and active_queues depend on which worker asks)."""
+        handlers = self.handlers()
+        handlers["stats"] = lambda state, **kw: self.stats(name)
+        handlers["active"] = lambda state, **kw: self.active(name)
+        handlers["active_queues"] = lambda state, **kw: self.active_queues(name)
+        return handlers
+
+    def stats(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            node = self.nodes.get(name) or NodeInfo(name)
+            total = dict(node.total)
+        broker = urlsplit(self.app.broker_url)
+        return {
+            "total": total, "pid": node.pid, "clock": str(self.capp.clock.value),
+            "uptime": int(time.time() - node.online_since), "prefetch_count": node.concurrency,
+            "pool": {"max-concurrency": node.concurrency, "implementation": f"taskq:{node.pool}",
+                     "processes": [node.pid], "max-tasks-per-child": "N/A", "put-guarded-by-semaphore": False,
+                     "timeouts": [0, 0]},
+            "broker": {"hostname": broker.hostname or broker.path, "port": broker.port, "transport": broker.scheme,
+                       "userid": None, "virtual_host": "/", "insist": False, "ssl": False, "login_method": None,
+                       "heartbeat": None, "connect_timeout": self.app.settings.connect_timeout,
+                       "uri_prefix": None, "transport_options": {}},
+            "rusage": {}, "taskq": {"processed": node.processed, "partitions": node.partitions},
+        }
+
+    def active(self, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            node = self.nodes.get(name)
+            return list(node.active.values()) if node else []
+
+    def active_queues(self, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            node = self.nodes.get(name)
+            topics = sorted({str(tp[0]) for tp in node.partitions}) if node else []
+        return [{"name": t, "exchange": {"name": t, "type": "direct", "durable": True, "auto_delete": False,
+                                         "delivery_mode": 2, "passive": False, "arguments": None},
+                 "routing_key": t, "durable": True, "exclusive": False, "auto_delete": False, "no_ack": False,
+                 "alias": None, "queue_arguments": None, "binding_arguments": None, "consumer_arguments": None,
+                 "bindings": [], "expires": None, "message_ttl": None, "max_length": None,
+                 "max_length_bytes": None, "max_priority": None} for t in topics]
+
+
+def to_celery(e: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]] | None:
+    """(Celery event type, hostname, pid, fields) for a taskq event; None for events Celery has no twin of."""
+    kind = e.get("type")
+    worker = e.get("worker")
+    ts = float(e.get("ts") or time.time())
+    if kind in ("worker-online", "worker-heartbeat", "worker-offline"):
+        if not isinstance(worker, str):
+            return None
+        return kind, celery_name(worker), int(e.get("pid") or 0), {
+            "timestamp": ts, "freq": float(e.get("freq") or 2.0), "sw_ident": "taskq", "sw_ver": _version(),
+            "sw_sys": platform.system(), "active": int(e.get("active") or 0),
+            "processed": int(e.get("processed") or 0), "loadavg": [0.0, 0.0, 0.0]}
+    task_id = e.get("id")
+    if not isinstance(task_id, str):
+        return None
+    hostname = celery_name(worker) if isinstance(worker, str) else "taskq@client"
+    base = {"uuid": task_id, "timestamp": ts}
+    exc = f"{e.get('exc_type') or 'Exception'}({e.get('exc_message') or ''!r})"
+    if kind == "task-sent":
+        fields = {**base, "name": e.get("task"), "args": _repr(e.get("args"), "()"),
+                  "kwargs": _repr(e.get("kwargs"), "{}"), "retries": 0, "eta": None, "expires": None,
+                  "queue": e.get("topic"), "exchange": "", "routing_key": e.get("topic"),
+                  "root_id": e.get("root_id"), "parent_id": e.get("parent_id")}
+    elif kind == "task-received":
+        fields = {**base, "name": e.get("task"), "args": _repr(e.get("args"), "()"),
+                  "kwargs": _repr(e.get("kwargs"), "{}"), "retries": max(0, int(e.get("attempt") or 1) - 1),
+                  "eta": None, "expires": None, "root_id": e.get("root_id"), "parent_id": e.get("parent_id")}
+    elif kind == "task-started":
+        fields = base
+    elif kind == "task-succeeded":
+        fields = {**base, "result": _repr(e.get("result"), "''"), "runtime": e.get("runtime") or 0.0}
+    elif kind == "task-failed":
+        fields = {**base, "exception": exc, "traceback": "", "runtime": e.get("runtime") or 0.0}
+    elif kind == "task-retried":
+        fields = {**base, "exception": exc, "traceback": ""}
+    elif kind == "task-rejected":
+        fields = {**base, "requeue": False}
+    elif kind == "task-revoked":
+        fields = {**base, "terminated": False, "signum": None, "expired": False}
+    else:  # task-dead (task-failed came first), task-skipped (an earlier run finished it)
+        return None
+    pid = 0
+    return str(kind), hostname, pid, fields
+
+
+def _repr(value: Any, empty: str) -> str:
+    return empty if value is None else repr(tuple(value) if isinstance(value, list) else value)
+
+
+def _version() -> str:
+    import taskq
+
+    return taskq.__version__
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    return url.replace(f":{parts.password}@", ":***@") if parts.password else url
+
+
+def _quiet(fn: Any) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - closing after an error
+        pass

@@ -1,0 +1,120 @@
+"""``taskq flower``: the real Flower (PyPI ``flower``) finds taskq's workers and tasks.
+
+Flower runs as ``celery --broker=redis://... flower`` (``flower_server`` fixture); the bridge reads the
+taskq events topic and speaks Celery events and the pidbox protocol over that Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import redis
+
+from monitor.flower import FlowerBridge, to_celery
+from tests.monitor_support import WORKER_EVENTS, lifecycle, produce_events, task_event
+from tests.support import local_app_module, wait_until, worker_thread
+
+APP = "tests.apps.monitorapp"
+WORKER = "flower-w"
+NODE = f"taskq@{WORKER}"
+
+
+def get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - loopback
+        body = r.read().decode()
+    return json.loads(body) if body[:1] in "{[" else body
+
+
+@pytest.fixture
+def mod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    module = local_app_module(APP, str(tmp_path / "q.db"), monkeypatch, MONITOR_MARKER=str(tmp_path / "ready"))
+    yield module
+    module.app.close()
+
+
+def heartbeats(app: Any, stop: threading.Event) -> None:
+    """Stand-in for the worker's heartbeat until the worker publishes events itself."""
+    while not stop.is_set():
+        produce_events(app, [{"v": 1, "type": "worker-heartbeat", "ts": time.time(), "worker": WORKER,
+                              "hostname": "box", "pid": 4242, "pool": "threads", "concurrency": 4, "active": 0,
+                              "processed": 3, "partitions": [["taskq.tests.apps.monitorapp.work", 0]],
+                              "freq": 1.0, "group": app.group}])
+        stop.wait(1.0)
+
+
+def test_celery_event_fields() -> None:
+    kind, host, _pid, fields = to_celery(task_event("task-failed", "x", 5.0, worker="h:1", exc_type="ValueError",
+                                                    exc_message="bad"))  # type: ignore[misc]
+    assert (kind, host, fields["exception"], fields["uuid"]) == ("task-failed", "taskq@h:1", "ValueError('bad')", "x")
+    kind, host, pid, fields = to_celery({"type": "worker-heartbeat", "ts": 7.0, "worker": "h:1", "pid": 9,
+                                         "freq": 2.0, "active": 1, "processed": 5})  # type: ignore[misc]
+    assert (kind, host, pid, fields["freq"], fields["timestamp"], fields["sw_ident"]) == \
+        ("worker-heartbeat", "taskq@h:1", 9, 2.0, 7.0, "taskq")
+    assert to_celery(task_event("task-dead", "x", 5.0)) is None  # task-failed already told Flower
+
+
+def test_real_flower_shows_taskq_workers_and_tasks(mod: ModuleType, flower_server: Any) -> None:
+    app = mod.app
+    client = redis.Redis.from_url(flower_server.broker_url)
+    # Celery events are fire-and-forget (Redis pub/sub): start once Flower listens on celeryev
+    wait_until(lambda: client.execute_command("PUBSUB", "NUMPAT") > 0 or
+               any(b"celeryev" in c for c in client.pubsub_channels()), 30, "Flower to subscribe to celeryev")
+    bridge = FlowerBridge(app, flower_server.broker_url).start()
+    stop = threading.Event()
+    try:
+        if WORKER_EVENTS:
+            context = worker_thread(app, concurrency=2, name=WORKER)
+        else:
+            threading.Thread(target=heartbeats, args=(app, stop), daemon=True).start()
+            context = _nothing()
+        with context:
+            if WORKER_EVENTS:
+                ids = [mod.work.delay(i, user="ann").id for i in range(3)]
+            else:
+                ids = [f"t{i}-{time.time_ns()}" for i in range(3)]
+                events = [e for i in ids for e in lifecycle(i, time.time(), name=f"{APP}.work")]
+                for e in events:
+                    e["worker"] = WORKER if e["type"] != "task-sent" else None
+                produce_events(app, events)
+
+            def tasks_done() -> bool:
+                tasks = get(f"{flower_server.url}/api/tasks")
+                return all(tasks.get(i, {}).get("state") == "SUCCESS" for i in ids)
+            wait_until(tasks_done, 60, "Flower's /api/tasks to list the tasks as SUCCESS", interval=0.5)
+            tasks = get(f"{flower_server.url}/api/tasks")
+            assert {tasks[i]["worker"] for i in ids} == {NODE}
+            assert {tasks[i]["name"] for i in ids} == {f"{APP}.work"}
+
+            def worker_listed() -> bool:
+                workers = get(f"{flower_server.url}/api/workers?refresh=1")
+                return NODE in workers and {"stats", "registered", "active_queues", "conf"} <= set(workers[NODE])
+            wait_until(worker_listed, 60, "Flower's /api/workers to list the taskq worker", interval=0.5)
+            info = get(f"{flower_server.url}/api/workers")[NODE]
+            assert info["stats"]["total"][f"{APP}.work"] >= 3
+            assert info["stats"]["broker"]["transport"] == "local"
+            assert f"{APP}.work" in info["registered"]
+            assert info["active_queues"] and info["conf"]["task_serializer"] == "json"
+            assert get(f"{flower_server.url}/api/workers?status=1")[NODE] is True
+            page = get(f"{flower_server.url}/worker/{NODE}")
+            assert NODE in page and f"{APP}.work" in page and "taskq:threads" in page.lower()
+            print(f"\nFLOWER: bridge published {bridge.published} Celery events; Flower lists "
+                  f"{len(tasks)} task(s), worker {NODE}")
+    finally:
+        stop.set()
+        bridge.stop()
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
