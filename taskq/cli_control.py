@@ -151,7 +151,7 @@ def topics(ctx: click.Context, app_path: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from taskq.topics import rows
+    from taskq.topic_admin import rows
 
     app = _app(app_path)
     try:
@@ -178,7 +178,7 @@ def topics(ctx: click.Context, app_path: str) -> None:
 @click.pass_context
 def topics_alter(ctx: click.Context, task: str, partitions: int) -> None:
     """Grow TASK's topic (and its dead letters) to PARTITIONS; prints what that does to key placement."""
-    from taskq.topics import grow
+    from taskq.topic_admin import grow
 
     app = _app(ctx.obj["app_path"])
     try:

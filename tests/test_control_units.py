@@ -12,7 +12,7 @@ from taskq.cron import Cron
 from taskq.errors import ConfigError
 from taskq.results.local import LocalBackend
 from taskq.schedules import Periodic
-from taskq.topics import _kept
+from taskq.topic_admin import _kept
 
 
 def utc(*args: int) -> datetime:

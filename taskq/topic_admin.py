@@ -1,4 +1,4 @@
-"""Topic management: what ``taskq topics`` shows, growing a task's topic, and the idle-member check."""
+"""Topic administration: what ``taskq topics`` shows, growing a task's topic, and the idle-member check."""
 
 from __future__ import annotations
 
