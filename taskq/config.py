@@ -67,12 +67,20 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        self._check_types()
         for name in ("default_partitions", "replication_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("connect_timeout", "send_timeout", "result_expires"):
+        if self.default_max_retries < 0:
+            raise ConfigError(f"default_max_retries must be 0 or more, not {self.default_max_retries}")
+        for name in ("connect_timeout", "send_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
+        if not MIN_EXPIRY <= self.result_expires < float("inf"):
+            raise ConfigError(f"result_expires must be at least {MIN_EXPIRY:g} s (results are kept in milliseconds), "
+                              f"not {self.result_expires}")
+        if any(not 0 < tier < float("inf") for tier in self.retry_tiers):
+            raise ConfigError(f"retry_tiers must be positive delays in seconds, not {self.retry_tiers}")
         broker = urlsplit(self.broker_url)
         if self.broker_url and (broker.scheme not in BROKER_SCHEMES or not (broker.netloc or broker.path)):
             raise ConfigError(f"bad broker URL {self.broker_url!r}: use kafka://host:port[,host:port] "
@@ -83,6 +91,28 @@ class Settings:
                               "or local:///path/to/file.db")
         if not self.retry_tiers or sorted(self.retry_tiers) != list(self.retry_tiers):
             raise ConfigError(f"retry_tiers must be increasing delays in seconds, not {self.retry_tiers}")
+
+    def _check_types(self) -> None:
+        """Each setting has its declared type (an int where a float is expected is converted)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+            elif isinstance(default, tuple) and isinstance(value, list):
+                setattr(self, f.name, tuple(value))
+            elif isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, type(default)):
+                raise ConfigError(f"setting {f.name} must be of type {type(default).__name__}, not {value!r}")
+            if isinstance(default, tuple) and default:
+                item_type = type(default[0])
+                items = tuple(float(x) if item_type is float and isinstance(x, int) and not isinstance(x, bool)
+                              else x for x in getattr(self, f.name))
+                if not all(isinstance(x, item_type) for x in items):
+                    raise ConfigError(f"setting {f.name} must hold {item_type.__name__} values, not {value!r}")
+                setattr(self, f.name, items)
+
+
+MIN_EXPIRY = 0.001  # seconds: result expiry is written in milliseconds
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

@@ -25,6 +25,10 @@ class BackendError(TaskqError):
     """The result backend could not be reached or refused a write."""
 
 
+class BackendRefused(BackendError):
+    """The result backend answered but refused the command: retrying the same command cannot help."""
+
+
 class SerializationError(TaskqError, TypeError):
     """Arguments or a result could not be (de)serialized with the chosen serializer."""
 

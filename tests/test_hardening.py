@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from taskq import TaskFailed, Taskq, TimeLimitExceeded
+from taskq import ConfigError, TaskFailed, Taskq, TimeLimitExceeded
 from tests.support import WorkerProcess, read_records, wait_until, worker_thread
 
 KAFKA = pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])
@@ -224,3 +224,32 @@ def test_sigterm_while_importing_the_app_stops_cleanly(kind: str, request: pytes
         assert "stopped before it started" in worker.log
     finally:
         worker.stop()
+
+
+# --------------------------------------------------------------------------- 6. settings and sub-second expiry
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("result_expires", 0.0001, "at least 0.001"),
+    ("result_expires", "soon", "of type float"),
+    ("default_partitions", 2.5, "of type int"),
+    ("skip_finished", 1, "of type bool"),
+    ("retry_tiers", (0, 10), "positive"),
+    ("default_max_retries", -1, "0 or more"),
+])
+def test_bad_settings_are_refused_with_their_name(setting: str, value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Taskq("settings", **{setting: value})
+
+
+def test_sub_second_result_expiry_stores_and_expires(echo_app: Taskq, kind: str) -> None:
+    """``result_expires=0.5``: every result is stored (Redis gets PX, not the refused EX 0) and gone soon after."""
+    app = echo_app
+    app.settings.result_expires = 0.5  # as if given to Taskq(): the backend is made on first use
+    echo = app.tasks["hard.echo"]
+    with worker_thread(app, concurrency=2):
+        results = [echo.delay(f"k{i}", i) for i in range(5)]
+        assert [r.get(timeout=30) for r in results] == list(range(5))
+        stored = time.monotonic()
+        wait_until(lambda: all(app.backend.get(r.id) is None for r in results), 5, "the results to expire")
+    assert time.monotonic() - stored < 3

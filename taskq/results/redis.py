@@ -1,4 +1,4 @@
-"""Redis result backend: ``SET key value EX`` plus ``PUBLISH`` in one pipeline per batch.
+"""Redis result backend: ``SET key value PX`` plus ``PUBLISH`` in one pipeline per batch.
 
 Callers wait on a pub/sub channel per task (subscribe, then read, then wait), so ``get()`` never polls.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from taskq.errors import BackendError, ConfigError
+from taskq.errors import BackendError, BackendRefused, ConfigError
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
 
@@ -38,16 +38,23 @@ class RedisBackend(ResultBackend):
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
+        except redis.ResponseError as exc:  # the server answered no: the same command fails again
+            raise BackendRefused(f"Redis at {self.url} refused to {what}: {exc}") from exc
         except redis.RedisError as exc:
             raise BackendError(f"Redis at {self.url} failed to {what}: {exc}") from exc
+
+    @property
+    def _px(self) -> int:
+        """The expiry in milliseconds (``EX`` would round a sub-second expiry down to the refused 0)."""
+        return max(1, round(self.expires * 1000))
 
     def store_many(self, records: list[ResultRecord]) -> None:
         def write() -> None:
             pipe = self.client.pipeline(transaction=False)
-            ex = int(self.expires)
+            px = self._px
             for rec in records:
                 key = RESULT_PREFIX + rec.id
-                pipe.set(key, rec.encode(), ex=ex)
+                pipe.set(key, rec.encode(), px=px)
                 if rec.ready:
                     pipe.publish(key, rec.status)
             pipe.execute()
@@ -88,7 +95,7 @@ class RedisBackend(ResultBackend):
         def write() -> None:
             pipe = self.client.pipeline(transaction=False)
             pipe.rpush(key, JSON.dumps(chunk))
-            pipe.expire(key, int(self.expires))
+            pipe.pexpire(key, self._px)
             pipe.publish(RESULT_PREFIX + task_id, "chunk")
             pipe.execute()
         self._call("append a chunk", write)
@@ -99,7 +106,7 @@ class RedisBackend(ResultBackend):
         def write() -> None:
             pipe = self.client.pipeline(transaction=False)
             pipe.rpush(key, RESTART_MARK)
-            pipe.expire(key, int(self.expires))
+            pipe.pexpire(key, self._px)
             pipe.publish(RESULT_PREFIX + task_id, "chunk")
             pipe.execute()
         self._call("mark a restart", write)
