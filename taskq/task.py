@@ -63,7 +63,12 @@ class Task:
         retry: RetryPolicy | None = None,
         unique_for: float | None = None,
         unique_key: Callable[..., str] | None = None,
+        batch_size: int = 1,
+        batch_wait: float = 0.0,
     ) -> None:
+        """``batch_size`` > 1 makes a batch task: the worker calls ``fn(requests)`` with up to that many
+        :class:`Request` objects (waiting at most ``batch_wait`` seconds to fill a batch), and ``fn``
+        returns one result per request (or None); an exception fails or retries every request."""
         self.app = app
         self.fn = fn
         self.name = name
@@ -80,6 +85,10 @@ class Task:
             raise ConfigError(f"task {name}: unique_for must be a positive number of seconds, not {unique_for}")
         self.unique_for = unique_for
         self.unique_key = unique_key
+        if batch_size < 1 or batch_wait < 0:
+            raise ConfigError(f"task {name!r}: batch_size must be >= 1 and batch_wait >= 0")
+        self.batch_size = batch_size
+        self.batch_wait = batch_wait
         self.topic = app.topic_for(name)
         self.is_async = inspect.iscoroutinefunction(fn)
         self._key_position = _position_of(fn, key, bind)
@@ -89,6 +98,11 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<Task {self.name} topic={self.topic}>"
+
+    @property
+    def is_batch(self) -> bool:
+        """True when the worker hands this task lists of requests (``batch_size`` > 1)."""
+        return self.batch_size > 1
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run in this process, now (no broker involved)."""

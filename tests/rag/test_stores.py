@@ -1,0 +1,74 @@
+"""Chunking with the model's tokenizer, and the three vector stores behind one interface (no queue here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.embedding import Embedder, chunk_id
+from tasks.vectorstores import Chunk, open_store
+from tests.rag.conftest import Doc
+
+
+def test_chunks_are_token_windows_with_overlap(embedder: Embedder, corpus: list[Doc]) -> None:
+    text = " ".join(d.text for d in corpus)  # about 1,600 tokens
+    tokens = embedder.tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = embedder.split(text, 512, 64)
+    assert len(pieces) == 4  # windows start at 0, 448, 896, 1344
+    for piece in pieces:
+        assert piece.text == text[piece.start:piece.end]
+        assert len(embedder.tokenizer(piece.text, add_special_tokens=False)["input_ids"]) <= 512
+    for a, b in zip(pieces, pieces[1:]):
+        assert b.start < a.end, "consecutive chunks share their overlap"
+        shared = embedder.tokenizer(text[b.start:a.end], add_special_tokens=False)["input_ids"]
+        assert 60 <= len(shared) <= 68
+    assert pieces[0].start == 0 and pieces[-1].end == len(text.rstrip())
+    assert len(tokens) > 3 * 448
+    # a chunk size past what the model embeds is capped, not silently truncated by the model
+    assert all(len(embedder.tokenizer(p.text, add_special_tokens=False)["input_ids"]) <= embedder.max_tokens
+               for p in embedder.split(text, 5000, 64))
+    assert embedder.max_tokens == 510
+    assert embedder.split("", 512, 64) == []
+
+
+def test_chunk_ids_are_deterministic() -> None:
+    assert chunk_id("doc", 0, "some text") == chunk_id("doc", 0, "some text")
+    assert chunk_id("doc", 0, "some text") != chunk_id("doc", 1, "some text")
+    assert chunk_id("doc", 0, "some text") != chunk_id("doc", 0, "other text")
+    assert chunk_id("doc", 3, "x").startswith("doc:3:")
+
+
+def test_stores_agree_and_upsert_replaces(embedder: Embedder, corpus: list[Doc], questions: list[dict[str, str]],
+                                          weaviate_url: str, postgres_url: str, tmp_path: object, unique: str,
+                                          ) -> None:
+    """The same chunks and queries give the same ranking and scores on every store; a second upsert of
+    the same ids leaves one copy; delete_stale removes exactly the ids not kept."""
+    pieces = [(d, p) for d in corpus for p in embedder.split(d.text, 64, 16)]
+    vectors = embedder.encode([p.text for _, p in pieces])
+    chunks = [Chunk(chunk_id(d.doc_id, p.position, p.text), d.doc_id, p.position, p.text, v, {"source": d.doc_id})
+              for (d, p), v in zip(pieces, vectors)]
+    query_vectors = embedder.encode([q["q"] for q in questions])
+    rankings: dict[str, list[list[tuple[str, float]]]] = {}
+    for url in (f"local://{tmp_path}/chunks.db", weaviate_url, postgres_url):
+        store = open_store(url, embedder.dim, f"agree_{unique}")
+        try:
+            store.upsert(chunks)
+            store.upsert(chunks[:20])  # replayed: replaces, never duplicates
+            assert sorted(store.chunk_ids()) == sorted(c.chunk_id for c in chunks)
+            rankings[url] = [[(h.chunk_id, h.score) for h in store.search(v, 3)] for v in query_vectors]
+            best = store.search(query_vectors[0], 1)[0]
+            assert best.doc_id == questions[0]["doc"] and best.metadata == {"source": best.doc_id}
+            assert best.text and best.chunk_id.startswith(best.doc_id + ":")
+            doc = corpus[0].doc_id
+            mine = sorted(store.doc_chunk_ids(doc))
+            assert len(mine) >= 2
+            assert store.delete_stale(doc, mine[:1]) == len(mine) - 1
+            assert sorted(store.doc_chunk_ids(doc)) == mine[:1]
+            assert store.count() == len(chunks) - (len(mine) - 1)
+        finally:
+            store.drop()
+            store.close()
+    local, *others = rankings.values()
+    for other in others:
+        assert [[cid for cid, _ in r] for r in other] == [[cid for cid, _ in r] for r in local]
+        for r_other, r_local in zip(other, local):
+            assert [s for _, s in r_other] == pytest.approx([s for _, s in r_local], abs=1e-4)
