@@ -189,4 +189,26 @@ def topics_alter(ctx: click.Context, task: str, partitions: int) -> None:
         app.close()
 
 
-CONTROL_COMMANDS = [beat, replay, topics]
+# -- revoke ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@APP_OPTION
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--terminate", is_flag=True, help="Also end them if running (processes and asyncio pools).")
+def revoke(app_path: str, task_ids: tuple[str, ...], terminate: bool) -> None:
+    """Revoke tasks by id: workers skip them (state REVOKED); --terminate ends running ones."""
+    from taskq.revocations import revoke as do_revoke
+
+    app = _app(app_path)
+    try:
+        done = do_revoke(app, task_ids, terminate)
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        app.close()
+    left = sorted(set(task_ids) - set(done))
+    click.echo(f"revoked {len(done)} task(s)" + (f"; already finished: {', '.join(left)}" if left else ""))
+
+
+CONTROL_COMMANDS = [beat, replay, topics, revoke]

@@ -44,6 +44,10 @@ class TimeoutError(TaskqError, builtins.TimeoutError):  # noqa: A001 - mirrors c
     """``AsyncResult.get`` waited longer than its timeout."""
 
 
+class TaskRevoked(TaskqError):
+    """Raised by ``get()`` for a task that was revoked: it did not run (or was terminated)."""
+
+
 class TaskFailed(TaskqError):
     """Raised by ``get()`` when the task's exception type cannot be rebuilt locally."""
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from taskq.brokers.base import Record
 from taskq.errors import NotRegistered, Reject, Retry, SerializationError
 from taskq.message import H_TASK, TaskMessage
-from taskq.results.base import FAILURE, SUCCESS, ResultRecord
+from taskq.results.base import FAILURE, REVOKED, SUCCESS, ResultRecord
 from taskq.task import Request, Task
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ class Kind(Enum):
     RETRY = "retry"  # message re-sent through a delay tier, offset done
     DEAD = "dead"  # task failed for good: FAILURE stored and the message dead-lettered
     REJECTED = "rejected"  # poison (unknown task, undecodable): dead-lettered, no result possible
+    REVOKED = "revoked"  # revoked: not run (or terminated), REVOKED stored, offset done
 
 
 @dataclass(slots=True)
@@ -51,6 +52,15 @@ class Outcome:
 def reject(record: Record, exc: BaseException) -> Outcome:
     return Outcome(record, Kind.REJECTED, error_type=_qualname(exc), error_message=str(exc),
                    error_traceback="")
+
+
+def revoked(record: Record, worker: str, task_id: str, terminated: bool = False) -> Outcome:
+    """The outcome of a revoked record: state REVOKED, nothing else to send."""
+    name = record.header(H_TASK)
+    note = "terminated while running" if terminated else "revoked before it started"
+    result = ResultRecord(task_id, REVOKED, None, f"taskq.errors.TaskRevoked: {note}", None,
+                          name.decode(errors="replace") if name else None, worker, 0, time.time())
+    return Outcome(record, Kind.REVOKED, result, error_type="taskq.errors.TaskRevoked", error_message=note)
 
 
 def prepare(app: Taskq, record: Record) -> tuple[TaskMessage, Task] | Outcome:

@@ -60,6 +60,12 @@ class Pool:
     def stop(self) -> None:
         """Stop after the records already started; unstarted ones are reported abandoned."""
 
+    def terminate(self, task_id: str) -> bool:
+        """End task ``task_id`` if it runs here now (its outcome: REVOKED); whether it was found."""
+        log.warning("the %s pool cannot end a running task (%s runs to its end); use the processes or "
+                    "asyncio pool", type(self).__name__, task_id)
+        return False
+
     def _ended(self, record: Record, exc: BaseException, started: float) -> execution.Outcome:
         return execution.ended(self.app, record, self.worker_name, exc, started)
 
@@ -228,6 +234,8 @@ class AsyncioPool(Pool):
         self._loop = asyncio.new_event_loop()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_id: dict[str, asyncio.Task[None]] = {}  # running, by task id (for terminate)
+        self._terminated: set[str] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="taskq-asyncio", daemon=True)
         self._thread.start()
 
@@ -245,13 +253,33 @@ class AsyncioPool(Pool):
                 self.done(record, None)
                 return
             started = time.perf_counter()
+            task_id = _task_id(record)
+            current = asyncio.current_task()
+            if current is not None:
+                self._by_id[task_id] = current
+            outcome: execution.Outcome | None
             try:
                 outcome = await self._execute(record)
+            except asyncio.CancelledError as exc:  # terminated by a revoke, or the task's own
+                outcome = (execution.revoked(record, self.worker_name, task_id, terminated=True)
+                           if task_id in self._terminated else self._guarded(record, _reraise(exc), started))
             except KeyboardInterrupt:
                 outcome = self._guarded(record, _reraise(KeyboardInterrupt()), started)
             except BaseException as exc:  # noqa: BLE001 - a pool never loses a record without an outcome
                 outcome = self._guarded(record, _reraise(exc), started)
+            finally:
+                self._by_id.pop(task_id, None)
+                self._terminated.discard(task_id)
             self.done(record, outcome)
+
+    def terminate(self, task_id: str) -> bool:
+        """Cancel the coroutine of ``task_id`` (a plain function in the executor runs to its end)."""
+        task = self._by_id.get(task_id)
+        if task is None:
+            return False
+        self._terminated.add(task_id)
+        self._loop.call_soon_threadsafe(task.cancel)
+        return True
 
     async def _execute(self, record: Record) -> execution.Outcome:
         prepared = execution.prepare(self.app, record)
@@ -273,6 +301,11 @@ class AsyncioPool(Pool):
         asyncio.run_coroutine_threadsafe(drain(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+
+
+def _task_id(record: Record) -> str:
+    raw = record.header("id")
+    return raw.decode(errors="replace") if raw else f"{record.topic}:{record.partition}:{record.offset}"
 
 
 def _reraise(exc: BaseException) -> Callable[[], execution.Outcome]:
@@ -310,6 +343,8 @@ class ProcessPool(Pool):
             raise ConfigError("the processes pool needs the app's import path (taskq worker -A module:app)")
         self._context = multiprocessing.get_context("spawn")
         self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
+        self._by_id: dict[str, BaseProcess] = {}  # running, by task id (for terminate)
+        self._terminated: set[str] = set()
         self._slots = [threading.Thread(target=self._slot, name=f"taskq-proc-{i}", daemon=True)
                        for i in range(self.concurrency)]
         for slot in self._slots:
@@ -340,7 +375,17 @@ class ProcessPool(Pool):
             if not self.runnable(record):
                 self.done(record, None)
                 continue
-            outcome, replace = self._run_in_child(process, conn, record)
+            task_id = _task_id(record)
+            self._by_id[task_id] = process
+            try:
+                outcome, replace = self._run_in_child(process, conn, record)
+            finally:
+                self._by_id.pop(task_id, None)
+            if task_id in self._terminated:  # killed by terminate: REVOKED unless it had just finished
+                self._terminated.discard(task_id)
+                if replace:
+                    outcome = execution.revoked(record, self.worker_name, task_id, terminated=True)
+                replace = True
             if replace:
                 process.kill()
                 process.join()
@@ -375,6 +420,15 @@ class ProcessPool(Pool):
         except (EOFError, OSError):
             exc = WorkerLostError(f"pool process {process.pid} died (exit code {process.exitcode}) running the task")
             return self._ended(record, exc, clock), True
+
+    def terminate(self, task_id: str) -> bool:
+        """Kill the child process running ``task_id``; its slot starts a new child."""
+        process = self._by_id.get(task_id)
+        if process is None:
+            return False
+        self._terminated.add(task_id)
+        process.kill()
+        return True
 
     def stop(self) -> None:
         for _ in self._slots:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from taskq.errors import TaskFailed, TimeoutError
-from taskq.results.base import FAILURE, PENDING, SUCCESS, ResultRecord
+from taskq.results.base import FAILURE, PENDING, READY_STATES, REVOKED, SUCCESS, ResultRecord
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -32,14 +32,14 @@ class AsyncResult:
 
     @property
     def status(self) -> str:
-        """PENDING (unknown or queued), STARTED, RETRY, SUCCESS or FAILURE."""
+        """PENDING (unknown or queued), STARTED, RETRY, SUCCESS, FAILURE or REVOKED."""
         record = self._fetch()
         return PENDING if record is None else record.status
 
     state = status
 
     def ready(self) -> bool:
-        return self.status in (SUCCESS, FAILURE)
+        return self.status in READY_STATES
 
     def successful(self) -> bool:
         return self.status == SUCCESS
@@ -53,7 +53,7 @@ class AsyncResult:
         record = self._fetch()
         if record is None:
             return None
-        return rebuild_exception(record) if record.status == FAILURE else record.result
+        return rebuild_exception(record) if record.status in (FAILURE, REVOKED) else record.result
 
     info = result
 
@@ -75,7 +75,7 @@ class AsyncResult:
             self._record = record
         if record is None or not record.ready:
             raise TimeoutError(f"task {self.id} not ready after {timeout} s (status {self.status})")
-        if record.status == FAILURE:
+        if record.status in (FAILURE, REVOKED):  # REVOKED raises TaskRevoked
             exc = rebuild_exception(record)
             if propagate:
                 raise exc
@@ -88,6 +88,14 @@ class AsyncResult:
     def stream(self, timeout: float | None = None) -> Iterator[Any]:
         """Partial results (e.g. LLM tokens) as the task publishes them; ends when it is done."""
         return self.app.backend.stream(self.id, timeout)
+
+    def revoke(self, terminate: bool = False) -> None:
+        """Do not run this task: workers skip it (state REVOKED); ``terminate`` also ends it if it is
+        running (processes and asyncio pools)."""
+        from taskq.revocations import revoke
+
+        revoke(self.app, [self.id], terminate)
+        self._record = None
 
     def forget(self) -> None:
         self.app.backend.forget([self.id])

@@ -3,6 +3,7 @@ several worker processes under one supervisor."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -14,12 +15,23 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from taskq.app import Taskq
 from taskq.beat import Beat
 from taskq.cli import main
-from tests.support import ROOT, client_app, env_for, read_records, wait_results, wait_until
+from taskq.errors import TaskRevoked
+from tests.support import (
+    ROOT,
+    WorkerProcess,
+    client_app,
+    env_for,
+    read_records,
+    wait_results,
+    wait_until,
+    worker_thread,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 APP = "tests.apps.control"
@@ -282,3 +294,78 @@ def test_processes_supervisor_restarts_a_dead_member_forwards_sigterm_with_beat(
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert text().count("stopped:") == 2  # each child finished cleanly
+
+
+# --------------------------------------------------------------------------- revoke
+
+
+def started(store: redis.Redis, env: dict[str, str], task_id: str) -> bool:
+    return bool(store.exists(f"{env['RECORDER_PREFIX']}:started:{task_id}"))
+
+
+@pytest.mark.parametrize("pool", ["processes", "asyncio"])
+def test_revoke_skips_queued_terminates_running_and_survives_restart(env: dict[str, str], app: Taskq,
+                                                                     pool: str) -> None:
+    name = "tests.apps.control.slow" if pool == "processes" else "tests.apps.control.asleep"
+
+    def slow(self, key: str, seconds: float) -> str:  # noqa: ANN001
+        raise AssertionError("runs in the worker")
+
+    task = app.task(slow, name=name, key="key", bind=True)
+    app.ensure_topic(task.topic, 1)
+    store = redis.Redis.from_url(env["TASKQ_RESULT_BACKEND"])
+    worker = WorkerProcess(APP, env, "-Q", name, "--pool", pool, "-c", "1", name=f"rv-{pool}")
+    try:
+        worker.wait_for("assigned")
+        running = task.delay("a", 60)
+        queued = task.delay("a", 0)  # same key: waits behind `running` inside the worker
+        after = task.delay("b", 0)
+        app.flush()
+        wait_until(lambda: started(store, env, running.id), 60, "the long task to start")
+        queued.revoke()
+        t0 = time.monotonic()
+        out = cli(env, "revoke", "-A", APP, "--terminate", running.id)
+        assert "revoked 1 task(s)" in out
+        wait_until(lambda: (r := app.backend.get(running.id)) is not None and r.worker is not None, 10,
+                   "the worker to end the running task")
+        ended_in = time.monotonic() - t0
+        records = wait_results(app, [after.id, queued.id], timeout=30)
+        assert [r.status for r in records if r] == ["SUCCESS", "REVOKED"]
+        assert not started(store, env, queued.id)  # revoked before it started: never ran
+        assert running.status == "REVOKED" and queued.status == "REVOKED"
+        with pytest.raises(TaskRevoked):
+            queued.get(timeout=1)
+        assert worker.terminate() == 0
+
+        # revoked while no worker runs, sent, then a worker starts: skipped, offset committed
+        later = task.apply_async(("c", 0), task_id="later" + env["RECORDER_PREFIX"])
+        cli(env, "revoke", "-A", APP, later.id)
+        fine = task.delay("d", 0)
+        app.flush()
+        worker = WorkerProcess(APP, env, "-Q", name, "--pool", pool, "-c", "1", name=f"rv2-{pool}")
+        assert wait_results(app, [fine.id], timeout=60)[0].status == "SUCCESS"
+        assert later.status == "REVOKED" and not started(store, env, later.id)
+        high = sum(hi for _lo, hi in app.broker.watermarks(task.topic).values())
+        wait_until(lambda: sum(app.broker.committed(app.group, task.topic).values()) == high, 10,
+                   "every offset, the revoked ones included, committed")
+        print(f"\nREVOKE {pool}: terminate reached the worker and ended the task in {ended_in:.2f} s")
+        assert ended_in < 3.0
+    finally:
+        worker.stop()
+
+
+def test_worker_warns_once_when_the_group_outnumbers_partitions(app: Taskq, caplog: pytest.LogCaptureFixture) -> None:
+    def echo(key: str, seq: int, sleep: float = 0.0) -> int:
+        return seq
+
+    task = app.task(echo, name="tests.apps.control.echo", key="key")
+    app.ensure_topics({task.topic: 1})
+    caplog.set_level(logging.WARNING, logger="taskq.worker")
+    with worker_thread(app, name="idle-a"), worker_thread(app, name="idle-b"):
+        wait_until(lambda: "sit idle" in caplog.text, 30, "the idle-member warning")
+        with worker_thread(app, name="idle-c"):  # a third member: a rebalance, and 3 > 1 partition again
+            wait_until(lambda: "3 members" in caplog.text, 30, "the newcomer's warning")
+    warnings = [r.getMessage() for r in caplog.records if "sit idle" in r.getMessage()]
+    for name in ("idle-a", "idle-b", "idle-c"):
+        assert sum(w.startswith(f"worker {name}:") for w in warnings) <= 1, warnings  # once per worker
+    assert "2 members" in warnings[0] and task.topic in warnings[0] and "--partitions 2" in warnings[0]

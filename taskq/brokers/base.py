@@ -174,6 +174,10 @@ class Broker(ABC):
 
     # -- topic management (``taskq topics``); brokers without it say so --------------------------------
 
+    def ensure_compacted_topic(self, topic: str, retention_s: float, replication: int = 1) -> None:
+        """Create ``topic`` (one partition) if missing, keeping the latest record per key for ``retention_s``."""
+        self.ensure_topics({topic: 1}, replication)
+
     def describe_topics(self, topics: Sequence[str]) -> dict[str, TopicInfo]:
         """Partitions, replication and retention of existing ``topics``."""
         counts = self.list_topics()

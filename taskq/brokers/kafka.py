@@ -352,6 +352,21 @@ class KafkaBroker(Broker):
             except KafkaException as exc:
                 raise BrokerError(f"cannot delete records of {topic}[{tp.partition}]: {exc.args[0]}") from exc
 
+    def ensure_compacted_topic(self, topic: str, retention_s: float, replication: int = 1) -> None:
+        if topic in self._known or topic in self.list_topics():
+            self._known.setdefault(topic, 1)
+            return
+        config = {"cleanup.policy": "compact,delete", "retention.ms": str(int(retention_s * 1000)),
+                  "segment.ms": str(min(int(retention_s * 1000), 3_600_000))}
+        future = self.admin.create_topics([NewTopic(topic, 1, replication, config=config)],
+                                          request_timeout=self.connect_timeout)[topic]
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise BrokerError(f"cannot create topic {topic!r}: {exc.args[0].str()}") from exc
+        self._known.update(self._wait_for_topics([topic]))
+
     def describe_topics(self, topics: Sequence[str]) -> dict[str, TopicInfo]:
         meta = self.admin.list_topics(timeout=self.connect_timeout).topics
         names = [t for t in topics if t in meta and not meta[t].error]

@@ -15,7 +15,8 @@ STARTED = "STARTED"
 RETRY = "RETRY"
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
-READY_STATES = frozenset({SUCCESS, FAILURE})
+REVOKED = "REVOKED"  # revoked before it ran (or terminated while running): never runs
+READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
 RESTART_MARK = b"\x00restart"  # stored between two attempts' chunks (never valid JSON)
 
 

@@ -31,6 +31,8 @@ from taskq.worker.dispatch import KeyedDispatcher
 from taskq.worker.finisher import Finished, Finisher
 from taskq.worker.forwarder import Forwarder
 from taskq.worker.offsets import OffsetTracker
+from taskq.topic_admin import check_members
+from taskq.worker.revoke import IdleCheck, RevokeGate
 from taskq.worker.sender import Sender, retrying
 from taskq.worker.stats import WorkerStats
 
@@ -81,6 +83,7 @@ class Worker:
         self._consumer: Consumer | None = None
         self._last_commit = 0.0
         self.ready = threading.Event()  # set once the consumer has joined the group
+        self._idle_check = IdleCheck(app, self.name, self.topics, check_members)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -99,7 +102,9 @@ class Worker:
         app.backend  # noqa: B018 - fail fast on a bad backend URL
         sender = Sender(app.broker.producer(**app.settings.producer_options))
         finisher = Finisher(app, sender, self.name, self._on_finished, self.stats.on_outcome)
-        self.pool.start(finisher.put, self._runnable)
+        gate = RevokeGate(app, self.pool, self.name)
+        gate.start()
+        self.pool.start(gate.wrap_done(finisher.put), lambda r: self._runnable(r) and gate.runnable(r))
         finisher.start()
         forwarder = None
         if self.forward_delayed:
@@ -115,6 +120,7 @@ class Worker:
             self._stopping.set()
             consumer.close()
             finisher.stop(self.stop_timeout)
+            gate.stop()
             if forwarder is not None:
                 forwarder.join(self.stop_timeout)
             sender.flush(app.settings.send_timeout)
@@ -237,6 +243,7 @@ class Worker:
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         self._revoked.difference_update(partitions)
         log.info("worker %s assigned %s", self.name, partitions)
+        self._idle_check.after_assignment()
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         """Finish (or abandon) in-flight work of these partitions and commit exactly what is done."""

@@ -81,7 +81,7 @@ class Finisher:
         first = [o.result for o in outcomes if o.result is not None and o.kind is not Kind.DEAD]
         if first:
             retrying("store results", lambda: backend.store_many(first))
-        sends = [self.follow_up(o) for o in outcomes if o.kind is not Kind.SUCCESS]
+        sends = [self.follow_up(o) for o in outcomes if o.kind is not Kind.SUCCESS and o.kind is not Kind.REVOKED]
         if sends:
             self.sender.send_all(sends)
         failures = [o.result for o in outcomes if o.result is not None and o.kind is Kind.DEAD]

@@ -22,6 +22,7 @@ class WorkerStats:
     skipped: int = 0  # redelivered with a final result already stored
     abandoned: int = 0  # not started before stop or revoke; left uncommitted for redelivery
     forwarded: int = 0  # delayed messages moved back to their task topic
+    revoked: int = 0  # revoked before they ran, or terminated
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def on_received(self, count: int) -> None:
@@ -42,6 +43,8 @@ class WorkerStats:
             self.retried += 1
         elif kind is Kind.DEAD:
             self.dead += 1
+        elif kind is Kind.REVOKED:
+            self.revoked += 1
         else:  # rejected, or a retry without a message to send: dead-lettered as rejected
             self.rejected += 1
 

@@ -33,3 +33,33 @@ def echo(key: str, seq: int, sleep: float = 0.0) -> int:
 def report(day: str) -> str:
     """Unique per argument for 2 s."""
     return day
+
+
+_redis = None
+
+
+def _store():  # noqa: ANN202 - a redis client, made on first use in the worker process
+    global _redis
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(os.environ.get("RECORDER_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return _redis
+
+
+@app.task(bind=True, key="key")
+def slow(self, key: str, seconds: float) -> str:  # noqa: ANN001
+    """Mark the start in Redis, then sleep ``seconds`` (in C: only a process kill ends it early)."""
+    _store().set(f"{os.environ.get('RECORDER_PREFIX', 'ctl')}:started:{self.request.id}", time.time())
+    time.sleep(seconds)
+    return key
+
+
+@app.task(bind=True, key="key")
+async def asleep(self, key: str, seconds: float) -> str:  # noqa: ANN001
+    """The coroutine version of ``slow``."""
+    import asyncio
+
+    _store().set(f"{os.environ.get('RECORDER_PREFIX', 'ctl')}:started:{self.request.id}", time.time())
+    await asyncio.sleep(seconds)
+    return key
