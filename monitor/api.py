@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from monitor.core import Monitor
 from monitor.live import sse
 from monitor.state import STATES, TaskFilter, TaskView, tree
+from monitor.topics import waiting as waiting_in_partition
 from taskq.dlq import DeadLetter, dead_letters, replay
 from taskq.errors import ConfigError, NotRegistered, TaskqError
 
@@ -153,6 +154,17 @@ def router(monitor: Monitor) -> APIRouter:  # noqa: C901 - one closure per endpo
     @api.get("/topics", summary="Topics with partitions, leaders, offsets and lag")
     def topics() -> list[dict[str, Any]]:
         return [t.as_dict() for t in monitor.sampler.topics]
+
+    @api.get("/topics/{topic}/partitions/{partition}/waiting", summary="Tasks waiting in a partition",
+             responses={404: {"description": "Unknown topic or partition"}})
+    def waiting_in(topic: str, partition: int, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
+        known = next((t for t in monitor.sampler.topics if t.name == topic), None)
+        if known is None or partition not in {p.partition for p in known.partitions}:
+            raise HTTPException(404, f"unknown topic or partition {topic}[{partition}]: see /api/topics")
+        try:
+            return {"topic": topic, "partition": partition, "tasks": waiting_in_partition(app, topic, partition, limit)}
+        except TaskqError as exc:
+            raise HTTPException(503, f"broker unavailable: {exc}") from exc
 
     @api.get("/dead-letters", summary="Dead-letter topics and how many letters each holds")
     def dlq_topics() -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from monitor.api import letter_dict, letters_of, replay_letters, task_filter
 from monitor.core import Monitor
 from monitor.state import STATES, tree
 from monitor.svg import line_chart
+from monitor.topics import waiting as waiting_in_partition
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -43,6 +44,10 @@ def _local_time(text: str | None) -> float | None:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise HTTPException(422, f"bad time {text!r}: use YYYY-MM-DDTHH:MM") from None
+
+
+def waiting_flag(flag: str, topic: str, partition: int | None) -> bool:
+    return bool(flag) and bool(topic) and partition is not None
 
 
 def router(monitor: Monitor) -> APIRouter:  # noqa: C901 - one closure per page
@@ -81,18 +86,20 @@ def router(monitor: Monitor) -> APIRouter:  # noqa: C901 - one closure per page
     def tasks(request: Request, name: str = "", state: str = "", key: str = "", since: str = "",
               until: str = "", id: str = "", topic: str = "", partition: str = "",  # noqa: A002
               waiting: str = "", root_id: str = "", worker: str = "", page: int = 0) -> Response:
+        waiting_ = waiting
         if id:
             found = monitor.state.task(id.strip())
             if found is not None or monitor.app.backend.get(id.strip()) is not None:
                 return RedirectResponse(f"/tasks/{id.strip()}", 303)
         part = int(partition) if partition.isdigit() else None
         flt = task_filter(monitor, name, state, key, _local_time(since), _local_time(until), topic, part,
-                          bool(waiting), root_id, worker)
+                          bool(waiting_), root_id, worker)
         page = max(0, page)
         total, shown = monitor.state.tasks(flt, 100, page * 100)
         query = {k: v for k, v in request.query_params.items() if k not in ("page", "partial")}
+        queued = waiting_in_partition(monitor.app, topic, part) if waiting_flag(waiting_, topic, part) else []
         return render(request, "tasks.html", tasks=shown, total=total, q=query, names=monitor.state.task_names(),
-                      page_no=page, missing_id=id if id else None)
+                      page_no=page, missing_id=id if id else None, queued=queued)
 
     @pages.get("/tasks/{task_id}", response_class=HTMLResponse)
     def task_detail(request: Request, task_id: str) -> HTMLResponse:

@@ -14,7 +14,7 @@ COLORS = {"SUCCESS": "#2e7d32", "FAILURE": "#c62828", "RETRY": "#ef6c00", "START
 def line_chart(xs: Sequence[float], series: dict[str, Sequence[float]], title: str, unit: str = "",
                width: int = 640, height: int = 200, dashed: Sequence[str] = ()) -> str:
     """An SVG with one polyline per series (empty series are left out of the legend)."""
-    left, right, top, bottom = 48, 10, 24, 22
+    left, right, top, bottom = 48, 10, 40, 22
     w, h = width - left - right, height - top - bottom
     shown = {k: v for k, v in series.items() if any(v)}
     peak = max([max(v) for v in shown.values()] + [1.0])
@@ -36,15 +36,15 @@ def line_chart(xs: Sequence[float], series: dict[str, Sequence[float]], title: s
     if xs:
         parts.append(f'<text x="{left}" y="{height - 6}" class="tick">{_clock(xs[0])}</text>')
         parts.append(f'<text x="{left + w}" y="{height - 6}" text-anchor="end" class="tick">{_clock(xs[-1])}</text>')
-    legend_x = left + 120
+    legend_x = left
     for name, values in shown.items():
         color = COLORS.get(name, "#455a64")
         points = " ".join(f"{px(i):.1f},{py(v):.1f}" for i, v in enumerate(values))
         dash = ' stroke-dasharray="6 4"' if name in dashed else ""
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{points}" '
                      f'data-series="{escape(name)}"/>')
-        parts.append(f'<rect x="{legend_x}" y="6" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{legend_x + 14}" y="15" class="legend">{escape(name)}</text>')
+        parts.append(f'<rect x="{legend_x}" y="21" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{legend_x + 14}" y="30" class="legend">{escape(name)}</text>')
         legend_x += 24 + 8 * len(name)
     if not shown:
         parts.append(f'<text x="{left + w / 2}" y="{top + h / 2}" text-anchor="middle" class="tick">no data yet</text>')

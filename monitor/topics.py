@@ -146,3 +146,55 @@ class LagSampler:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.interval)
+
+
+def waiting(app: Taskq, topic: str, partition: int, limit: int = 100, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The first ``limit`` records of ``topic[partition]`` at or past its group's committed offset: the tasks
+    waiting there (id, task, key, offset, enqueued time), read from the broker outside any group."""
+    from taskq.brokers.base import Record
+    from taskq.errors import BrokerError
+    from taskq.message import H_ID, H_TASK
+
+    _kind, group = classify(app, topic)
+    marks = app.broker.watermarks(topic)
+    if partition not in marks:
+        return []
+    low, high = marks[partition]
+    start = app.broker.committed(group, topic).get(partition, low) if group else low
+    start = max(start, low)
+    if start >= high:
+        return []
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    try:
+        reader = app.broker.reader(topic, {partition: start})
+    except BrokerError:  # the embedded broker reads through a throwaway group instead
+        reader = None
+    if reader is not None:
+        try:
+            while len(records) < limit and time.monotonic() < deadline and (not records or records[-1].offset + 1 < high):
+                records.extend(r for r in reader.read(limit - len(records), 0.5) if r.partition == partition)
+        finally:
+            reader.close()
+    else:
+        import uuid
+
+        consumer = app.broker.consumer(f"taskq-monitor-peek-{uuid.uuid4().hex[:12]}", [topic])
+        try:
+            last = -1
+            while len(records) < limit and time.monotonic() < deadline and last + 1 < high:
+                for r in consumer.consume(1000, 0.5):
+                    if r.partition == partition:
+                        last = max(last, r.offset)
+                        if r.offset >= start and len(records) < limit:
+                            records.append(r)
+        finally:
+            consumer.close()
+
+    def text(r: Record, name: str) -> str | None:
+        raw = r.header(name)
+        return raw.decode(errors="replace") if raw is not None else None
+
+    return [{"offset": r.offset, "id": text(r, H_ID), "task": text(r, H_TASK),
+             "key": r.key.decode(errors="replace") if r.key is not None else None,
+             "enqueued": r.timestamp_ms / 1000 if r.timestamp_ms else None} for r in records[:limit]]

@@ -48,3 +48,9 @@ def tokens(self, text: str, user: str = "u") -> str:
         self.app.backend.append_chunk(self.request.id, word)
         time.sleep(0.01)
     return text
+
+
+@app.task(key="user")
+def backlog(n: int, user: str = "u") -> int:
+    """Not consumed by the browser test's worker: its messages wait, so the topic lags."""
+    return n

@@ -1,0 +1,254 @@
+"""The monitor as a person uses it: headless Chromium (Debian's ``chromium``, driven by Playwright) opens
+every page while a real worker runs a workload, filters tasks, opens a task's tree, clicks replay on a
+dead letter and sees it succeed, and sees a new task appear without reloading.
+
+Screenshots of each page go to ``.cache/screenshots/`` (git-ignored); with ``TASKQ_UPDATE_SCREENSHOTS=1``
+they are also copied to ``docs/screenshots/`` for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from monitor.core import Monitor
+from tests.monitor_support import WORKER_EVENTS, produce_events, running_monitor, served, task_event
+from tests.support import ROOT, local_app_module, wait_results, wait_until, worker_thread
+
+pytestmark = pytest.mark.slow
+APP = "tests.apps.monitorapp"
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / ".cache" / "screenshots"
+DOCS_SHOTS = ROOT / "docs" / "screenshots"
+WORKER = "ui-worker"
+
+
+@pytest.fixture
+def mod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    module = local_app_module(APP, str(tmp_path / "q.db"), monkeypatch, MONITOR_MARKER=str(tmp_path / "ready"))
+    yield module
+    module.app.close()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    if not os.access(CHROMIUM, os.X_OK):
+        import sys
+
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from services import ensure_chromium
+
+        ensure_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                          "--disable-background-networking", "--no-first-run",
+                                          "--disable-extensions", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+class Mirror:
+    """Until the worker publishes events itself: events for the real workload's real outcomes.
+
+    Reads each finished task's stored result (status, worker, attempts) and publishes the events the
+    worker would have, with parent links known from the results (fan_out returns its children's ids).
+    """
+
+    def __init__(self, mod: ModuleType) -> None:
+        self.mod = mod
+        self.app = mod.app
+        self.parents: dict[str, tuple[str, str]] = {}  # id -> (root, parent)
+        self.names: dict[str, str] = {}
+        self.keys: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeats, daemon=True)
+        self._thread.start()
+
+    def _heartbeats(self) -> None:
+        online = "worker-online"
+        while not self._stop.is_set():
+            produce_events(self.app, [{"v": 1, "type": online, "ts": time.time(), "worker": WORKER,
+                                       "hostname": "box", "pid": os.getpid(), "pool": "threads", "concurrency": 4,
+                                       "active": 0, "processed": 0, "freq": 1.0, "group": self.app.group,
+                                       "partitions": [[t.topic, p] for t in self.app.tasks.values()
+                                                      for p in range(t.partitions)]}])
+            online = "worker-heartbeat"
+            self._stop.wait(1.0)
+
+    def publish(self, ids: list[str], name: str) -> None:
+        for i in ids:
+            self.names.setdefault(i, name)
+        records = wait_results(self.app, ids, 60)
+        events = []
+        for task_id, r in zip(ids, records):
+            assert r is not None and r.ready, f"no result for {task_id}"
+            root, parent = self.parents.get(task_id, (task_id, None))
+            done = r.date_done or time.time()
+            common = {"root_id": root, "parent_id": parent, "worker": WORKER, "attempt": r.attempts or 1,
+                      "topic": self.app.tasks[self.names[task_id]].topic, "partition": 0, "sent": done - 0.05,
+                      "key": self.keys.get(task_id, "ann")}
+            events += [task_event("task-received", task_id, done - 0.04, self.names[task_id], **common),
+                       task_event("task-started", task_id, done - 0.03, self.names[task_id], **common)]
+            if r.status == "SUCCESS":
+                events.append(task_event("task-succeeded", task_id, done, self.names[task_id], runtime=0.03,
+                                         finished=done, **common))
+            else:
+                error_type, _, message = (r.error or "Exception: ?").partition(": ")
+                for kind in ("task-failed", "task-dead"):
+                    events.append(task_event(kind, task_id, done, self.names[task_id], exc_type=error_type,
+                                             exc_message=message, finished=done, **common))
+        produce_events(self.app, events)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def shot(page: Any, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("TASKQ_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOCS_SHOTS / path.name)
+    return path
+
+
+def test_every_page_in_a_browser(mod: ModuleType, chromium: Any, tmp_path: Path) -> None:  # noqa: PLR0915
+    app = mod.app
+    mirror = None if WORKER_EVENTS else Mirror(mod)
+    consumed = [name for name in app.tasks if name != mod.backlog.name]
+    with running_monitor(app, lag_threshold=5) as monitor, served(monitor) as base, \
+            worker_thread(app, tasks=consumed, concurrency=4, name=WORKER):
+        users = ["ann", "bob", "cy"]
+        works = [mod.work.delay(i, user=users[i % 3], sleep=0.02) for i in range(30)]
+        root = mod.fan_out.delay(3, user="ann")
+        dead = [mod.fragile.delay(i, user="bob") for i in range(2)]
+        if mirror is not None:
+            mirror.keys.update({r.id: users[i % 3] for i, r in enumerate(works)})
+            mirror.publish([r.id for r in works], mod.work.name)
+            children = root.get(timeout=60)
+            for child in children:
+                mirror.parents[child] = (root.id, root.id)
+            mirror.publish([root.id], mod.fan_out.name)
+            mirror.publish(children[:-1], mod.work.name)
+            mirror.publish(children[-1:], mod.relay.name)
+            grandchild = app.AsyncResult(children[-1]).get(timeout=60)
+            mirror.parents[grandchild] = (root.id, children[-1])
+            mirror.publish([grandchild], mod.work.name)
+            mirror.publish([r.id for r in dead], mod.fragile.name)
+        wait_until(lambda: len(monitor.state.family(root.id)) == 6, 60, "the fan_out tree in the monitor")
+        wait_until(lambda: all((t := monitor.state.task(r.id)) and t.state == "FAILURE" for r in dead), 60,
+                   "the dead tasks in the monitor")
+        # a backlog for the lag alert: tasks of a topic no worker consumes
+        waiting_ids = [mod.backlog.delay(i, user="lag").id for i in range(8)]
+        app.flush()
+        wait_until(lambda: monitor.sampler.sample() and monitor.lag_alerts(), 30, "the lag alert")
+
+        seen_hosts: set[str] = set()
+        context = chromium.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        page.on("request", lambda req: seen_hosts.add(req.url.split("/")[2]))
+
+        # Overview: charts, workers alive, lag alert
+        page.goto(base + "/")
+        page.wait_for_selector("svg.chart polyline")
+        assert "Lag alert" in page.inner_text(".alert") and app.group in page.inner_text(".alert")
+        wait_until(lambda: (page.reload() or True) and page.inner_text("#workers-alive").strip() == "1", 30,
+                   "the overview to show one worker alive", interval=0.5)
+        assert page.locator("svg.chart").count() == 2
+        assert page.locator("polyline[data-series=SUCCESS]").count() == 1
+        shot(page, "overview")
+
+        # Tasks: filter by state and key, find by id
+        page.goto(base + "/tasks")
+        assert page.locator("tr.task-row").count() >= 36
+        page.select_option("select[name=state]", "FAILURE")
+        page.click("#filters button[type=submit]:has-text('Filter')")
+        page.wait_for_url("**state=FAILURE**")
+        states = page.locator("tr.task-row").evaluate_all("rows => rows.map(r => r.dataset.state)")
+        assert states == ["FAILURE", "FAILURE"], states
+        page.goto(base + "/tasks")
+        page.fill("input[name=key]", "cy")
+        page.select_option("select[name=name]", mod.work.name)
+        page.click("#filters button[type=submit]:has-text('Filter')")
+        page.wait_for_url("**key=cy**")
+        assert page.locator("tr.task-row").count() == 10
+        shot(page, "tasks")
+        page.fill("input[name=id]", root.id)
+        page.click("button[name=go]")
+        page.wait_for_url(f"**/tasks/{root.id}")
+
+        # Task detail: the tree of fan_out (4 children, one with a grandchild), location, result
+        tree = page.locator("#tree")
+        assert tree.locator("li").count() == 6
+        assert tree.locator(":scope > li > ul > li").count() == 4
+        assert page.inner_text("#task-state") == "SUCCESS"
+        assert mod.fan_out.topic in page.inner_text("main")
+        shot(page, "task")
+        tree.locator(f"a:has-text('{mod.relay.name}')").click()
+        page.wait_for_selector("#task-id")
+        assert "root / parent" in page.inner_text("main")
+
+        # Workers
+        page.goto(base + "/workers")
+        assert WORKER in page.inner_text("#workers")
+        shot(page, "workers")
+
+        # Topics: partitions, offsets, lag; a lagging partition links to the tasks waiting in it
+        page.goto(base + "/topics")
+        page.wait_for_selector(f"[id='{mod.work.topic}'] table.partitions", state="attached")
+        assert page.locator("table.partitions").count() >= 4
+        shot(page, "topics")
+        page.locator(f"[id='{mod.backlog.topic}'] a.waiting").click()
+        page.wait_for_selector("tr.waiting-row")
+        assert sorted(page.locator("tr.waiting-row td.mono").all_inner_texts()) == sorted(waiting_ids)
+        shot(page, "waiting")
+
+        # Dead letters: browse, inspect, replay one and see it succeed
+        page.goto(base + "/dead-letters")
+        page.click(f"#dlq-topics a[href='/dead-letters/{mod.fragile.topic}']")
+        page.wait_for_selector("tr.letter")
+        assert page.locator("tr.letter").count() == 2
+        page.locator("details summary").first.click()
+        assert "error-type" in page.inner_text("#letters")
+        shot(page, "dead_letters")
+        (tmp_path / "ready").touch()
+        target = dead[0].id
+        page.click(f"button.replay[data-id='{target}']")
+        page.wait_for_selector("#replayed")
+        assert target[:12] in page.inner_text("#replayed")
+        assert app.AsyncResult(target).get(timeout=60) == 0
+        if mirror is not None:
+            mirror.publish([target], mod.fragile.name)
+        page.goto(f"{base}/tasks/{target}")
+        wait_until(lambda: (page.reload() or True) and page.inner_text("#task-state") == "SUCCESS", 30,
+                   "the replayed task to show SUCCESS", interval=0.5)
+        assert page.inner_text("#result").strip() == "0"
+        shot(page, "replayed")
+
+        # Live: a task sent now appears on the open task list without a reload
+        page.goto(base + "/tasks")
+        page.wait_for_function("document.getElementById('live').className === 'live on'")
+        fresh = mod.work.delay(99, user="live")
+        if mirror is not None:
+            mirror.publish([fresh.id], mod.work.name)
+        page.wait_for_selector(f"a[href='/tasks/{fresh.id}']", timeout=30_000)
+        assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
+
+        context.close()
+        assert seen_hosts == {base.split("/")[2]}, f"the pages fetched from elsewhere: {seen_hosts}"
+    if mirror is not None:
+        mirror.stop()
+    print(f"\nMONITOR screenshots in {SHOTS}: " + ", ".join(sorted(p.name for p in SHOTS.glob('*.png'))))
