@@ -65,6 +65,7 @@ class Task:
         unique_key: Callable[..., str] | None = None,
         batch_size: int = 1,
         batch_wait: float = 0.0,
+        priorities: int = 1,
     ) -> None:
         """``batch_size`` > 1 makes a batch task: the worker calls ``fn(requests)`` with up to that many
         :class:`Request` objects (waiting at most ``batch_wait`` seconds to fill a batch), and ``fn``
@@ -90,6 +91,11 @@ class Task:
         self.batch_size = batch_size
         self.batch_wait = batch_wait
         self.topic = app.topic_for(name)
+        if priorities < 1:
+            raise ConfigError(f"task {name!r}: priorities is the number of levels (1 or more), not {priorities}")
+        self.priorities = priorities
+        #: the topic of each priority level: level 0 is the task's topic, level p is "<topic>.p<p>"
+        self.topics = [self.topic] + [app.topic_for(f"{name}.p{p}") for p in range(1, priorities)]
         self.is_async = inspect.iscoroutinefunction(fn)
         self._key_position = _position_of(fn, key, bind)
         self._request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(f"taskq.request.{name}", default=None)
@@ -133,13 +139,18 @@ class Task:
         serializer: str | None = None,
         root_id: str | None = None,
         parent_id: str | None = None,
+        priority: int = 0,
     ) -> AsyncResult:
-        """Queue with options: message ``key`` (ordering), ``countdown``/``eta`` (run later), headers.
+        """Queue with options: message ``key`` (ordering), ``countdown``/``eta`` (run later), headers,
+        ``priority`` (0 to ``priorities - 1``; higher levels get more of the workers' starts).
 
         Sent from inside a running task, the new task's parent is that task and its root is that
         task's root (as in Celery); ``root_id``/``parent_id`` set them explicitly (canvas).
         """
         kwargs = kwargs or {}
+        if not 0 <= priority < self.priorities:
+            raise ConfigError(f"task {self.name} has priorities 0-{self.priorities - 1} (higher runs first), "
+                              f"not {priority}; declare more with @app.task(priorities=N)")
         task_id = task_id or new_task_id()
         if key is None and self.key is not None:
             if self.key in kwargs:
@@ -159,7 +170,7 @@ class Task:
             if holder is not None:  # sent inside the window already: the first call's result
                 return self.app.AsyncResult(holder)
         try:
-            return self.app.send(message, self.topic, self.partitions, serializer or self.serializer)
+            return self.app.send(message, self.topics[priority], self.partitions, serializer or self.serializer)
         except BaseException:
             if claim is not None:
                 self.app.backend.release(claim, task_id)

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from taskq.app import Taskq
 from taskq.beat import Beat
 from taskq.cli import main
-from taskq.errors import TaskRevoked
+from taskq.errors import ConfigError, TaskRevoked
 from tests.support import (
     ROOT,
     WorkerProcess,
@@ -369,3 +369,36 @@ def test_worker_warns_once_when_the_group_outnumbers_partitions(app: Taskq, capl
     for name in ("idle-a", "idle-b", "idle-c"):
         assert sum(w.startswith(f"worker {name}:") for w in warnings) <= 1, warnings  # once per worker
     assert "2 members" in warnings[0] and task.topic in warnings[0] and "--partitions 2" in warnings[0]
+
+
+# --------------------------------------------------------------------------- priorities
+
+
+def test_priorities_share_of_starts_under_load_without_starvation(app: Taskq) -> None:
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def job(self, n: int) -> int:  # noqa: ANN001
+        with lock:
+            order.append(self.request.topic)
+        time.sleep(0.002)
+        return n
+
+    task = app.task(job, name="ctl.prio", bind=True, priorities=3, partitions=2)
+    with pytest.raises(ConfigError, match="priorities 0-2"):
+        task.apply_async((1,), priority=3)
+    per_level = 300
+    for i in range(per_level):
+        for level in (0, 1, 2):
+            task.apply_async((i,), priority=level)
+    app.flush()
+    assert [count(app, t) for t in task.topics] == [per_level] * 3
+    level_of = {t: level for level, t in enumerate(task.topics)}
+    with worker_thread(app, name="prio", concurrency=2, batch_size=100):
+        wait_until(lambda: len(order) == 3 * per_level, 120, "every task to run")
+    window = [level_of[t] for t in order[:per_level]]  # while every level still has a backlog
+    shares = [window.count(level) / len(window) for level in (0, 1, 2)]
+    print(f"\nPRIORITY shares of the first {per_level} starts (weights 1:3:9 -> 0.077:0.231:0.692): "
+          + ":".join(f"{s:.3f}" for s in shares))
+    assert shares[2] > shares[1] > shares[0] > 0.02  # favoured in order, the lowest not starved
+    assert 0.55 <= shares[2] <= 0.82 and 0.12 <= shares[1] <= 0.35

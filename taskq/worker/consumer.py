@@ -31,6 +31,7 @@ from taskq.worker.dispatch import KeyedDispatcher
 from taskq.worker.finisher import Finished, Finisher
 from taskq.worker.forwarder import Forwarder
 from taskq.worker.offsets import OffsetTracker
+from taskq.worker.priority import PriorityScheduler
 from taskq.topic_admin import check_members
 from taskq.worker.revoke import IdleCheck, RevokeGate
 from taskq.worker.sender import Sender, retrying
@@ -65,7 +66,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         selected = list(tasks) if tasks else list(app.tasks)
         self.tasks = [app.tasks[t] if t in app.tasks else _task_by_topic(app, t) for t in selected]
-        self.topics = [t.topic for t in self.tasks]
+        self.topics = [topic for t in self.tasks for topic in t.topics]  # with every priority level
         self.concurrency = concurrency
         self.batch_size = batch_size
         self.prefetch = prefetch or max(batch_size * 4, concurrency * 4)
@@ -80,6 +81,10 @@ class Worker:
         self._revoked: set[TopicPartition] = set()
         self._in_flight = 0
         self._dispatcher = KeyedDispatcher(self.pool.submit)
+        levels = {topic: level for t in self.tasks for level, topic in enumerate(t.topics)}
+        self._priorities = PriorityScheduler(levels, self._dispatcher.dispatch, concurrency * 2,
+                                             self.prefetch // (max(levels.values()) + 2)) \
+            if any(levels.values()) else None
         self._consumer: Consumer | None = None
         self._last_commit = 0.0
         self.ready = threading.Event()  # set once the consumer has joined the group
@@ -96,7 +101,7 @@ class Worker:
         if not self.topics:
             raise BrokerError("no tasks to consume: register tasks or name them with -Q")
         app = self.app
-        partitions = {t.topic: t.partitions for t in self.tasks}
+        partitions = {topic: t.partitions for t in self.tasks for topic in t.topics}
         app.ensure_topics({**partitions, **{app.dlq_topic(t): n for t, n in partitions.items()}})
         app.ensure_topics({t: app.settings.default_partitions for t in app.delay_topics})
         app.backend  # noqa: B018 - fail fast on a bad backend URL
@@ -148,13 +153,15 @@ class Worker:
                 if paused:
                     consumer.resume(paused)
                     paused = []
+            if self._priorities is not None:
+                self._pause_levels(consumer)
             records = consumer.consume(self.batch_size, 0.02 if self._in_flight else 0.1)
             self.ready.set()
             if records:
                 self._accept(records)
 
     def _shutdown(self, consumer: Consumer) -> None:
-        self._abandon(self._dispatcher.drop())
+        self._abandon(self._dispatcher.drop() + (self._priorities.drop() if self._priorities else []))
         self._wait_finished(lambda: self._in_flight <= 0, self.stop_timeout)
         self._commit_on_stop(consumer)
         self.pool.stop()
@@ -180,7 +187,24 @@ class Worker:
                 self.stats.on_skipped()
                 self._finished.append((record, True))
             else:
-                self._dispatcher.dispatch(record)
+                self._dispatch(record)
+        if self._priorities is not None:
+            self._priorities.pump()
+
+    def _dispatch(self, record: Record) -> None:
+        if self._priorities is not None:
+            self._priorities.add(record)
+        else:
+            self._dispatcher.dispatch(record)
+
+    def _pause_levels(self, consumer: Consumer) -> None:
+        """Pause the partitions of priority levels with a full queue; resume them once it drains."""
+        assert self._priorities is not None
+        pause, resume = self._priorities.pauses(consumer.assignment())
+        if pause:
+            consumer.pause(pause)
+        if resume:
+            consumer.resume(resume)
 
     def _already_final(self, records: list[Record]) -> dict[TopicPartition, set[int]]:
         """Offsets of records whose task already has a final result (redeliveries after a crash)."""
@@ -200,11 +224,15 @@ class Worker:
         """Records dropped before they started: never committed here, the next owner reads them again."""
         self.stats.on_abandoned(len(dropped))
         self._in_flight -= len(dropped)
+        if self._priorities is not None:
+            self._priorities.finished(dropped)
         for record in dropped:
             self._offsets.abandon((record.topic, record.partition), record.offset)
 
     def _take_finished(self) -> None:
         finished = self._finished
+        priorities = self._priorities
+        freed = bool(finished) and priorities is not None
         while finished:
             record, done = finished.popleft()
             self._in_flight -= 1
@@ -212,6 +240,11 @@ class Worker:
                 self._offsets.finish((record.topic, record.partition), record.offset)
             else:
                 self._offsets.abandon((record.topic, record.partition), record.offset)
+            if priorities is not None:
+                priorities.finished((record,))
+        if freed:
+            assert priorities is not None
+            priorities.pump()
 
     def _commit(self, consumer: Consumer, sync: bool = False, partitions: Iterable[TopicPartition] | None = None,
                 ) -> None:
@@ -249,7 +282,7 @@ class Worker:
         """Finish (or abandon) in-flight work of these partitions and commit exactly what is done."""
         lost = set(partitions)
         self._revoked.update(lost)
-        self._abandon(self._dispatcher.drop(lost))
+        self._abandon(self._dispatcher.drop(lost) + (self._priorities.drop(lost) if self._priorities else []))
         self._wait_finished(lambda: self._offsets.unfinished(lost) == 0, self.stop_timeout)
         if self._consumer is not None:
             try:
