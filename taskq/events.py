@@ -58,7 +58,7 @@ STATES = {TASK_SENT: "PENDING", TASK_RECEIVED: "RECEIVED", TASK_STARTED: "STARTE
 HEARTBEAT_INTERVAL = 2.0
 MAX_TRACKED = 1_000_000  # records received and not finished that the publisher remembers times for
 _OUTCOME_TYPES = {Kind.SUCCESS: TASK_SUCCEEDED, Kind.RETRY: TASK_RETRIED, Kind.DEAD: TASK_FAILED,
-                  Kind.REJECTED: TASK_REJECTED}
+                  Kind.REJECTED: TASK_REJECTED, Kind.REVOKED: TASK_REVOKED}
 _NO_ERROR = {"exc_type": None, "exc_message": None}
 
 # queue items: (what, when, payload)

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from taskq.brokers.base import Record
 from taskq.cron import Cron
 from taskq.errors import ConfigError
 from taskq.results.local import LocalBackend
 from taskq.schedules import Periodic
 from taskq.topic_admin import _kept
+from taskq.worker.priority import PriorityScheduler
 
 
 def utc(*args: int) -> datetime:
@@ -71,3 +73,45 @@ def test_share_of_keys_kept_when_partitions_grow() -> None:
     assert _kept(2, 6) == pytest.approx(1 / 3)
     assert _kept(3, 6) == pytest.approx(1 / 2)
     assert _kept(6, 6) == 1
+
+
+def _rec(topic: str, offset: int, partition: int = 0) -> Record:
+    return Record(topic, partition, offset, b"k", b"", [])
+
+
+def test_priority_scheduler_shares_slots_credit_and_pauses() -> None:
+    sent: list[Record] = []
+    levels = {"t": 0, "t.p1": 1, "t.p2": 2}
+    s = PriorityScheduler(levels, sent.append, slots=1, limit=4)
+    for i in range(130):
+        for topic in levels:
+            s.add(_rec(topic, i))
+    for _ in range(130):  # one slot: each finish starts the next
+        s.pump()
+        s.finished([sent[-1]])
+    shares = [sum(r.topic == t for r in sent) / len(sent) for t in levels]
+    assert shares == pytest.approx([1 / 13, 3 / 13, 9 / 13], abs=0.02)
+    # a level that was empty banks no credit: after refilling it does not get a burst
+    s2 = PriorityScheduler(levels, (got := []).append, slots=1, limit=4)
+    for i in range(40):
+        s2.add(_rec("t.p2", i))
+    for _ in range(30):
+        s2.pump()
+        s2.finished([got[-1]])
+    for i in range(10):
+        s2.add(_rec("t", 100 + i))
+    for _ in range(10):
+        s2.pump()
+        s2.finished([got[-1]])
+    assert sum(r.topic == "t" for r in got[-10:]) <= 2
+    # pause a full level's partitions, resume once half drained; drop by partition
+    for i in range(10):
+        s2.add(_rec("t.p2", 200 + i, partition=1))
+    owned = [("t", 0), ("t.p2", 0), ("t.p2", 1)]
+    pause, resume = s2.pauses(owned)
+    assert pause == owned and resume == []  # both queues hold >= 4
+    assert s2.pauses(owned) == ([], [])  # no change, no calls
+    dropped = s2.drop({("t.p2", 1)})
+    assert len(dropped) == 10 and all(r.partition == 1 for r in dropped)
+    pause, resume = s2.pauses(owned)
+    assert pause == [] and resume == [("t.p2", 0), ("t.p2", 1)]  # p2 drained to half the limit
