@@ -49,7 +49,7 @@ class Replayed(BaseModel):
     replayed: list[str]
 
 
-def router(monitor: Monitor) -> APIRouter:  # noqa: C901 - one closure per endpoint, read top to bottom
+def router(monitor: Monitor) -> APIRouter:
     api = APIRouter(prefix="/api")
     app = monitor.app
 

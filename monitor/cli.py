@@ -9,7 +9,7 @@ from taskq.errors import TaskqError
 APP_HELP = "The app: module or module:attribute (default: an app from TASKQ_* settings)."
 
 
-def _load(app_path: str | None):  # noqa: ANN202 - Taskq, imported lazily
+def _load(app_path: str | None):
     from taskq.app import Taskq
     from taskq.pools import load_app
 

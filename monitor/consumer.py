@@ -94,7 +94,7 @@ class EventConsumer:
         for listener in self.listeners:
             try:
                 listener(event)
-            except Exception:  # noqa: BLE001 - one bad listener must not stop the others
+            except Exception:
                 log.exception("monitor listener failed on %s", event.get("type"))
 
 

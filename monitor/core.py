@@ -12,6 +12,7 @@ from monitor.live import Broadcaster
 from monitor.metrics import Metrics
 from monitor.state import State
 from monitor.topics import LagSampler
+from monitor.usage import UsageReader
 from taskq.app import Taskq
 
 TOKEN_ENV = "TASKQ_MONITOR_TOKEN"
@@ -38,13 +39,15 @@ class Monitor:
         self.live = Broadcaster()
         self.sampler = LagSampler(app, self.config.lag_interval)
         self.metrics = Metrics(self.state, self.sampler)
-        self.consumer = EventConsumer(app, [self.state.apply, self.metrics.observe, self.live.publish],
-                                      since=self.config.since)
+        self.usage = UsageReader(app, self.metrics.usage)
+        self.consumer = EventConsumer(app, [self.state.apply, self.metrics.observe, self.usage.observe,
+                                            self.live.publish], since=self.config.since)
         self.sampler.listeners.append(lambda _topics: self.live.publish({"type": "lag-sampled", "ts": time.time()}))
         self.started_at = 0.0
 
     def start(self) -> Monitor:
         self.started_at = time.time()
+        self.usage.start()
         self.consumer.start()
         self.sampler.start()
         return self
@@ -52,6 +55,7 @@ class Monitor:
     def stop(self) -> None:
         self.consumer.stop()
         self.sampler.stop()
+        self.usage.stop()
 
     def lag_alerts(self) -> list[dict[str, Any]]:
         """Groups whose lag is above the threshold."""

@@ -138,7 +138,7 @@ class FlowerBridge:
                 }
             elif kind in ("task-succeeded", "task-failed", "task-retried", "task-rejected", "task-revoked",
                           "task-skipped"):
-                node.active.pop(e.get("id"), None)
+                node.active.pop(str(e.get("id")), None)
                 if kind in ("task-succeeded", "task-failed") and e.get("task"):
                     node.total[e["task"]] += 1
 
@@ -343,5 +343,5 @@ def _redact(url: str) -> str:
 def _quiet(fn: Any) -> None:
     try:
         fn()
-    except Exception:  # noqa: BLE001 - closing after an error
-        pass
+    except Exception as exc:  # noqa: BLE001 - closing after an error
+        log.debug("ignored while closing: %s", exc)

@@ -70,6 +70,10 @@ class Metrics:
                                  registry=self.registry)
         self.queue_wait = Histogram("taskq_task_queue_wait_seconds", "From sent to started", ["task"],
                                     buckets=BUCKETS, registry=self.registry)
+        self.tokens = Counter("taskq_llm_tokens", "LLM tokens used by tasks (from result meta)",
+                              ["task", "model", "direction"], registry=self.registry)
+        self.cost = Counter("taskq_llm_cost_usd", "LLM cost of tasks in US dollars (from result meta)",
+                            ["task", "model"], registry=self.registry)
         self.registry.register(_Gauges(state, sampler))
         self.state = state
 
@@ -90,6 +94,12 @@ class Metrics:
             sent, started = event.get("sent"), event.get("started") or event.get("ts")
             if isinstance(sent, (int, float)) and isinstance(started, (int, float)):
                 self.queue_wait.labels(name).observe(max(0.0, float(started) - float(sent)))
+
+    def usage(self, task: str, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """Count one LLM call's tokens and cost (fed by :class:`monitor.usage.UsageReader`)."""
+        self.tokens.labels(task, model, "input").inc(input_tokens)
+        self.tokens.labels(task, model, "output").inc(output_tokens)
+        self.cost.labels(task, model).inc(cost)
 
     def _name(self, event: dict[str, Any]) -> str | None:
         task = self.state.task(str(event.get("id")))

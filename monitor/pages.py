@@ -46,11 +46,7 @@ def _local_time(text: str | None) -> float | None:
         raise HTTPException(422, f"bad time {text!r}: use YYYY-MM-DDTHH:MM") from None
 
 
-def waiting_flag(flag: str, topic: str, partition: int | None) -> bool:
-    return bool(flag) and bool(topic) and partition is not None
-
-
-def router(monitor: Monitor) -> APIRouter:  # noqa: C901 - one closure per page
+def router(monitor: Monitor) -> APIRouter:
     pages = APIRouter(include_in_schema=False)
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters["ts"] = _ts
@@ -84,7 +80,7 @@ def router(monitor: Monitor) -> APIRouter:  # noqa: C901 - one closure per page
 
     @pages.get("/tasks", response_class=HTMLResponse)
     def tasks(request: Request, name: str = "", state: str = "", key: str = "", since: str = "",
-              until: str = "", id: str = "", topic: str = "", partition: str = "",  # noqa: A002
+              until: str = "", id: str = "", topic: str = "", partition: str = "",
               waiting: str = "", root_id: str = "", worker: str = "", page: int = 0) -> Response:
         waiting_ = waiting
         if id:
@@ -97,7 +93,7 @@ def router(monitor: Monitor) -> APIRouter:  # noqa: C901 - one closure per page
         page = max(0, page)
         total, shown = monitor.state.tasks(flt, 100, page * 100)
         query = {k: v for k, v in request.query_params.items() if k not in ("page", "partial")}
-        queued = waiting_in_partition(monitor.app, topic, part) if waiting_flag(waiting_, topic, part) else []
+        queued = waiting_in_partition(monitor.app, topic, part) if waiting_ and topic and part is not None else []
         return render(request, "tasks.html", tasks=shown, total=total, q=query, names=monitor.state.task_names(),
                       page_no=page, missing_id=id if id else None, queued=queued)
 
@@ -131,7 +127,7 @@ def router(monitor: Monitor) -> APIRouter:  # noqa: C901 - one closure per page
                       replayed=[i for i in replayed.split(",") if i])
 
     @pages.post("/dead-letters/{task}/replay")
-    def dead_letter_replay(task: str, id: str = Form(""), all: str = Form("")) -> Response:  # noqa: A002
+    def dead_letter_replay(task: str, id: str = Form(""), all: str = Form("")) -> Response:
         done = replay_letters(monitor, task, [id] if id else [], bool(all))
         return RedirectResponse(f"/dead-letters/{task}?replayed={','.join(done)}", 303)
 

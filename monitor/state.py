@@ -182,9 +182,9 @@ class State:
             task.retries += 1
         # events of one task can arrive out of order (several workers): a final state sticks unless a
         # later attempt starts over (a replayed dead letter), and an older event never overrides
-        if new_state is not None and (ts >= task.state_ts or new_state in FINAL_STATES):
-            if not (task.state in FINAL_STATES and new_state not in FINAL_STATES and ts < task.state_ts):
-                task.state, task.state_ts = new_state, ts
+        if new_state is not None and (ts >= task.state_ts or new_state in FINAL_STATES) and not (
+                task.state in FINAL_STATES and new_state not in FINAL_STATES and ts < task.state_ts):
+            task.state, task.state_ts = new_state, ts
         if len(task.timeline) < TIMELINE_CAP:
             task.timeline.append({"type": kind, "ts": ts, "worker": e.get("worker"), "attempt": e.get("attempt"),
                                   "exc": _exc(e)})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
 COLORS = {"SUCCESS": "#2e7d32", "FAILURE": "#c62828", "RETRY": "#ef6c00", "STARTED": "#1565c0",
@@ -11,7 +11,7 @@ COLORS = {"SUCCESS": "#2e7d32", "FAILURE": "#c62828", "RETRY": "#ef6c00", "START
           "lag": "#1565c0", "threshold": "#c62828"}
 
 
-def line_chart(xs: Sequence[float], series: dict[str, Sequence[float]], title: str, unit: str = "",
+def line_chart(xs: Sequence[float], series: Mapping[str, Sequence[float]], title: str, unit: str = "",
                width: int = 640, height: int = 200, dashed: Sequence[str] = ()) -> str:
     """An SVG with one polyline per series (empty series are left out of the legend)."""
     left, right, top, bottom = 48, 10, 40, 22
@@ -26,8 +26,8 @@ def line_chart(xs: Sequence[float], series: dict[str, Sequence[float]], title: s
     def py(v: float) -> float:
         return top + h - h * v / peak
 
-    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
-             f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+    parts = [(f'<svg class="chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
+              f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">'),
              f'<text x="{left}" y="14" class="chart-title">{escape(title)}</text>',
              f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" class="axis"/>',
              f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + h}" class="axis"/>',

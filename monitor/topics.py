@@ -79,8 +79,7 @@ def classify(app: Taskq, topic: str) -> tuple[str, str | None]:
 def read_topics(app: Taskq) -> list[TopicInfo]:
     """Every topic of the app (task, dead-letter, delay, events) with offsets and its group's lag."""
     prefix = app.settings.topic_prefix
-    names = sorted(t for t in app.broker.list_topics()
-                   if t.startswith(prefix) or t.startswith(f"{app.group}.delay."))
+    names = sorted(t for t in app.broker.list_topics() if t.startswith((prefix, f"{app.group}.delay.")))
     leaders = _leaders(app)
     out = []
     for name in names:

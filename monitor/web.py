@@ -22,7 +22,8 @@ def create_app(monitor: Monitor) -> FastAPI:
     """The web app for ``monitor`` (which the caller starts and stops)."""
     import taskq
 
-    web = FastAPI(title="taskq monitor", version=taskq.__version__,
+    # no Swagger/ReDoc pages: they load their scripts from a CDN, and every asset here ships offline
+    web = FastAPI(title="taskq monitor", version=taskq.__version__, docs_url=None, redoc_url=None,
                   description="Tasks, workers, topics, lag and dead letters of a taskq app.")
     web.state.monitor = monitor
     web.include_router(api.router(monitor))

@@ -674,7 +674,7 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URLs only
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return bool(response.status < 500)
     except urllib.error.HTTPError as exc:
         return exc.code < 500

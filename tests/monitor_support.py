@@ -19,7 +19,6 @@ from taskq.app import Taskq
 from tests.support import wait_until
 
 
-
 def _worker_publishes_events() -> bool:
     """Whether the worker wires the events hook in (spine issue); until then such tests are skipped."""
     spec = importlib.util.find_spec("taskq.worker")

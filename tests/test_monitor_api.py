@@ -182,3 +182,63 @@ def test_fuzzing_the_api_finds_no_server_error(monitor: Monitor) -> None:
 
         given(strategy)(run)()
     print(f"\nMONITOR fuzz: {calls} requests over {len(operations)} operations in {time.monotonic() - started:.1f} s")
+
+
+def test_taskq_monitor_command_serves_on_loopback_with_a_token(tmp_path: Path) -> None:
+    """``taskq monitor -A app --port N`` with TASKQ_MONITOR_TOKEN: loopback only, token required."""
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from tests.monitor_support import free_port
+    from tests.support import ROOT
+
+    port = free_port()
+    env = {**os.environ, "TASKQ_LOCAL_PATH": str(tmp_path / "cli.db"), "TASKQ_MONITOR_TOKEN": "tok",
+           "PYTHONPATH": str(ROOT)}
+    env.pop("TASKQ_BROKER_URL", None)
+    env.pop("TASKQ_RESULT_BACKEND", None)
+    proc = subprocess.Popen([sys.executable, "-m", "taskq.cli", "monitor", "-A", APP, "--port", str(port),
+                             "--since", "1h"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api/health"
+
+    def status(headers: dict[str, str]) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0
+    try:
+        wait_until(lambda: status({}) != 0 or proc.poll() is not None, 60, "taskq monitor to listen")
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert status({}) == 401
+        assert status({"Authorization": "Bearer tok"}) == 200
+        listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+        assert [line.split()[3] for line in listening.splitlines()] == [f"127.0.0.1:{port}"], listening
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_llm_tokens_and_cost_reach_the_metrics(mod: ModuleType, monitor: Monitor, client: TestClient) -> None:
+    """Usage stored in a result's meta["llm"] (as taskq.llm's tasks store it) is counted per task and model."""
+    from taskq.results.base import ResultRecord
+    from tests.monitor_support import lifecycle, produce_events
+
+    app = mod.app
+    now = time.time()
+    app.backend.store_many([
+        ResultRecord(f"llm{i}", "SUCCESS", {"text": "hi"}, task="tasks.llm.infer", date_done=now,
+                     meta={"llm": {"model": "claude-haiku-4-5", "input_tokens": 10, "output_tokens": 5 + i,
+                                   "cost": 0.001, "user": "ann"}}) for i in range(3)])
+    produce_events(app, [e for i in range(3) for e in lifecycle(f"llm{i}", now, name="tasks.llm.infer")]
+                   + lifecycle("plain", now, name=WORK))
+    wait_until(lambda: monitor.usage.read >= 4, 30, "the usage reader to read the results")
+    text = client.get("/metrics").text
+    assert 'taskq_llm_tokens_total{direction="input",model="claude-haiku-4-5",task="tasks.llm.infer"} 30.0' in text
+    assert 'taskq_llm_tokens_total{direction="output",model="claude-haiku-4-5",task="tasks.llm.infer"} 18.0' in text
+    assert 'taskq_llm_cost_usd_total{model="claude-haiku-4-5",task="tasks.llm.infer"} 0.003' in text

@@ -28,7 +28,7 @@ NODE = f"taskq@{WORKER}"
 
 
 def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as r:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=30) as r:
         body = r.read().decode()
     return json.loads(body) if body[:1] in "{[" else body
 
