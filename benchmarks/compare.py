@@ -53,7 +53,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from taskq import bench
+from benchmarks import bench
 from taskq.results.redis import RESULT_PREFIX
 
 FRAMEWORKS = ("taskq", "taskq-low-latency", "celery-redis", "celery-kafka", "dramatiq")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextvars
+import importlib
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any, overload
 from urllib.parse import urlsplit
 
@@ -21,13 +21,13 @@ from taskq.hooks import Hook
 from taskq.message import H_ORIGIN, TaskMessage
 from taskq.result import AsyncResult
 from taskq.results.base import ResultBackend
-from taskq.retry import RetryPolicy, tier_topic, tier_topics
+from taskq.retry import RetryPolicy
 from taskq.schedules import Periodic
 from taskq.serialization import Registry
 from taskq.task import Request, Task
+from taskq.topics import dlq_topic, events_topic, is_legal, task_topic, tier_topic, tier_topics
 
 log = logging.getLogger("taskq")
-TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class Taskq:
@@ -120,14 +120,11 @@ class Taskq:
             raise NotRegistered(name) from None
 
     def topic_for(self, task_name: str) -> str:
-        topic = self.settings.topic_prefix + task_name
-        if not TOPIC_NAME.match(topic):
-            raise ConfigError(f"task name {task_name!r} gives an invalid Kafka topic {topic!r} "
-                              "(letters, digits, '.', '_', '-'; at most 249)")
-        return topic
+        """The topic of task ``task_name`` (ConfigError when Kafka would refuse the name)."""
+        return task_topic(self.settings.topic_prefix, task_name)
 
     def dlq_topic(self, topic: str) -> str:
-        return f"{topic}.dlq"
+        return dlq_topic(topic)
 
     @property
     def delay_topics(self) -> list[str]:
@@ -140,8 +137,8 @@ class Taskq:
     @property
     def events_topic(self) -> str:
         """Where workers publish task and worker events (``<topic_prefix>events`` unless set)."""
-        topic = self.settings.events_topic or self.settings.topic_prefix + "events"
-        if not TOPIC_NAME.match(topic):
+        topic = self.settings.events_topic or events_topic(self.settings.topic_prefix)
+        if not is_legal(topic):
             raise ConfigError(f"events topic {topic!r} is not a valid Kafka topic name")
         return topic
 
@@ -194,7 +191,7 @@ class Taskq:
         if scheme == "local":
             from taskq.brokers.local import LocalBroker
 
-            return LocalBroker(_local_file(url))
+            return LocalBroker(url)
         raise ConfigError(f"unknown broker URL {url!r}: use kafka://host:port or local:///path/file.db")
 
     @property
@@ -219,9 +216,10 @@ class Taskq:
 
             return RedisBackend(url, expires, connect_timeout=self.settings.connect_timeout)
         if scheme == "local":
+            from taskq.brokers.local import path_from_url
             from taskq.results.local import LocalBackend
 
-            return LocalBackend(_local_file(url), expires)
+            return LocalBackend(path_from_url(url), expires)
         raise ConfigError(f"unknown result backend URL {url!r}: use redis://host:port/db or local:///path")
 
     @property
@@ -300,9 +298,56 @@ class Taskq:
         self.close()
 
 
-def _local_file(url: str) -> str:
-    """``local:///abs/path.db`` or ``local://relative.db`` -> a path."""
-    rest = url[len("local://"):]
-    if not rest:
-        raise ConfigError(f"bad local URL {url!r}: expected local:///path/to/file.db")
-    return os.path.abspath(rest)
+def load_app(spec: str) -> Taskq:
+    """The app named by ``-A``: ``module``, ``module.attribute`` or ``module:attribute`` (Celery's forms).
+
+    For a module, its attribute ``app`` or else its only :class:`Taskq`. ConfigError names ``spec``
+    when nothing is found.
+    """
+    module_name, colon, attr = spec.partition(":")
+    if not colon:
+        module = _import(spec, spec, missing_ok=True)
+        if module is None and "." in spec:  # module.attribute
+            module_name, _, attr = spec.rpartition(".")
+        elif module is None:
+            raise ConfigError(f"cannot load app {spec!r}: no module named {spec!r}")
+        else:
+            return _app_in(module, spec)
+    module = _import(module_name, spec)
+    assert module is not None
+    found = getattr(module, attr, None) if attr else module
+    if found is None:  # package:submodule not imported yet
+        found = _import(f"{module_name}.{attr}", spec, missing_ok=True)
+    if isinstance(found, ModuleType):
+        return _app_in(found, spec)
+    if not isinstance(found, Taskq):
+        what = "nothing" if found is None else f"a {type(found).__name__}"
+        raise ConfigError(f"cannot load app {spec!r}: {module_name}.{attr} is {what}, not a Taskq app")
+    return found
+
+
+def _import(name: str, spec: str, missing_ok: bool = False) -> ModuleType | None:
+    """Import ``name``; None when ``missing_ok`` and that module itself (not one it imports) is missing."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if missing_ok and exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            return None
+        raise ConfigError(f"cannot load app {spec!r}: importing {name} failed: {exc}") from exc
+    except ImportError as exc:
+        raise ConfigError(f"cannot load app {spec!r}: importing {name} failed: {exc}") from exc
+
+
+def _app_in(module: ModuleType, spec: str) -> Taskq:
+    """``module.app`` if it is a Taskq, else the only Taskq among the module's attributes."""
+    app = getattr(module, "app", None)
+    if isinstance(app, Taskq):
+        return app
+    apps = {name for name, value in vars(module).items() if isinstance(value, Taskq)}
+    if len(apps) == 1:
+        return getattr(module, apps.pop())
+    if apps:
+        raise ConfigError(f"cannot load app {spec!r}: module {module.__name__} has several Taskq apps "
+                          f"({', '.join(sorted(apps))}); name one as module:attribute")
+    raise ConfigError(f"cannot load app {spec!r}: module {module.__name__} has no Taskq app "
+                      "(define app = Taskq(...) there, or name it as module:attribute)")

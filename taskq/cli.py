@@ -1,4 +1,4 @@
-"""The ``taskq`` command: ``worker``, ``dlq``, ``events``, ``inspect``, ``lag``, ``demo``, ``bench``."""
+"""The ``taskq`` command: ``worker``, ``dlq``, ``events``, ``inspect``, ``lag``, ``demo``, ``bench`` (from a checkout)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 
 from typing import TYPE_CHECKING
 
 import click
 
+from taskq.app import load_app
 from taskq.errors import TaskqError
-from taskq.pools import POOLS, load_app
+from taskq.pools import POOLS
 
 if TYPE_CHECKING:
     from taskq.cli_control import BeatThread
@@ -31,7 +33,7 @@ def main(ctx: click.Context, log_level: str) -> None:
 
 
 @main.command()
-@click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
+@click.option("-A", "--app", "app_path", required=True, help="The app: module, module.attribute or module:attribute.")
 @click.option("-Q", "--queues", multiple=True, help="Task names or topics to consume (default: all tasks).")
 @click.option("-c", "--concurrency", default=8, show_default=True, help="Tasks run at once.")
 @click.option("--pool", type=click.Choice(sorted(POOLS)), default="threads", show_default=True)
@@ -110,7 +112,7 @@ def dlq() -> None:
     """Dead letters: list, show, replay, purge."""
 
 
-APP_OPTION = click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
+APP_OPTION = click.option("-A", "--app", "app_path", required=True, help="The app: module, module.attribute or module:attribute.")
 
 
 @dlq.command("ls")
@@ -405,10 +407,29 @@ def llm_server(host: str, port: int, latency: float, tokens_per_second: float) -
     serve(host, port, latency, tokens_per_second)
 
 
-from taskq.bench import bench  # noqa: E402 - `taskq bench enqueue|e2e|latency|llm|soak`
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Benchmarks on real services: enqueue|e2e|latency|llm|soak (from a taskq checkout)."""
+    _bench_commands().main(list(args), prog_name="taskq bench")
+
+
+def _bench_commands() -> click.Group:
+    """``benchmarks/bench.py`` of the checkout this package runs from; it is not in the wheel."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "bench.py").is_file():
+        raise click.ClickException("taskq bench runs from a source checkout of taskq (benchmarks/ is not "
+                                   "installed with the package): clone the repository, pip install -e . there, "
+                                   "and run taskq bench again")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.bench import bench as commands
+
+    return commands
+
+
 from taskq.cli_control import CONTROL_COMMANDS  # noqa: E402 - beat, replay, topics, revoke
 
-main.add_command(bench)
 for _command in CONTROL_COMMANDS:
     main.add_command(_command)
 

@@ -11,7 +11,7 @@ import click
 
 from taskq.app import Taskq
 from taskq.errors import TaskqError
-from taskq.pools import load_app
+from taskq.app import load_app
 
 APP_OPTION = click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
 

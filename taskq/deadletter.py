@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from taskq.brokers.base import Headers, Record
 from taskq.message import H_ATTEMPTS, H_ETA, H_FIRST_FAILURE, H_ID, H_ORIGIN, H_TASK
+from taskq.topics import dlq_origin
 
 H_ERROR_TYPE = "error-type"
 H_ERROR_MESSAGE = "error-message"
@@ -82,7 +83,7 @@ class DeadLetter:
 
     @property
     def original_topic(self) -> str:
-        return self._h(H_ORIGINAL_TOPIC) or self.record.topic.removesuffix(".dlq")
+        return self._h(H_ORIGINAL_TOPIC) or dlq_origin(self.record.topic)
 
     @property
     def dead_at(self) -> float:

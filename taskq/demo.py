@@ -1,35 +1,60 @@
-"""``taskq demo``: prompts from several users through a worker on the embedded broker."""
+"""``taskq demo``: prompts from several users through a worker on the embedded broker.
+
+The demo has its own small app (one ``infer`` task on the anthropic SDK, answered by the local
+Messages API stand-in unless a key or base URL is set), so the library never imports the example
+application in ``tasks/``.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-from rich.table import Table
-
+from taskq.app import Taskq
 from taskq.errors import ConfigError
-from taskq.llm.client import API_KEY, BASE_URL, SDK_BASE_URL
+from taskq.task import Task
 from taskq.worker import Worker
 
 PROMPTS = ["Summarise the release notes", "Draft a reply to the customer", "Explain consumer lag",
            "Write a haiku about partitions", "List three risks of the plan", "Translate the greeting"]
+MODEL = "claude-sonnet-4-6"
+
+
+def make_app() -> tuple[Taskq, Task]:
+    """The demo app on the embedded broker (``~/.taskq/demo.db``) and its ``infer`` task (needs ``taskq[llm]``)."""
+    try:
+        from taskq.llm import LLMClients, complete
+    except ImportError as exc:
+        raise ConfigError(f"the demo needs the llm extra ({exc}): pip install 'taskq[llm]'") from exc
+
+    app = Taskq("demo")
+    clients = LLMClients()
+
+    @app.task(name="taskq.demo.infer", key="user_id", bind=True, max_retries=5, retry_backoff=True,
+              retry_backoff_max=60.0)
+    async def infer(self: Any, prompt: str, user_id: str = "anonymous", max_tokens: int = 256) -> dict[str, Any]:
+        """Answer ``prompt`` for ``user_id``, streaming tokens as partial results."""
+        return await complete(self, clients, prompt, model=MODEL, user_id=user_id, max_tokens=max_tokens)
+
+    app.add_startup_check(clients.check)
+    return app, infer
 
 
 def run_demo(count: int, users: int) -> None:
-    from tasks.app import app
-    from tasks.llm import infer
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
 
+    from taskq.llm.client import API_KEY, BASE_URL, SDK_BASE_URL
+
+    app, infer = make_app()
     console = Console()
     console.print(f"[bold]taskq demo[/]: {count} prompts from {users} users on {app.broker_url}")
     server = None
     if not (os.environ.get(API_KEY) or os.environ.get(BASE_URL) or os.environ.get(SDK_BASE_URL)):
-        try:
-            from taskq.devtools.llm_server import LLMServer
-        except ImportError as exc:
-            raise ConfigError(f"the demo needs the llm extra ({exc}): pip install 'taskq[llm]'") from exc
+        from taskq.devtools.llm_server import LLMServer
 
         server = LLMServer(latency=0.2, tokens_per_second=200).start()
         os.environ[BASE_URL] = server.url

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import importlib
 import logging
 import multiprocessing
 import os
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from taskq import execution
 from taskq.brokers.base import Record
@@ -322,6 +321,8 @@ def _child_main(app_path: str, conn: Connection, worker_name: str) -> None:
     signal.signal(signal.SIGUSR1, soft_limit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from taskq.app import load_app
+
     app = load_app(app_path)
     name = f"{worker_name}/{os.getpid()}"
     conn.send(READY)  # the parent starts the clock on a task only once the child can run it
@@ -446,18 +447,3 @@ def make_pool(kind: str, app: Taskq, concurrency: int, worker_name: str, app_pat
     except KeyError:
         raise ConfigError(f"unknown pool {kind!r}; choose one of {sorted(POOLS)}") from None
 
-
-def load_app(path: str) -> Taskq:
-    """``package.module`` or ``package.module:attr`` -> the Taskq app there."""
-    from taskq.app import Taskq
-
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import app module {module_name!r}: {exc}") from exc
-    app: Any = getattr(module, attr, None) if attr else getattr(module, "app", None) or next(
-        (v for v in vars(module).values() if isinstance(v, Taskq)), None)
-    if not isinstance(app, Taskq):
-        raise ConfigError(f"no Taskq app found at {path!r} (use module:attribute)")
-    return app

@@ -1,7 +1,7 @@
 """Retry policy: backoff delays and the delay-tier topics that stand in for delayed delivery.
 
 Kafka cannot deliver a message later, so a delayed message goes to the smallest tier topic whose
-delay covers it (``<group>.delay.<seconds>s``, one set per consumer group so that each delayed
+delay covers it (:func:`taskq.topics.tier_topic`, ``<group>.delay.<seconds>s``, one set per consumer group so that each delayed
 message has exactly one forwarder group); a forwarder in each worker moves it back to its task topic
 once its ``eta`` has passed. The task partition is never blocked while a task waits.
 """
@@ -9,7 +9,6 @@ once its ``eta`` has passed. The task partition is never blocked while a task wa
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -40,15 +39,3 @@ class RetryPolicy:
         factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
         delay = min(self.retry_backoff_max, factor * (2 ** attempts))
         return random.uniform(0, delay) if self.retry_jitter else delay
-
-
-def tier_topic(group: str, tiers: Sequence[float], delay: float) -> str:
-    """The delay-tier topic for a message due in ``delay`` seconds."""
-    for tier in tiers:
-        if delay <= tier:
-            return f"{group}.delay.{tier:g}s"
-    return f"{group}.delay.{tiers[-1]:g}s"
-
-
-def tier_topics(group: str, tiers: Sequence[float]) -> list[str]:
-    return [f"{group}.delay.{tier:g}s" for tier in tiers]

@@ -1,5 +1,8 @@
 """Result store in the embedded SQLite file that the local broker uses, for single-machine use.
 
+Connections are opened by the broker's :func:`~taskq.brokers.local.store.connect` (WAL, busy
+timeout), one per thread.
+
 SQLite has no notifications, so ``wait`` re-reads with a short backoff (1 ms growing to 20 ms).
 """
 
@@ -11,6 +14,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from taskq.brokers.local.store import SCHEME, connect
+from taskq.errors import BackendError
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
 
@@ -27,7 +32,7 @@ class LocalBackend(ResultBackend):
 
     def __init__(self, path: str, expires: float = 86400) -> None:
         self.path = path
-        self.url = f"local://{path}"
+        self.url = SCHEME + path
         self.expires = expires
         self._local = threading.local()
         with self._db() as db:
@@ -36,10 +41,7 @@ class LocalBackend(ResultBackend):
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
+            db = self._local.db = connect(self.path, BackendError)
         return db
 
     def store_many(self, records: list[ResultRecord]) -> None:

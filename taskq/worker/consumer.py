@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from taskq.app import Taskq
 from taskq.brokers.base import Consumer, Record, TopicPartition
 from taskq.errors import BrokerError, NotRegistered
+from taskq.message import H_ID
 from taskq.pools import make_pool
 from taskq.task import Task
 from taskq.worker.dispatch import KeyedDispatcher
@@ -208,7 +209,7 @@ class Worker:
 
     def _already_final(self, records: list[Record]) -> dict[TopicPartition, set[int]]:
         """Offsets of records whose task already has a final result (redeliveries after a crash)."""
-        with_id = [(r, i.decode(errors="replace")) for r in records if (i := r.header("id"))]
+        with_id = [(r, i.decode(errors="replace")) for r in records if (i := r.header(H_ID))]
         ids = [task_id for _, task_id in with_id]
         backend = self.app.backend
         if not retrying("check results", lambda: backend.any_stored(ids)):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from taskq.app import Taskq
 from taskq.brokers.base import Record, TopicPartition
 from taskq.message import H_ETA, H_ORIGIN
+from taskq.topics import delay_group
 from taskq.worker.sender import Sender
 
 log = logging.getLogger("taskq.worker")
@@ -52,7 +53,7 @@ class Forwarder:
                 paused.discard(tp)
 
         app = self.app
-        consumer = app.broker.consumer(f"{app.group}.delay", app.delay_topics, None, revoke,
+        consumer = app.broker.consumer(delay_group(app.group), app.delay_topics, None, revoke,
                                        **app.settings.consumer_options)
         try:
             while not self._stopping.is_set():

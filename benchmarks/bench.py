@@ -7,7 +7,7 @@ Benchmarks (``taskq bench NAME --help`` for options):
     i.e. every message acknowledged by Kafka (``acks=all`` + idempotence, the producer defaults).
 ``e2e``
     ``n`` no-op tasks are queued first (not timed), then ONE worker process is started
-    (``taskq worker -A taskq.bench:bench_app``); timed from its start until every result is stored
+    (``taskq worker -A benchmarks.bench:bench_app``); timed from its start until every result is stored
     and the group's offsets are committed. Also the worker's CPU seconds per task
     (``/proc/<pid>/stat`` utime+stime) and its peak RSS (``VmHWM``).
 ``latency``
@@ -59,7 +59,8 @@ if TYPE_CHECKING:  # rich is imported where it is used: `taskq worker` should no
 
 NOOP = "bench.noop"
 SLEEP = "bench.sleep"
-WORKER_APP = "taskq.bench:bench_app"
+WORKER_APP = "benchmarks.bench:bench_app"
+REPO = Path(__file__).resolve().parent.parent  # the checkout: worker processes import benchmarks/ from here
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -85,7 +86,7 @@ def make_app(broker: str | None = None, backend: str | None = None, **settings: 
 
 
 def __getattr__(name: str) -> Any:
-    """``bench_app`` (what ``taskq worker -A taskq.bench:bench_app`` loads) is built on first use."""
+    """``bench_app`` (what ``taskq worker -A benchmarks.bench:bench_app`` loads) is built on first use."""
     if name == "bench_app":
         app = make_app()
         globals()["bench_app"] = app
@@ -108,8 +109,9 @@ class Target:
         return make_app(self.broker, self.backend, **run_settings(run), **settings)
 
     def worker_env(self, run: str, **extra: str) -> dict[str, str]:
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         env = dict(os.environ, TASKQ_BROKER_URL=self.broker, TASKQ_RESULT_BACKEND=self.backend,
-                   PYTHONUNBUFFERED="1", **extra)
+                   PYTHONUNBUFFERED="1", PYTHONPATH=path, **extra)
         env.update({"TASKQ_" + k.upper(): str(v) for k, v in run_settings(run).items()})
         return env
 
@@ -125,7 +127,7 @@ def new_run_id() -> str:
 
 def load_services_module() -> Any:
     """``scripts/services.py`` of this checkout (imported by path; it is not part of the package)."""
-    candidates = [Path(__file__).resolve().parent.parent / "scripts" / "services.py",
+    candidates = [REPO / "scripts" / "services.py",
                   Path.cwd() / "scripts" / "services.py"]
     for path in candidates:
         if path.is_file():

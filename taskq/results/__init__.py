@@ -1,0 +1,1 @@
+"""Result backends: the contract (base.py), Redis (redis.py) and the local file (local.py)."""

@@ -1,0 +1,76 @@
+"""Topic names: Kafka's rules for them and the names taskq gives its topics.
+
+- task topics: ``<topic_prefix><task name>`` (``taskq.<task name>`` by default);
+- dead letters: ``<task topic>.dlq``;
+- delay tiers: ``<group>.delay.<seconds>s``, one set per consumer group, read by the group
+  ``<group>.delay``;
+- events: ``<topic_prefix>events`` unless the ``events_topic`` setting names another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from taskq.errors import ConfigError
+
+LEGAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+MAX_LENGTH = 249
+DLQ_SUFFIX = ".dlq"
+RULE = "letters, digits, '.', '_', '-'; at most 249"
+
+
+def is_legal(name: str) -> bool:
+    """Whether Kafka accepts ``name`` as a topic name."""
+    return 0 < len(name) <= MAX_LENGTH and set(name) <= LEGAL_CHARS and name not in (".", "..")
+
+
+def check_topic(name: str) -> str:
+    """``name``, or ConfigError when Kafka would refuse it."""
+    if not is_legal(name):
+        raise ConfigError(f"illegal topic name {name!r} ({RULE})")
+    return name
+
+
+def task_topic(prefix: str, task_name: str) -> str:
+    """The topic of task ``task_name``."""
+    topic = prefix + task_name
+    if not is_legal(topic):
+        raise ConfigError(f"task name {task_name!r} gives an invalid Kafka topic {topic!r} ({RULE})")
+    return topic
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of ``topic``."""
+    return topic + DLQ_SUFFIX
+
+
+def dlq_origin(dlq: str) -> str:
+    """The topic whose dead letters ``dlq`` holds."""
+    return dlq.removesuffix(DLQ_SUFFIX)
+
+
+def events_topic(prefix: str) -> str:
+    """The default events topic for ``topic_prefix``."""
+    return prefix + "events"
+
+
+def tier_topic(group: str, tiers: Sequence[float], delay: float) -> str:
+    """The delay-tier topic for a message due in ``delay`` seconds: the smallest tier covering it."""
+    for tier in tiers:
+        if delay <= tier:
+            return _tier(group, tier)
+    return _tier(group, tiers[-1])
+
+
+def tier_topics(group: str, tiers: Sequence[float]) -> list[str]:
+    """Every delay-tier topic of ``group``."""
+    return [_tier(group, tier) for tier in tiers]
+
+
+def delay_group(group: str) -> str:
+    """The consumer group whose forwarders read ``group``'s delay tiers."""
+    return f"{group}.delay"
+
+
+def _tier(group: str, tier: float) -> str:
+    return f"{group}.delay.{tier:g}s"

@@ -1,0 +1,83 @@
+"""``-A``: loading an app by Celery's forms ``module``, ``module.attribute`` and ``module:attribute``."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from taskq import ConfigError, Taskq
+from taskq.app import load_app
+from taskq.cli import main
+
+
+def write_module(root: Path, body: str, package: bool = False) -> str:
+    """A fresh module (or ``<pkg>.tasks`` in a fresh package) under ``root``; returns its import name."""
+    name = f"loadme_{uuid.uuid4().hex[:10]}"
+    if package:
+        (root / name).mkdir()
+        (root / name / "__init__.py").write_text("")
+        (root / name / "tasks.py").write_text(body)
+        return f"{name}.tasks"
+    (root / f"{name}.py").write_text(body)
+    return name
+
+
+APP = "from taskq import Taskq\napp = Taskq('loaded', local_path={path!r})\n"
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("package", [False, True], ids=["single-file module", "module in a package"])
+def test_every_celery_form_finds_the_same_app(root: Path, package: bool) -> None:
+    module = write_module(root, APP.format(path=str(root / "q.db")), package)
+    app = load_app(module)
+    assert isinstance(app, Taskq) and app.name == "loaded"
+    assert load_app(f"{module}.app") is app  # failed with "not a package" for a single-file module
+    assert load_app(f"{module}:app") is app
+
+
+def test_module_with_one_app_under_another_name(root: Path) -> None:
+    module = write_module(root, "from taskq import Taskq\nshop = Taskq('shop')\nOTHER = 3\n")
+    app = load_app(module)
+    assert app.name == "shop"
+    assert load_app(f"{module}.shop") is app and load_app(f"{module}:shop") is app
+
+
+def test_package_attribute_that_is_a_module(root: Path) -> None:
+    module = write_module(root, APP.format(path=str(root / "q.db")), package=True)
+    package = module.split(".")[0]
+    assert load_app(f"{package}:tasks") is load_app(module)
+
+
+@pytest.mark.parametrize("body,spec_suffix,fragment", [
+    ("x = 1\n", "", "has no Taskq app"),
+    ("from taskq import Taskq\na = Taskq('a')\nb = Taskq('b')\n", "", "several Taskq apps (a, b)"),
+    ("x = 1\n", ".nothing", "is nothing, not a Taskq app"),
+    ("x = 1\n", ":x", "is a int, not a Taskq app"),
+    ("import no_such_dependency_zz\n", "", "No module named 'no_such_dependency_zz'"),
+], ids=["no app", "two apps", "missing attribute", "not an app", "broken import"])
+def test_clear_errors_name_the_spec(root: Path, body: str, spec_suffix: str, fragment: str) -> None:
+    spec = write_module(root, body) + spec_suffix
+    with pytest.raises(ConfigError) as info:
+        load_app(spec)
+    assert repr(spec) in str(info.value) and fragment in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["no_such_module_zz", "no_such_module_zz.app", "no_such_module_zz:app"])
+def test_missing_module(spec: str) -> None:
+    with pytest.raises(ConfigError, match=f"cannot load app '{spec}'"):
+        load_app(spec)
+
+
+def test_cli_accepts_module_attribute_for_a_single_file_module(root: Path) -> None:
+    module = write_module(root, APP.format(path=str(root / "q.db")))
+    result = CliRunner().invoke(main, ["dlq", "ls", "-A", f"{module}.app", "some.task"])
+    assert result.exit_code == 0, result.output
+    assert "0 dead letter(s) of some.task" in result.output

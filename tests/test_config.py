@@ -1,0 +1,80 @@
+"""Unit tests (no Kafka, no Redis): Settings: keyword arguments, TASKQ_* variables, validation."""
+
+from __future__ import annotations
+
+
+import pytest
+
+from taskq import ConfigError
+from taskq.config import Settings
+
+
+def test_settings_unknown_setting_names_it_with_hint() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.build({"result_expire": 5}, environ={})
+    assert "'result_expire'" in str(info.value)
+    assert "did you mean 'result_expires'" in str(info.value)
+
+
+def test_settings_unknown_setting_without_close_match() -> None:
+    with pytest.raises(ConfigError, match="unknown setting 'zzzzqqq'"):
+        Settings.build({"zzzzqqq": 1}, environ={})
+
+
+def test_settings_env_parsing() -> None:
+    env = {
+        "TASKQ_DEFAULT_PARTITIONS": "12",
+        "TASKQ_CONNECT_TIMEOUT": "2.5",
+        "TASKQ_RETRY_TIERS": "0.5, 5,30",
+        "TASKQ_ACCEPT_CONTENT": "json,pickle",
+        "TASKQ_SKIP_FINISHED": "no",
+        "TASKQ_BROKER_URL": "kafka://h:1",
+        "TASKQ_PRODUCER_OPTIONS": "linger.ms=5,acks=1",
+        "TASKQ_NOT_A_SETTING": "ignored",
+    }
+    s = Settings.build({}, environ=env)
+    assert s.default_partitions == 12 and isinstance(s.default_partitions, int)
+    assert s.connect_timeout == 2.5
+    assert s.retry_tiers == (0.5, 5.0, 30.0)
+    assert s.accept_content == ("json", "pickle")
+    assert s.skip_finished is False
+    assert s.broker_url == "kafka://h:1"
+    assert s.producer_options == {"linger.ms": "5", "acks": "1"}
+
+
+@pytest.mark.parametrize("raw,expected", [("1", True), ("true", True), ("YES", True), ("on", True),
+                                          ("0", False), ("False", False), ("off", False)])
+def test_settings_env_bool(raw: str, expected: bool) -> None:
+    assert Settings.build({}, environ={"TASKQ_SKIP_FINISHED": raw}).skip_finished is expected
+
+
+def test_settings_keyword_beats_env_and_none_means_unset() -> None:
+    env = {"TASKQ_DEFAULT_PARTITIONS": "12", "TASKQ_BROKER_URL": "kafka://env:1"}
+    s = Settings.build({"default_partitions": 3, "broker_url": None}, environ=env)
+    assert s.default_partitions == 3
+    assert s.broker_url == "kafka://env:1"
+
+
+@pytest.mark.parametrize("name,raw", [("DEFAULT_PARTITIONS", "many"), ("DEFAULT_PARTITIONS", "1.5"),
+                                      ("CONNECT_TIMEOUT", "soon"), ("RETRY_TIERS", "1,x"),
+                                      ("SKIP_FINISHED", "maybe"), ("PRODUCER_OPTIONS", "novalue")])
+def test_settings_env_bad_values(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.build({}, environ={f"TASKQ_{name}": raw})
+    assert f"TASKQ_{name}" in str(info.value)
+
+
+@pytest.mark.parametrize("override,fragment", [({"default_partitions": 0}, "default_partitions"),
+                                               ({"replication_factor": 0}, "replication_factor"),
+                                               ({"connect_timeout": 0}, "connect_timeout"),
+                                               ({"send_timeout": -1.0}, "send_timeout"),
+                                               ({"retry_tiers": (10.0, 1.0)}, "retry_tiers"),
+                                               ({"retry_tiers": ()}, "retry_tiers")])
+def test_settings_validation(override: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.build(override, environ={})
+
+
+def test_settings_env_invalid_after_parse() -> None:
+    with pytest.raises(ConfigError, match="retry_tiers"):
+        Settings.build({}, environ={"TASKQ_RETRY_TIERS": "10,1"})

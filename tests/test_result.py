@@ -1,0 +1,52 @@
+"""Unit tests (no Kafka, no Redis): AsyncResult: rebuilding remote exceptions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from taskq import AsyncResult, SerializationError, TaskFailed, Taskq
+from taskq.result import rebuild_exception
+from taskq.results.base import FAILURE, SUCCESS, ResultRecord
+from tests.unit_support import app, CustomError  # noqa: F401 - app is a fixture
+
+
+def test_rebuild_builtin_exception_with_remote_traceback() -> None:
+    rec = ResultRecord("tid", FAILURE, error="ValueError: bad value: really", traceback="Traceback...\nline 3")
+    exc = rebuild_exception(rec)
+    assert type(exc) is ValueError
+    assert str(exc) == "bad value: really"
+    assert any("Remote traceback (task tid)" in n and "line 3" in n for n in exc.__notes__)
+
+
+def test_rebuild_imported_module_exception() -> None:
+    exc = rebuild_exception(ResultRecord("t", FAILURE, error=f"{CustomError.__module__}.CustomError: custom"))
+    assert type(exc) is CustomError and str(exc) == "custom"
+    exc = rebuild_exception(ResultRecord("t", FAILURE, error="taskq.errors.SerializationError: nope"))
+    assert type(exc) is SerializationError
+
+
+@pytest.mark.parametrize("error", ["nosuchmodule_xyz.Boom: kaboom", "NoSuchBuiltinError: x",
+                                   "KeyboardInterrupt: stop", "UnicodeDecodeError: needs five args"])
+def test_rebuild_unknown_becomes_task_failed(error: str) -> None:
+    exc = rebuild_exception(ResultRecord("t", FAILURE, error=error, traceback="remote tb"))
+    assert type(exc) is TaskFailed
+    assert str(exc) == error
+    assert any("remote tb" in n for n in exc.__notes__)
+
+
+def test_async_result_get_raises_rebuilt_exception(app: Taskq) -> None:
+    app.backend.store_many([
+        ResultRecord("ok", SUCCESS, {"v": [1, 2]}, attempts=1, date_done=time.time()),
+        ResultRecord("bad", FAILURE, None, "ZeroDivisionError: division by zero", "Traceback: remote", attempts=1,
+                     date_done=time.time()),
+    ])
+    assert app.AsyncResult("ok").get(timeout=1) == {"v": [1, 2]}
+    result = AsyncResult("bad", app)
+    with pytest.raises(ZeroDivisionError) as info:
+        result.get(timeout=1)
+    assert any("Traceback: remote" in n for n in info.value.__notes__)
+    assert isinstance(result.get(timeout=1, propagate=False), ZeroDivisionError)
+    assert result.failed() and result.ready() and not result.successful()
+    assert result.traceback == "Traceback: remote"

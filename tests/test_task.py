@@ -1,0 +1,139 @@
+"""Unit tests (no Kafka, no Redis): Task registration, names, options and key selection."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from taskq import ConfigError, Taskq
+from taskq.errors import NotRegistered
+from taskq.message import TaskMessage
+from taskq.retry import RetryPolicy
+from tests.support import read_records
+from tests.unit_support import app  # noqa: F401 - a fixture
+
+
+def test_task_default_name_of_nested_function_is_not_a_topic(app: Taskq) -> None:
+    def nested() -> None: ...
+
+    # module.qualname contains '<locals>', which Kafka topic names do not allow
+    with pytest.raises(ConfigError, match="<locals>"):
+        app.task(nested)
+    assert app.task(name="u.nested")(nested).name == "u.nested"
+
+
+def test_task_default_name_module_level(app: Taskq) -> None:
+    task = app.task(_module_level_fn)
+    assert task.name == f"{_module_level_fn.__module__}._module_level_fn"
+    assert task.topic == f"taskq.{task.name}"
+    assert app.get_task(task.name) is task
+    assert task(2) == 4  # calling runs locally
+
+
+def _module_level_fn(x: int) -> int:
+    return x * 2
+
+
+@pytest.mark.parametrize("bad", ["has space", "slash/name", "ü", "x" * 300])
+def test_task_invalid_topic_name(app: Taskq, bad: str) -> None:
+    with pytest.raises(ConfigError, match="invalid Kafka topic"):
+        app.task(name=bad)(_module_level_fn)
+    assert bad not in app.tasks
+
+
+def test_task_unknown_option(app: Taskq) -> None:
+    with pytest.raises(ConfigError) as info:
+        app.task(name="u.opt", retries=3)(_module_level_fn)
+    assert "retries" in str(info.value) and "u.opt" in str(info.value)
+
+
+def test_task_duplicate_name(app: Taskq) -> None:
+    def one() -> int:
+        return 1
+
+    def two() -> int:
+        return 2
+
+    first = app.task(name="u.dup")(one)
+    assert app.task(name="u.dup")(one).fn is first.fn  # the same function again is fine
+    with pytest.raises(ConfigError, match="registered twice"):
+        app.task(name="u.dup")(two)
+    assert app.tasks["u.dup"].fn is one
+
+
+def test_task_retry_options_and_unknown_lookup(app: Taskq) -> None:
+    task = app.task(name="u.r", max_retries=7, retry_backoff=2, autoretry_for=(OSError,))(_module_level_fn)
+    assert task.retry_policy == RetryPolicy(max_retries=7, retry_backoff=2, autoretry_for=(OSError,))
+    default = app.task(name="u.d")(_module_level_fn)
+    assert default.retry_policy.max_retries == app.settings.default_max_retries
+    with pytest.raises(NotRegistered):
+        app.get_task("u.missing")
+
+
+def test_apply_async_key_selection(app: Taskq) -> None:
+    @app.task(name="u.keyed", key="user_id", partitions=3)
+    def keyed(prompt: str, user_id: str | int = "") -> str:
+        return prompt
+
+    r_explicit = keyed.apply_async(("p",), {"user_id": "u1"}, key="explicit")
+    r_kwarg = keyed.apply_async(("p",), {"user_id": "u1"})
+    r_int = keyed.delay("p", user_id=42)
+    r_bytes = keyed.apply_async(("p",), key=b"raw-bytes")
+    r_positional = keyed.apply_async(("p", "u2"))  # the key parameter given positionally
+    r_missing = keyed.apply_async(("p",))  # no key value at all: the task id
+    r_id = keyed.apply_async(("p",), task_id="fixed-id")
+    r_both = keyed.apply_async(("p", "u3"), key="explicit2")
+    app.flush()
+    records = {r.header("id").decode(): r for r in read_records(app, keyed.topic, 8)}  # type: ignore[union-attr]
+    assert len(records) == 8
+    assert records[r_explicit.id].key == b"explicit"
+    assert records[r_kwarg.id].key == b"u1"
+    assert records[r_int.id].key == b"42"
+    assert records[r_bytes.id].key == b"raw-bytes"
+    assert records[r_positional.id].key == b"u2"
+    assert records[r_missing.id].key == r_missing.id.encode()
+    assert records[r_both.id].key == b"explicit2"
+    assert r_id.id == "fixed-id" and records["fixed-id"].key == b"fixed-id"
+    # same key -> same partition (ordering per key)
+    assert records[r_kwarg.id].partition == _read_partition_for(b"u1", 3)
+    decoded = TaskMessage.decode(records[r_int.id], app.serializers)
+    assert decoded.args == ["p"] and decoded.kwargs == {"user_id": 42} and decoded.task == "u.keyed"
+
+
+def test_task_key_must_name_a_parameter(app: Taskq) -> None:
+    with pytest.raises(ConfigError, match="user_id"):
+        app.task(name="u.nokey", key="user_id")(_module_level_fn)
+
+
+def test_bound_task_positional_key(app: Taskq) -> None:
+    @app.task(name="u.boundkey", bind=True, key="user")
+    def bound(self: object, user: str) -> str:
+        return user
+
+    result = bound.delay("alice")
+    app.flush()
+    [record] = read_records(app, bound.topic, 1)
+    assert record.key == b"alice" and record.header("id") == result.id.encode()
+
+
+def _read_partition_for(key: bytes, partitions: int) -> int:
+    from taskq.partitioner import partition_for
+
+    return partition_for(key, partitions)
+
+
+def test_apply_async_countdown_goes_to_delay_tier(app: Taskq) -> None:
+    @app.task(name="u.later")
+    def later() -> None: ...
+
+    result = later.apply_async(countdown=5, headers={"trace": "t1"})
+    app.flush()
+    assert app.delay_topic(5) == f"{app.group}.delay.10s"
+    [record] = read_records(app, app.delay_topic(5), 1)
+    assert record.header("origin-topic") == later.topic.encode()
+    assert record.header("x-trace") == b"t1"
+    assert float(record.header("eta") or 0) == pytest.approx(time.time() + 5, abs=2)
+    assert record.header("id") == result.id.encode()
+    with pytest.raises(ConfigError):
+        later.apply_async(countdown=1, eta=time.time() + 1)
