@@ -1,9 +1,10 @@
 """Reads the task-events topic and hands every event to the monitor's listeners.
 
-The consumer thread owns its Kafka consumer. Each monitor process joins a fresh consumer group and
-reads the topic from the beginning, so after a restart the view is rebuilt from history (events
-older than ``since`` are skipped) and, while it runs, it sees every event the topic keeps: nothing
-is sampled or dropped, unlike Celery's transient event queue.
+The consumer thread owns its reader. On Kafka it reads outside any group from the offsets whose
+timestamps are at or after ``since``; on the embedded broker it joins a fresh group and reads from the
+beginning. Either way a restarted monitor rebuilds its view from history (events older than ``since``
+are skipped), and while it runs it sees every event the topic keeps: nothing is sampled or dropped,
+unlike Celery's transient event queue. Nothing is committed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from taskq.app import Taskq
-from taskq.errors import TaskqError
+from taskq.brokers.base import Record
+from taskq.errors import BrokerError, TaskqError
 from taskq.events import decode
 
 log = logging.getLogger("taskq.monitor")
@@ -43,6 +45,7 @@ class EventConsumer:
         self.skipped_old = 0
         self.undecodable = 0
         self.error: str | None = None
+        self.mode = ""  # "reader" (outside any group, from since) or "group" (a group of its own)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskq-monitor-events", daemon=True)
 
@@ -55,16 +58,32 @@ class EventConsumer:
         self._stop.set()
         self._thread.join(timeout)
 
+    def _open(self) -> tuple[Callable[[int, float], list[Record]], Callable[[], None], dict[int, int]]:
+        """(read, close, end offsets still to reach): Kafka jumps to ``since`` by timestamp and reads outside
+        any group; the embedded broker reads from the start in a group of its own and skips older events."""
+        broker = self.app.broker
+        marks = broker.watermarks(self.topic)
+        try:
+            start = broker.offsets_for_time(self.topic, self.since) if self.since > 0 else {
+                p: lo for p, (lo, _hi) in marks.items()}
+            reader = broker.reader(self.topic, start)
+            self.mode = "reader"
+            ends = {p: hi for p, (_lo, hi) in marks.items() if hi > start.get(p, hi)}
+            return reader.read, reader.close, ends
+        except BrokerError:
+            consumer = broker.consumer(self.group, [self.topic])
+            self.mode = "group"
+            return consumer.consume, consumer.close, {p: hi for p, (lo, hi) in marks.items() if hi > lo}
+
     def _run(self) -> None:
-        ends = {p: hi for p, (lo, hi) in self.app.broker.watermarks(self.topic).items() if hi > lo}
+        read, close, ends = self._open()
         if not ends:
             self.caught_up.set()
-        consumer = self.app.broker.consumer(self.group, [self.topic])
         failures = 0
         try:
             while not self._stop.is_set():
                 try:
-                    records = consumer.consume(self.batch, 0.2)
+                    records = read(self.batch, 0.2)
                     failures = 0
                 except TaskqError as exc:  # broker down: say so on the overview, try again
                     failures += 1
@@ -80,7 +99,7 @@ class EventConsumer:
                         if not ends:
                             self.caught_up.set()
         finally:
-            consumer.close()
+            close()
 
     def _handle(self, value: bytes | None) -> None:
         event = decode(value)  # taskq.events owns the format: None for junk or another schema version

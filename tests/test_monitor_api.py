@@ -170,7 +170,7 @@ def test_fuzzing_the_api_finds_no_server_error(monitor: Monitor) -> None:
     for op in operations:
         strategy = op.as_strategy()
 
-        @settings(max_examples=25, deadline=None, database=None,
+        @settings(max_examples=15, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def run(case: schemathesis.Case) -> None:
             nonlocal calls
