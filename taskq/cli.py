@@ -392,6 +392,77 @@ def demo(count: int, users: int) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command()
+@click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
+@click.option("--by", type=click.Choice(["user", "task", "root"]), default="user", show_default=True,
+              help="Roll up per user key, task name or root task of a chain/chord.")
+@click.option("--since", default=None, help="30m, 2h, 7d or an ISO date (UTC); whole hours. Default: all kept.")
+@click.option("--limit", default=50, show_default=True, help="Rows shown (highest cost first).")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
+def usage(app_path: str, by: str, since: str | None, limit: int, as_json: bool) -> None:
+    """Tokens, cost and latency of LLM tasks, per user, task or root."""
+    import json
+
+    from taskq.llm.usage import parse_since, usage_store
+
+    app = _app(app_path)
+    try:
+        rows = [r.as_dict() for r in usage_store(app).totals(by, parse_since(since))][:limit]
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"LLM usage by {by}" + (f" since {since}" if since else ""))
+    for column in (by, "requests", "input tokens", "output tokens", "cost $", "mean latency s"):
+        table.add_column(column, justify="left" if column == by else "right")
+    for r in rows:
+        table.add_row(r["name"], str(r["requests"]), str(r["input_tokens"]), str(r["output_tokens"]),
+                      f"{r['cost']:.6f}", f"{r['latency']:.3f}")
+    Console().print(table)
+
+
+@main.command("llm-guard")
+@click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
+@click.option("--task", "task_name", default="tasks.llm.infer", show_default=True, help="The inference task.")
+@click.option("--window", default=60.0, show_default=True, help="Tumbling window length in seconds.")
+@click.option("--threshold", default=100, show_default=True, help="Requests per user and window allowed.")
+@click.option("--block", "block_for", default=300.0, show_default=True, help="Seconds a violator is blocked.")
+def llm_guard(app_path: str, task_name: str, window: float, threshold: int, block_for: float) -> None:
+    """Count requests per user in tumbling windows; publish and block users over the threshold."""
+    import threading
+
+    from taskq.llm.guard import Guard, Limits
+    from taskq.llm.violations import ViolationBlocker, ViolationCounter
+
+    app = _app(app_path)
+    try:
+        task = app.get_task(task_name)
+    except KeyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    counter = ViolationCounter(app, task, window, threshold)
+    blocker = ViolationBlocker(app, Guard(app, Limits()), block_for)
+    threads = [threading.Thread(target=job.run, args=(stop,), name=name, daemon=True)
+               for name, job in (("violation-counter", counter), ("violation-blocker", blocker))]
+    for t in threads:
+        t.start()
+    click.echo(f"counting {task.topic} in {window:g} s windows; over {threshold} -> {counter.topic}; "
+               f"blocking {block_for:g} s", err=True)
+    while not stop.is_set() and all(t.is_alive() for t in threads):
+        stop.wait(0.5)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    app.close()
+
+
 @main.command("llm-server")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8765, show_default=True, help="TCP port.")

@@ -148,6 +148,8 @@ def run(app: Taskq, record: Record, worker: str) -> Outcome:
     request = bind_request(task, message, record)
     started = time.perf_counter()
     try:
+        if task.rate is not None:  # delayed, not dropped: wait for this run's turn across all workers
+            task.limiter.wait(task.rate_limit_name(message.key), task.rate)
         value = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
             *message.args, **message.kwargs)
         if task.is_async:  # a coroutine task outside the asyncio pool: this thread's own loop runs it
@@ -229,6 +231,8 @@ async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
     started = time.perf_counter()
     request = bind_request(task, message, record)
     try:
+        if task.rate is not None:
+            await task.limiter.wait_async(task.rate_limit_name(message.key), task.rate)
         coro = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
             *message.args, **message.kwargs)
         value = await coro

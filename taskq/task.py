@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskq.errors import ConfigError, Retry
 from taskq.message import TaskMessage
+from taskq.ratelimit import Rate, RateLimiter, rate_limiter
 from taskq.retry import RetryPolicy
 from taskq.serialization import JSON
 
@@ -66,6 +67,8 @@ class Task:
         batch_size: int = 1,
         batch_wait: float = 0.0,
         priorities: int = 1,
+        rate_limit: str | None = None,
+        rate_limit_per_key: bool = False,
     ) -> None:
         """``batch_size`` > 1 makes a batch task: the worker calls ``fn(requests)`` with up to that many
         :class:`Request` objects (waiting at most ``batch_wait`` seconds to fill a batch), and ``fn``
@@ -90,6 +93,11 @@ class Task:
             raise ConfigError(f"task {name!r}: batch_size must be >= 1 and batch_wait >= 0")
         self.batch_size = batch_size
         self.batch_wait = batch_wait
+        self.rate: Rate | None = Rate.parse(rate_limit) if rate_limit else None
+        self.rate_limit_per_key = rate_limit_per_key
+        self._limiter: RateLimiter | None = None
+        #: called as ``check(task, key)`` before a message is sent; raise to refuse it (budgets, blocks)
+        self.send_checks: list[Callable[[Task, str | None], None]] = []
         self.topic = app.topic_for(name)
         if priorities < 1:
             raise ConfigError(f"task {name!r}: priorities is the number of levels (1 or more), not {priorities}")
@@ -113,6 +121,25 @@ class Task:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run in this process, now (no broker involved)."""
         return self.fn(self, *args, **kwargs) if self.bind else self.fn(*args, **kwargs)
+
+    def add_send_check(self, check: Callable[[Task, str | None], None]) -> Callable[[Task, str | None], None]:
+        """Call ``check(task, key)`` before every send of this task; an error it raises reaches the caller
+        of ``delay()`` and nothing is sent."""
+        self.send_checks.append(check)
+        return check
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The app's shared rate limiter (Redis or the embedded store)."""
+        if self._limiter is None:
+            self._limiter = rate_limiter(self.app)
+        return self._limiter
+
+    def rate_limit_name(self, key: bytes | None) -> str:
+        """The bucket of one run: the task's, or the task's and key's with ``rate_limit_per_key``."""
+        if self.rate_limit_per_key and key:
+            return f"task:{self.name}:key:{key.decode(errors='replace')}"
+        return f"task:{self.name}"
 
     @property
     def request(self) -> Request:
@@ -157,6 +184,8 @@ class Task:
                 key = str(kwargs[self.key])
             elif self._key_position is not None and self._key_position < len(args):
                 key = str(args[self._key_position])
+        for check in self.send_checks:
+            check(self, key.decode(errors="replace") if isinstance(key, bytes) else key)
         raw_key = key.encode() if isinstance(key, str) else (key or task_id.encode())
         when = _eta(countdown, eta)
         if parent_id is None and (current := self.app.current_request.get()) is not None:

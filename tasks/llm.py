@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskq.llm import LLMClients, complete
+from taskq.llm import LLM, complete
 from tasks.app import app
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 TIME_LIMIT = 300.0  # seconds for one attempt, start to last token
 
-#: one anthropic client per worker process (and event loop), built on first use
-CLIENTS = LLMClients()
+#: the SDK client (one per worker process), limits, budgets and usage accounting of this app
+llm = LLM(app)
 
 
 @app.task(key="user_id", bind=True, max_retries=5, retry_backoff=True, retry_backoff_max=60.0,
@@ -28,7 +28,9 @@ async def infer(self: Any, prompt: str, user_id: str = "anonymous", model: str =
                 max_tokens: int = 256, system: str | None = None, temperature: float | None = None,
                 ) -> dict[str, Any]:
     """Answer ``prompt`` for ``user_id``: text, stop reason, usage, model, latency and cost."""
-    return await complete(self, CLIENTS, prompt, model=model, user_id=user_id, max_tokens=max_tokens,
+    return await complete(self, llm, prompt, model=model, user_id=user_id, max_tokens=max_tokens,
                           system=system, temperature=temperature)
 
-app.add_startup_check(CLIENTS.check)  # no API key and no base URL: the worker refuses to start, naming them
+# startup check (no API key and no base URL: the worker refuses to start, naming them), usage roll-ups,
+# budgets and blocked users checked at .delay()
+llm.install(infer)

@@ -126,7 +126,7 @@ def test_one_client_per_worker_process(llm: Any) -> None:
     results = [infer.delay(prompt("many"), user_id=f"u{i}") for i in range(40)]
     for r in results:
         r.get(timeout=60)
-    assert len(clients._clients) == 1
+    assert len(clients.clients._clients) == 1
 
 
 def test_worker_refuses_to_start_without_a_provider(kafka_url: str, redis_url: str, unique: str) -> None:

@@ -2,26 +2,32 @@
 
 Use it from a bound coroutine task (see ``tasks/llm.py``)::
 
+    llm = LLM(app)
+
     @app.task(key="user_id", bind=True, max_retries=5, retry_backoff=True, time_limit=120)
     async def infer(self, prompt, user_id="anonymous"):
-        return await complete(self, CLIENTS, prompt, user_id=user_id)
+        return await complete(self, llm, prompt, model="claude-sonnet-4-6", user_id=user_id)
+
+    llm.install(infer)
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskq.errors import Retry
-from taskq.llm.client import LLMClients
 from taskq.llm.failures import classify
 from taskq.llm.pricing import cost
 from taskq.task import Task
 
+if TYPE_CHECKING:
+    from taskq.llm.service import LLM
+
 META_KEY = "llm"  # result meta: {"llm": {"model", "input_tokens", "output_tokens", "latency", "cost", "user"}}
 
 
-async def complete(task: Task, clients: LLMClients, prompt: str, *, model: str, user_id: str | None = None,
+async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: str | None = None,
                    max_tokens: int = 256, system: str | None = None, temperature: float | None = None,
                    ) -> dict[str, Any]:
     """Stream an answer to ``prompt``; every text delta is a partial result of the running task.
@@ -29,10 +35,13 @@ async def complete(task: Task, clients: LLMClients, prompt: str, *, model: str, 
     Returns ``{"text", "stop_reason", "usage": {"input_tokens", "output_tokens"}, "model", "latency",
     "cost", "user_id"}`` and puts the same accounting in ``task.request.meta["llm"]``. Provider failures
     become ``task.retry(...)`` (countdown = the provider's ``retry-after`` when given) or a
-    :class:`~taskq.llm.failures.ProviderRejected` dead letter.
+    :class:`~taskq.llm.failures.ProviderRejected` dead letter. A user over budget fails with
+    :class:`~taskq.errors.BudgetExceeded`; the provider key's RPM/TPM limits make the call wait its turn.
     """
     request = task.request
     backend = task.app.backend
+    guard = llm.guard
+    guard.check_budget(user_id)
     if request.attempts:
         backend.restart_chunks(request.id)  # callers watching stream() drop the failed attempt's text
     params: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
@@ -43,7 +52,10 @@ async def complete(task: Task, clients: LLMClients, prompt: str, *, model: str, 
         params["extra_body"] = {"temperature": temperature}
     if user_id is not None:
         params["metadata"] = {"user_id": user_id}
-    client = clients.get()
+    client = llm.client()
+    api_key = llm.clients.config.api_key
+    estimate = estimate_tokens(prompt, system) + max_tokens
+    await guard.take_turn(api_key, estimate)
     started = time.perf_counter()
     parts: list[str] = []
     try:
@@ -61,7 +73,13 @@ async def complete(task: Task, clients: LLMClients, prompt: str, *, model: str, 
         raise failure.error from exc
     latency = round(time.perf_counter() - started, 4)
     usage = {"input_tokens": final.usage.input_tokens, "output_tokens": final.usage.output_tokens}
+    guard.settle(api_key, estimate, usage["input_tokens"] + usage["output_tokens"])
     price = cost(final.model, usage["input_tokens"], usage["output_tokens"])
     request.meta[META_KEY] = {"model": final.model, **usage, "latency": latency, "cost": price, "user": user_id}
     return {"text": "".join(parts), "stop_reason": final.stop_reason, "usage": usage, "model": final.model,
             "latency": latency, "cost": price, "user_id": user_id}
+
+
+def estimate_tokens(prompt: str, system: str | None = None) -> int:
+    """A rough input token count before the call (about four characters a token)."""
+    return max(1, (len(prompt) + len(system or "")) // 4)

@@ -1,0 +1,59 @@
+"""``LLM``: what LLM tasks of one app share in a process: the SDK client, limits, budgets, accounting."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from taskq.llm.client import LLMClients, LLMConfig
+from taskq.llm.guard import Guard, Limits
+from taskq.llm.usage import UsageHook
+
+if TYPE_CHECKING:
+    from taskq.app import Taskq
+    from taskq.task import Task
+
+
+class LLM:
+    """One per app and process. ``install(task)`` wires it in: a startup check (provider configured),
+    the usage hook (roll-ups), and send checks (budgets, blocked users) on ``task.delay()``.
+
+    Configuration comes from the environment on first use unless given: :class:`LLMConfig` (provider)
+    and :class:`Limits` (budgets, RPM/TPM); a caller that only sends tasks needs neither API key nor URL.
+    """
+
+    def __init__(self, app: Taskq, config: LLMConfig | None = None, limits: Limits | None = None) -> None:
+        self.app = app
+        self.clients = LLMClients(config)
+        self._limits = limits
+        self._guard: Guard | None = None
+        self._installed = False
+
+    @property
+    def limits(self) -> Limits:
+        if self._limits is None:
+            self._limits = Limits.from_env()
+        return self._limits
+
+    @property
+    def guard(self) -> Guard:
+        if self._guard is None:
+            self._guard = Guard(self.app, self.limits)
+        return self._guard
+
+    def check(self) -> None:
+        """Startup check: raise naming the variables when no provider is configured."""
+        self.clients.check()
+
+    def send_check(self, task: Task, key: str | None) -> None:
+        self.guard.send_check(task, key)
+
+    def install(self, *tasks: Task) -> None:
+        if not self._installed:
+            self.app.add_startup_check(self.check)
+            self.app.add_hook(UsageHook(self.app))
+            self._installed = True
+        for task in tasks:
+            task.add_send_check(self.send_check)
+
+    def client(self) -> Any:
+        return self.clients.get()

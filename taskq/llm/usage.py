@@ -1,0 +1,286 @@
+"""Tokens and cost of LLM tasks, rolled up per user, task name and root task, by the hour.
+
+Every successful LLM task carries ``result.meta["llm"]`` (model, tokens, latency, cost, user; see
+:mod:`taskq.llm.inference`). :class:`UsageHook` (a worker hook, ``finished``) adds each to three roll-ups
+(``user``, ``task``, ``root``) in hourly buckets, plus a per-user daily total for budgets, in the app's
+result store: Redis hashes (``HINCRBY`` in one pipeline per batch) or the embedded SQLite file.
+
+``taskq usage --by user|task|root [--since 2h] [--json]`` reads them; ``--since`` counts whole hours.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from taskq.errors import ConfigError
+from taskq.hooks import Hook
+from taskq.llm.inference import META_KEY
+from taskq.message import H_ROOT_ID
+
+if TYPE_CHECKING:
+    from taskq.app import Taskq
+    from taskq.execution import Outcome
+
+BY = ("user", "task", "root")
+METRICS = ("requests", "input_tokens", "output_tokens", "cost_micro", "latency_ms")
+SEP = "\x1f"
+HOUR = 3600
+KEEP_HOURS = 24 * 40  # roll-ups older than this expire
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One LLM call, as accounted."""
+
+    user: str
+    task: str
+    root: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost: float  # US dollars
+    latency: float  # seconds
+    ts: float
+
+    def names(self) -> dict[str, str]:
+        return {"user": self.user, "task": self.task, "root": self.root}
+
+    def counts(self) -> dict[str, int]:
+        return {"requests": 1, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cost_micro": round(self.cost * 1_000_000), "latency_ms": round(self.latency * 1000)}
+
+
+@dataclass(slots=True)
+class Row:
+    """A roll-up line: totals for one user, task or root."""
+
+    name: str
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    latency: float = 0.0  # mean seconds per request
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "requests": self.requests, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "tokens": self.input_tokens + self.output_tokens,
+                "cost": round(self.cost, 6), "latency": round(self.latency, 4)}
+
+
+def rows_from(totals: dict[str, dict[str, int]]) -> list[Row]:
+    rows = []
+    for name, m in totals.items():
+        n = m.get("requests", 0)
+        rows.append(Row(name, n, m.get("input_tokens", 0), m.get("output_tokens", 0),
+                        m.get("cost_micro", 0) / 1_000_000, m.get("latency_ms", 0) / 1000 / n if n else 0.0))
+    return sorted(rows, key=lambda r: (-r.cost, -r.requests, r.name))
+
+
+def day_of(ts: float) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(ts))
+
+
+class UsageStore(ABC):
+    """Where roll-ups live."""
+
+    @abstractmethod
+    def add(self, usages: Sequence[Usage]) -> None:
+        """Add calls to every roll-up (one round trip where the store allows)."""
+
+    @abstractmethod
+    def totals(self, by: str, since: float | None = None) -> list[Row]:
+        """Roll-up ``by`` user, task or root over the hours from ``since`` (default: all kept)."""
+
+    @abstractmethod
+    def spent_today(self, user: str, now: float | None = None) -> tuple[int, float]:
+        """(tokens, US dollars) used by ``user`` this UTC day."""
+
+    @staticmethod
+    def _check_by(by: str) -> None:
+        if by not in BY:
+            raise ConfigError(f"usage by {by!r}: use one of {', '.join(BY)}")
+
+
+class RedisUsageStore(UsageStore):
+    """Hashes ``<prefix><by>:<hour>`` with fields ``<name>\\x1f<metric>``; ``<prefix>day:<YYYYMMDD>`` per user."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def add(self, usages: Sequence[Usage]) -> None:
+        if not usages:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        touched: set[str] = set()
+        for u in usages:
+            hour = int(u.ts // HOUR)
+            counts = u.counts()
+            for by, name in u.names().items():
+                key = f"{self.prefix}{by}:{hour}"
+                touched.add(key)
+                for metric, value in counts.items():
+                    pipe.hincrby(key, f"{name}{SEP}{metric}", value)
+            day = f"{self.prefix}day:{day_of(u.ts)}"
+            touched.add(day)
+            pipe.hincrby(day, f"{u.user}{SEP}tokens", u.input_tokens + u.output_tokens)
+            pipe.hincrby(day, f"{u.user}{SEP}cost_micro", counts["cost_micro"])
+        for key in touched:
+            pipe.expire(key, KEEP_HOURS * HOUR)
+        pipe.execute()
+
+    def totals(self, by: str, since: float | None = None) -> list[Row]:
+        self._check_by(by)
+        now_hour = int(time.time() // HOUR)
+        first = now_hour - KEEP_HOURS if since is None else int(since // HOUR)
+        pipe = self.client.pipeline(transaction=False)
+        for hour in range(first, now_hour + 1):
+            pipe.hgetall(f"{self.prefix}{by}:{hour}")
+        totals: dict[str, dict[str, int]] = {}
+        for bucket in pipe.execute():
+            for field, value in bucket.items():
+                name, _, metric = field.decode().rpartition(SEP)
+                slot = totals.setdefault(name, {})
+                slot[metric] = slot.get(metric, 0) + int(value)
+        return rows_from(totals)
+
+    def spent_today(self, user: str, now: float | None = None) -> tuple[int, float]:
+        tokens, cost = self.client.hmget(f"{self.prefix}day:{day_of(now or time.time())}",
+                                         [f"{user}{SEP}tokens", f"{user}{SEP}cost_micro"])
+        return int(tokens or 0), int(cost or 0) / 1_000_000
+
+
+class LocalUsageStore(UsageStore):
+    """Tables in the embedded SQLite file (shared by the processes of one machine)."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS llm_usage (by TEXT NOT NULL, hour INTEGER NOT NULL, name TEXT NOT NULL,
+        requests INTEGER NOT NULL, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+        cost_micro INTEGER NOT NULL, latency_ms INTEGER NOT NULL, PRIMARY KEY (by, hour, name));
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._db().executescript(self.SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                                  check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def add(self, usages: Sequence[Usage]) -> None:
+        rows = []
+        for u in usages:
+            c = u.counts()
+            values = (c["requests"], c["input_tokens"], c["output_tokens"], c["cost_micro"], c["latency_ms"])
+            hour = int(u.ts // HOUR)
+            rows.extend((by, hour, name, *values) for by, name in u.names().items())
+            rows.append(("day", int(day_of(u.ts)), u.user, *values))
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO llm_usage VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (by, hour, name) DO UPDATE SET "
+                "requests = requests + excluded.requests, input_tokens = input_tokens + excluded.input_tokens, "
+                "output_tokens = output_tokens + excluded.output_tokens, "
+                "cost_micro = cost_micro + excluded.cost_micro, latency_ms = latency_ms + excluded.latency_ms",
+                rows)
+            db.execute("DELETE FROM llm_usage WHERE by != 'day' AND hour < ?",
+                       (int(time.time() // HOUR) - KEEP_HOURS,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def totals(self, by: str, since: float | None = None) -> list[Row]:
+        self._check_by(by)
+        first = 0 if since is None else int(since // HOUR)
+        totals: dict[str, dict[str, int]] = {}
+        for name, *values in self._db().execute(
+                "SELECT name, SUM(requests), SUM(input_tokens), SUM(output_tokens), SUM(cost_micro), "
+                "SUM(latency_ms) FROM llm_usage WHERE by = ? AND hour >= ? GROUP BY name", (by, first)):
+            totals[name] = dict(zip(METRICS, values))
+        return rows_from(totals)
+
+    def spent_today(self, user: str, now: float | None = None) -> tuple[int, float]:
+        row = self._db().execute("SELECT input_tokens + output_tokens, cost_micro FROM llm_usage "
+                                 "WHERE by = 'day' AND hour = ? AND name = ?",
+                                 (int(day_of(now or time.time())), user)).fetchone()
+        return (int(row[0]), row[1] / 1_000_000) if row else (0, 0.0)
+
+
+def usage_store(app: Taskq) -> UsageStore:
+    """The usage store beside the app's results (Redis, or the embedded SQLite file)."""
+    from taskq.results.local import LocalBackend
+    from taskq.results.redis import RedisBackend
+
+    backend = app.backend
+    if isinstance(backend, RedisBackend):
+        return RedisUsageStore(backend.client, f"taskq-usage:{app.name}:")
+    if isinstance(backend, LocalBackend):
+        return LocalUsageStore(backend.path)
+    raise ConfigError(f"no usage store for result backend {backend.url!r}: use Redis or the embedded store")
+
+
+def usage_of(outcome: Outcome, now: float) -> Usage | None:
+    """The accounted call of a successful LLM task outcome, or None."""
+    result = outcome.result
+    meta = result.meta.get(META_KEY) if result is not None and result.meta else None
+    if result is None or not meta or result.status != "SUCCESS":
+        return None
+    root = outcome.record.header(H_ROOT_ID)
+    return Usage(str(meta.get("user") or "anonymous"), result.task or "?",
+                 root.decode(errors="replace") if root else result.id, str(meta.get("model", "?")),
+                 int(meta.get("input_tokens", 0)), int(meta.get("output_tokens", 0)), float(meta.get("cost", 0.0)),
+                 float(meta.get("latency", 0.0)), result.date_done or now)
+
+
+class UsageHook(Hook):
+    """Adds every successful LLM task's usage to the roll-ups once its result is stored (finisher thread)."""
+
+    def __init__(self, app: Taskq) -> None:
+        self.app = app
+        self._store: UsageStore | None = None
+
+    @property
+    def store(self) -> UsageStore:
+        if self._store is None:
+            self._store = usage_store(self.app)
+        return self._store
+
+    def finished(self, outcomes: Sequence[Outcome]) -> None:
+        now = time.time()
+        usages = [u for o in outcomes if (u := usage_of(o, now)) is not None]
+        if usages:
+            self.store.add(usages)
+
+
+def parse_since(text: str | None, now: float | None = None) -> float | None:
+    """``30m``, ``2h``, ``7d`` (ago) or an ISO date/time (UTC) -> epoch seconds; None for None/``all``."""
+    if text is None or text == "all":
+        return None
+    now = time.time() if now is None else now
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return now - float(text[:-1]) * units[text[-1]]
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: use 30m, 2h, 7d or an ISO date like 2026-11-25T08:00") from None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def table_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:
+    return [r.as_dict() for r in rows]

@@ -1,0 +1,88 @@
+"""Tokens and cost roll-ups (Redis and the embedded store), ``taskq usage``, and daily budgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("anthropic")
+
+from taskq.devtools.llm_server import LLMServerClient  # noqa: E402
+from taskq.errors import BudgetExceeded  # noqa: E402
+from taskq.llm import Limits, LLMConfig  # noqa: E402
+from taskq.llm.usage import LocalUsageStore, Usage, parse_since, usage_store  # noqa: E402
+from tests.apps.llmapp import build  # noqa: E402
+from tests.support import ROOT, worker_thread  # noqa: E402
+
+
+def usage(user: str, task: str, root: str, tokens: tuple[int, int], cost: float, ts: float | None = None) -> Usage:
+    return Usage(user, task, root, "claude-sonnet-4-6", tokens[0], tokens[1], cost, 0.5, ts or time.time())
+
+
+SAMPLE = [usage("alice", "infer", "r1", (10, 20), 0.001), usage("alice", "summarise", "r1", (5, 5), 0.0005),
+          usage("bob", "infer", "r2", (100, 200), 0.01), usage("bob", "infer", "r3", (1, 1), 0.0001,
+                                                                ts=time.time() - 5 * 3600)]
+
+
+def check_rollups(store: Any) -> None:
+    by_user = {r.name: r for r in store.totals("user")}
+    assert by_user["alice"].requests == 2 and by_user["alice"].input_tokens == 15
+    assert by_user["alice"].output_tokens == 25 and by_user["alice"].cost == pytest.approx(0.0015)
+    assert by_user["bob"].requests == 2 and by_user["bob"].latency == pytest.approx(0.5)
+    assert [r.name for r in store.totals("user")] == ["bob", "alice"]  # highest cost first
+    by_task = {r.name: r.requests for r in store.totals("task")}
+    assert by_task == {"infer": 3, "summarise": 1}
+    recent = {r.name: r.requests for r in store.totals("root", parse_since("2h"))}
+    assert recent == {"r1": 2, "r2": 1}, "the call five hours ago is outside --since 2h"
+    assert store.spent_today("alice")[0] == 40
+
+
+@pytest.mark.redis
+def test_redis_rollups_and_the_usage_command(redis_clean: str, kafka_url: str) -> None:
+    app, _infer, _llm = build("llmapp", broker=kafka_url, backend=redis_clean)
+    store = usage_store(app)
+    store.add(SAMPLE)
+    check_rollups(store)
+    env = {**os.environ, "TASKQ_BROKER_URL": kafka_url, "TASKQ_RESULT_BACKEND": redis_clean, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "taskq.cli", "usage", "-A", "tests.apps.llmapp", "--by", "task",
+                          "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["name"], r["requests"], r["tokens"]) for r in rows] == [("infer", 3, 332), ("summarise", 1, 10)]
+    table = subprocess.run([sys.executable, "-m", "taskq.cli", "usage", "-A", "tests.apps.llmapp", "--by", "user",
+                            "--since", "1h"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and "alice" in table.stdout and "bob" in table.stdout, table.stderr
+
+
+def test_local_rollups(tmp_path: Path) -> None:
+    store = LocalUsageStore(str(tmp_path / "u.db"))
+    store.add(SAMPLE)
+    check_rollups(store)
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+def test_budget_refuses_at_delay_and_in_the_worker(kafka_url: str, redis_clean: str, llm_server: LLMServerClient,
+                                                   unique: str) -> None:
+    app, infer, llm = build(f"bud{unique}", LLMConfig("k", llm_server.url), limits=Limits(daily_tokens=100),
+                            broker=kafka_url, backend=redis_clean, topic_prefix=f"bud{unique}.",
+                            group=f"bud{unique}.group")
+    app.ensure_topics({infer.topic: 2, app.dlq_topic(infer.topic): 2})
+    queued = infer.delay("queued while under budget", user_id="carol")
+    usage_store(app).add([usage("carol", infer.name, "r", (60, 50), 0.001)])  # 110 tokens today
+    with pytest.raises(BudgetExceeded, match="carol.*110 tokens.*100"):
+        infer.delay("one more", user_id="carol")
+    other = infer.delay("someone else", user_id="dave")
+    with worker_thread(app, pool="asyncio", concurrency=10):
+        with pytest.raises(BudgetExceeded, match="daily budget"):
+            queued.get(timeout=60)
+        assert queued.record.attempts == 1, "a spent budget is not retried"
+        assert other.get(timeout=60)["text"]
+    app.close()
