@@ -25,20 +25,20 @@ MODEL = "claude-sonnet-4-6"
 def make_app() -> tuple[Taskq, Task]:
     """The demo app on the embedded broker (``~/.taskq/demo.db``) and its ``infer`` task (needs ``taskq[llm]``)."""
     try:
-        from taskq.llm import LLMClients, complete
+        from taskq.llm import LLM, complete
     except ImportError as exc:
         raise ConfigError(f"the demo needs the llm extra ({exc}): pip install 'taskq[llm]'") from exc
 
     app = Taskq("demo")
-    clients = LLMClients()
+    llm = LLM(app)
 
     @app.task(name="taskq.demo.infer", key="user_id", bind=True, max_retries=5, retry_backoff=True,
               retry_backoff_max=60.0)
     async def infer(self: Any, prompt: str, user_id: str = "anonymous", max_tokens: int = 256) -> dict[str, Any]:
         """Answer ``prompt`` for ``user_id``, streaming tokens as partial results."""
-        return await complete(self, clients, prompt, model=MODEL, user_id=user_id, max_tokens=max_tokens)
+        return await complete(self, llm, prompt, model=MODEL, user_id=user_id, max_tokens=max_tokens)
 
-    app.add_startup_check(clients.check)
+    llm.install(infer)
     return app, infer
 
 
