@@ -17,6 +17,7 @@ import pytest
 
 from monitor.consumer import parse_since
 from monitor.state import State, TaskFilter, tree
+from monitor.topics import waiting
 from taskq.app import Taskq
 from taskq.errors import ConfigError
 from tests.monitor_support import lifecycle, produce_events, running_monitor, task_event
@@ -169,8 +170,7 @@ def test_lag_and_topics_are_read_from_the_broker(app: Taskq) -> None:
         return n
 
     task = app.task(work, name="mon.work")
-    for i in range(12):
-        task.delay(i)
+    sent = [task.delay(i).id for i in range(12)]
     app.flush()
     group_dead = app.dlq_topic(task.topic)
     app.ensure_topics({group_dead: 1})
@@ -183,4 +183,8 @@ def test_lag_and_topics_are_read_from_the_broker(app: Taskq) -> None:
         kinds = {t.name: t.kind for t in monitor.sampler.topics}
         assert kinds[group_dead] == "dead-letter" and kinds[monitor.consumer.topic] == "events"
         assert monitor.lag_alerts() == [{"group": app.group, "lag": 12, "threshold": 10}]
+        # from a lagging partition to the tasks waiting in it, read from the broker
+        found = [w for p in info.partitions if p.lag for w in waiting(app, task.topic, p.partition)]
+        assert sorted(w["id"] for w in found) == sorted(sent)
+        assert {w["task"] for w in found} == {"mon.work"}
 
