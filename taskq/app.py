@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any, overload
 from urllib.parse import urlsplit
 
-from taskq.brokers.base import Broker, Producer, Record
+from taskq.brokers.base import Broker, Headers, Producer, Record
 from taskq.config import Settings
 from taskq.errors import BrokerError, ConfigError, NotRegistered
 from taskq.hooks import Hook
@@ -237,6 +237,18 @@ class Taskq:
 
     def send(self, message: TaskMessage, topic: str, partitions: int, serializer: str = "json") -> AsyncResult:
         """Produce ``message`` to ``topic`` (or to a delay tier when it has a future eta)."""
+        target, key, value, headers = self.outgoing(message, topic, partitions, serializer)
+        producer = self.producer
+        producer.produce(target, key, value, headers, on_delivery=self._delivery_reporter(message.id))
+        producer.poll(0)
+        return AsyncResult(message.id, self)
+
+    def outgoing(self, message: TaskMessage, topic: str, partitions: int, serializer: str = "json",
+                 ) -> tuple[str, bytes | None, bytes, Headers]:
+        """(target topic, key, value, headers) of ``message``: its task topic, or a delay tier when due later.
+
+        Ensures the topics exist. The worker uses it for canvas follow-ups, which it sends itself.
+        """
         value, headers = message.encode(self.serializers, serializer)
         self.ensure_topic(topic, partitions)
         target = topic
@@ -244,10 +256,7 @@ class Taskq:
             target = self.delay_topic(message.eta - time.time())
             headers.append((H_ORIGIN, topic.encode()))
             self.ensure_topics({t: partitions for t in self.delay_topics})
-        producer = self.producer
-        producer.produce(target, message.key, value, headers, on_delivery=self._delivery_reporter(message.id))
-        producer.poll(0)
-        return AsyncResult(message.id, self)
+        return target, message.key, value, headers
 
     def _delivery_reporter(self, task_id: str) -> Callable[[BaseException | None, Record | None], None]:
         def report(err: BaseException | None, _record: Record | None) -> None:

@@ -88,3 +88,11 @@ class RateLimited(TaskqError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+class Replace(TaskqError):
+    """Raised by ``Task.replace(workflow)``: the task ends by sending ``workflow`` in its place, whose
+    result becomes this task's result (see :mod:`taskq.flow`)."""
+
+    def __init__(self, element: dict[str, object]) -> None:
+        super().__init__(element)
+        self.element = element

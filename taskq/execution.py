@@ -15,7 +15,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from taskq.brokers.base import Record
-from taskq.errors import NotRegistered, Reject, Retry, SerializationError
+from taskq.errors import NotRegistered, Reject, Replace, Retry, SerializationError
 from taskq.message import H_TASK, TaskMessage
 from taskq.results.base import FAILURE, REVOKED, SUCCESS, ResultRecord
 from taskq.task import Request, Task
@@ -47,6 +47,7 @@ class Outcome:
     error_message: str = ""
     error_traceback: str = ""
     runtime: float = 0.0
+    replaced: dict[str, Any] | None = None  # SUCCESS by Task.replace: the workflow sent in its place
 
 
 def reject(record: Record, exc: BaseException) -> Outcome:
@@ -88,9 +89,11 @@ def conclude(task: Task, message: TaskMessage, record: Record, worker: str, star
     now = time.time()
     runtime = time.perf_counter() - started
     attempts = message.attempts + 1
+    if isinstance(exc, Replace):  # its result comes later, from the workflow: nothing stored now
+        return Outcome(record, Kind.SUCCESS, None, runtime=runtime, replaced=exc.element)
     if exc is None:
         result = ResultRecord(message.id, SUCCESS, value, task=message.task, worker=worker, attempts=attempts,
-                              date_done=now, meta=meta)
+                              date_done=now, meta=meta, root_id=message.root, parent_id=message.parent_id)
         try:
             result.encode()
         except (TypeError, ValueError) as err:
@@ -110,10 +113,12 @@ def conclude(task: Task, message: TaskMessage, record: Record, worker: str, star
     tb = "".join(traceback.format_exception(cause))
     if retry:
         delay = policy.delay(message.attempts, countdown)
-        state = ResultRecord(message.id, "RETRY", None, error, tb, message.task, worker, attempts, None, meta)
+        state = ResultRecord(message.id, "RETRY", None, error, tb, message.task, worker, attempts, None, meta,
+                             root_id=message.root, parent_id=message.parent_id)
         return Outcome(record, Kind.RETRY, state, message.retried(now, now + delay), delay,
                        _qualname(cause), str(cause), tb, runtime)
-    result = ResultRecord(message.id, FAILURE, None, error, tb, message.task, worker, attempts, now, meta)
+    result = ResultRecord(message.id, FAILURE, None, error, tb, message.task, worker, attempts, now, meta,
+                          root_id=message.root, parent_id=message.parent_id)
     return Outcome(record, Kind.DEAD, result, None, 0.0, _qualname(cause), str(cause), tb, runtime)
 
 

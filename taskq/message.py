@@ -22,6 +22,7 @@ H_ETA = "eta"
 H_ORIGIN = "origin-topic"
 H_ROOT_ID = "root_id"  # the first task of a workflow (a chain's first link); absent = the task's own id
 H_PARENT_ID = "parent_id"  # the task that sent this one, if any
+H_CANVAS = "canvas"  # JSON: what follows this task (rest of a chain, chord membership, callbacks)
 H_USER_PREFIX = "x-"
 
 
@@ -44,6 +45,7 @@ class TaskMessage:
     headers: dict[str, str] = field(default_factory=dict)
     root_id: str | None = None  # None = this task is its own root
     parent_id: str | None = None
+    canvas: str | None = None  # the H_CANVAS header (JSON text, read by taskq.canvas), kept on retries
 
     @property
     def root(self) -> str:
@@ -59,6 +61,8 @@ class TaskMessage:
             headers.append((H_ROOT_ID, self.root_id.encode()))
         if self.parent_id is not None:
             headers.append((H_PARENT_ID, self.parent_id.encode()))
+        if self.canvas is not None:
+            headers.append((H_CANVAS, self.canvas.encode()))
         if self.attempts:
             headers.append((H_ATTEMPTS, str(self.attempts).encode()))
         if self.first_failure is not None:
@@ -87,6 +91,7 @@ class TaskMessage:
             eta = float(meta[H_ETA]) if H_ETA in meta else None
             root_id = meta[H_ROOT_ID].decode() if H_ROOT_ID in meta else None
             parent_id = meta[H_PARENT_ID].decode() if H_PARENT_ID in meta else None
+            canvas = meta[H_CANVAS].decode() if H_CANVAS in meta else None
         except KeyError as exc:
             raise MalformedMessage(f"missing header {exc.args[0]!r}") from None
         except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
@@ -97,7 +102,8 @@ class TaskMessage:
         if not (isinstance(body, list) and len(body) == 2 and isinstance(body[0], list)
                 and isinstance(body[1], dict)):
             raise MalformedMessage("value must be [args, kwargs]")
-        return cls(task_id, task, body[0], body[1], record.key, attempts, first, eta, user, root_id, parent_id)
+        return cls(task_id, task, body[0], body[1], record.key, attempts, first, eta, user, root_id, parent_id,
+                   canvas)
 
     def retried(self, now: float, eta: float) -> TaskMessage:
         """This message as sent again for its next attempt."""

@@ -97,6 +97,21 @@ class AsyncResult:
         revoke(self.app, [self.id], terminate)
         self._record = None
 
+    @property
+    def children(self) -> list[AsyncResult]:
+        """What this task (or group, chord) sent, in send order: the workflow tree below it."""
+        return [AsyncResult(i, self.app) for i in self.app.backend.children(self.id)]
+
+    @property
+    def parent_id(self) -> str | None:
+        record = self._fetch()
+        return None if record is None else record.parent_id
+
+    @property
+    def root_id(self) -> str | None:
+        record = self._fetch()
+        return None if record is None else (record.root_id or record.id)
+
     def forget(self) -> None:
         self.app.backend.forget([self.id])
         self._record = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from taskq.errors import ConfigError, Retry
+from taskq.errors import ConfigError, Replace, Retry
 from taskq.message import TaskMessage
 from taskq.ratelimit import Rate, RateLimiter, rate_limiter
 from taskq.retry import RetryPolicy
@@ -20,6 +20,7 @@ from taskq.serialization import JSON
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
+    from taskq.canvas import Canvas, Signature
     from taskq.result import AsyncResult
 
 
@@ -167,17 +168,65 @@ class Task:
         root_id: str | None = None,
         parent_id: str | None = None,
         priority: int = 0,
+        link: Any = None,
+        link_error: Any = None,
     ) -> AsyncResult:
         """Queue with options: message ``key`` (ordering), ``countdown``/``eta`` (run later), headers,
         ``priority`` (0 to ``priorities - 1``; higher levels get more of the workers' starts).
 
         Sent from inside a running task, the new task's parent is that task and its root is that
         task's root (as in Celery); ``root_id``/``parent_id`` set them explicitly (canvas).
+        ``link``/``link_error``: signatures to run after success (given the result) or after final
+        failure (given the task id and error), see :mod:`taskq.canvas`.
         """
+        if link is not None or link_error is not None:
+            from taskq.canvas import Signature
+
+            options = {k: v for k, v in (("key", key), ("task_id", task_id), ("headers", headers),
+                                         ("countdown", countdown), ("eta", eta), ("serializer", serializer),
+                                         ("priority", priority or None), ("link", link),
+                                         ("link_error", link_error)) if v is not None}
+            sig = Signature(self.name, tuple(args), dict(kwargs or {}), options, app=self.app)
+            return sig.apply_async(root_id=root_id, parent_id=parent_id)
         kwargs = kwargs or {}
+        message = self.message(args, kwargs, key=key, task_id=task_id, headers=headers, countdown=countdown,
+                               eta=eta, root_id=root_id, parent_id=parent_id)
+        topic = self.topic_of(priority)
+        claim = self._unique_claim(args, kwargs) if self.unique_for else None
+        if claim is not None:
+            holder = self.app.backend.claim(claim, message.id, self.unique_for or 0)
+            if holder is not None:  # sent inside the window already: the first call's result
+                return self.app.AsyncResult(holder)
+        try:
+            return self.app.send(message, topic, self.partitions, serializer or self.serializer)
+        except BaseException:
+            if claim is not None:
+                self.app.backend.release(claim, message.id)
+            raise
+
+    def topic_of(self, priority: int = 0) -> str:
+        """The topic of priority level ``priority``."""
         if not 0 <= priority < self.priorities:
             raise ConfigError(f"task {self.name} has priorities 0-{self.priorities - 1} (higher runs first), "
                               f"not {priority}; declare more with @app.task(priorities=N)")
+        return self.topics[priority]
+
+    def message(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        key: str | bytes | None = None,
+        task_id: str | None = None,
+        headers: dict[str, str] | None = None,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        canvas: str | None = None,
+    ) -> TaskMessage:
+        """The message :meth:`apply_async` would send (key from ``key=`` or the task's key argument)."""
+        kwargs = kwargs or {}
         task_id = task_id or new_task_id()
         if key is None and self.key is not None:
             if self.key in kwargs:
@@ -191,19 +240,8 @@ class Task:
         if parent_id is None and (current := self.app.current_request.get()) is not None:
             parent_id = current.id
             root_id = root_id or current.root
-        message = TaskMessage(task_id, self.name, list(args), kwargs, raw_key, eta=when,
-                              headers=dict(headers or {}), root_id=root_id, parent_id=parent_id)
-        claim = self._unique_claim(args, kwargs) if self.unique_for else None
-        if claim is not None:
-            holder = self.app.backend.claim(claim, task_id, self.unique_for or 0)
-            if holder is not None:  # sent inside the window already: the first call's result
-                return self.app.AsyncResult(holder)
-        try:
-            return self.app.send(message, self.topics[priority], self.partitions, serializer or self.serializer)
-        except BaseException:
-            if claim is not None:
-                self.app.backend.release(claim, task_id)
-            raise
+        return TaskMessage(task_id, self.name, list(args), kwargs, raw_key, eta=when,
+                           headers=dict(headers or {}), root_id=root_id, parent_id=parent_id, canvas=canvas)
 
     def _unique_claim(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> str:
         """The claim name of a unique task's call: its ``unique_key`` or a digest of its arguments."""
@@ -221,11 +259,33 @@ class Task:
         """Ask the worker to run this invocation again later; ``raise self.retry(...)`` in a bound task."""
         raise Retry(exc, countdown)
 
-    def s(self, *args: Any, **kwargs: Any) -> Any:
-        """A signature of this task with these arguments."""
+    def replace(self, workflow: Canvas) -> Replace:
+        """End this task by sending ``workflow`` in its place: ``raise self.replace(chord(...))``.
+
+        The workflow's result is stored under this task's id, and what followed this task (the rest
+        of its chain, its chord) follows the workflow. Ids inside are derived from this task's id, so
+        a re-run after a crash sends the same tasks again (skipped as duplicates) rather than new ones.
+        """
+        raise Replace(workflow.to_dict())
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these arguments (a chain passes it the previous result first)."""
         from taskq.canvas import Signature
 
         return Signature(self.name, args, kwargs, app=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: it never receives a previous result, only these arguments."""
+        from taskq.canvas import Signature
+
+        return Signature(self.name, args, kwargs, immutable=True, app=self.app)
+
+    def signature(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
+                  **options: Any) -> Signature:
+        """``task.signature(args, kwargs, key=..., countdown=..., headers=...)``, as in Celery."""
+        from taskq.canvas import Signature
+
+        return Signature(self.name, tuple(args), dict(kwargs or {}), options, app=self.app)
 
 
 def new_task_id() -> str:

@@ -6,4 +6,4 @@ from taskq import Taskq
 app = Taskq("tasks")
 
 # Importing the task modules registers their tasks with the app.
-from tasks import llm, rag  # noqa: E402,F401
+from tasks import agents, llm, rag  # noqa: E402,F401

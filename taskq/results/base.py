@@ -57,6 +57,8 @@ class ResultRecord:
     attempts: int = 0
     date_done: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    root_id: str | None = None  # the workflow's first task (None: this task is its own root)
+    parent_id: str | None = None  # the task (or group/chord) that sent this one
     encoded: bytes | None = field(default=None, repr=False, compare=False)  # cache of encode()
 
     @property
@@ -70,6 +72,7 @@ class ResultRecord:
                 "id": self.id, "status": self.status, "result": self.result, "error": self.error,
                 "traceback": self.traceback, "task": self.task, "worker": self.worker,
                 "attempts": self.attempts, "date_done": self.date_done, "meta": self.meta,
+                "root_id": self.root_id, "parent_id": self.parent_id,
             })
         return self.encoded
 
@@ -132,6 +135,42 @@ class ResultBackend(ABC):
     @abstractmethod
     def release(self, name: str, value: str) -> None:
         """Drop a claim if ``value`` still holds it."""
+
+    # -- canvas bookkeeping (taskq.flow), expiring with the results ---------------------------------
+
+    def save_chords(self, chords: list[dict[str, Any]]) -> None:
+        """Store chord state (``{"id", "size", "body", "then", ...}``) before its header tasks are sent."""
+        raise self._no_canvas()
+
+    def get_chord(self, chord_id: str) -> dict[str, Any] | None:
+        raise self._no_canvas()
+
+    def chord_report(self, chord_id: str, index: int, value: bytes) -> int:
+        """Atomically store header result ``index`` (idempotent) and return how many are stored."""
+        raise self._no_canvas()
+
+    def chord_parts(self, chord_id: str) -> dict[int, bytes]:
+        raise self._no_canvas()
+
+    def chord_claim(self, chord_id: str, claim: str) -> str:
+        """Set the chord's state to ``claim`` unless it has one; return the state now held."""
+        raise self._no_canvas()
+
+    def chord_set_state(self, chord_id: str, state: str) -> None:
+        raise self._no_canvas()
+
+    def add_children(self, children: dict[str, list[str]]) -> None:
+        """Record parent -> child task ids (the workflow tree: ``AsyncResult.children``)."""
+        raise self._no_canvas()
+
+    def children(self, parent_id: str) -> list[str]:
+        """Child ids of ``parent_id`` in the order they were sent (no duplicates)."""
+        raise self._no_canvas()
+
+    def _no_canvas(self) -> Exception:
+        from taskq.errors import ConfigError
+
+        return ConfigError(f"{type(self).__name__} keeps no canvas state: use the Redis or local result backend")
 
     def close(self) -> None:
         """Release connections."""

@@ -11,19 +11,27 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from taskq.brokers.local.store import SCHEME, connect
 from taskq.errors import BackendError
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
 
+T = TypeVar("T")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (id TEXT NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, value BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_id ON chunks (id, seq);
 CREATE TABLE IF NOT EXISTS claims (name TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL);
+
+CREATE TABLE IF NOT EXISTS chords (id TEXT PRIMARY KEY, value BLOB NOT NULL, state TEXT, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS chord_parts (id TEXT NOT NULL, idx INTEGER NOT NULL, value BLOB NOT NULL,
+                                        expires REAL NOT NULL, PRIMARY KEY (id, idx));
+CREATE TABLE IF NOT EXISTS children (seq INTEGER PRIMARY KEY AUTOINCREMENT, parent TEXT NOT NULL,
+                                     child TEXT NOT NULL, expires REAL NOT NULL, UNIQUE (parent, child));
 """
 
 
@@ -44,17 +52,22 @@ class LocalBackend(ResultBackend):
             db = self._local.db = connect(self.path, BackendError)
         return db
 
-    def store_many(self, records: list[ResultRecord]) -> None:
-        expires = time.time() + self.expires
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
-                           [(r.id, r.encode(), expires) for r in records])
+            value = fn(db)
             db.execute("COMMIT")
+            return value
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def store_many(self, records: list[ResultRecord]) -> None:
+        expires = time.time() + self.expires
+        self._write(lambda db: db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
+                                              [(r.id, r.encode(), expires) for r in records]))
 
     def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:
         wanted = list(ids)
@@ -137,3 +150,50 @@ class LocalBackend(ResultBackend):
         db = self._db()
         db.executemany("DELETE FROM results WHERE id = ?", ids)
         db.executemany("DELETE FROM chunks WHERE id = ?", ids)
+
+    # -- canvas bookkeeping: rows expire with the results (expired ones are purged as chords are saved)
+
+    def save_chords(self, chords: list[dict[str, Any]]) -> None:
+        now = time.time()
+
+        def write(db: sqlite3.Connection) -> None:
+            for table in ("chords", "chord_parts", "children"):
+                db.execute(f"DELETE FROM {table} WHERE expires <= ?", (now,))
+            db.executemany("INSERT OR IGNORE INTO chords VALUES (?, ?, NULL, ?)",
+                           [(c["id"], JSON.dumps(c), now + self.expires) for c in chords])
+        self._write(write)
+
+    def get_chord(self, chord_id: str) -> dict[str, Any] | None:
+        row = self._db().execute("SELECT value FROM chords WHERE id = ? AND expires > ?",
+                                 (chord_id, time.time())).fetchone()
+        return None if row is None else JSON.loads(row[0])
+
+    def chord_report(self, chord_id: str, index: int, value: bytes) -> int:
+        def write(db: sqlite3.Connection) -> int:
+            db.execute("INSERT OR REPLACE INTO chord_parts VALUES (?, ?, ?, ?)",
+                       (chord_id, index, value, time.time() + self.expires))
+            return int(db.execute("SELECT count(*) FROM chord_parts WHERE id = ?", (chord_id,)).fetchone()[0])
+        return self._write(write)
+
+    def chord_parts(self, chord_id: str) -> dict[int, bytes]:
+        return dict(self._db().execute("SELECT idx, value FROM chord_parts WHERE id = ?", (chord_id,)))
+
+    def chord_claim(self, chord_id: str, claim: str) -> str:
+        def write(db: sqlite3.Connection) -> str:
+            db.execute("UPDATE chords SET state = ? WHERE id = ? AND state IS NULL", (claim, chord_id))
+            row = db.execute("SELECT state FROM chords WHERE id = ?", (chord_id,)).fetchone()
+            return "" if row is None else str(row[0])
+        return self._write(write)
+
+    def chord_set_state(self, chord_id: str, state: str) -> None:
+        self._write(lambda db: db.execute("UPDATE chords SET state = ? WHERE id = ?", (state, chord_id)))
+
+    def add_children(self, children: dict[str, list[str]]) -> None:
+        expires = time.time() + self.expires
+        rows = [(parent, child, expires) for parent, ids in children.items() for child in ids]
+        self._write(lambda db: db.executemany(
+            "INSERT OR IGNORE INTO children (parent, child, expires) VALUES (?, ?, ?)", rows))
+
+    def children(self, parent_id: str) -> list[str]:
+        return [r[0] for r in self._db().execute(
+            "SELECT child FROM children WHERE parent = ? AND expires > ? ORDER BY seq", (parent_id, time.time()))]

@@ -22,6 +22,11 @@ CLAIM_PREFIX = "taskq-claim:"
 EXTEND_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 RELEASE_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
+CHORD_PREFIX = "taskq-chord:"  # chord state (JSON)
+PARTS_PREFIX = "taskq-chord-parts:"  # hash: header index -> result (JSON)
+CHORD_STATE_PREFIX = "taskq-chord-state:"  # firing:<id> | fired | failing:<id> | failed
+CHILDREN_PREFIX = "taskq-children:"  # list of child ids, in send order
+
 
 class RedisBackend(ResultBackend):
     """Results in Redis at ``redis://host:port/db``."""
@@ -156,6 +161,60 @@ class RedisBackend(ResultBackend):
 
     def release(self, name: str, value: str) -> None:
         self._call("release a claim", self.client.eval, RELEASE_SCRIPT, 1, CLAIM_PREFIX + name, value)
+
+    # -- canvas bookkeeping: every key expires with the results ------------------------------------
+
+    def save_chords(self, chords: list[dict[str, Any]]) -> None:
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for chord in chords:
+                pipe.set(CHORD_PREFIX + chord["id"], JSON.dumps(chord), px=self._px)
+            pipe.execute()
+        self._call("save chords", write)
+
+    def get_chord(self, chord_id: str) -> dict[str, Any] | None:
+        raw = self._call("read a chord", self.client.get, CHORD_PREFIX + chord_id)
+        return None if raw is None else JSON.loads(raw)
+
+    def chord_report(self, chord_id: str, index: int, value: bytes) -> int:
+        def write() -> int:
+            key = PARTS_PREFIX + chord_id
+            pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: the count includes this part
+            pipe.hset(key, str(index), value)
+            pipe.pexpire(key, self._px)
+            pipe.hlen(key)
+            return int(pipe.execute()[-1])
+        return self._call("report to a chord", write)
+
+    def chord_parts(self, chord_id: str) -> dict[int, bytes]:
+        raw = self._call("read a chord", self.client.hgetall, PARTS_PREFIX + chord_id)
+        return {int(k): v for k, v in raw.items()}
+
+    def chord_claim(self, chord_id: str, claim: str) -> str:
+        def write() -> str:
+            key = CHORD_STATE_PREFIX + chord_id
+            pipe = self.client.pipeline(transaction=True)
+            pipe.set(key, claim, nx=True, px=self._px)
+            pipe.get(key)
+            return pipe.execute()[-1].decode()
+        return self._call("claim a chord", write)
+
+    def chord_set_state(self, chord_id: str, state: str) -> None:
+        self._call("mark a chord", lambda: self.client.set(CHORD_STATE_PREFIX + chord_id, state, px=self._px))
+
+    def add_children(self, children: dict[str, list[str]]) -> None:
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for parent, ids in children.items():
+                pipe.rpush(CHILDREN_PREFIX + parent, *ids)
+                pipe.pexpire(CHILDREN_PREFIX + parent, self._px)
+            pipe.execute()
+        if children:
+            self._call("save children", write)
+
+    def children(self, parent_id: str) -> list[str]:
+        raw = self._call("read children", self.client.lrange, CHILDREN_PREFIX + parent_id, 0, -1)
+        return list(dict.fromkeys(v.decode() for v in raw))  # a re-sent follow-up adds an id twice
 
     def close(self) -> None:
         self.client.close()
