@@ -1,0 +1,122 @@
+"""Canvas on real Kafka and Redis: expiry of the bookkeeping, per-key order, and a kill -9 of the worker
+that finishes a chord's last header task."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from taskq import Taskq
+from taskq.canvas import chain, chord, group
+from taskq.flow import all_ids
+from tests.apps.canvasapp import build_app, read_journal
+from tests.support import WorkerProcess, env_for, fault_line, read_records, wait_until, worker_thread
+
+TIMEOUT = 60
+
+
+@pytest.fixture
+def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    path = str(tmp_path / "journal.log")
+    monkeypatch.setenv("CANVAS_JOURNAL", path)
+    return path
+
+
+def kafka_app(kafka_url: str, redis_url: str, prefix: str, **settings: object) -> Taskq:
+    return build_app(broker=kafka_url, backend=redis_url, topic_prefix=f"{prefix}.", group=f"{prefix}.group",
+                     producer_options={"linger.ms": 0}, **settings)
+
+
+def test_group_and_chord_bookkeeping_expires_with_the_results(kafka_url: str, redis_url: str, unique: str) -> None:
+    """Celery #5230: every key a canvas writes (results, chord state and parts, children) has the
+    results' expiry, so Redis memory does not grow with finished workflows."""
+    app = kafka_app(kafka_url, redis_url, f"ttl{unique}", result_expires=300, default_partitions=2)
+    add, tsum = app.tasks["canvas.add"], app.tasks["canvas.tsum"]
+    with worker_thread(app, concurrency=4):
+        workflow = chain(add.s(1, 1), group(add.s(1), add.s(2)), chord([add.si(3, 3), add.si(4, 4)], tsum.s(5)))
+        result = workflow.apply_async()
+        assert result.get(timeout=TIMEOUT) == 19  # (3+3) + (4+4) + 5: the header ignores the group's [3, 4]
+        plain = group(add.s(i, i) for i in range(3)).apply_async()
+        assert plain.get(timeout=TIMEOUT) == [0, 2, 4]
+    client = redis.Redis.from_url(redis_url)
+    ids = set(all_ids(workflow.to_dict())) | {plain.id}
+    keys = [k for k in client.scan_iter("taskq-*") if any(i.encode() in k for i in ids)]
+    kinds = {k.decode().split(":")[0] for k in keys}
+    assert kinds >= {"taskq-result", "taskq-chord", "taskq-chord-parts", "taskq-chord-state", "taskq-children"}
+    ttls = {k.decode(): client.ttl(k) for k in keys}
+    assert all(0 < ttl <= 300 for ttl in ttls.values()), ttls
+    app.close()
+
+
+def test_a_users_chains_run_in_order(kafka_url: str, redis_url: str, unique: str, journal: str) -> None:
+    """Per-key order inside canvases: one user's chains, sent back to back, run each step in send order."""
+    app = kafka_app(kafka_url, redis_url, f"ord{unique}", default_partitions=3)
+    step = app.tasks["canvas.step"]
+    chains, steps = 6, 4
+    with worker_thread(app, concurrency=8):
+        results = []
+        for user in ("u1", "u2"):
+            for c in range(chains):
+                first = step.s(None, user=user, seq=c * 10, sleep=0.02)
+                rest = [step.s(user=user, seq=c * 10 + s) for s in range(1, steps)]
+                results.append(chain(first, *rest).apply_async())
+        app.flush()
+        for r in results:
+            r.get(timeout=TIMEOUT)
+    lines = read_journal(journal)
+    for user in ("u1", "u2"):
+        seqs = [int(line.split()[2]) for line in lines if line.split()[1] == user]
+        assert len(seqs) == chains * steps
+        for s in range(steps):  # the s-th steps of the user's chains ran in chain order
+            assert [q for q in seqs if q % 10 == s] == [c * 10 + s for c in range(chains)], seqs
+        for c in range(chains):  # and each chain's steps in step order
+            assert [q for q in seqs if q // 10 == c] == [c * 10 + s for s in range(steps)], seqs
+    app.close()
+
+
+@pytest.fixture
+def crash_setup(kafka_url: str, redis_url: str, unique: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    prefix = f"kill{unique}"
+    env = {**env_for(kafka_url, redis_url, prefix), "TASKQ_DEFAULT_PARTITIONS": "4",
+           "CANVAS_JOURNAL": str(tmp_path / "journal.log"), "CANVAS_CRASH_FLAG": str(tmp_path / "crashed")}
+    yield env
+
+
+def test_kill_9_of_the_worker_finishing_the_last_header_neither_loses_nor_duplicates_the_body(
+        crash_setup: dict[str, str]) -> None:
+    """The worker that completes the chord is killed after the body was sent and acknowledged, before
+    the chord is marked fired and the header task's offset committed. The survivor re-runs that
+    header task, sends the body again with the same id, and skips that copy: one body run."""
+    env = crash_setup
+    workers = [WorkerProcess("tests.apps.canvasapp", env, "-c", "4", name=f"w{i}") for i in range(2)]
+    app = build_app(broker=env["TASKQ_BROKER_URL"], backend=env["TASKQ_RESULT_BACKEND"],
+                    topic_prefix=env["TASKQ_TOPIC_PREFIX"], group=env["TASKQ_GROUP"], default_partitions=4)
+    try:
+        for w in workers:
+            w.wait_for("assigned")
+        nap, body = app.tasks["canvas.nap"], app.tasks["canvas.body"]
+        workflow = chord([nap.s(i, 0.1) for i in range(8)], body.s(label="k"))
+        result = workflow.apply_async()
+        app.flush()
+        wait_until(lambda: os.path.exists(env["CANVAS_CRASH_FLAG"]), TIMEOUT, "a worker to crash")
+        wait_until(lambda: any(w.proc.poll() is not None for w in workers), 10, "the crashed worker to exit")
+        assert [w.proc.returncode for w in workers if w.proc.poll() is not None] == [-9]
+        assert result.get(timeout=TIMEOUT) == list(range(8))
+        journal = read_journal(env["CANVAS_JOURNAL"])
+        bodies = [line for line in journal if line.startswith("body k")]
+        copies = [r for r in read_records(app, app.tasks["canvas.body"].topic, 2, timeout=10)
+                  if r.header("id") == result.id.encode()]
+        naps = [line for line in journal if line.startswith("nap")]
+        fault_line("chord-kill-9", 8, len(set(naps)), 8 - len(set(naps)), len(bodies) - 1,
+                   f"body_messages={len(copies)} header_runs={len(naps)}")
+        assert bodies == [f"body k {list(range(8))}"]
+        assert len(copies) == 2, "the body was sent again with the same id after the crash"
+        assert sorted(set(naps)) == sorted(f"nap {i}" for i in range(8))
+    finally:
+        for w in workers:
+            w.stop()
+        app.close()
