@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from taskq.app import Taskq
 from taskq.brokers.base import Consumer, Record, TopicPartition
 from taskq.errors import BrokerError, NotRegistered
-from taskq.message import H_ID
+from taskq.message import H_ID, H_PARENT_ID
 from taskq.pools import make_pool
 from taskq.task import Task
 from taskq.worker.dispatch import KeyedDispatcher
@@ -81,6 +81,7 @@ class Worker:
         self._offsets = OffsetTracker()
         self._revoked: set[TopicPartition] = set()
         self._in_flight = 0
+        self._running: dict[bytes, Record] = {}  # task id -> its record, taken here and not finished
         self._dispatcher = KeyedDispatcher(self.pool.submit)
         levels = {topic: level for t in self.tasks for level, topic in enumerate(t.topics)}
         self._priorities = PriorityScheduler(levels, self._dispatcher.dispatch, concurrency * 2,
@@ -184,10 +185,17 @@ class Worker:
         for record in records:
             self._offsets.take((record.topic, record.partition), record.offset)
             self._in_flight += 1
-            if record.offset in skip.get((record.topic, record.partition), ()):
+            # only tasks sent by a task (canvas follow-ups) are checked for a second copy: a follow-up
+            # sent again after a crash has its original's id (see taskq.flow)
+            task_id = record.header(H_ID) if record.header(H_PARENT_ID) is not None else None
+            if record.offset in skip.get((record.topic, record.partition), ()) or (
+                    task_id is not None and task_id in self._running):
+                # final already, or a second copy of a follow-up taken here and not finished: not run again
                 self.stats.on_skipped()
                 self._finished.append((record, True))
             else:
+                if task_id is not None:
+                    self._running[task_id] = record
                 self._dispatch(record)
         if self._priorities is not None:
             self._priorities.pump()
@@ -228,7 +236,15 @@ class Worker:
         if self._priorities is not None:
             self._priorities.finished(dropped)
         for record in dropped:
+            self._not_running(record)
             self._offsets.abandon((record.topic, record.partition), record.offset)
+
+    def _not_running(self, record: Record) -> None:
+        if not self._running:
+            return
+        task_id = record.header(H_ID)
+        if task_id is not None and self._running.get(task_id) is record:
+            del self._running[task_id]
 
     def _take_finished(self) -> None:
         finished = self._finished
@@ -237,6 +253,7 @@ class Worker:
         while finished:
             record, done = finished.popleft()
             self._in_flight -= 1
+            self._not_running(record)
             if done:
                 self._offsets.finish((record.topic, record.partition), record.offset)
             else:

@@ -15,6 +15,7 @@ import queue
 import threading
 from collections.abc import Callable
 
+from taskq import flow
 from taskq.app import Taskq
 from taskq.brokers.base import Record
 from taskq.deadletter import dead_letter_headers
@@ -72,12 +73,17 @@ class Finisher:
     def finish(self, batch: list[tuple[Record, Outcome | None]]) -> None:
         """Make a batch of outcomes durable, then report their records finished.
 
-        Order matters for a crash in between: a final FAILURE is stored only after its dead letter is
-        acknowledged (a redelivery finding FAILURE is skipped, so the letter must exist by then);
-        a RETRY state is stored before its retry is sent (a redelivery finding RETRY runs again).
+        Order matters for a crash in between: canvas follow-ups (next chain step, chord bookkeeping
+        and body, callbacks) are acknowledged before any result is stored (a redelivery finding no result
+        runs again and sends them again, with the same ids); a final FAILURE is stored only after its
+        dead letter is acknowledged (a redelivery finding FAILURE is skipped, so the letter must exist by
+        then); a RETRY state is stored before its retry is sent (a redelivery finding RETRY runs again).
         """
         backend = self.app.backend
         outcomes = [o for _, o in batch if o is not None]
+        plan = flow.after_outcomes(self.app, outcomes)
+        if plan:
+            flow.settle(self.app, plan, self._deliver, retrying)
         first = [o.result for o in outcomes if o.result is not None and o.kind is not Kind.DEAD]
         if first:
             retrying("store results", lambda: backend.store_many(first))
@@ -90,6 +96,11 @@ class Finisher:
         for o in outcomes:
             self._on_outcome(o)
         self._on_finished([(record, outcome is not None) for record, outcome in batch])
+
+    def _deliver(self, messages: list[flow.Outgoing]) -> None:
+        """Send canvas follow-ups and wait for their acknowledgement."""
+        self.sender.send_all([self.app.outgoing(m, task.topic, task.partitions, serializer)
+                              for m, task, serializer in messages])
 
     def follow_up(self, outcome: Outcome) -> Outgoing:
         """The message a retry or dead letter must produce before the offset may be committed."""

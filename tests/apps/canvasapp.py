@@ -96,7 +96,7 @@ def build_app(name: str = "canvasapp", **settings: Any) -> Taskq:
     @app.task(name="canvas.body")
     def body(values: list[Any], label: str = "") -> list[Any]:
         """A chord body that journals each run (kill tests count them)."""
-        journal(f"body {label} {values}")
+        journal(f"body {label} {values} pid={os.getpid()}")
         return values
 
     @app.task(name="canvas.nap")
