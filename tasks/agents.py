@@ -8,22 +8,24 @@
 
 The planner asks the model to break a request into typed subtasks and sends one agent task per
 subtask; a chord gathers the agents' outputs, in plan order, into the final answer. Each agent is a
-plain task on its own topic (run it in its own consumer group with a worker profile, see
-``PROFILES``); agents know nothing of each other, only of the model they call.
+plain task on its own topic; run each pool in its own consumer group
+(``TASKQ_GROUP=agents.coder taskq worker -A tasks.app -Q tasks.agents.coder``), so one agent's backlog
+or outage never holds up another's. Agents know nothing of each other, only of the model they call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from taskq import Task
 from taskq.canvas import chord
+from taskq.llm import complete
 from taskq.serialization import JSON
 from tasks.app import app
-from tasks.llm import DEFAULT_MODEL, TransientLLMError, _anthropic_client, fake_completion
+from tasks.llm import CLIENTS, DEFAULT_MODEL
 
 RESULTS_TOPIC = "agent-results"  # after the app's topic prefix
 KINDS = ("research", "code", "review")
@@ -42,6 +44,9 @@ KEYWORDS = {  # for a plan read from the request itself, when the model's answer
     "code": ("code", "write", "implement", "build", "script", "function", "program"),
     "review": ("review", "check", "audit", "critique", "test", "verify"),
 }
+#: agents retry provider failures (429/529/5xx, timeouts) through taskq, see taskq.llm
+AGENT_OPTIONS: dict[str, Any] = {"key": "user_id", "bind": True, "max_retries": 5, "retry_backoff": True,
+                                 "retry_backoff_max": 30.0, "time_limit": 300.0}
 
 
 @dataclass(frozen=True)
@@ -50,24 +55,10 @@ class Subtask:
     instruction: str
 
 
-def ask_model(system: str, prompt: str, user_id: str, max_tokens: int = 512) -> dict[str, Any]:
-    """One Messages API call (the anthropic SDK, e.g. against the stand-in), or the local fake model."""
-    client = _anthropic_client()
-    if client is None:
-        words = fake_completion(f"{system}\n{prompt}", max_tokens)
-        return {"text": " ".join(words), "usage": {"input_tokens": len(prompt.split()), "output_tokens": len(words)},
-                "model": "local-stand-in"}
-    import anthropic
-
-    try:
-        message = client.messages.create(model=DEFAULT_MODEL, max_tokens=max_tokens, system=system,
-                                         messages=[{"role": "user", "content": prompt}],
-                                         metadata={"user_id": user_id})
-    except (anthropic.RateLimitError, anthropic.InternalServerError, anthropic.APIConnectionError) as exc:
-        raise TransientLLMError(str(exc)) from exc
-    text = "".join(block.text for block in message.content if getattr(block, "type", "") == "text")
-    return {"text": text, "model": message.model,
-            "usage": {"input_tokens": message.usage.input_tokens, "output_tokens": message.usage.output_tokens}}
+async def ask_model(task: Task, system: str, prompt: str, user_id: str, max_tokens: int = 512) -> dict[str, Any]:
+    """One Messages API call through the anthropic SDK (taskq.llm: tokens streamed, failures retried)."""
+    return await complete(task, CLIENTS, prompt, model=DEFAULT_MODEL, user_id=user_id, max_tokens=max_tokens,
+                          system=system)
 
 
 def parse_plan(text: str) -> list[Subtask]:
@@ -97,47 +88,40 @@ def plan_from_request(request: str) -> list[Subtask]:
     return subtasks or [Subtask(kind, request) for kind in KINDS]
 
 
-def _agent(kind: str, instruction: str, request: str, user_id: str) -> dict[str, Any]:
-    started = time.perf_counter()
-    prompt = f"Request: {request}\nYour part: {instruction}"
-    reply = ask_model(SYSTEMS[kind], prompt, user_id)
+async def _agent(task: Task, kind: str, instruction: str, request: str, user_id: str) -> dict[str, Any]:
+    reply = await ask_model(task, SYSTEMS[kind], f"Request: {request}\nYour part: {instruction}", user_id)
     return {"agent": kind, "instruction": instruction, "output": reply["text"], "model": reply["model"],
-            "usage": reply["usage"], "seconds": round(time.perf_counter() - started, 3)}
-
-
-AGENT_OPTIONS: dict[str, Any] = {"key": "user_id", "autoretry_for": (TransientLLMError,), "max_retries": 3,
-                                 "retry_backoff": True}
+            "usage": reply["usage"], "cost": reply["cost"], "latency": reply["latency"]}
 
 
 @app.task(name="tasks.agents.research", **AGENT_OPTIONS)
-def research(instruction: str, request: str, user_id: str) -> dict[str, Any]:
+async def research(self: Task, instruction: str, request: str, user_id: str) -> dict[str, Any]:
     """The research agent."""
-    return _agent("research", instruction, request, user_id)
+    return await _agent(self, "research", instruction, request, user_id)
 
 
 @app.task(name="tasks.agents.coder", **AGENT_OPTIONS)
-def coder(instruction: str, request: str, user_id: str) -> dict[str, Any]:
+async def coder(self: Task, instruction: str, request: str, user_id: str) -> dict[str, Any]:
     """The coder agent."""
-    return _agent("code", instruction, request, user_id)
+    return await _agent(self, "code", instruction, request, user_id)
 
 
 @app.task(name="tasks.agents.reviewer", **AGENT_OPTIONS)
-def reviewer(instruction: str, request: str, user_id: str) -> dict[str, Any]:
+async def reviewer(self: Task, instruction: str, request: str, user_id: str) -> dict[str, Any]:
     """The reviewer agent."""
-    return _agent("review", instruction, request, user_id)
+    return await _agent(self, "review", instruction, request, user_id)
 
 
 AGENTS: dict[str, Task] = {"research": research, "code": coder, "review": reviewer}
 
 
-@app.task(name="tasks.agents.plan", bind=True, key="user_id", autoretry_for=(TransientLLMError,), max_retries=3,
-          retry_backoff=True)
-def plan(self: Task, request: str, user_id: str = "anon") -> None:
+@app.task(name="tasks.agents.plan", **AGENT_OPTIONS)
+async def plan(self: Task, request: str, user_id: str = "anonymous") -> None:
     """The planner: ask the model for subtasks, then replace itself by the agents' chord.
 
     The final answer becomes this task's result (``plan.delay(...).get()``).
     """
-    reply = ask_model(PLANNER_SYSTEM, request, user_id, max_tokens=256)
+    reply = await ask_model(self, PLANNER_SYSTEM, request, user_id, max_tokens=256)
     subtasks = parse_plan(reply["text"])
     source = "model"
     if not subtasks:
@@ -147,9 +131,8 @@ def plan(self: Task, request: str, user_id: str = "anon") -> None:
                                              plan=[asdict(s) for s in subtasks], plan_source=source)))
 
 
-@app.task(name="tasks.agents.gather", bind=True, autoretry_for=(TransientLLMError,), max_retries=3,
-          retry_backoff=True)
-def gather(self: Task, outputs: list[dict[str, Any]], request: str, user_id: str, plan: list[dict[str, str]],
+@app.task(name="tasks.agents.gather", **{**AGENT_OPTIONS, "key": None})
+async def gather(self: Task, outputs: list[dict[str, Any]], request: str, user_id: str, plan: list[dict[str, str]],
            plan_source: str) -> dict[str, Any]:
     """The chord body: one answer from every agent's output (kept verbatim, in plan order).
 
@@ -157,23 +140,18 @@ def gather(self: Task, outputs: list[dict[str, Any]], request: str, user_id: str
     must not see one twice keeps the last per key) and stored as the root task's result.
     """
     parts = "\n\n".join(f"[{o['agent']}] {o['instruction']}\n{o['output']}" for o in outputs)
-    summary = ask_model(SYSTEMS["gather"], f"Request: {request}\n\n{parts}", user_id)
+    summary = await ask_model(self, SYSTEMS["gather"], f"Request: {request}\n\n{parts}", user_id)
     root = self.request.root
     final = {"root_id": root, "request": request, "user_id": user_id, "plan": plan, "plan_source": plan_source,
              "summary": summary["text"], "outputs": outputs,
              "answer": f"{summary['text']}\n\n{parts}"}
     topic = app.settings.topic_prefix + RESULTS_TOPIC
-    app.ensure_topic(topic, 1)
-    app.producer.produce(topic, root.encode(), JSON.dumps(final), [("task", b"tasks.agents.gather")])
-    app.flush()
+    await asyncio.to_thread(publish, topic, root, final)
     return final
 
 
-#: worker profiles: each agent pool consumes its own topic in its own consumer group
-#: (``TASKQ_GROUP=<group> taskq worker -A tasks.app -Q <tasks...> -c <concurrency>``)
-PROFILES: dict[str, dict[str, Any]] = {
-    "planner": {"tasks": [plan.name, gather.name], "group": "agents.planner", "concurrency": 4},
-    "research": {"tasks": [research.name], "group": "agents.research", "concurrency": 8},
-    "coder": {"tasks": [coder.name], "group": "agents.coder", "concurrency": 8},
-    "reviewer": {"tasks": [reviewer.name], "group": "agents.reviewer", "concurrency": 8},
-}
+def publish(topic: str, root: str, final: dict[str, Any]) -> None:
+    """Produce the final answer and wait for the broker's acknowledgement."""
+    app.ensure_topic(topic, 1)
+    app.producer.produce(topic, root.encode(), JSON.dumps(final), [("root_id", root.encode())])
+    app.flush()

@@ -99,8 +99,8 @@ class Finisher:
 
     def _deliver(self, messages: list[flow.Outgoing]) -> None:
         """Send canvas follow-ups and wait for their acknowledgement."""
-        self.sender.send_all([self.app.outgoing(m, task.topic, task.partitions, serializer)
-                              for m, task, serializer in messages])
+        self.sender.send_all([self.app.outgoing(m, topic, partitions, serializer)
+                              for m, topic, partitions, serializer in messages])
 
     def follow_up(self, outcome: Outcome) -> Outgoing:
         """The message a retry or dead letter must produce before the offset may be committed."""
