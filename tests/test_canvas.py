@@ -41,7 +41,7 @@ def app(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     else:
         kafka, redis = request.getfixturevalue("kafka_url"), request.getfixturevalue("redis_url")
         a = build_app(broker=kafka, backend=redis, topic_prefix=f"cv{unique}.", group=f"cv{unique}",
-                      producer_options={"linger.ms": 0}, **common)
+                      producer_options={"linger.ms": 0}, connect_timeout=30, **common)
     yield a
     a.close()
 

@@ -28,7 +28,7 @@ def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def kafka_app(kafka_url: str, redis_url: str, prefix: str, **settings: object) -> Taskq:
     return build_app(broker=kafka_url, backend=redis_url, topic_prefix=f"{prefix}.", group=f"{prefix}.group",
-                     producer_options={"linger.ms": 0}, **settings)
+                     producer_options={"linger.ms": 0}, connect_timeout=30, **settings)
 
 
 def test_group_and_chord_bookkeeping_expires_with_the_results(kafka_url: str, redis_url: str, unique: str) -> None:
@@ -81,7 +81,7 @@ def test_a_users_chains_run_in_order(kafka_url: str, redis_url: str, unique: str
 @pytest.fixture
 def crash_setup(kafka_url: str, redis_url: str, unique: str, tmp_path: Path) -> Iterator[dict[str, str]]:
     prefix = f"kill{unique}"
-    env = {**env_for(kafka_url, redis_url, prefix), "TASKQ_DEFAULT_PARTITIONS": "4",
+    env = {**env_for(kafka_url, redis_url, prefix), "TASKQ_DEFAULT_PARTITIONS": "4", "TASKQ_CONNECT_TIMEOUT": "30",
            "CANVAS_JOURNAL": str(tmp_path / "journal.log"), "CANVAS_CRASH_FLAG": str(tmp_path / "crashed")}
     yield env
 
@@ -93,7 +93,8 @@ def test_kill_9_of_the_worker_finishing_the_last_header_neither_loses_nor_duplic
     header task, sends the body again with the same id, and skips that copy: one body run."""
     env = crash_setup
     app = build_app(broker=env["TASKQ_BROKER_URL"], backend=env["TASKQ_RESULT_BACKEND"],
-                    topic_prefix=env["TASKQ_TOPIC_PREFIX"], group=env["TASKQ_GROUP"], default_partitions=4)
+                    topic_prefix=env["TASKQ_TOPIC_PREFIX"], group=env["TASKQ_GROUP"], default_partitions=4,
+                    connect_timeout=30)
     topics = [t.topic for t in app.tasks.values()]
     app.ensure_topics({**{t: 4 for t in topics}, **{app.dlq_topic(t): 4 for t in topics},
                        **{t: 4 for t in app.delay_topics}})
