@@ -25,7 +25,7 @@ from taskq.canvas import chord
 from taskq.llm import complete
 from taskq.serialization import JSON
 from tasks.app import app
-from tasks.llm import CLIENTS, DEFAULT_MODEL
+from tasks.llm import DEFAULT_MODEL, llm
 
 RESULTS_TOPIC = "agent-results"  # after the app's topic prefix
 KINDS = ("research", "code", "review")
@@ -57,7 +57,7 @@ class Subtask:
 
 async def ask_model(task: Task, system: str, prompt: str, user_id: str, max_tokens: int = 512) -> dict[str, Any]:
     """One Messages API call through the anthropic SDK (taskq.llm: tokens streamed, failures retried)."""
-    return await complete(task, CLIENTS, prompt, model=DEFAULT_MODEL, user_id=user_id, max_tokens=max_tokens,
+    return await complete(task, llm, prompt, model=DEFAULT_MODEL, user_id=user_id, max_tokens=max_tokens,
                           system=system)
 
 
@@ -155,3 +155,6 @@ def publish(topic: str, root: str, final: dict[str, Any]) -> None:
     app.ensure_topic(topic, 1)
     app.producer.produce(topic, root.encode(), JSON.dumps(final), [("root_id", root.encode())])
     app.flush()
+
+
+llm.install(plan, research, coder, reviewer, gather)  # budgets and blocked users checked at send time
