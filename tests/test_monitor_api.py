@@ -110,10 +110,31 @@ def test_submit_result_stream_and_dead_letter_replay(mod: ModuleType, client: Te
         assert [result_of(client, t)["result"] for t in failed] == [0, 10, 20]
 
 
+@pytest.fixture(params=["local", "kafka"])
+def any_mod(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            unique: str) -> Iterator[ModuleType]:
+    """The test app on the embedded broker, or on Kafka and Redis with fresh topics and group."""
+    import importlib
+
+    if request.param == "local":
+        module = local_app_module(APP, str(tmp_path / "q.db"), monkeypatch)
+    else:
+        monkeypatch.setenv("TASKQ_BROKER_URL", request.getfixturevalue("kafka_url"))
+        monkeypatch.setenv("TASKQ_RESULT_BACKEND", request.getfixturevalue("redis_url"))
+        monkeypatch.setenv("TASKQ_TOPIC_PREFIX", f"m{unique}.")
+        monkeypatch.setenv("TASKQ_GROUP", f"m{unique}")
+        monkeypatch.setenv("TASKQ_DEFAULT_PARTITIONS", "2")
+        module = importlib.reload(importlib.import_module(APP))
+    yield module
+    module.app.close()
+
+
 @pytest.mark.skipif(not WORKER_EVENTS, reason="the worker does not publish task events yet (EventsHook not wired in)")
-def test_events_from_a_real_worker(mod: ModuleType, monitor: Monitor, client: TestClient) -> None:
-    """Tasks, their tree, workers and metrics come from the worker's own events."""
-    with worker_thread(mod.app, concurrency=4, name="mon-worker"):
+def test_events_from_a_real_worker(any_mod: ModuleType) -> None:
+    """Tasks, their tree, workers and metrics come from the worker's own events (both brokers)."""
+    mod = any_mod
+    with running_monitor(mod.app) as monitor, TestClient(create_app(monitor)) as client, \
+            worker_thread(mod.app, concurrency=4, name="mon-worker"):
         root = mod.fan_out.delay(3, user="ann")
         work = mod.work.delay(5, user="bob")
         wait_state(monitor, work.id, "SUCCESS")
