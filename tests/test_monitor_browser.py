@@ -33,7 +33,8 @@ WORKER = "ui-worker"
 
 @pytest.fixture
 def mod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    module = local_app_module(APP, str(tmp_path / "q.db"), monkeypatch, MONITOR_MARKER=str(tmp_path / "ready"))
+    module = local_app_module(APP, str(tmp_path / "q.db"), monkeypatch, MONITOR_MARKER=str(tmp_path / "ready"),
+                              TASKQ_EVENTS_INCLUDE_ARGS="true")
     yield module
     module.app.close()
 
@@ -196,6 +197,8 @@ def test_every_page_in_a_browser(mod: ModuleType, chromium: Any, tmp_path: Path)
         assert tree.locator(":scope > li > ul > li").count() == 4
         assert page.inner_text("#task-state") == "SUCCESS"
         assert mod.fan_out.topic in page.inner_text("main")
+        if WORKER_EVENTS:  # the workers put arguments into events (events_include_args)
+            assert 'kwargs = {"user": "ann"}' in page.inner_text("#arguments")
         shot(page, "task")
         tree.locator(f"a:has-text('{mod.relay.name}')").click()
         page.wait_for_selector("#task-id")
