@@ -67,6 +67,8 @@ def test_real_flower_shows_taskq_workers_and_tasks(mod: ModuleType, flower_serve
     # Celery events are fire-and-forget (Redis pub/sub): start once Flower listens on celeryev
     wait_until(lambda: client.execute_command("PUBSUB", "NUMPAT") > 0 or
                any(b"celeryev" in c for c in client.pubsub_channels()), 30, "Flower to subscribe to celeryev")
+    wire = client.pubsub()
+    wire.psubscribe("*celeryev*")  # what Flower receives, as it travels
     bridge = FlowerBridge(app, flower_server.broker_url).start()
     stop = threading.Event()
     try:
@@ -103,6 +105,11 @@ def test_real_flower_shows_taskq_workers_and_tasks(mod: ModuleType, flower_serve
             assert f"{APP}.work" in info["registered"]
             assert info["active_queues"] and info["conf"]["task_serializer"] == "json"
             assert get(f"{flower_server.url}/api/workers?status=1")[NODE] is True
+            on_wire = celery_events(wire)
+            assert {"worker-heartbeat", "task-succeeded"} <= {e["type"] for e in on_wire}, on_wire
+            for e in on_wire:
+                assert {"hostname", "timestamp", "utcoffset", "pid", "clock"} <= set(e), e
+            assert all(e["freq"] > 0 for e in on_wire if e["type"] == "worker-heartbeat")
             page = get(f"{flower_server.url}/worker/{NODE}")
             assert NODE in page and f"{APP}.work" in page and "taskq:threads" in page.lower()
             print(f"\nFLOWER: bridge published {bridge.published} Celery events; Flower lists "
@@ -110,6 +117,23 @@ def test_real_flower_shows_taskq_workers_and_tasks(mod: ModuleType, flower_serve
     finally:
         stop.set()
         bridge.stop()
+        wire.close()
+
+
+def celery_events(wire: Any) -> list[dict[str, Any]]:
+    """Celery events seen on the Redis channel: kombu envelopes with a base64 JSON body."""
+    import base64
+
+    events = []
+    while (message := wire.get_message(timeout=0.5)) is not None:
+        if message["type"] != "pmessage":
+            continue
+        envelope = json.loads(message["data"])
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        events.append(json.loads(body))
+    return events
 
 
 class _nothing:
