@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from taskq.app import Taskq
-from taskq.errors import BackendError, BrokerError
+from taskq.errors import BackendError, BrokerError, ConfigError
 from taskq.schedules import Periodic
 
 log = logging.getLogger("taskq.beat")
@@ -38,7 +38,7 @@ class Beat:
     def __init__(self, app: Taskq, name: str | None = None, lease: float = 10.0,
                  clock: Callable[[], float] = time.time) -> None:
         if not app.schedules:
-            raise BrokerError("no periodic tasks: declare them with @app.periodic_task(cron=...|every=...)")
+            raise ConfigError("no periodic tasks: declare them with @app.periodic_task(cron=...|every=...)")
         self.app = app
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.lease = lease

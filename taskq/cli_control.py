@@ -43,7 +43,10 @@ class BeatThread(threading.Thread):
 
 
 def start_beat_thread(app: Taskq) -> BeatThread:
-    thread = BeatThread(app)
+    try:
+        thread = BeatThread(app)
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from exc
     thread.start()
     return thread
 

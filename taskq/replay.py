@@ -53,7 +53,12 @@ def window(app: Taskq, task: str, from_offset: int | None = None, from_time: dat
     into itself never reads its own output)."""
     if (from_offset is None) == (from_time is None):
         raise ConfigError("give --from-offset N or --from-time ISO, one of them")
-    topic = app.get_task(task).topic if task in app.tasks else app.topic_for(task)
+    if task in app.tasks:
+        topic = app.get_task(task).topic
+    elif task.startswith(app.settings.topic_prefix) and task in app.broker.list_topics():
+        topic = task  # a topic named directly (a priority level, say)
+    else:
+        topic = app.topic_for(task)
     marks = app.broker.watermarks(topic)
     if not marks:
         raise ConfigError(f"topic {topic} does not exist; nothing to replay")

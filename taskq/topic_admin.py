@@ -56,18 +56,19 @@ def rows(app: Taskq) -> list[TopicRow]:
 
 
 def grow(app: Taskq, task: str, partitions: int) -> str:
-    """Grow ``task``'s topic (and its dead-letter topic) to ``partitions``; what that means for keys."""
+    """Grow ``task``'s topic, its priority levels and their dead-letter topics to ``partitions``; what that
+    means for keys."""
     topic = app.get_task(task).topic if task in app.tasks else app.topic_for(task)
     current = app.broker.list_topics().get(topic)
     if current is None:
         raise ConfigError(f"topic {topic} does not exist yet; it is created with the task's partitions= on first use")
     if partitions <= current:
         raise ConfigError(f"{topic} has {current} partitions; Kafka can only add partitions (give more than {current})")
-    app.broker.create_partitions(topic, partitions)
-    dlq = app.dlq_topic(topic)
-    dlq_now = app.broker.list_topics().get(dlq)
-    if dlq_now is not None and dlq_now < partitions:
-        app.broker.create_partitions(dlq, partitions)
+    levels = app.get_task(task).topics if task in app.tasks else [topic]  # every priority level
+    existing = app.broker.list_topics()
+    for name in [t for level in levels for t in (level, app.dlq_topic(level))]:
+        if name in existing and existing[name] < partitions:
+            app.broker.create_partitions(name, partitions)
     return f"{topic}: {current} -> {partitions} partitions. " + PLACEMENT_NOTE.format(
         new=partitions, moved=1 - _kept(current, partitions))
 

@@ -114,4 +114,4 @@ def test_priority_scheduler_shares_slots_credit_and_pauses() -> None:
     dropped = s2.drop({("t.p2", 1)})
     assert len(dropped) == 10 and all(r.partition == 1 for r in dropped)
     pause, resume = s2.pauses(owned)
-    assert pause == [] and resume == [("t.p2", 0), ("t.p2", 1)]  # p2 drained to half the limit
+    assert pause == [] and resume == [("t.p2", 0), ("t.p2", 1)]  # p2 drained to 3/4 of the limit

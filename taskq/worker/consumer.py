@@ -84,9 +84,13 @@ class Worker:
         self._running: dict[bytes, Record] = {}  # task id -> its record, taken here and not finished
         self._dispatcher = KeyedDispatcher(self.pool.submit)
         levels = {topic: level for t in self.tasks for level, topic in enumerate(t.topics)}
+        # each level queues up to prefetch / levels (and one poll batch more before its pause takes
+        # effect); the bound that stops all fetching is raised by that overshoot, so that full low
+        # levels never stop the fetching of a high level whose queue runs low
+        count = max(levels.values()) + 1
         self._priorities = PriorityScheduler(levels, self._dispatcher.dispatch, concurrency * 2,
-                                             self.prefetch // (max(levels.values()) + 2)) \
-            if any(levels.values()) else None
+                                             max(1, self.prefetch // count)) if count > 1 else None
+        self._fetch_bound = self.prefetch + (count * batch_size + concurrency * 2 if count > 1 else 0)
         self._consumer: Consumer | None = None
         self._last_commit = 0.0
         self.ready = threading.Event()  # set once the consumer has joined the group
@@ -139,7 +143,7 @@ class Worker:
         while not self._stopping.is_set():
             self._take_finished()
             self._commit(consumer)
-            if self._in_flight >= self.prefetch:
+            if self._in_flight >= self._fetch_bound:
                 # Wait for work to finish rather than pausing: a pause drops the client's prefetched
                 # records. Only when full for long (slow tasks) pause, to keep polling the group.
                 full_since = full_since or time.monotonic()

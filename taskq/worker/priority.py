@@ -8,7 +8,10 @@ comes from the non-empty level with the lowest *pass* (stride scheduling): servi
 starts proportional to its weight (ratio 3 and three levels: 1/13, 3/13, 9/13) and no level starves.
 A level idle for a while does not bank credit: its pass is raised to the current one when it refills.
 Fetching follows the same rule through pause/resume: a level whose queue holds ``limit`` records has
-its partitions paused until the queue is half empty, so the worker keeps reading the levels it lacks.
+its partitions paused until the queue is down to three quarters of that (early: fetching again takes
+a round trip, and the queue must not run dry meanwhile), so the worker keeps reading the levels it
+lacks. The worker's overall prefetch bound is raised by one poll batch per level, so full low levels
+never stop the fetching of a high level.
 
 Thread: everything here runs on the consumer thread (``add``, ``pump``, ``finished``, ``drop``,
 ``pauses``); the hand-off out is ``dispatch(record)``.
@@ -34,6 +37,8 @@ class PriorityScheduler:
         self.dispatch = dispatch
         self.slots = slots
         self.limit = max(1, limit)
+        # resume early: fetching again takes a round trip, and the queue must not run dry meanwhile
+        self.resume_at = self.limit * 3 // 4
         self._queues: dict[int, deque[Record]] = {level: deque() for level in self.weights}
         self._pass = dict.fromkeys(self.weights, 0.0)
         self._now = 0.0  # the pass of the level served last
@@ -84,7 +89,7 @@ class PriorityScheduler:
     def pauses(self, assignment: Iterable[TopicPartition]) -> tuple[list[TopicPartition], list[TopicPartition]]:
         """(partitions to pause, partitions to resume) for the levels that filled up or drained."""
         full = {level for level, q in self._queues.items() if len(q) >= self.limit}
-        drained = {level for level in self._paused if len(self._queues[level]) <= self.limit // 2}
+        drained = {level for level in self._paused if len(self._queues[level]) <= self.resume_at}
         pause_levels = full - self._paused
         resume_levels = drained - full
         self._paused = (self._paused | pause_levels) - resume_levels
