@@ -10,8 +10,7 @@ APP_HELP = "The app: module or module:attribute (default: an app from TASKQ_* se
 
 
 def _load(app_path: str | None):
-    from taskq.app import Taskq
-    from taskq.app import load_app
+    from taskq.app import Taskq, load_app
 
     return load_app(app_path) if app_path else Taskq()
 

@@ -219,7 +219,6 @@ class FlowerBridge:
     def handlers(self) -> dict[str, Any]:
         """Remote-control commands that every node answers alike."""
         return {"ping": lambda state, **kw: {"ok": "pong"},
-                "registered": lambda state, **kw: sorted(self.app.tasks),
                 "conf": lambda state, **kw: self._conf(),
                 "scheduled": lambda state, **kw: [],
                 "reserved": lambda state, **kw: [],
@@ -241,6 +240,7 @@ class FlowerBridge:
         """The handlers of one node (stats, active and active_queues depend on which worker asks)."""
         handlers = self.handlers()
         handlers["stats"] = lambda state, **kw: self.stats(name)
+        handlers["registered"] = lambda state, **kw: self.registered(name)
         handlers["active"] = lambda state, **kw: self.active(name)
         handlers["active_queues"] = lambda state, **kw: self.active_queues(name)
         return handlers
@@ -262,6 +262,13 @@ class FlowerBridge:
                        "uri_prefix": None, "transport_options": {}},
             "rusage": {}, "taskq": {"processed": node.processed, "partitions": node.partitions},
         }
+
+    def registered(self, name: str) -> list[str]:
+        """The app's tasks (``-A``) and every task this worker was seen running."""
+        with self._lock:
+            node = self.nodes.get(name)
+            seen = set(node.total) | {str(t["name"]) for t in node.active.values() if t.get("name")} if node else set()
+        return sorted(set(self.app.tasks) | seen)
 
     def active(self, name: str) -> list[dict[str, Any]]:
         with self._lock:
