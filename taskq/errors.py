@@ -61,6 +61,12 @@ class Retry(TaskqError):
         self.countdown = countdown
 
 
+class MessageRejected(TaskqError):
+    """Raised by ``get()`` for a message the worker could not run (unknown task, undecodable body, content
+    type not accepted): it is in the task's dead-letter topic (``taskq dlq show``); fix the sender or
+    register the task, then replay it."""
+
+
 class Reject(TaskqError):
     """Raise inside a task to send its message to the dead-letter topic without retrying."""
 

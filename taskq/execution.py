@@ -15,8 +15,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from taskq.brokers.base import Record
-from taskq.errors import NotRegistered, Reject, Replace, Retry, SerializationError
-from taskq.message import H_TASK, TaskMessage
+from taskq.errors import MessageRejected, NotRegistered, Reject, Replace, Retry, SerializationError
+from taskq.message import H_ID, H_TASK, TaskMessage
 from taskq.results.base import FAILURE, REVOKED, SUCCESS, ResultRecord
 from taskq.task import Request, Task
 
@@ -30,7 +30,7 @@ class Kind(Enum):
     SUCCESS = "success"  # result stored, offset done
     RETRY = "retry"  # message re-sent through a delay tier, offset done
     DEAD = "dead"  # task failed for good: FAILURE stored and the message dead-lettered
-    REJECTED = "rejected"  # poison (unknown task, undecodable): dead-lettered, no result possible
+    REJECTED = "rejected"  # poison (unknown task, undecodable): dead-lettered, FAILURE stored if it has an id
     REVOKED = "revoked"  # revoked: not run (or terminated), REVOKED stored, offset done
 
 
@@ -51,7 +51,20 @@ class Outcome:
 
 
 def reject(record: Record, exc: BaseException) -> Outcome:
-    return Outcome(record, Kind.REJECTED, error_type=_qualname(exc), error_message=str(exc),
+    """A message that cannot run: dead-lettered, and a FAILURE stored when its id header is readable,
+    so that the caller's ``get()`` raises :class:`MessageRejected` at once instead of waiting."""
+    result = None
+    raw_id = record.header(H_ID)
+    try:
+        task_id = raw_id.decode() if raw_id else ""
+    except UnicodeDecodeError:
+        task_id = ""
+    if task_id:
+        raw_task = record.header(H_TASK)
+        error = f"{_qualname(MessageRejected(exc))}: {exc} (the message was dead-lettered: see taskq dlq ls)"
+        result = ResultRecord(task_id, FAILURE, None, error, None,
+                              raw_task.decode(errors="replace") if raw_task else None, None, 0, time.time())
+    return Outcome(record, Kind.REJECTED, result, error_type=_qualname(exc), error_message=str(exc),
                    error_traceback="")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from taskq import BackendError, BrokerError, ConfigError, SerializationError, Taskq
+from taskq import BackendError, BrokerError, ConfigError, MessageRejected, SerializationError, Taskq
 from taskq.brokers.base import Record
 from taskq.message import TaskMessage
 from tests.support import read_records, worker_thread
@@ -89,7 +89,9 @@ def test_unknown_task_is_dead_lettered_and_worker_continues(app: Taskq, kind: st
     assert letter.header("id") == b"poison-unknown"
     assert letter.header("original-topic") == echo.topic.encode()
     assert letter.key == b"same-key" and letter.value == value
-    assert app.backend.get("poison-unknown") is None  # no result for a message that never ran
+    # the caller's get() raises at once with the reason instead of waiting (a FAILURE stored for a readable id)
+    with pytest.raises(MessageRejected, match="no.such.task"):
+        app.AsyncResult("poison-unknown").get(timeout=1)
     # the poison and the valid task are both committed
     partition = letter.header("original-partition")
     assert partition is not None

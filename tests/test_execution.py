@@ -104,7 +104,9 @@ def test_run_reject_is_dead_without_retry(app: Taskq) -> None:
 def test_run_unknown_task_is_rejected(app: Taskq) -> None:
     outcome = run(app, encoded(TaskMessage("id7", "u.nosuch", [], {}, b"k")), "w")
     assert outcome.kind is Kind.REJECTED
-    assert outcome.result is None
+    # a readable id: a FAILURE for the caller's get() (MessageRejected), stored once the letter is sent
+    assert outcome.result is not None and outcome.result.status == FAILURE
+    assert outcome.result.error.startswith("taskq.errors.MessageRejected: ")
     assert outcome.error_type == "taskq.errors.NotRegistered"
     assert "u.nosuch" in outcome.error_message
 

@@ -72,11 +72,17 @@ def parse_kafka_url(url: str) -> dict[str, Any]:
     return config
 
 
+TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, getattr(KafkaError, "RECORD_LIST_TOO_LARGE", -1)})
+
+
 def _error(err: KafkaError | KafkaException | None) -> BrokerError | None:
     if err is None:
         return None
     if isinstance(err, KafkaException):
         err = err.args[0]
+    if isinstance(err, KafkaError) and err.code() in TOO_LARGE:  # refused by the broker: never sendable as is
+        return MessageTooLarge(f"Kafka: {err.str()} (the topic's max.message.bytes or the broker's "
+                               "message.max.bytes is lower than this message)")
     return BrokerError(f"Kafka: {err.str() if isinstance(err, KafkaError) else err}")
 
 

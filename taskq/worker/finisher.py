@@ -11,18 +11,22 @@ Hand-offs:
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from taskq import flow
 from taskq.app import Taskq
 from taskq.brokers.base import Record
-from taskq.deadletter import dead_letter_headers
+from taskq.deadletter import dead_letter_forms
 from taskq.execution import Kind, Outcome
 from taskq.message import H_CONTENT_TYPE, H_ORIGIN
+from taskq.results.base import FAILURE, ResultRecord
 from taskq.worker.sender import Outgoing, Sender, retrying
 
+log = logging.getLogger("taskq.worker")
 MAX_BATCH = 2000  # outcomes made durable together (one pipelined result write)
 Finished = list[tuple[Record, bool]]  # (record, its offset may be committed)
 
@@ -78,19 +82,24 @@ class Finisher:
         runs again and sends them again, with the same ids); a final FAILURE is stored only after its
         dead letter is acknowledged (a redelivery finding FAILURE is skipped, so the letter must exist by
         then); a RETRY state is stored before its retry is sent (a redelivery finding RETRY runs again).
+        A retry or dead letter the broker refuses as too large is sent in a smaller form; a retry that
+        cannot be sent at all ends the task as a dead letter; when no form can be sent, the FAILURE
+        stored says so and the worker moves on (no send is retried forever).
         """
         backend = self.app.backend
         outcomes = [o for _, o in batch if o is not None]
         plan = flow.after_outcomes(self.app, outcomes)
         if plan:
             flow.settle(self.app, plan, self._deliver, retrying)
-        first = [o.result for o in outcomes if o.result is not None and o.kind is not Kind.DEAD]
+        final = (Kind.DEAD, Kind.REJECTED)
+        first = [o.result for o in outcomes if o.result is not None and o.kind not in final]
         if first:
             retrying("store results", lambda: backend.store_many(first))
-        sends = [self.follow_up(o) for o in outcomes if o.kind is not Kind.SUCCESS and o.kind is not Kind.REVOKED]
-        if sends:
-            self.sender.send_all(sends)
-        failures = [o.result for o in outcomes if o.result is not None and o.kind is Kind.DEAD]
+        follow = [o for o in outcomes if o.kind not in (Kind.SUCCESS, Kind.REVOKED)]
+        failures = [o.result for o in outcomes if o.result is not None and o.kind in final]
+        if follow:
+            sent = self.sender.send_first([self.forms(o) for o in follow])
+            failures += [r for o, index in zip(follow, sent) if (r := self._unsent(o, index)) is not None]
         if failures:
             retrying("store results", lambda: backend.store_many(failures))
         for o in outcomes:
@@ -99,23 +108,53 @@ class Finisher:
 
     def _deliver(self, messages: list[flow.Outgoing]) -> None:
         """Send canvas follow-ups and wait for their acknowledgement."""
-        self.sender.send_all([self.app.outgoing(m, topic, partitions, serializer)
-                              for m, topic, partitions, serializer in messages])
+        refused = self.sender.send_all([self.app.outgoing(m, topic, partitions, serializer)
+                                        for m, topic, partitions, serializer in messages])
+        for topic, _key, _value, headers in refused:
+            task_id = dict(headers).get("id", b"?").decode(errors="replace")
+            log.error("canvas follow-up %s for %s is too large to send; it was dropped", task_id, topic)
 
-    def follow_up(self, outcome: Outcome) -> Outgoing:
-        """The message a retry or dead letter must produce before the offset may be committed."""
+    def forms(self, outcome: Outcome) -> list[Outgoing]:
+        """What a retry or dead letter may be sent as, fullest first (see :func:`dead_letter_forms`).
+
+        A retry's only form is the retry itself; its dead letter forms follow, should it be refused.
+        """
         record = outcome.record
         app = self.app
+        forms: list[Outgoing] = []
         if outcome.kind is Kind.RETRY and outcome.message is not None:
             # re-encode with the serializer the message came in (a pickle task's args may not be JSON)
             content_type = (record.header(H_CONTENT_TYPE) or b"application/json").decode(errors="replace")
+            arrived = app.serializers.by_content_type(content_type) if content_type else None
             serializer = next((n for n in app.settings.accept_content
-                               if app.serializers.get(n).content_type == content_type), "json")
+                               if arrived is not None and app.serializers.get(n) is arrived), "json")
             value, headers = outcome.message.encode(app.serializers, serializer)
             headers.append((H_ORIGIN, record.topic.encode()))
-            return app.delay_topic(outcome.retry_delay), record.key, value, headers
-        headers = dead_letter_headers(record, outcome.kind.value, outcome.error_type, outcome.error_message,
-                                      outcome.error_traceback, self.worker_name)
+            forms.append((app.delay_topic(outcome.retry_delay), record.key, value, headers))
+        reason = Kind.DEAD.value if outcome.kind is Kind.RETRY else outcome.kind.value
         # record.topic, not the origin-topic header: the worker consumes task topics only, and a header
         # naming a topic without a dead-letter topic would block the finisher forever
-        return app.dlq_topic(record.topic), record.key, record.value, headers
+        dlq = app.dlq_topic(record.topic)
+        forms += [(dlq, key, value, headers) for key, value, headers in dead_letter_forms(
+            record, reason, outcome.error_type, outcome.error_message, outcome.error_traceback, self.worker_name)]
+        return forms
+
+    def _unsent(self, outcome: Outcome, index: int | None) -> ResultRecord | None:
+        """The FAILURE to store for a follow-up sent in a lesser form than planned (or not at all)."""
+        record = outcome.record
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        if index is None:
+            log.error("%s: no form of its %s message could be sent (too large); storing the failure and "
+                      "moving on", where, outcome.kind.value)
+        if outcome.kind is Kind.RETRY and index != 0:
+            state = outcome.result
+            if state is None:
+                return None
+            note = "its retry was too large to send; dead-lettered" if index is not None else \
+                "its retry and its dead letter were too large to send"
+            return ResultRecord(state.id, FAILURE, None, f"{state.error} ({note})", state.traceback, state.task,
+                                state.worker, state.attempts, time.time(), state.meta)
+        if index is None and outcome.result is not None:
+            outcome.result.error = f"{outcome.result.error} (its dead letter was too large to send)"
+            outcome.result.encoded = None
+        return None

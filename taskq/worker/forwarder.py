@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 from taskq.app import Taskq
 from taskq.brokers.base import Record, TopicPartition
+from taskq.deadletter import dead_letter_forms
 from taskq.message import H_ETA, H_ORIGIN
 from taskq.topics import delay_group
-from taskq.worker.sender import Sender
+from taskq.worker.sender import Outgoing, Sender
 
 log = logging.getLogger("taskq.worker")
 MAX_HELD = 10_000  # records held per tier partition before it is paused
@@ -65,8 +66,7 @@ class Forwarder:
                     while records and due_at(records[0]) <= now:
                         due.append(records.popleft())
                 if due:
-                    self.sender.send_all([(self._target(r), r.key, r.value,
-                                           [h for h in r.headers if h[0] != H_ORIGIN]) for r in due])
+                    self.sender.send_first([self._forms(r) for r in due])
                     self._on_forwarded(len(due))
                     consumer.commit({(r.topic, r.partition): r.offset + 1 for r in due})
                 # bound memory: stop reading a tier partition whose head is far from due
@@ -79,6 +79,16 @@ class Forwarder:
                 paused = (paused | full) - drained
         finally:
             consumer.close()
+
+    def _forms(self, record: Record) -> list[Outgoing]:
+        """The record back on its task topic; should that be refused as too large, a dead letter."""
+        target = self._target(record)
+        forward = (target, record.key, record.value, [h for h in record.headers if h[0] != H_ORIGIN])
+        dlq = target if target == self.app.dlq_topic(record.topic) else self.app.dlq_topic(target)
+        self.app.ensure_topic(dlq, 1)  # the app remembers the topics it ensured: one admin call per topic
+        letters = dead_letter_forms(record, "dead", "taskq.errors.MessageTooLarge",
+                                    f"too large to forward from {record.topic} to {target}", "", "forwarder")
+        return [forward] + [(dlq, key, value, headers) for key, value, headers in letters]
 
     def _target(self, record: Record) -> str:
         """The task topic a delayed record returns to; a dead-letter topic when it names none."""

@@ -2,8 +2,9 @@
 
 Used by the finisher (retries and dead letters) and the forwarder (due delayed messages), each from
 its own thread with its own batch, over the worker's one producer. Delivery reports arrive through
-per-message callbacks served by ``producer.poll``. A message the broker refuses as too large
-(:class:`~taskq.errors.MessageTooLarge`) is sent once more without its traceback header.
+per-message callbacks served by ``producer.poll``. A message may come in several forms, fullest first:
+one the broker refuses as too large (:class:`~taskq.errors.MessageTooLarge`) is replaced by the next,
+never sent again as it was.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from taskq.brokers.base import Headers, Producer, Record
-from taskq.deadletter import H_TRACEBACK
 from taskq.errors import BackendError, BrokerError, MessageTooLarge
 
 log = logging.getLogger("taskq.worker")
@@ -46,39 +46,65 @@ class Sender:
     def __init__(self, producer: Producer) -> None:
         self.producer = producer
 
-    def send_all(self, messages: list[Outgoing]) -> None:
-        """Produce and wait for every acknowledgement; re-send what failed until it succeeds."""
-        pending = messages
-        while pending:
-            failed: list[Outgoing] = []
-            acked = [0]
+    def send_all(self, messages: list[Outgoing]) -> list[Outgoing]:
+        """Produce and wait for every acknowledgement; returns the messages the broker refused for good."""
+        sent = self.send_first([[m] for m in messages])
+        return [m for m, index in zip(messages, sent) if index is None]
 
-            def reporter(message: Outgoing) -> Report:
+    def send_first(self, ladders: list[list[Outgoing]]) -> list[int | None]:
+        """Send one form of each message: the first one the broker takes, waiting for every acknowledgement.
+
+        ``ladders[i]`` holds message ``i``'s forms, fullest first. A form refused as too large
+        (:class:`~taskq.errors.MessageTooLarge`, when queued or in its delivery report) is never sent
+        again: the next form is tried. Other failures (an outage) send the same form again after a
+        pause. Returns, per message, the index of the form acknowledged, or None if every form was
+        refused.
+        """
+        chosen = [0] * len(ladders)
+        outcome: list[int | None] = [None] * len(ladders)
+        pending = [i for i, forms in enumerate(ladders) if forms]
+        pause = 0.1
+        while pending:
+            again: list[int] = []
+            acked = [0]
+            queued = 0
+
+            def reporter(i: int) -> Report:
                 def report(err: BaseException | None, _record: Record | None) -> None:
                     acked[0] += 1
-                    if err is not None:
-                        failed.append(message)
+                    if err is None:
+                        outcome[i] = chosen[i]
+                    else:
+                        if isinstance(err, MessageTooLarge):
+                            chosen[i] += 1
+                        again.append(i)
                 return report
 
-            for m in pending:
-                self._produce(m, reporter(m))
-            while acked[0] < len(pending):
+            for i in pending:
+                while chosen[i] < len(ladders[i]):
+                    try:
+                        self._produce(ladders[i][chosen[i]], reporter(i))
+                        queued += 1
+                        break
+                    except MessageTooLarge as exc:
+                        log.warning("%s refused (%s); trying a smaller form", ladders[i][chosen[i]][0], exc)
+                        chosen[i] += 1
+            while acked[0] < queued:
                 self.producer.poll(0.1)
-            if failed:
-                log.warning("%d retry/dead-letter messages not acknowledged; sending again", len(failed))
-                time.sleep(0.5)
-            pending = failed
+            pending = [i for i in again if chosen[i] < len(ladders[i])]
+            if len(pending) < len(again):
+                log.error("%d message(s) refused as too large in every form", len(again) - len(pending))
+            if pending:
+                log.warning("%d retry/dead-letter/forwarded messages not acknowledged; sending again", len(pending))
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+        return outcome
 
     def _produce(self, message: Outgoing, report: Report) -> None:
-        """Queue one message; a message refused as too large is sent again without its traceback."""
+        """Queue one message, waiting out a full local queue or an outage; MessageTooLarge is raised."""
         topic, key, value, headers = message
         producer = self.producer
-        try:
-            retrying("produce", lambda: producer.produce(topic, key, value, headers, report), MessageTooLarge)
-        except MessageTooLarge as exc:
-            slim = [(k, v) for k, v in headers if k != H_TRACEBACK]
-            log.error("cannot send to %s (%s); sending it without its traceback header", topic, exc)
-            retrying("produce", lambda: producer.produce(topic, key, value, slim, report))
+        retrying("produce", lambda: producer.produce(topic, key, value, headers, report), MessageTooLarge)
 
     def flush(self, timeout: float) -> None:
         self.producer.flush(timeout)
