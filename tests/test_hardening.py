@@ -363,3 +363,50 @@ def test_rejected_message_with_an_id_fails_its_result_at_once(echo_app: Taskq, u
                 app.AsyncResult(f"{name}-{unique}").get(timeout=10)
             assert time.monotonic() - t0 < 1
     assert len(read_records(app, app.dlq_topic(echo.topic), 3, timeout=30)) == 3
+
+
+# --------------------------------------------------------------------------- 11. non-Python producers
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+def test_kafka_console_producer_sends_tasks(kafka_url: str, redis_url: str, unique: str) -> None:
+    """Tasks produced by Kafka's own console producer (Java, as the README's wire format says) run; keys
+    land where taskq's partitioner puts them, so per-key order holds across producers."""
+    import subprocess
+    import sys
+
+    from taskq.partitioner import partition_for
+    from tests.conftest import _start_or_give_up
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from services import KAFKA_LIBS, fetch_kafka, java_binary  # scripts/services.py
+
+    app = Taskq(f"wire{unique}", broker=kafka_url, backend=redis_url, topic_prefix=f"wire{unique}.")
+
+    @app.task(name="wire.add", key="user")
+    def add(x: int, y: int, user: str) -> int:
+        return x + y
+
+    app.ensure_topic(add.topic, add.partitions)
+    lines = []
+    for i in range(6):
+        headers = f"id:wire-{unique}-{i},task:wire.add,content-type:application/json; charset=utf-8,x-source:java"
+        lines.append(f'{headers}\tu{i % 3}\t[[{i}, 1], {{"user": "u{i % 3}"}}]')
+    java = _start_or_give_up("java", java_binary)
+    fetch_kafka()
+    done = subprocess.run(
+        [java, "-cp", str(KAFKA_LIBS / "*"), "org.apache.kafka.tools.ConsoleProducer",
+         "--bootstrap-server", kafka_url.removeprefix("kafka://"), "--topic", add.topic,
+         "--property", "parse.key=true", "--property", "parse.headers=true"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    try:
+        with worker_thread(app, concurrency=2, forward_delayed=False):
+            assert [app.AsyncResult(f"wire-{unique}-{i}").get(timeout=60) for i in range(6)] == [i + 1 for i in range(6)]
+        from taskq.dlq import read_topic
+
+        placed = {r.key: r.partition for r in read_topic(app, add.topic)}
+        assert placed == {k: partition_for(k, add.partitions) for k in (b"u0", b"u1", b"u2")}
+    finally:
+        app.close()
