@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # rich is imported where it is used: `taskq worker` should no
 
 NOOP = "bench.noop"
 SLEEP = "bench.sleep"
+INFER = "bench.infer"  # a model call through the anthropic SDK (taskq.llm), answered by the local stand-in
 WORKER_APP = "benchmarks.bench:bench_app"
 REPO = Path(__file__).resolve().parent.parent  # the checkout: worker processes import benchmarks/ from here
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -82,6 +83,19 @@ def make_app(broker: str | None = None, backend: str | None = None, **settings: 
         await asyncio.sleep(seconds)
         return [key, seq, started, time.time()]
 
+    try:
+        from taskq.llm import LLM, complete
+    except ImportError:  # the llm extra is not installed: no SDK benchmark
+        return app
+    llm = LLM(app)
+
+    @app.task(name=INFER, key="key", bind=True, max_retries=3, retry_backoff=True, time_limit=300)
+    async def infer(self: Any, key: str, seq: int, prompt: str, max_tokens: int = 8) -> list[Any]:
+        started = time.time()
+        answer = await complete(self, llm, prompt, model="claude-haiku-4-5", user_id=key, max_tokens=max_tokens)
+        return [key, seq, started, time.time(), answer["usage"]["output_tokens"]]
+
+    llm.install(infer)
     return app
 
 
@@ -716,7 +730,7 @@ def check_key_order(results: Sequence[Any]) -> dict[str, Any]:
     by_key: dict[str, list[tuple[int, float, float]]] = {}
     for value in results:
         if value is not None:
-            key, seq, started, ended = value
+            key, seq, started, ended = value[:4]
             by_key.setdefault(key, []).append((seq, started, ended))
     violations, gaps = 0, []
     for runs in by_key.values():
@@ -735,26 +749,41 @@ def check_key_order(results: Sequence[Any]) -> dict[str, Any]:
 
 
 def run_llm(target: Target, n: int = 5000, keys: int = 500, seconds: float = 1.0, concurrency: int = 1000,
-            pool: str = "asyncio", progress: Progress | None = None, timeout: float = 900.0) -> dict[str, Any]:
-    """Keyed async tasks that await ``asyncio.sleep(seconds)`` on an asyncio-pool worker."""
+            pool: str = "asyncio", progress: Progress | None = None, timeout: float = 900.0,
+            sdk: bool = True) -> dict[str, Any]:
+    """Keyed LLM calls on an asyncio-pool worker: through the anthropic SDK to the Messages API stand-in
+    answering after ``seconds`` (``sdk``), or tasks that only ``asyncio.sleep(seconds)``."""
     run = new_run_id()
     app = target.app(run)
-    sleep = app.get_task(SLEEP)
+    name = INFER if sdk else SLEEP
+    task = app.get_task(name)
     ids: list[str] = []
+    server = None
+    env: dict[str, str] = {}
+    if sdk:
+        from taskq.devtools.llm_server import LLMServerProcess
+
+        server = LLMServerProcess(latency=seconds).start()
+        # generous timeouts: on a busy machine opening hundreds of connections at once takes a while
+        env = {"TASKQ_LLM_BASE_URL": server.url, "TASKQ_LLM_MAX_CONNECTIONS": str(max(concurrency, 100)),
+               "TASKQ_LLM_CONNECT_TIMEOUT": "60", "TASKQ_LLM_READ_TIMEOUT": "120"}
     try:
-        prepare_topics(app, [SLEEP])
-        with Phase(progress, f"queue {n} keyed tasks", n) as phase:
+        prepare_topics(app, [name])
+        with Phase(progress, f"queue {n} keyed {'model calls' if sdk else 'tasks'}", n) as phase:
             for i in range(n):
-                ids.append(sleep.delay(key=f"k{i % keys}", seq=i // keys, seconds=seconds).id)
+                if sdk:
+                    ids.append(task.delay(key=f"k{i % keys}", seq=i // keys, prompt=f"question {i}").id)
+                else:
+                    ids.append(task.delay(key=f"k{i % keys}", seq=i // keys, seconds=seconds).id)
                 if i % 100 == 0:
                     phase.update(i)
             app.flush()
         count, close = taskq_counter(app, ids)
-        worker = taskq_worker(target, run, concurrency, pool, tasks=[SLEEP])
+        worker = taskq_worker(target, run, concurrency, pool, tasks=[name], **env)
         try:
             with worker, Phase(progress, f"worker {pool} x{concurrency}", n) as phase:
                 done = wait_for_keys(count, n, worker, timeout, phase.update, poll=0.1,
-                                     then=offsets_committed(app, SLEEP))
+                                     then=offsets_committed(app, name))
                 cpu = worker.cpu_seconds()
                 peak = worker.peak_rss_mb()
         finally:
@@ -763,14 +792,20 @@ def run_llm(target: Target, n: int = 5000, keys: int = 500, seconds: float = 1.0
         order = check_key_order(values)
         per_key = math.ceil(n / keys)
         ideal_span = max(per_key * seconds, n * seconds / concurrency)
+        extra: dict[str, Any] = {}
+        if server is not None:
+            extra = {"via": "anthropic SDK -> stand-in", "peak_concurrent_calls": server.health()["peak_active"],
+                     "output_tokens": sum(v[4] for v in values if isinstance(v, list) and len(v) > 4)}
         return {
-            "tasks": n, "keys": keys, "sleep_s": seconds, "seconds": done.done, "tasks_per_s": n / done.done,
-            "sustained_tasks_per_s": n / order["span_s"], "ideal_tasks_per_s": n / ideal_span,
-            "efficiency": ideal_span / order["span_s"], **order, "failed": failed,
-            "cpu_ms_per_task": cpu / n * 1000, "peak_rss_mb": peak,
+            "tasks": n, "keys": keys, "latency_s" if sdk else "sleep_s": seconds, "seconds": done.done,
+            "tasks_per_s": n / done.done, "sustained_tasks_per_s": n / order["span_s"],
+            "ideal_tasks_per_s": n / ideal_span, "efficiency": ideal_span / order["span_s"], **order,
+            "failed": failed, "cpu_ms_per_task": cpu / n * 1000, "peak_rss_mb": peak, **extra,
         }
     finally:
         cleanup(app, ids)
+        if server is not None:
+            server.stop()
 
 
 def run_soak(target: Target, seconds: float = 600.0, rate: float = 1000.0, sample: float = 10.0,
@@ -965,13 +1000,18 @@ def latency(tasks: int, concurrency: int, pool: str, warmup: int, runs: int, as_
 @bench.command()
 @_common(5000, 1000, "asyncio")
 @click.option("--keys", default=500, show_default=True, help="Distinct message keys (per-key order is checked).")
-@click.option("--sleep", "seconds", default=1.0, show_default=True, help="Seconds each task awaits.")
-def llm(tasks: int, concurrency: int, pool: str, keys: int, seconds: float, runs: int, as_json: bool,
-        start_services: bool) -> None:
-    """LLM-style load: keyed async tasks awaiting asyncio.sleep on an asyncio-pool worker."""
-    _execute("llm", {"tasks": tasks, "keys": keys, "sleep": seconds, "concurrency": concurrency, "pool": pool},
+@click.option("--latency", "--sleep", "seconds", default=1.0, show_default=True,
+              help="Seconds the stand-in takes to answer (with --sleep-only: seconds each task awaits).")
+@click.option("--sleep-only", is_flag=True, help="Tasks that only await asyncio.sleep, no SDK and no HTTP.")
+def llm(tasks: int, concurrency: int, pool: str, keys: int, seconds: float, sleep_only: bool, runs: int,
+        as_json: bool, start_services: bool) -> None:
+    """LLM load: keyed model calls through the anthropic SDK to the local Messages API stand-in
+    (pip install -e '.[llm]'), on an asyncio-pool worker; per-key order is checked."""
+    _execute("llm", {"tasks": tasks, "keys": keys, "latency": seconds, "concurrency": concurrency, "pool": pool,
+                     "via": "sleep" if sleep_only else "sdk"},
              runs, start_services, as_json,
-             lambda target, progress: run_llm(target, tasks, keys, seconds, concurrency, pool, progress))
+             lambda target, progress: run_llm(target, tasks, keys, seconds, concurrency, pool, progress,
+                                              sdk=not sleep_only))
 
 
 @bench.command()
