@@ -410,3 +410,37 @@ def test_kafka_console_producer_sends_tasks(kafka_url: str, redis_url: str, uniq
         assert placed == {k: partition_for(k, add.partitions) for k in (b"u0", b"u1", b"u2")}
     finally:
         app.close()
+
+
+# --------------------------------------------------------------------------- 5. a far-future eta blocks nothing
+
+
+def test_far_future_eta_does_not_block_its_delay_tier(kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                                      unique: str) -> None:
+    """A task due tomorrow sits first in a tier partition; countdowns sent after it into the same tier
+    partition run on time (at most ~1 s late); the far one stays delayed, not lost."""
+    from taskq.dlq import read_topic
+
+    app = make_app(kind, request, tmp_path, unique, retry_tiers=(0.5, 30.0))
+    ran: dict[str, float] = {}
+
+    @app.task(name="hard.when", key="key")
+    def when(key: str, label: str) -> float:
+        ran[label] = time.time()
+        return ran[label]
+
+    try:
+        with worker_thread(app, concurrency=2):
+            far = when.apply_async(("k", "far"), eta=time.time() + 86400)  # same key: same tier partition
+            sent = time.time()
+            soon = [when.apply_async(("k", f"soon{i}"), countdown=c) for i, c in enumerate((2.0, 3.0, 1.0))]
+            app.flush()
+            for r in soon:
+                r.get(timeout=30)
+            assert far.status == "PENDING"
+            copies = [r for t in app.delay_topics for r in read_topic(app, t) if r.header("id") == far.id.encode()]
+        late = {label: ran[label] - (sent + c) for label, c in zip(("soon0", "soon1", "soon2"), (2.0, 3.0, 1.0))}
+        assert all(-0.1 < x < 1.2 for x in late.values()), late
+        assert "far" not in ran and copies, "the far-future task left the tier"
+    finally:
+        app.close()

@@ -1,14 +1,18 @@
 """The forwarder thread: moves due messages from the delay tiers back to their task topics.
 
-It reads the tier topics in its own consumer group (``<group>.delay``), holds each partition's
-records in order until the head is due (``eta`` header), sends the due ones through the
-:class:`~taskq.worker.sender.Sender` and commits them once acknowledged.
+It reads the tier topics in its own consumer group (``<group>.delay``) and holds their records;
+each is sent back through the :class:`~taskq.worker.sender.Sender` when its own ``eta`` passes,
+whatever sits before it in its tier partition (no delayed message waits on one due later). A tier
+partition's commit point is its first record not sent yet: a record not due that holds it back
+once later ones went out is re-queued (sent again to the tier for its remaining delay, which may be
+a smaller tier) so the commit point moves on. Offsets are committed once the sends are acknowledged.
 Hand-offs: ``stopping`` (an event set by the worker) ends it; ``on_forwarded(count)`` reports each
 batch sent.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -45,33 +49,27 @@ class Forwarder:
         self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
-        held: dict[TopicPartition, deque[Record]] = {}
-        paused: set[TopicPartition] = set()
-
-        def revoke(partitions: list[TopicPartition]) -> None:
-            for tp in partitions:
-                held.pop(tp, None)
-                paused.discard(tp)
-
         app = self.app
-        consumer = app.broker.consumer(delay_group(app.group), app.delay_topics, None, revoke,
+        tiers = _Tiers()
+        consumer = app.broker.consumer(delay_group(app.group), app.delay_topics, None, tiers.forget,
                                        **app.settings.consumer_options)
+        paused: set[TopicPartition] = set()
         try:
             while not self._stopping.is_set():
                 for record in consumer.consume(500, 0.2):
-                    held.setdefault((record.topic, record.partition), deque()).append(record)
-                due: list[Record] = []
-                now = time.time()
-                for records in held.values():
-                    while records and due_at(records[0]) <= now:
-                        due.append(records.popleft())
+                    tiers.add(record)
+                due = tiers.due(time.time())
                 if due:
                     self.sender.send_first([self._forms(r) for r in due])
                     self._on_forwarded(len(due))
-                    consumer.commit({(r.topic, r.partition): r.offset + 1 for r in due})
-                # bound memory: stop reading a tier partition whose head is far from due
-                full = {tp for tp, records in held.items() if len(records) >= MAX_HELD} - paused
-                drained = {tp for tp in paused if not held.get(tp)}
+                    tiers.sent(due)
+                    self._requeue(tiers, tiers.blocking())
+                commits = tiers.commit_points()
+                if commits:
+                    consumer.commit(commits)
+                # bound memory: stop reading a tier partition holding MAX_HELD records not yet due
+                full = {tp for tp in tiers.partitions() if tiers.held(tp) >= MAX_HELD} - paused
+                drained = {tp for tp in paused if tiers.held(tp) < MAX_HELD // 2}
                 if full:
                     consumer.pause(full)
                 if drained:
@@ -79,6 +77,18 @@ class Forwarder:
                 paused = (paused | full) - drained
         finally:
             consumer.close()
+
+    def _requeue(self, tiers: _Tiers, records: list[Record]) -> None:
+        """Send records that are not due yet but hold back their partition's commit point to the end of the
+        tier for their remaining delay, so the commit point moves past them (nothing waits on them)."""
+        if not records:
+            return
+        now = time.time()
+        sent = self.sender.send_first([[(self.app.delay_topic(max(0.0, due_at(r) - now)), r.key, r.value,
+                                         r.headers)] for r in records])
+        moved = [r for r, index in zip(records, sent) if index is not None]
+        tiers.sent(moved)
+        log.debug("re-queued %d delayed record(s) not yet due", len(moved))
 
     def _forms(self, record: Record) -> list[Outgoing]:
         """The record back on its task topic; should that be refused as too large, a dead letter."""
@@ -104,6 +114,71 @@ class Forwarder:
     def _refresh_known_topics(self) -> set[str]:
         self._known_topics = set(self.app.broker.list_topics())
         return self._known_topics
+
+
+class _Tiers:
+    """The tier records read and not yet committed: per partition in offset order, and by due time.
+
+    A record is sent when due, wherever it sits in its partition; a partition's commit point is its
+    first record not sent yet. Only the forwarder thread uses this.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[TopicPartition, deque[Record]] = {}  # read, not yet committed, offset order
+        self._pending: dict[TopicPartition, set[int]] = {}  # offsets of those not sent yet
+        self._heap: list[tuple[float, int, Record]] = []  # (due, seq, record); stale entries skipped
+        self._seq = 0
+
+    def add(self, record: Record) -> None:
+        tp = (record.topic, record.partition)
+        self._records.setdefault(tp, deque()).append(record)
+        self._pending.setdefault(tp, set()).add(record.offset)
+        self._seq += 1
+        heapq.heappush(self._heap, (due_at(record), self._seq, record))
+
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        """The partitions were revoked: their records are another forwarder's now."""
+        for tp in partitions:
+            self._records.pop(tp, None)
+            self._pending.pop(tp, None)
+
+    def due(self, now: float) -> list[Record]:
+        """Records due by ``now`` and not sent yet, earliest first."""
+        out: list[Record] = []
+        while self._heap and self._heap[0][0] <= now:
+            record = heapq.heappop(self._heap)[2]
+            if record.offset in self._pending.get((record.topic, record.partition), ()):
+                out.append(record)
+        return out
+
+    def sent(self, records: list[Record]) -> None:
+        for r in records:
+            self._pending.get((r.topic, r.partition), set()).discard(r.offset)
+
+    def blocking(self) -> list[Record]:
+        """Records not sent yet that sit before a sent record of their partition (they hold its commit)."""
+        out: list[Record] = []
+        for tp, records in self._records.items():
+            pending = self._pending[tp]
+            last_sent = next((r.offset for r in reversed(records) if r.offset not in pending), None)
+            if last_sent is not None:
+                out.extend(r for r in records if r.offset < last_sent and r.offset in pending)
+        return out
+
+    def commit_points(self) -> dict[TopicPartition, int]:
+        """Partitions whose first records were sent: the offset after them (and forget those records)."""
+        points: dict[TopicPartition, int] = {}
+        for tp, records in self._records.items():
+            pending = self._pending[tp]
+            while records and records[0].offset not in pending:
+                points[tp] = records.popleft().offset + 1
+        return points
+
+    def partitions(self) -> list[TopicPartition]:
+        return list(self._records)
+
+    def held(self, tp: TopicPartition) -> int:
+        return len(self._records.get(tp, ()))
 
 
 def due_at(record: Record) -> float:
