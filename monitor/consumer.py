@@ -1,8 +1,8 @@
 """Reads the task-events topic and hands every event to the monitor's listeners.
 
-The consumer thread owns its reader. On Kafka it reads outside any group from the offsets whose
-timestamps are at or after ``since``; on the embedded broker it joins a fresh group and reads from the
-beginning. Either way a restarted monitor rebuilds its view from history (events older than ``since``
+The consumer thread owns its reader. Where the broker reads outside a group (``Broker.reader``) it
+starts at the offsets whose timestamps are at or after ``since``; otherwise it joins a fresh group and
+reads from the beginning. Either way a restarted monitor rebuilds its view from history (events older than ``since``
 are skipped), and while it runs it sees every event the topic keeps: nothing is sampled or dropped,
 unlike Celery's transient event queue. Nothing is committed.
 """
@@ -59,8 +59,8 @@ class EventConsumer:
         self._thread.join(timeout)
 
     def _open(self) -> tuple[Callable[[int, float], list[Record]], Callable[[], None], dict[int, int]]:
-        """(read, close, end offsets still to reach): Kafka jumps to ``since`` by timestamp and reads outside
-        any group; the embedded broker reads from the start in a group of its own and skips older events."""
+        """(read, close, end offsets still to reach): read outside any group from the offsets at ``since``,
+        or, where the broker cannot, from the start in a group of its own (older events are skipped)."""
         broker = self.app.broker
         marks = broker.watermarks(self.topic)
         try:
