@@ -34,19 +34,37 @@ def main(ctx: click.Context, log_level: str) -> None:
 
 @main.command()
 @click.option("-A", "--app", "app_path", required=True, help="The app: module, module.attribute or module:attribute.")
-@click.option("-Q", "--queues", multiple=True, help="Task names or topics to consume (default: all tasks).")
-@click.option("-c", "--concurrency", default=8, show_default=True, help="Tasks run at once.")
-@click.option("--pool", type=click.Choice(sorted(POOLS)), default="threads", show_default=True)
-@click.option("--batch-size", default=1000, show_default=True, help="Records fetched per poll.")
+@click.option("-Q", "--queues", multiple=True,
+              help="Task names or topics to consume, shell patterns allowed (default: all tasks).")
+@click.option("--profile", default=None,
+              help="Worker profile: workers/NAME.toml or a .toml path (topics, pool, concurrency, batch size); "
+                   "options given here win.")
+@click.option("-c", "--concurrency", type=click.IntRange(1), default=None, help="Tasks run at once [default: 8].")
+@click.option("--pool", type=click.Choice(sorted(POOLS)), default=None, help="[default: threads]")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Records fetched per poll [default: 1000].")
 @click.option("--prefetch", type=int, default=None, help="Records taken but unfinished at most.")
+@click.option("--task-batch-size", type=click.IntRange(1), default=None,
+              help="Records per call of batch tasks (overrides @app.task(batch_size=...)).")
+@click.option("--task-batch-wait", type=click.FloatRange(0), default=None,
+              help="Seconds to wait to fill a batch (overrides batch_wait).")
 @click.option("-n", "--name", default=None, help="Worker name (default host:pid).")
 @click.option("--processes", type=click.IntRange(1), default=None,
               help="Run N worker processes (group members) under a supervisor that restarts dead ones.")
 @click.option("--beat", "with_beat", is_flag=True, help="Also run the periodic-task beat in this process.")
 @click.pass_context
-def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], concurrency: int, pool: str, batch_size: int,
-           prefetch: int | None, name: str | None, processes: int | None, with_beat: bool) -> None:
+def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], profile: str | None, concurrency: int | None,
+           pool: str | None, batch_size: int | None, prefetch: int | None, task_batch_size: int | None,
+           task_batch_wait: float | None, name: str | None, processes: int | None, with_beat: bool) -> None:
     """Consume task topics and run tasks until SIGTERM or SIGINT."""
+    from taskq.profiles import load_profile, worker_options
+
+    try:
+        opts = worker_options(load_profile(profile) if profile else None, queues=queues, pool=pool,
+                              concurrency=concurrency, fetch=batch_size, prefetch=prefetch,
+                              task_batch_size=task_batch_size, task_batch_wait=task_batch_wait)
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from exc
+    queues, pool, concurrency, batch_size, prefetch = opts.queues, opts.pool, opts.concurrency, opts.fetch, opts.prefetch
     # Signal handling first: a SIGTERM while the app is still importing is a clean stop, not a kill.
     stopping: list[int] = []  # signals received; one before the Worker exists stops it before it starts
 
@@ -65,13 +83,19 @@ def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], concurren
         from taskq.cli_control import run_supervised
 
         args = ["-A", app_path, *[a for q in queues for a in ("-Q", q)], "-c", str(concurrency), "--pool", pool,
-                "--batch-size", str(batch_size), *(["--prefetch", str(prefetch)] if prefetch else [])]
+                "--batch-size", str(batch_size), *(["--prefetch", str(prefetch)] if prefetch else []),
+                *(["--task-batch-size", str(opts.task_batch_size)] if opts.task_batch_size else []),
+                *(["--task-batch-wait", str(opts.task_batch_wait)] if opts.task_batch_wait is not None else [])]
         sys.exit(run_supervised(args, processes, name, ctx.obj["log_level"], app_path if with_beat else None))
     try:
         app = load_app(app_path)
         app.run_startup_checks()
-        w = Worker(app, queues or None, concurrency=concurrency, pool=pool, batch_size=batch_size,
-                   prefetch=prefetch, name=name, app_path=app_path)
+        from taskq.profiles import expand_queues
+
+        selected = expand_queues(list(app.tasks), [t.topic for t in app.tasks.values()], queues) if queues else None
+        w = Worker(app, selected, concurrency=concurrency, pool=pool, batch_size=batch_size,
+                   prefetch=prefetch, name=name, app_path=app_path, task_batch_size=opts.task_batch_size,
+                   task_batch_wait=opts.task_batch_wait)
     except (TaskqError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     workers.append(w)

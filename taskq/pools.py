@@ -2,7 +2,8 @@
 
 Every pool calls ``done(record, outcome)`` from one of its own threads; ``outcome`` is None when the
 record was abandoned before it started (the worker is stopping or lost the partition), so its offset
-must not be committed. Every pool enforces the task's hard ``time_limit``: the run is ended, its
+must not be committed. ``submit_batch(records)`` runs a batch task once for several records and reports
+them together through ``done_many``, so the finisher makes the whole batch durable at once. Every pool enforces the task's hard ``time_limit``: the run is ended, its
 outcome is a :class:`~taskq.errors.TimeLimitExceeded` failure, and the partition moves on.
 """
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskq.pools")
 Done = Callable[[Record, "execution.Outcome | None"], None]
+DoneMany = Callable[[list[tuple[Record, "execution.Outcome | None"]]], None]
 Runnable = Callable[[Record], bool]
 WATCH_INTERVAL = 0.05
 CHILD_START_TIMEOUT = 60.0
@@ -49,12 +51,48 @@ class Pool:
         self.app_path = app_path
         self._interrupted = threading.Event()
 
-    def start(self, done: Done, runnable: Runnable) -> None:
+    def start(self, done: Done, runnable: Runnable, done_many: DoneMany | None = None) -> None:
         self.done = done
+        self.done_many: DoneMany = done_many or self._each_done
         self.runnable = lambda record: not self._interrupted.is_set() and runnable(record)
+
+    def _each_done(self, pairs: list[tuple[Record, execution.Outcome | None]]) -> None:
+        for record, outcome in pairs:
+            self.done(record, outcome)
 
     def submit(self, record: Record) -> None:
         raise NotImplementedError
+
+    def submit_batch(self, records: list[Record]) -> None:
+        """Run the batch task of ``records`` once for all of them (see :func:`execution.run_batch`)."""
+        raise NotImplementedError
+
+    def _run_batch(self, records: list[Record]) -> None:
+        """Run a batch in this thread and report every record of it in one ``done_many`` call."""
+        runnable = [r for r in records if self.runnable(r)]
+        pairs: list[tuple[Record, execution.Outcome | None]] = [(r, None) for r in records if r not in runnable]
+        if runnable:
+            pairs += zip(runnable, self._guarded_batch(
+                runnable, lambda: execution.run_batch(self.app, runnable, self.worker_name)))
+        self.done_many(pairs)
+
+    def _guarded_batch(self, records: list[Record], run: Callable[[], list[execution.Outcome]],
+                       ) -> list[execution.Outcome | None]:
+        """Like :meth:`_guarded`, for a batch: one outcome per record, in order."""
+        started = time.perf_counter()
+        outcomes: list[execution.Outcome | None] = []
+        try:
+            outcomes = list(run())
+        except KeyboardInterrupt:
+            log.warning("a batch task raised KeyboardInterrupt: stopping the worker; its records will be redelivered")
+            self._interrupted.set()
+            signal.raise_signal(signal.SIGINT)
+            return [None] * len(records)
+        except BaseException as exc:  # noqa: BLE001 - a pool never loses a record without an outcome
+            log.exception("running a batch of %d records of %s failed outside the task", len(records),
+                          records[0].topic)
+            return [self._ended(r, exc, started) for r in records]
+        return outcomes
 
     def stop(self) -> None:
         """Stop after the records already started; unstarted ones are reported abandoned."""
@@ -113,9 +151,9 @@ class ThreadPool(Pool):
     pool to end code blocked in C at the limit.
     """
 
-    def start(self, done: Done, runnable: Runnable) -> None:
-        super().start(done, runnable)
-        self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
+    def start(self, done: Done, runnable: Runnable, done_many: DoneMany | None = None) -> None:
+        super().start(done, runnable, done_many)
+        self._queue: queue.SimpleQueue[Record | list[Record] | None] = queue.SimpleQueue()
         self._running: dict[int, _Run] = {}
         self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()  # the pool's working threads
@@ -135,10 +173,17 @@ class ThreadPool(Pool):
     def submit(self, record: Record) -> None:
         self._queue.put(record)
 
+    def submit_batch(self, records: list[Record]) -> None:
+        """A batch runs in one pool thread; time limits do not apply to batch tasks here."""
+        self._queue.put(list(records))
+
     def _loop(self) -> None:
         app, name, done, runnable, get = self.app, self.worker_name, self.done, self.runnable, self._queue.get
         ident = threading.get_ident()
         while (record := get()) is not None:
+            if isinstance(record, list):
+                self._run_batch(record)
+                continue
             if not runnable(record):
                 done(record, None)
                 continue
@@ -228,8 +273,8 @@ class AsyncioPool(Pool):
     limit cancels the coroutine; soft limits apply to plain functions only.
     """
 
-    def start(self, done: Done, runnable: Runnable) -> None:
-        super().start(done, runnable)
+    def start(self, done: Done, runnable: Runnable, done_many: DoneMany | None = None) -> None:
+        super().start(done, runnable, done_many)
         self._loop = asyncio.new_event_loop()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -245,6 +290,18 @@ class AsyncioPool(Pool):
         task = self._loop.create_task(self._run(record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def submit_batch(self, records: list[Record]) -> None:
+        """A batch runs in the loop's thread executor, taking one slot."""
+        def spawn() -> None:
+            task = self._loop.create_task(self._run_batch_in_executor(list(records)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._loop.call_soon_threadsafe(spawn)
+
+    async def _run_batch_in_executor(self, records: list[Record]) -> None:
+        async with self._slots:
+            await self._loop.run_in_executor(None, self._run_batch, records)
 
     async def _run(self, record: Record) -> None:
         async with self._slots:
@@ -327,7 +384,10 @@ def _child_main(app_path: str, conn: Connection, worker_name: str) -> None:
     name = f"{worker_name}/{os.getpid()}"
     conn.send(READY)  # the parent starts the clock on a task only once the child can run it
     while (record := conn.recv()) is not None:
-        conn.send(execution.run(app, record, name))
+        if isinstance(record, list):
+            conn.send(execution.run_batch(app, record, name))
+        else:
+            conn.send(execution.run(app, record, name))
 
 
 class ProcessPool(Pool):
@@ -338,12 +398,12 @@ class ProcessPool(Pool):
     replaced. A child that dies mid-task fails that task with :class:`WorkerLostError`.
     """
 
-    def start(self, done: Done, runnable: Runnable) -> None:
-        super().start(done, runnable)
+    def start(self, done: Done, runnable: Runnable, done_many: DoneMany | None = None) -> None:
+        super().start(done, runnable, done_many)
         if not self.app_path:
             raise ConfigError("the processes pool needs the app's import path (taskq worker -A module:app)")
         self._context = multiprocessing.get_context("spawn")
-        self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Record | list[Record] | None] = queue.SimpleQueue()
         self._by_id: dict[str, BaseProcess] = {}  # running, by task id (for terminate)
         self._terminated: set[str] = set()
         self._slots = [threading.Thread(target=self._slot, name=f"taskq-proc-{i}", daemon=True)
@@ -370,9 +430,26 @@ class ProcessPool(Pool):
     def submit(self, record: Record) -> None:
         self._queue.put(record)
 
+    def submit_batch(self, records: list[Record]) -> None:
+        """A batch goes to one child in one message; the hard time limit (if any) bounds the whole batch."""
+        self._queue.put(list(records))
+
     def _slot(self) -> None:
         process, conn = self._spawn_child()
         while (record := self._queue.get()) is not None:
+            if isinstance(record, list):
+                runnable = [r for r in record if self.runnable(r)]
+                pairs: list[tuple[Record, execution.Outcome | None]] = [(r, None) for r in record
+                                                                       if r not in runnable]
+                if runnable:
+                    outcomes, replace = self._run_batch_in_child(process, conn, runnable)
+                    if replace:
+                        process.kill()
+                        process.join()
+                        process, conn = self._spawn_child()
+                    pairs += zip(runnable, outcomes)
+                self.done_many(pairs)
+                continue
             if not self.runnable(record):
                 self.done(record, None)
                 continue
@@ -430,6 +507,25 @@ class ProcessPool(Pool):
         self._terminated.add(task_id)
         process.kill()
         return True
+
+    def _run_batch_in_child(self, process: BaseProcess, conn: Connection, records: list[Record],
+                            ) -> tuple[list[execution.Outcome], bool]:
+        """(one outcome per record, whether the child must be replaced)."""
+        _soft, hard = execution.time_limits(self.app, records[0])
+        started, clock = time.monotonic(), time.perf_counter()
+        try:
+            conn.send(records)
+            while True:
+                if conn.poll(WATCH_INTERVAL * 4):
+                    return conn.recv(), False
+                if hard is not None and time.monotonic() - started > hard:
+                    exc: Exception = TimeLimitExceeded(f"batch ran past its time limit of {hard:g} s; process killed")
+                    return [self._ended(r, exc, clock) for r in records], True
+                if not process.is_alive():
+                    raise EOFError
+        except (EOFError, OSError):
+            exc = WorkerLostError(f"pool process {process.pid} died (exit code {process.exitcode}) running a batch")
+            return [self._ended(r, exc, clock) for r in records], True
 
     def stop(self) -> None:
         for _ in self._slots:

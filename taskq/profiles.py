@@ -86,3 +86,58 @@ def load_profile(name: str, directory: Path = PROFILE_DIR) -> Profile:
             raise ConfigError(f"{key} in {path} must be a string, not {value!r}")
         values[key] = value
     return Profile(name=path.stem, **values)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What ``taskq worker`` runs with: command-line values, else the profile's, else the defaults."""
+
+    queues: tuple[str, ...] = ()
+    pool: str = "threads"
+    concurrency: int = 8
+    fetch: int = 1000
+    prefetch: int | None = None
+    task_batch_size: int | None = None
+    task_batch_wait: float | None = None
+
+
+def worker_options(profile: Profile | None, *, queues: tuple[str, ...] = (), pool: str | None = None,
+                   concurrency: int | None = None, fetch: int | None = None, prefetch: int | None = None,
+                   task_batch_size: int | None = None, task_batch_wait: float | None = None) -> WorkerOptions:
+    """Merge command-line options (None = not given) over ``profile`` over the defaults."""
+    p = profile or Profile(name="")
+    d = WorkerOptions()
+
+    def pick(cli: Any, prof: Any, default: Any) -> Any:
+        return cli if cli is not None else prof if prof is not None else default
+
+    return WorkerOptions(
+        queues=queues or p.topics,
+        pool=pick(pool, p.pool, d.pool),
+        concurrency=pick(concurrency, p.concurrency, d.concurrency),
+        fetch=pick(fetch, p.fetch, d.fetch),
+        prefetch=pick(prefetch, p.prefetch, d.prefetch),
+        task_batch_size=pick(task_batch_size, p.batch_size, d.task_batch_size),
+        task_batch_wait=pick(task_batch_wait, p.batch_wait, d.task_batch_wait),
+    )
+
+
+def expand_queues(task_names: list[str], topics: list[str], patterns: tuple[str, ...]) -> list[str]:
+    """Task names or topics matching ``patterns`` (shell-style, ``tasks.rag.*``), in pattern order.
+
+    A pattern without wildcards passes through unchanged (the worker reports it if unknown); a
+    wildcard pattern that matches nothing is an error, so a profile cannot silently consume nothing.
+    """
+    import fnmatch
+
+    chosen: list[str] = []
+    for pattern in patterns:
+        if not any(ch in pattern for ch in "*?["):
+            matched = [pattern]
+        else:
+            matched = [n for n in task_names if fnmatch.fnmatchcase(n, pattern)]
+            matched += [t for t in topics if fnmatch.fnmatchcase(t, pattern) and t not in matched]
+            if not matched:
+                raise ConfigError(f"no task or topic matches {pattern!r}; tasks: {', '.join(sorted(task_names))}")
+        chosen += [m for m in matched if m not in chosen]
+    return chosen

@@ -77,3 +77,85 @@ def test_undecodable_record_in_a_batch_is_rejected_alone(app: Taskq) -> None:
 def test_batch_options_are_checked(app: Taskq) -> None:
     with pytest.raises(ConfigError):
         app.task(name="bad", batch_size=0)(lambda requests: None)
+
+
+# --------------------------------------------------------------------------- Batcher (no broker)
+
+
+def _rec(offset: int, key: bytes, topic: str = "t", partition: int = 0) -> Record:
+    return Record(topic, partition, offset, key, b"", [])
+
+
+def test_batcher_fills_batches_keeps_key_order_and_holds_running_keys() -> None:
+    from taskq.worker.batching import Batcher
+
+    submitted: list[list[int]] = []
+    batcher = Batcher(lambda batch: submitted.append([r.offset for r in batch]), {"t": (3, 10.0)})
+    assert batcher.handles(_rec(0, b"a")) and not batcher.handles(_rec(0, b"a", topic="other"))
+    for offset, key in enumerate([b"a", b"a", b"b"]):  # one key twice in one batch: fine, in order
+        batcher.add(_rec(offset, key))
+    assert submitted == [[0, 1, 2]]
+    batcher.add(_rec(3, b"a"))  # "a" runs in the first batch: waits
+    batcher.add(_rec(4, b"c"))
+    batcher.add(_rec(5, b"a"))
+    batcher.due(now=1e12)
+    assert submitted == [[0, 1, 2], [4]]
+    batcher.release(_rec(0, b"a"))
+    assert submitted[-1] == [4], "a still has offset 1 running"
+    batcher.release(_rec(1, b"a"))
+    batcher.due(now=1e12)
+    assert submitted[-1] == [3, 5], "a's waiting records go together, in order, once a is done"
+    assert batcher.drop() == []
+    batcher.add(_rec(6, b"a"))  # a is running again (3, 5)
+    batcher.add(_rec(7, b"d"))
+    assert sorted(r.offset for r in batcher.drop({("t", 0)})) == [6, 7]
+
+
+# --------------------------------------------------------------------------- a worker running a batch task
+
+
+def test_worker_runs_batch_tasks_in_batches_in_key_order(tmp_path: Any) -> None:
+    import threading
+    import time
+
+    from tests.support import wait_results, worker_thread
+
+    app = Taskq("batchw", local_path=str(tmp_path / "w.db"), default_partitions=2)
+    sizes: list[int] = []
+    seen: dict[str, list[int]] = {}
+    active: set[str] = set()
+    overlaps: list[str] = []
+    lock = threading.Lock()
+
+    @app.task(name="collect", batch_size=8, batch_wait=0.05)
+    def collect(requests: list[Request]) -> list[int]:
+        keys = {r.kwargs["key"] for r in requests}
+        with lock:
+            overlaps.extend(keys & active)
+            active.update(keys)
+            sizes.append(len(requests))
+        time.sleep(0.02)
+        with lock:
+            for r in requests:
+                seen.setdefault(r.kwargs["key"], []).append(r.kwargs["seq"])
+            active.difference_update(keys)
+        return [r.kwargs["seq"] * 10 for r in requests]
+
+    sent = [collect.apply_async(kwargs={"key": f"k{i % 5}", "seq": i // 5}, key=f"k{i % 5}") for i in range(60)]
+    app.flush()
+    with worker_thread(app, tasks=["collect"], concurrency=3) as (worker, _):
+        results = wait_results(app, [r.id for r in sent], 60)
+    assert [r.result if r else None for r in results] == [(i // 5) * 10 for i in range(60)]
+    assert sum(sizes) == 60 and max(sizes) <= 8 and max(sizes) > 1, sizes
+    assert all(seqs == sorted(seqs) for seqs in seen.values()), seen
+    assert not overlaps, f"a key ran in two batches at once: {overlaps}"
+    committed = app.broker.committed(app.group, collect.topic)
+    ends = {p: high for p, (_, high) in app.broker.watermarks(collect.topic).items()}
+    assert committed == ends, "every offset committed once the batches were durable"
+    # the worker's batch size can be overridden (the profile's batch_size): one record per call
+    sizes.clear()
+    more = [collect.apply_async(kwargs={"key": "k0", "seq": 100 + i}, key="k0") for i in range(5)]
+    app.flush()
+    with worker_thread(app, tasks=["collect"], concurrency=2, task_batch_size=1):
+        wait_results(app, [r.id for r in more], 60)
+    assert sizes == [1] * 5

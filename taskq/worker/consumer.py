@@ -2,7 +2,8 @@
 
 Threads and their hand-offs:
 - the consumer thread (``Worker.run``) owns the group consumer and the :class:`OffsetTracker`; it
-  hands records to the :class:`KeyedDispatcher`, which submits them to the pool;
+  hands records to the :class:`KeyedDispatcher`, which submits them to the pool, or, for batch
+  tasks, to the :class:`Batcher`, which submits lists of them (``Pool.submit_batch``);
 - the pool runs records and hands each outcome to the :class:`Finisher` (``Finisher.put``);
 - the finisher makes outcomes durable (results stored, retries and dead letters acknowledged through
   the :class:`Sender`), then calls ``Worker._finished`` which queues the records on ``_finished``
@@ -28,6 +29,7 @@ from taskq.errors import BrokerError, NotRegistered
 from taskq.message import H_ID, H_PARENT_ID
 from taskq.pools import make_pool
 from taskq.task import Task
+from taskq.worker.batching import Batcher
 from taskq.worker.dispatch import KeyedDispatcher
 from taskq.worker.finisher import Finished, Finisher
 from taskq.worker.forwarder import Forwarder
@@ -47,7 +49,8 @@ class Worker:
     """Consumes task topics in the app's consumer group and runs their tasks.
 
     ``concurrency`` tasks run at once (for ``asyncio``: coroutines in flight); ``prefetch`` bounds the
-    records taken but not finished.
+    records taken but not finished. ``task_batch_size`` / ``task_batch_wait`` override the batch size
+    and wait of batch tasks (``@app.task(batch_size=...)``); a batch is one call and one pool slot.
     """
 
     def __init__(
@@ -62,6 +65,8 @@ class Worker:
         app_path: str | None = None,
         stop_timeout: float = 30.0,
         forward_delayed: bool = True,
+        task_batch_size: int | None = None,
+        task_batch_wait: float | None = None,
     ) -> None:
         self.app = app
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -91,6 +96,9 @@ class Worker:
         self._priorities = PriorityScheduler(levels, self._dispatcher.dispatch, concurrency * 2,
                                              max(1, self.prefetch // count)) if count > 1 else None
         self._fetch_bound = self.prefetch + (count * batch_size + concurrency * 2 if count > 1 else 0)
+        self._batcher = Batcher(self.pool.submit_batch, {
+            topic: (task_batch_size or t.batch_size, t.batch_wait if task_batch_wait is None else task_batch_wait)
+            for t in self.tasks if t.is_batch for topic in t.topics})
         self._consumer: Consumer | None = None
         self._last_commit = 0.0
         self.ready = threading.Event()  # set once the consumer has joined the group
@@ -115,7 +123,8 @@ class Worker:
         finisher = Finisher(app, sender, self.name, self._on_finished, self.stats.on_outcome)
         gate = RevokeGate(app, self.pool, self.name)
         gate.start()
-        self.pool.start(gate.wrap_done(finisher.put), lambda r: self._runnable(r) and gate.runnable(r))
+        self.pool.start(gate.wrap_done(finisher.put), lambda r: self._runnable(r) and gate.runnable(r),
+                        gate.wrap_done_many(finisher.put_many))
         finisher.start()
         forwarder = None
         if self.forward_delayed:
@@ -165,9 +174,11 @@ class Worker:
             self.ready.set()
             if records:
                 self._accept(records)
+            self._batcher.due()
 
     def _shutdown(self, consumer: Consumer) -> None:
-        self._abandon(self._dispatcher.drop() + (self._priorities.drop() if self._priorities else []))
+        self._abandon(self._dispatcher.drop() + (self._priorities.drop() if self._priorities else [])
+                      + self._batcher.drop())
         self._wait_finished(lambda: self._in_flight <= 0, self.stop_timeout)
         self._commit_on_stop(consumer)
         self.pool.stop()
@@ -197,6 +208,8 @@ class Worker:
                 # final already, or a second copy of a follow-up taken here and not finished: not run again
                 self.stats.on_skipped()
                 self._finished.append((record, True))
+            elif self._batcher.handles(record):
+                self._batcher.add(record)
             else:
                 if task_id is not None:
                     self._running[task_id] = record
@@ -304,7 +317,8 @@ class Worker:
         """Finish (or abandon) in-flight work of these partitions and commit exactly what is done."""
         lost = set(partitions)
         self._revoked.update(lost)
-        self._abandon(self._dispatcher.drop(lost) + (self._priorities.drop(lost) if self._priorities else []))
+        self._abandon(self._dispatcher.drop(lost) + (self._priorities.drop(lost) if self._priorities else [])
+                      + self._batcher.drop(lost))
         self._wait_finished(lambda: self._offsets.unfinished(lost) == 0, self.stop_timeout)
         if self._consumer is not None:
             try:
@@ -326,7 +340,10 @@ class Worker:
             self.stats.on_abandoned(abandoned)
         for item in batch:
             self._finished.append(item)
-            self._dispatcher.release(item[0])
+            if self._batcher.handles(item[0]):
+                self._batcher.release(item[0])
+            else:
+                self._dispatcher.release(item[0])
         self._finished_event.set()
 
 

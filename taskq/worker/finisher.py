@@ -2,7 +2,8 @@
 
 Hand-offs:
 - in: ``put(record, outcome)``, the pool's done callback (any pool thread), onto a queue; ``outcome``
-  None means the record was abandoned before it started;
+  None means the record was abandoned before it started; ``put_many(pairs)`` for a batch task's
+  records, which are then made durable and reported finished together;
 - out: ``on_finished([(record, durable), ...])`` once per batch, after every result is stored and
   every retry and dead letter acknowledged; the worker hands the offsets to the consumer thread and
   releases the records' keys;
@@ -41,7 +42,8 @@ class Finisher:
         self.worker_name = worker_name
         self._on_finished = on_finished
         self._on_outcome = on_outcome
-        self._queue: queue.SimpleQueue[tuple[Record, Outcome | None] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Record, Outcome | None] | list[tuple[Record, Outcome | None]] | None] = (
+            queue.SimpleQueue())
         self._thread = threading.Thread(target=self._loop, name="taskq-finisher", daemon=True)
 
     def start(self) -> None:
@@ -50,6 +52,11 @@ class Finisher:
     def put(self, record: Record, outcome: Outcome | None) -> None:
         """The pool's done callback (thread safe)."""
         self._queue.put((record, outcome))
+
+    def put_many(self, pairs: list[tuple[Record, Outcome | None]]) -> None:
+        """A batch's outcomes, kept together in one finish (thread safe)."""
+        if pairs:
+            self._queue.put(list(pairs))
 
     def stop(self, timeout: float) -> None:
         """Finish what was put before, then end the thread."""
@@ -62,14 +69,17 @@ class Finisher:
             item = get()
             if item is None:
                 return
-            batch = [item]
+            batch = list(item) if isinstance(item, list) else [item]
             try:
                 while len(batch) < MAX_BATCH:
                     nxt = self._queue.get_nowait()
                     if nxt is None:
                         self.finish(batch)
                         return
-                    batch.append(nxt)
+                    if isinstance(nxt, list):
+                        batch.extend(nxt)
+                    else:
+                        batch.append(nxt)
             except queue.Empty:
                 pass
             self.finish(batch)

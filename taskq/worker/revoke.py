@@ -16,7 +16,7 @@ from taskq import execution
 from taskq.app import Taskq
 from taskq.brokers.base import Record
 from taskq.errors import TaskqError
-from taskq.pools import Done, Pool
+from taskq.pools import Done, DoneMany, Pool
 from taskq.revocations import Revocations
 
 log = logging.getLogger("taskq.worker")
@@ -53,6 +53,17 @@ class RevokeGate:
             if outcome is None and (task_id := self._revoked_id(record)) is not None:
                 outcome = execution.revoked(record, self.worker_name, task_id)
             done(record, outcome)
+        return gated
+
+    def wrap_done_many(self, done_many: DoneMany) -> DoneMany:
+        """``done_many`` (a batch's outcomes) with the same REVOKED rule as :meth:`wrap_done`."""
+        def gated(pairs: list[tuple[Record, execution.Outcome | None]]) -> None:
+            out: list[tuple[Record, execution.Outcome | None]] = []
+            for record, outcome in pairs:
+                if outcome is None and (task_id := self._revoked_id(record)) is not None:
+                    outcome = execution.revoked(record, self.worker_name, task_id)
+                out.append((record, outcome))
+            done_many(out)
         return gated
 
 

@@ -1,0 +1,56 @@
+"""Worker profiles (workers/*.toml) and ``taskq worker --profile``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from taskq import ConfigError
+from taskq.cli import main
+from taskq.profiles import expand_queues, load_profile, worker_options
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_profiles_load_and_name_real_tasks() -> None:
+    from tasks.app import app
+
+    names = list(app.tasks)
+    topics = [t.topic for t in app.tasks.values()]
+    embed = load_profile("embed", ROOT / "workers")
+    assert (embed.pool, embed.concurrency, embed.batch_size, embed.batch_wait) == ("processes", 2, 32, 0.05)
+    assert expand_queues(names, topics, embed.topics) == ["tasks.rag.embed"]
+    llm = load_profile("llm", ROOT / "workers")
+    assert llm.pool == "asyncio" and llm.concurrency >= 32
+    assert expand_queues(names, topics, llm.topics) == ["tasks.llm.infer"]
+    agents = load_profile(str(ROOT / "workers" / "agents.toml"))
+    assert agents.pool == "threads" and "tasks.rag.upsert" in agents.topics
+
+
+def test_profile_errors_name_the_problem(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text('pool = "threads"\nconcurency = 4\n')
+    with pytest.raises(ConfigError, match="did you mean 'concurrency'"):
+        load_profile("bad", tmp_path)
+    (tmp_path / "neg.toml").write_text("batch_size = 0\n")
+    with pytest.raises(ConfigError, match="positive integer"):
+        load_profile("neg", tmp_path)
+    with pytest.raises(ConfigError, match="profiles there: bad, neg"):
+        load_profile("missing", tmp_path)
+    with pytest.raises(ConfigError, match="no task or topic matches"):
+        expand_queues(["a.b"], ["taskq.a.b"], ("c.*",))
+
+
+def test_command_line_wins_over_profile() -> None:
+    embed = load_profile("embed", ROOT / "workers")
+    merged = worker_options(embed, concurrency=1, pool="threads")
+    assert (merged.pool, merged.concurrency, merged.task_batch_size, merged.queues) == (
+        "threads", 1, 32, ("tasks.rag.embed",))
+    assert worker_options(None).pool == "threads" and worker_options(None).task_batch_size is None
+
+
+def test_worker_command_reports_an_unknown_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["worker", "-A", "tasks.app", "--profile", "nope"])
+    assert result.exit_code != 0 and "no worker profile 'nope'" in result.output
