@@ -1027,3 +1027,8 @@ def soak(concurrency: int, pool: str, seconds: float, rate: float, sample: float
     _execute("soak", {"seconds": seconds, "rate": rate, "sample": sample, "concurrency": concurrency,
                       "pool": pool}, runs, start_services, as_json,
              lambda target, progress: run_soak(target, seconds, rate, sample, concurrency, pool, progress))
+
+
+from benchmarks.embed import embed_command  # noqa: E402 - `taskq bench embed` (needs the rag extra)
+
+bench.add_command(embed_command)

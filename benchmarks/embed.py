@@ -64,7 +64,7 @@ def _through_queue(embedder: Any, chunks: list[tuple[str, str]], batch: int, bro
         thread.join(60)
         rag.close()
         app.close()
-    failed = [r.error for r in stored if r is not None and r.state != "SUCCESS"]
+    failed = [r.error for r in stored if r is not None and r.status != "SUCCESS"]
     if failed:
         raise RuntimeError(f"{len(failed)} embed tasks failed, first: {failed[0]}")
     return elapsed
