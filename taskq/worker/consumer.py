@@ -208,12 +208,13 @@ class Worker:
                 # final already, or a second copy of a follow-up taken here and not finished: not run again
                 self.stats.on_skipped()
                 self._finished.append((record, True))
-            elif self._batcher.handles(record):
-                self._batcher.add(record)
             else:
                 if task_id is not None:
                     self._running[task_id] = record
-                self._dispatch(record)
+                if self._batcher.handles(record):
+                    self._batcher.add(record)
+                else:
+                    self._dispatch(record)
         if self._priorities is not None:
             self._priorities.pump()
 
