@@ -17,6 +17,7 @@ from taskq.message import TaskMessage
 from taskq.ratelimit import Rate, RateLimiter, rate_limiter
 from taskq.retry import RetryPolicy
 from taskq.serialization import JSON
+from taskq.topics import task_topics
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -104,7 +105,7 @@ class Task:
             raise ConfigError(f"task {name!r}: priorities is the number of levels (1 or more), not {priorities}")
         self.priorities = priorities
         #: the topic of each priority level: level 0 is the task's topic, level p is "<topic>.p<p>"
-        self.topics = [self.topic] + [app.topic_for(f"{name}.p{p}") for p in range(1, priorities)]
+        self.topics = task_topics(app.settings.topic_prefix, name, priorities)
         self.is_async = inspect.iscoroutinefunction(fn)
         self._key_position = _position_of(fn, key, bind)
         self._request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(f"taskq.request.{name}", default=None)

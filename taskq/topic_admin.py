@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from taskq.app import Taskq
 from taskq.errors import ConfigError
+from taskq.topics import is_dlq
 
 log = logging.getLogger("taskq.topics")
 
@@ -45,7 +46,7 @@ def rows(app: Taskq) -> list[TopicRow]:
         if name not in info:
             continue
         i = info[name]
-        kind = ("task" if name in task_topics else "dead letters" if name.endswith(".dlq")
+        kind = ("task" if name in task_topics else "dead letters" if is_dlq(name)
                 else "delay tier" if name in delay else "other")
         marks = broker.watermarks(name)
         lag = sum(broker.lag(app.group, name).values()) if kind == "task" else None

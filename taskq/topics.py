@@ -1,6 +1,7 @@
 """Topic names: Kafka's rules for them and the names taskq gives its topics.
 
-- task topics: ``<topic_prefix><task name>`` (``taskq.<task name>`` by default);
+- task topics: ``<topic_prefix><task name>`` (``taskq.<task name>`` by default), and for priority
+  level ``p`` > 0 of a task with ``priorities=N``: ``<task topic>.p<p>``;
 - dead letters: ``<task topic>.dlq``;
 - delay tiers: ``<group>.delay.<seconds>s``, one set per consumer group, read by the group
   ``<group>.delay``;
@@ -37,6 +38,16 @@ def task_topic(prefix: str, task_name: str) -> str:
     if not is_legal(topic):
         raise ConfigError(f"task name {task_name!r} gives an invalid Kafka topic {topic!r} ({RULE})")
     return topic
+
+
+def task_topics(prefix: str, task_name: str, priorities: int = 1) -> list[str]:
+    """The topics of task ``task_name``, one per priority level (level 0 is the task's topic)."""
+    return [task_topic(prefix, task_name)] + [task_topic(prefix, f"{task_name}.p{p}") for p in range(1, priorities)]
+
+
+def is_dlq(topic: str) -> bool:
+    """Whether ``topic`` holds dead letters."""
+    return topic.endswith(DLQ_SUFFIX)
 
 
 def dlq_topic(topic: str) -> str:
