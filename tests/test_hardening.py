@@ -444,3 +444,44 @@ def test_far_future_eta_does_not_block_its_delay_tier(kind: str, request: pytest
         assert "far" not in ran and copies, "the far-future task left the tier"
     finally:
         app.close()
+
+
+# --------------------------------------------------------------------------- 7. heartbeats while waiting at revoke
+
+
+def test_joining_worker_under_slow_keyed_work_runs_nothing_twice(kind: str, request: pytest.FixtureRequest,
+                                                                  tmp_path: Path, unique: str) -> None:
+    """A worker joins while the first one runs tasks longer than the group's session timeout: the first
+    one's revoke waits for its running task, keeps heartbeating meanwhile, and is not evicted, so the
+    newcomer never re-runs a task the first one finishes."""
+    from taskq.partitioner import partition_for
+
+    session = {"local": {"session_timeout": 1.0}, "kafka": {"session.timeout.ms": 6000}}[kind]
+    work_seconds = {"local": 2.5, "kafka": 7.0}[kind]  # longer than the session
+    app = make_app(kind, request, tmp_path, unique, consumer_options=session, default_partitions=2)
+    runs: dict[str, int] = {}
+    lock = threading.Lock()
+
+    @app.task(name="hard.slow", key="key")
+    def slow(key: str, seq: int) -> int:
+        with lock:
+            runs[f"{key}/{seq}"] = runs.get(f"{key}/{seq}", 0) + 1
+        time.sleep(work_seconds)
+        return seq
+
+    keys = []
+    for candidate in (f"k{i}" for i in range(100)):
+        if partition_for(candidate.encode(), 2) not in {partition_for(k.encode(), 2) for k in keys}:
+            keys.append(candidate)
+        if len(keys) == 2:
+            break
+    try:
+        with worker_thread(app, concurrency=2, name="first"):
+            results = [slow.delay(k, s) for s in range(2) for k in keys]
+            app.flush()
+            wait_until(lambda: len(runs) >= 2, 60, "both keys to start on the first worker")
+            with worker_thread(app, concurrency=2, name="second"):
+                assert sorted(r.get(timeout=120) for r in results) == [0, 0, 1, 1]
+    finally:
+        app.close()
+    assert runs and max(runs.values()) == 1, f"tasks run twice: {runs}"

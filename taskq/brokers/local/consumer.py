@@ -64,6 +64,7 @@ class LocalConsumer(GroupMembership, Consumer):
         self._tids: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._next_hb = 0.0
+        self._last_poll = time.monotonic()
         self._rotate = 0
         self._closed = False
         self._joined = False

@@ -6,7 +6,9 @@ every member computes identically, calls ``on_revoke`` for partitions it must gi
 then deletes its ``owners`` rows. Partitions it gains are claimed once their ``owners`` row is
 free (released, or held by a member that left / whose heartbeat expired), then ``on_assign``
 is called and reading starts at the committed offset (else 0). Heartbeats are written from
-``consume()`` and ``commit()``; every heartbeat also evicts members whose session expired.
+``consume()`` and ``commit()``, and by a background thread between polls (so a member waiting in
+``on_revoke`` for running work keeps its membership); every heartbeat from ``consume()`` also evicts
+members whose session expired.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 
 from taskq.brokers.base import AssignmentCallback, TopicPartition
-from taskq.brokers.local.store import Txn, topic_map
+from taskq.brokers.local.store import Txn, connect, topic_map
 
 log = logging.getLogger("taskq.brokers.local")
+MAX_POLL_INTERVAL = 300.0  # s without a poll after which heartbeats stop (Kafka's max.poll.interval.ms)
 
 
 class GroupMembership:
@@ -45,6 +49,9 @@ class GroupMembership:
     _names: dict[int, str]
     _next_hb: float
     _joined: bool
+    _closed: bool
+    _path: str
+    _last_poll: float  # time.monotonic() of the last consume(): the heartbeat thread's liveness check
 
 
     def _join(self) -> None:
@@ -59,6 +66,33 @@ class GroupMembership:
             c.execute("UPDATE groups SET generation=generation+1 WHERE name=?", (self._group,))
         self._joined = True
         self._next_hb = time.monotonic() + self._hb_interval
+        threading.Thread(target=self._heartbeat_loop, name=f"taskq-local-heartbeat-{self.member_id[-6:]}",
+                         daemon=True).start()
+
+    def _heartbeat_loop(self) -> None:
+        """Keep the membership alive between polls, as Kafka's background heartbeat thread does.
+
+        The consumer thread may spend long inside ``on_revoke`` (waiting for running tasks) or between
+        ``consume`` calls; this thread refreshes the heartbeat meanwhile, so the group does not evict a
+        member that is still working and hand its partitions to a newcomer (who would run the same
+        records again). Like Kafka's ``max.poll.interval.ms``, it stops once the consumer has not polled
+        for MAX_POLL_INTERVAL, so a member stuck for good is still evicted. It only refreshes: joining,
+        evicting others and rebalancing stay on the consumer thread.
+        """
+        conn = connect(self._path)
+        try:
+            while not self._closed:
+                time.sleep(self._hb_interval)
+                if self._closed or time.monotonic() - self._last_poll > MAX_POLL_INTERVAL:
+                    continue
+                try:
+                    with Txn(conn) as c:
+                        c.execute("UPDATE members SET heartbeat=? WHERE grp=? AND member=?",
+                                  (time.time(), self._group, self.member_id))
+                except sqlite3.Error as exc:
+                    log.warning("member %s of group %s: heartbeat failed: %s", self.member_id, self._group, exc)
+        finally:
+            conn.close()
 
     def _evict_expired(self, c: sqlite3.Connection) -> bool:
         """Delete members whose session expired and their ownerships (inside a write transaction)."""
@@ -197,6 +231,7 @@ class GroupMembership:
 
     def _maintain(self) -> None:
         """Join, heartbeat when due, rebalance when the generation moved, retry pending claims."""
+        self._last_poll = time.monotonic()
         if not self._joined:
             self._join()
         elif time.monotonic() >= self._next_hb:
