@@ -61,10 +61,10 @@ def reject(record: Record, exc: BaseException) -> Outcome:
         task_id = ""
     if task_id:
         raw_task = record.header(H_TASK)
-        error = f"{_qualname(MessageRejected(exc))}: {exc} (the message was dead-lettered: see taskq dlq ls)"
+        error = f"{qualname(MessageRejected(exc))}: {exc} (the message was dead-lettered: see taskq dlq ls)"
         result = ResultRecord(task_id, FAILURE, None, error, None,
                               raw_task.decode(errors="replace") if raw_task else None, None, 0, time.time())
-    return Outcome(record, Kind.REJECTED, result, error_type=_qualname(exc), error_message=str(exc),
+    return Outcome(record, Kind.REJECTED, result, error_type=qualname(exc), error_message=str(exc),
                    error_traceback="")
 
 
@@ -122,17 +122,17 @@ def conclude(task: Task, message: TaskMessage, record: Record, worker: str, star
         retry = message.attempts < policy.max_retries
     else:
         retry = not isinstance(exc, Reject) and policy.should_retry(exc, message.attempts)
-    error = f"{_qualname(cause)}: {cause}"
+    error = f"{qualname(cause)}: {cause}"
     tb = "".join(traceback.format_exception(cause))
     if retry:
         delay = policy.delay(message.attempts, countdown)
         state = ResultRecord(message.id, "RETRY", None, error, tb, message.task, worker, attempts, None, meta,
                              root_id=message.root, parent_id=message.parent_id)
         return Outcome(record, Kind.RETRY, state, message.retried(now, now + delay), delay,
-                       _qualname(cause), str(cause), tb, runtime)
+                       qualname(cause), str(cause), tb, runtime)
     result = ResultRecord(message.id, FAILURE, None, error, tb, message.task, worker, attempts, now, meta,
                           root_id=message.root, parent_id=message.parent_id)
-    return Outcome(record, Kind.DEAD, result, None, 0.0, _qualname(cause), str(cause), tb, runtime)
+    return Outcome(record, Kind.DEAD, result, None, 0.0, qualname(cause), str(cause), tb, runtime)
 
 
 def ended(app: Taskq, record: Record, worker: str, exc: BaseException, started: float) -> Outcome:
@@ -266,6 +266,7 @@ async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
     return conclude(task, message, record, worker, started, value, meta=request.meta)
 
 
-def _qualname(exc: BaseException) -> str:
+def qualname(exc: BaseException) -> str:
+    """``module.Type`` of an exception (``Type`` for builtins), as results and dead letters name it."""
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"

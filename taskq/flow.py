@@ -35,7 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from taskq.execution import Kind, Outcome
+from taskq.errors import TaskqError
+from taskq.execution import Kind, Outcome, qualname
 from taskq.message import H_CANVAS, H_ID, H_ROOT_ID, TaskMessage
 from taskq.results.base import FAILURE, SUCCESS, ResultRecord
 from taskq.serialization import JSON
@@ -153,9 +154,10 @@ def parse(header: bytes | str | None) -> Continuation:
 class Expander:
     """Turns elements into messages (and chord state) in a :class:`Plan`."""
 
-    def __init__(self, app: Taskq, plan: Plan) -> None:
+    def __init__(self, app: Taskq, plan: Plan, in_worker: bool = True) -> None:
         self.app = app
         self.plan = plan
+        self.in_worker = in_worker  # a refused send (a task's send check) fails that task, not the worker
 
     def expand(self, element: Element, prefix: Sequence[Any], cont: Continuation, root: str,
                parent: str | None) -> None:
@@ -207,10 +209,20 @@ class Expander:
         header = {k: v for k, v in (("chain", cont.get("chain")), ("chord", cont.get("chord")),
                                     ("link", options.get("link")), ("link_error", options.get("link_error")))
                   if v}
-        message = task.message(args, element.get("kwargs") or {}, key=options.get("key"),
-                               task_id=options.get("task_id"), headers=options.get("headers"),
-                               countdown=options.get("countdown"), eta=options.get("eta"), root_id=root,
-                               parent_id=parent, canvas=JSON.dumps(header).decode() if header else None)
+        try:
+            message = task.message(args, element.get("kwargs") or {}, key=options.get("key"),
+                                   task_id=options.get("task_id"), headers=options.get("headers"),
+                                   countdown=options.get("countdown"), eta=options.get("eta"), root_id=root,
+                                   parent_id=parent, canvas=JSON.dumps(header).decode() if header else None)
+        except TaskqError as exc:  # e.g. a budget or block check refused the send
+            if not self.in_worker:
+                raise
+            task_id, error = options["task_id"], f"{qualname(exc)}: {exc}"
+            self.plan.records.append(ResultRecord(task_id, FAILURE, None, error, None, name, date_done=time.time(),
+                                                  root_id=root, parent_id=parent))
+            self.fail({k: v for k, v in cont.items() if k in ("chain", "chord")}, task_id, error, None, root,
+                      task_id)
+            return
         self._child(parent, message.id)
         self.plan.messages.append((message, task.topic_of(options.get("priority") or 0), task.partitions,
                                    options.get("serializer") or task.serializer))
@@ -246,7 +258,7 @@ def send(app: Taskq, element: Element, prefix: Sequence[Any] = (), root_id: str 
         parent_id = parent_id or current.id
         root_id = root_id or current.root
     plan = Plan()
-    Expander(app, plan).expand(element, prefix, {}, root_id or first_id(element), parent_id)
+    Expander(app, plan, in_worker=False).expand(element, prefix, {}, root_id or first_id(element), parent_id)
 
     def deliver(messages: list[Outgoing]) -> None:
         for message, topic, partitions, serializer in messages:

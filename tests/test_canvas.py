@@ -14,7 +14,7 @@ import pytest
 
 from taskq import Taskq
 from taskq.canvas import Chord, GroupResult, Signature, chain, chord, from_dict, group, signature
-from taskq.errors import ConfigError
+from taskq.errors import BudgetExceeded, ConfigError
 from taskq.results.base import FAILURE, SUCCESS
 from tests.apps.canvasapp import CanvasError, build_app, read_journal
 from tests.support import wait_until, worker_thread
@@ -213,3 +213,19 @@ def test_a_task_replaced_by_a_workflow_takes_its_result(app: Taskq, worker: None
     assert len(replaced.children) == 1  # the chord, whose header and body hang below it
     assert chain(fan.si(3), add.s(100)).apply_async().get(timeout=TIMEOUT) == 106
     assert read_journal(journal).count("fan 4") == 1
+
+
+@pytest.mark.parametrize("app", ["local"], indirect=True)
+def test_a_follow_up_refused_by_a_send_check_fails_the_chain(app: Taskq, worker: None) -> None:
+    """A budget or block check refusing the next step fails the chain's result instead of the worker."""
+    add, mul = t(app, "add"), t(app, "mul")
+
+    def refuse(task: object, key: str | None) -> None:
+        if key == "blocked":
+            raise BudgetExceeded("user blocked: budget spent")
+
+    mul.add_send_check(refuse)
+    result = chain(add.s(1, 1), mul.s(2).set(key="blocked"), add.s(3)).apply_async()
+    with pytest.raises(BudgetExceeded, match="budget spent"):
+        result.get(timeout=TIMEOUT)
+    assert chain(add.s(1, 1), mul.s(2)).apply_async().get(timeout=TIMEOUT) == 4  # the worker carries on
