@@ -403,15 +403,33 @@ def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
     Console().print(table)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("-n", "--tasks", "count", default=60, show_default=True, help="How many prompts to send.")
 @click.option("--users", default=12, show_default=True, help="Distinct user keys.")
-def demo(count: int, users: int) -> None:
+@click.pass_context
+def demo(ctx: click.Context, count: int, users: int) -> None:
     """Run a small GenAI-flavoured workload on the embedded broker (no server needed)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from taskq.demo import run_demo
 
     try:
         run_demo(count, users)
+    except TaskqError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@demo.command("agents")
+@click.option("--request", "text", show_default=True,
+              default="research how Kafka consumer groups rebalance; code a lag checker; review the lag checker",
+              help="What to ask the agents.")
+@click.option("-A", "--app", "app_path", default="tasks.app", show_default=True, help="The app with the agents.")
+def demo_agents(text: str, app_path: str) -> None:
+    """The planner, research/coder/reviewer agents and a chord, with a live view of the task tree."""
+    from taskq.demo_agents import run_agents_demo
+
+    try:
+        run_agents_demo(text, app_path)
     except TaskqError as exc:
         raise click.ClickException(str(exc)) from exc
 

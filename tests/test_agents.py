@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from taskq import AsyncResult, Taskq
+from taskq import Taskq
 from tests.support import WorkerProcess, env_for, fault_line, read_records, wait_until
 
 REQUEST = ("research how Kafka rebalances consumer groups; code a lag checker for one group; "
@@ -45,7 +45,7 @@ class Agents:
         for pool in POOLS:
             self.start(pool)
         for worker in self.workers.values():
-            worker.wait_for("assigned")
+            worker.wait_for("assigned", timeout=180)
 
     def final_messages(self, root: str) -> list[Any]:
         records = read_records(self.app, f"{self.prefix}.agent-results", 10, timeout=5)
@@ -62,12 +62,6 @@ def agents(kafka_url: str, redis_url: str, llm_server: Any, unique: str) -> Iter
     a = Agents(kafka_url, redis_url, llm_server.url, f"ag{unique}")
     yield a
     a.stop()
-
-
-def tree(result: AsyncResult) -> dict[str, Any]:
-    record = result.record
-    return {"id": result.id, "task": record.task if record else None, "status": result.status,
-            "children": [tree(c) for c in result.children]}
 
 
 def test_one_request_fans_out_to_the_agents_and_gathers_every_output(agents: Agents) -> None:
