@@ -3,6 +3,7 @@ per agent pool, each pool in its own consumer group."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,15 +58,16 @@ class Agents:
         self.app.close()
 
 
-@pytest.fixture
-def agents(kafka_url: str, redis_url: str, llm_server: Any, unique: str) -> Iterator[Agents]:
-    a = Agents(kafka_url, redis_url, llm_server.url, f"ag{unique}")
+@pytest.fixture(scope="module")
+def agents(kafka_url: str, redis_url: str, llm_server: Any) -> Iterator[Agents]:
+    """One set of pools for the module (worker start-up is most of these tests' time)."""
+    a = Agents(kafka_url, redis_url, llm_server.url, f"ag{uuid.uuid4().hex[:8]}")
+    a.start_all()
     yield a
     a.stop()
 
 
 def test_one_request_fans_out_to_the_agents_and_gathers_every_output(agents: Agents) -> None:
-    agents.start_all()
     root = agents.plan.delay(REQUEST, user_id="u1")
     final = root.get(timeout=TIMEOUT)
     assert final["root_id"] == root.id and final["plan_source"] == "request"
@@ -93,7 +95,6 @@ def test_killing_an_agent_worker_mid_run_still_ends_with_one_final_result(agents
     """The coder's model call stalls; its worker is killed (-9) meanwhile; a new coder worker in the
     same group re-runs the task after the session timeout, and the request ends with one answer."""
     llm_server.add_fault("stall", times=1, seconds=60, match="coder agent. Write the code asked for")
-    agents.start_all()
     before = len(llm_server.requests())
     root = agents.plan.delay(REQUEST + f" ({agents.prefix})", user_id="u2")
     wait_until(lambda: any(r.get("fault") == "stall" for r in llm_server.requests()[before:]), TIMEOUT,
