@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from datetime import datetime
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +111,8 @@ class Signature(Canvas):
         for name, value in options.items():
             if name in ("link", "link_error"):
                 self.options[name] = [*self.options.get(name, []), *_callbacks(value, self.app)]
+            elif name == "eta" and isinstance(value, datetime):
+                self.options[name] = value.timestamp()  # JSON: signatures travel in message headers
             elif name in SEND_OPTIONS:
                 self.options[name] = value
             else:
