@@ -419,9 +419,9 @@ def after_outcomes(app: Taskq, outcomes: Sequence[Outcome]) -> Plan:
         result = outcome.result
         if outcome.kind is Kind.SUCCESS and result is not None:
             after_success(app, plan, result.id, result.root_id or result.id, header, result.result)
-        elif result is not None:
-            after_failure(app, plan, result.id, result.root_id or result.id, header, result.error or "",
-                          result.traceback)
+        elif result is not None:  # failed for good, or rejected (a FAILURE stored for its readable id)
+            root = result.root_id or (record.header(H_ROOT_ID) or b"").decode(errors="replace") or result.id
+            after_failure(app, plan, result.id, root, header, result.error or "", result.traceback)
         elif (raw_id := record.header(H_ID)) is not None:  # rejected: no result record
             task_id = raw_id.decode(errors="replace")
             root = (record.header(H_ROOT_ID) or raw_id).decode(errors="replace")
