@@ -7,7 +7,7 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
@@ -53,7 +53,7 @@ class Taskq:
         self._delivery_errors: list[tuple[str, BaseException]] = []
         self._ensured: set[str] = set()
         self.hooks: list[Hook] = []
-        self.startup_checks: list[Callable[[], object]] = []
+        self.startup_checks: list[tuple[Callable[[], object], frozenset[str] | None]] = []
         #: the task invocation running in this thread or coroutine (its children take it as parent)
         self.current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
             f"taskq.current.{name}", default=None)
@@ -151,16 +151,21 @@ class Taskq:
         self.hooks.append(hook)
         return hook
 
-    def add_startup_check(self, check: Callable[[], object]) -> Callable[[], object]:
-        """Register ``check()``, called by a worker before it consumes: raise a :class:`TaskqError`
-        (e.g. a missing API key, naming the variable) and the worker does not start."""
-        self.startup_checks.append(check)
+    def add_startup_check(self, check: Callable[[], object], tasks: Iterable[str] | None = None,
+                          ) -> Callable[[], object]:
+        """Register ``check()``, called by ``taskq worker`` before it consumes: raise a :class:`TaskqError`
+        (e.g. a missing API key, naming the variable) and the worker does not start. With ``tasks``
+        (names), only workers that consume one of them run it."""
+        self.startup_checks.append((check, frozenset(tasks) if tasks is not None else None))
         return check
 
-    def run_startup_checks(self) -> None:
-        """Run every startup check; the first error stops here."""
-        for check in self.startup_checks:
-            check()
+    def run_startup_checks(self, tasks: Iterable[str] | None = None) -> None:
+        """Run the startup checks of a worker consuming ``tasks`` (default: every task); the first error
+        stops here."""
+        names = set(self.tasks if tasks is None else tasks)
+        for check, only in self.startup_checks:
+            if only is None or only & names:
+                check()
 
     # -- connections ------------------------------------------------------------------------------
 

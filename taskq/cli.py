@@ -89,13 +89,13 @@ def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], profile: 
         sys.exit(run_supervised(args, processes, name, ctx.obj["log_level"], app_path if with_beat else None))
     try:
         app = load_app(app_path)
-        app.run_startup_checks()
         from taskq.profiles import expand_queues
 
         selected = expand_queues(list(app.tasks), [t.topic for t in app.tasks.values()], queues) if queues else None
         w = Worker(app, selected, concurrency=concurrency, pool=pool, batch_size=batch_size,
                    prefetch=prefetch, name=name, app_path=app_path, task_batch_size=opts.task_batch_size,
                    task_batch_wait=opts.task_batch_wait)
+        app.run_startup_checks([t.name for t in w.tasks])
     except (TaskqError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
     workers.append(w)

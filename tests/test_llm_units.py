@@ -63,3 +63,25 @@ def test_local_stream_marks_a_restart_seen_live(tmp_path: Path) -> None:
     backend.store_many([ResultRecord("t2", SUCCESS, "Hello")])
     reader.join(10)
     assert seen[0] == "Hel" and isinstance(seen[1], StreamRestart) and seen[2:] == ["Hel", "lo"]
+
+
+def test_startup_checks_run_only_for_the_tasks_a_worker_consumes() -> None:
+    from taskq import Taskq
+
+    app = Taskq("checks", broker="kafka://127.0.0.1:1", backend="redis://127.0.0.1:1/0")
+
+    @app.task(name="a")
+    def a() -> None: ...
+
+    @app.task(name="b")
+    def b() -> None: ...
+
+    def fail() -> None:
+        raise ConfigError("set ANTHROPIC_API_KEY")
+
+    app.add_startup_check(fail, ["a"])
+    app.run_startup_checks(["b"])
+    with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY"):
+        app.run_startup_checks(["a", "b"])
+    with pytest.raises(ConfigError):
+        app.run_startup_checks()

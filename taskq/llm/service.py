@@ -49,9 +49,9 @@ class LLM:
 
     def install(self, *tasks: Task) -> None:
         if not self._installed:
-            self.app.add_startup_check(self.check)
             self.app.add_hook(UsageHook(self.app))
             self._installed = True
+        self.app.add_startup_check(self.check, [t.name for t in tasks])
         for task in tasks:
             task.add_send_check(self.send_check)
 
