@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -65,6 +66,8 @@ def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], profile: 
     except TaskqError as exc:
         raise click.ClickException(str(exc)) from exc
     queues, pool, concurrency, batch_size, prefetch = opts.queues, opts.pool, opts.concurrency, opts.fetch, opts.prefetch
+    if opts.group:  # the profile's own consumer group; worker processes started below inherit it
+        os.environ["TASKQ_GROUP"] = opts.group
     # Signal handling first: a SIGTERM while the app is still importing is a clean stop, not a kill.
     stopping: list[int] = []  # signals received; one before the Worker exists stops it before it starts
 

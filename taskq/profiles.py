@@ -10,6 +10,7 @@ directory; a path to a ``.toml`` file works too). Options given on the command l
     batch_wait = 0.05           # seconds to wait to fill a batch
     fetch = 500                 # records fetched per poll (--batch-size)
     prefetch = 256              # records taken but unfinished at most
+    group = "agents.coder"      # the pool's own consumer group (else TASKQ_GROUP or taskq.<app>)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Profile:
     batch_wait: float | None = None
     fetch: int | None = None
     prefetch: int | None = None
+    group: str | None = None  # consumer group of this pool (sets TASKQ_GROUP for the worker)
     description: str = ""
 
 
@@ -99,6 +101,7 @@ class WorkerOptions:
     prefetch: int | None = None
     task_batch_size: int | None = None
     task_batch_wait: float | None = None
+    group: str | None = None
 
 
 def worker_options(profile: Profile | None, *, queues: tuple[str, ...] = (), pool: str | None = None,
@@ -119,6 +122,7 @@ def worker_options(profile: Profile | None, *, queues: tuple[str, ...] = (), poo
         prefetch=pick(prefetch, p.prefetch, d.prefetch),
         task_batch_size=pick(task_batch_size, p.batch_size, d.task_batch_size),
         task_batch_wait=pick(task_batch_wait, p.batch_wait, d.task_batch_wait),
+        group=p.group,
     )
 
 

@@ -8,9 +8,9 @@
 
 The planner asks the model to break a request into typed subtasks and sends one agent task per
 subtask; a chord gathers the agents' outputs, in plan order, into the final answer. Each agent is a
-plain task on its own topic; run each pool in its own consumer group
-(``TASKQ_GROUP=agents.coder taskq worker -A tasks.app -Q tasks.agents.coder``), so one agent's backlog
-or outage never holds up another's. Agents know nothing of each other, only of the model they call.
+plain task on its own topic; each pool runs in its own consumer group
+(``taskq worker -A tasks.app --profile agents-coder``, ``workers/agents-*.toml``), so one agent's
+backlog or outage never holds up another's. Agents know nothing of each other, only of the model they call.
 """
 
 from __future__ import annotations

@@ -54,3 +54,18 @@ def test_worker_command_reports_an_unknown_profile(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["worker", "-A", "tasks.app", "--profile", "nope"])
     assert result.exit_code != 0 and "no worker profile 'nope'" in result.output
+
+
+def test_agent_pools_have_their_own_consumer_groups() -> None:
+    from tasks.app import app
+
+    names, topics = list(app.tasks), [t.topic for t in app.tasks.values()]
+    groups = set()
+    for pool, tasks in (("planner", ["tasks.agents.plan", "tasks.agents.gather"]),
+                        ("research", ["tasks.agents.research"]), ("coder", ["tasks.agents.coder"]),
+                        ("reviewer", ["tasks.agents.reviewer"])):
+        profile = load_profile(f"agents-{pool}", ROOT / "workers")
+        assert expand_queues(names, topics, profile.topics) == tasks
+        assert worker_options(profile).group == profile.group
+        groups.add(profile.group)
+    assert len(groups) == 4
