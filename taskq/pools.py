@@ -464,11 +464,11 @@ class ProcessPool(Pool):
                 if replace:
                     outcome = execution.revoked(record, self.worker_name, task_id, terminated=True)
                 replace = True
+            self.done(record, outcome)  # before a replacement child starts: that takes an app import
             if replace:
                 process.kill()
                 process.join()
                 process, conn = self._spawn_child()
-            self.done(record, outcome)
         try:
             conn.send(None)
         except OSError:
