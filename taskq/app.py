@@ -79,7 +79,7 @@ class Taskq:
         retry_fields = {k: options.pop(k) for k in list(options) if k in RetryPolicy.__dataclass_fields__}
         retry_fields.setdefault("max_retries", self.settings.default_max_retries)
         known = {"key", "partitions", "bind", "serializer", "time_limit", "soft_time_limit", "unique_for", "unique_key",
-                 "batch_size", "batch_wait", "priorities", "rate_limit", "rate_limit_per_key"}
+                 "batch_size", "batch_wait", "priorities", "rate_limit", "rate_limit_per_key", "strict_order"}
         unknown = set(options) - known
         if unknown:
             raise ConfigError(f"unknown task option(s) {sorted(unknown)} for task {name!r}")

@@ -38,6 +38,7 @@ class Settings:
     send_timeout: float = 30.0  # a message not acknowledged by then fails (delivery error)
     retry_tiers: tuple[float, ...] = (1.0, 10.0, 60.0, 600.0)
     default_max_retries: int = 3
+    strict_order_max_hold: float = 30.0  # s: a strict_order task's retry due sooner waits in the worker
     skip_finished: bool = True  # skip a redelivered message whose result is already final
     events: bool = True  # workers publish task and worker events (taskq events / inspect)
     events_topic: str = ""  # "" = <topic_prefix>events

@@ -71,6 +71,7 @@ class Task:
         priorities: int = 1,
         rate_limit: str | None = None,
         rate_limit_per_key: bool = False,
+        strict_order: bool = False,
     ) -> None:
         """``batch_size`` > 1 makes a batch task: the worker calls ``fn(requests)`` with up to that many
         :class:`Request` objects (waiting at most ``batch_wait`` seconds to fill a batch), and ``fn``
@@ -107,6 +108,9 @@ class Task:
         #: the topic of each priority level: level 0 is the task's topic, level p is "<topic>.p<p>"
         self.topics = task_topics(app.settings.topic_prefix, name, priorities)
         self.is_async = inspect.iscoroutinefunction(fn)
+        #: a retry due within settings.strict_order_max_hold waits in the worker, holding its key, so
+        #: the key's later tasks run after it (README: "Order per key")
+        self.strict_order = strict_order
         self._key_position = _position_of(fn, key, bind)
         self._request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(f"taskq.request.{name}", default=None)
         self.__doc__ = fn.__doc__

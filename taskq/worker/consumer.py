@@ -32,6 +32,7 @@ from taskq.task import Task
 from taskq.worker.batching import Batcher
 from taskq.worker.dispatch import KeyedDispatcher
 from taskq.worker.finisher import Finished, Finisher
+from taskq.worker.hold import RetryHolder
 from taskq.worker.forwarder import Forwarder
 from taskq.worker.offsets import OffsetTracker
 from taskq.worker.priority import PriorityScheduler
@@ -100,6 +101,7 @@ class Worker:
             topic: (task_batch_size or t.batch_size, t.batch_wait if task_batch_wait is None else task_batch_wait)
             for t in self.tasks if t.is_batch for topic in t.topics})
         self._consumer: Consumer | None = None
+        self._holder: RetryHolder | None = None
         self._last_commit = 0.0
         self.ready = threading.Event()  # set once the consumer has joined the group
         self._idle_check = IdleCheck(app, self.name, self.topics, check_members)
@@ -120,7 +122,8 @@ class Worker:
         app.ensure_topics({t: app.settings.default_partitions for t in app.delay_topics})
         app.backend  # noqa: B018 - fail fast on a bad backend URL
         sender = Sender(app.broker.producer(**app.settings.producer_options))
-        finisher = Finisher(app, sender, self.name, self._on_finished, self.stats.on_outcome)
+        holder = self._holder = RetryHolder(self.pool.submit)
+        finisher = Finisher(app, sender, self.name, self._on_finished, self.stats.on_outcome, holder.hold)
         gate = RevokeGate(app, self.pool, self.name)
         gate.start()
         self.pool.start(gate.wrap_done(finisher.put), lambda r: self._runnable(r) and gate.runnable(r),
@@ -177,6 +180,8 @@ class Worker:
             self._batcher.due()
 
     def _shutdown(self, consumer: Consumer) -> None:
+        if self._holder is not None:
+            self._holder.release()  # held retries: abandoned now (not runnable), redelivered later
         self._abandon(self._dispatcher.drop() + (self._priorities.drop() if self._priorities else [])
                       + self._batcher.drop())
         self._wait_finished(lambda: self._in_flight <= 0, self.stop_timeout)
@@ -318,6 +323,8 @@ class Worker:
         """Finish (or abandon) in-flight work of these partitions and commit exactly what is done."""
         lost = set(partitions)
         self._revoked.update(lost)
+        if self._holder is not None:
+            self._holder.release(lost)
         self._abandon(self._dispatcher.drop(lost) + (self._priorities.drop(lost) if self._priorities else [])
                       + self._batcher.drop(lost))
         self._wait_finished(lambda: self._offsets.unfinished(lost) == 0, self.stop_timeout)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from taskq import flow
 from taskq.app import Taskq
-from taskq.brokers.base import Record
+from taskq.brokers.base import Headers, Record
 from taskq.deadletter import dead_letter_forms
 from taskq.execution import Kind, Outcome
 from taskq.message import H_CONTENT_TYPE, H_ORIGIN
@@ -36,12 +36,14 @@ class Finisher:
     """Batches outcomes from the pool; stores results, sends follow-up messages, reports them finished."""
 
     def __init__(self, app: Taskq, sender: Sender, worker_name: str,
-                 on_finished: Callable[[Finished], None], on_outcome: Callable[[Outcome], None]) -> None:
+                 on_finished: Callable[[Finished], None], on_outcome: Callable[[Outcome], None],
+                 on_hold: Callable[[Record, float], None] | None = None) -> None:
         self.app = app
         self.sender = sender
         self.worker_name = worker_name
         self._on_finished = on_finished
         self._on_outcome = on_outcome
+        self._on_hold = on_hold  # a strict-order retry held in the worker: (its next attempt, delay)
         self._queue: queue.SimpleQueue[tuple[Record, Outcome | None] | list[tuple[Record, Outcome | None]] | None] = (
             queue.SimpleQueue())
         self._thread = threading.Thread(target=self._loop, name="taskq-finisher", daemon=True)
@@ -105,7 +107,9 @@ class Finisher:
         first = [o.result for o in outcomes if o.result is not None and o.kind not in final]
         if first:
             retrying("store results", lambda: backend.store_many(first))
-        follow = [o for o in outcomes if o.kind not in (Kind.SUCCESS, Kind.REVOKED)]
+        held = [o for o in outcomes if self._holds(o)]
+        held_ids = {id(o) for o in held}
+        follow = [o for o in outcomes if o.kind not in (Kind.SUCCESS, Kind.REVOKED) and id(o) not in held_ids]
         failures = [o.result for o in outcomes if o.result is not None and o.kind in final]
         if follow:
             sent = self.sender.send_first([self.forms(o) for o in follow])
@@ -114,7 +118,32 @@ class Finisher:
             retrying("store results", lambda: backend.store_many(failures))
         for o in outcomes:
             self._on_outcome(o)
-        self._on_finished([(record, outcome is not None) for record, outcome in batch])
+        self._on_finished([(record, outcome is not None) for record, outcome in batch
+                           if id(outcome) not in held_ids])
+        for o in held:  # its key stays held and its offset unfinished until the next attempt's outcome
+            assert self._on_hold is not None
+            value, headers = self._retry_message(o)
+            r = o.record
+            self._on_hold(Record(r.topic, r.partition, r.offset, r.key, value, headers, r.timestamp_ms), o.retry_delay)
+
+    def _holds(self, outcome: Outcome) -> bool:
+        """Whether this retry waits in the worker (a strict-order task, a short enough delay)."""
+        if self._on_hold is None or outcome.kind is not Kind.RETRY or outcome.message is None:
+            return False
+        task = self.app.tasks.get(outcome.message.task)
+        return bool(task is not None and task.strict_order
+                    and outcome.retry_delay <= self.app.settings.strict_order_max_hold)
+
+    def _retry_message(self, outcome: Outcome) -> tuple[bytes, Headers]:
+        """The next attempt's value and headers, in the serializer the message came in."""
+        assert outcome.message is not None
+        app = self.app
+        # re-encode with the serializer the message came in (a pickle task's args may not be JSON)
+        content_type = (outcome.record.header(H_CONTENT_TYPE) or b"application/json").decode(errors="replace")
+        arrived = app.serializers.by_content_type(content_type) if content_type else None
+        serializer = next((n for n in app.settings.accept_content
+                           if arrived is not None and app.serializers.get(n) is arrived), "json")
+        return outcome.message.encode(app.serializers, serializer)
 
     def _deliver(self, messages: list[flow.Outgoing]) -> None:
         """Send canvas follow-ups and wait for their acknowledgement."""
@@ -133,12 +162,7 @@ class Finisher:
         app = self.app
         forms: list[Outgoing] = []
         if outcome.kind is Kind.RETRY and outcome.message is not None:
-            # re-encode with the serializer the message came in (a pickle task's args may not be JSON)
-            content_type = (record.header(H_CONTENT_TYPE) or b"application/json").decode(errors="replace")
-            arrived = app.serializers.by_content_type(content_type) if content_type else None
-            serializer = next((n for n in app.settings.accept_content
-                               if arrived is not None and app.serializers.get(n) is arrived), "json")
-            value, headers = outcome.message.encode(app.serializers, serializer)
+            value, headers = self._retry_message(outcome)
             headers.append((H_ORIGIN, record.topic.encode()))
             forms.append((app.delay_topic(outcome.retry_delay), record.key, value, headers))
         reason = Kind.DEAD.value if outcome.kind is Kind.RETRY else outcome.kind.value
