@@ -250,10 +250,14 @@ class Chord(Canvas):
     """``chord(header, body)``: ``body`` runs once, with the header results in order, after every header
     task finished. A failed header task fails the chord: the body never runs, the chord's result (the
     body's) holds the failure, and the chord's ``link_error`` callbacks run once.
+
+    ``allow_error=True``: a failed header task's place in the results is ``{"error": "Type: message",
+    "task_id": id}`` instead, and the body runs once every header task has finished either way.
     """
 
     def __init__(self, header: Group | Iterable[Canvas], body: Canvas | None = None, id: str | None = None,  # noqa: A002
-                 app: Taskq | None = None, link_error: Iterable[Canvas] | Canvas | None = None) -> None:
+                 app: Taskq | None = None, link_error: Iterable[Canvas] | Canvas | None = None,
+                 allow_error: bool = False) -> None:
         self.header = header if isinstance(header, Group) else Group(*header)
         if not self.header.tasks:
             raise ConfigError("a chord needs at least one header task")
@@ -261,6 +265,7 @@ class Chord(Canvas):
         self.id = id or self.header.id
         self.app = app or self.header.app or (body.app if body else None)
         self.errbacks: list[Canvas] = _callbacks(link_error, self.app) if link_error is not None else []
+        self.allow_error = allow_error
 
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"
@@ -297,6 +302,8 @@ class Chord(Canvas):
                                 "body": self.body.to_dict() if self.body is not None else None, "id": self.id}
         if self.errbacks:
             data["link_error"] = [e.to_dict() for e in self.errbacks]
+        if self.allow_error:
+            data["allow_error"] = True
         return {"chord": data}
 
 
@@ -377,7 +384,8 @@ def from_dict(data: dict[str, Any], app: Taskq | None = None) -> Canvas:
         c = data["chord"]
         body = from_dict(c["body"], app) if c.get("body") is not None else None
         return Chord(Group(*[from_dict(d, app) for d in c["header"]], app=app), body, id=c.get("id"), app=app,
-                     link_error=[from_dict(d, app) for d in c.get("link_error", [])])
+                     link_error=[from_dict(d, app) for d in c.get("link_error", [])],
+                     allow_error=bool(c.get("allow_error")))
     raise ConfigError(f"not a canvas element: {sorted(data)} (expected task, chain, group or chord)")
 
 

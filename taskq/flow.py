@@ -74,6 +74,7 @@ class ChordFailure:
     traceback: str | None
     root_id: str
     reporter: str
+    index: int  # the failed header task's place in the chord
 
 
 @dataclass
@@ -197,7 +198,8 @@ class Expander:
                 ResultRecord(i, FAILURE, None, error, tb, date_done=now, meta={"failed_by": failed_id})
                 for i in all_ids(element))
         if cont.get("chord"):
-            self.plan.failures.append(ChordFailure(cont["chord"]["id"], failed_id, error, tb, root, reporter))
+            chord = cont["chord"]
+            self.plan.failures.append(ChordFailure(chord["id"], failed_id, error, tb, root, reporter, chord["index"]))
 
     def _task(self, element: Element, prefix: Sequence[Any], cont: Continuation, root: str,
               parent: str | None) -> None:
@@ -234,6 +236,7 @@ class Expander:
             "id": chord_id, "size": len(chord["header"]), "body": chord.get("body"),
             "then": {k: v for k, v in (("chain", cont.get("chain")), ("chord", cont.get("chord"))) if v},
             "link_error": chord.get("link_error", []), "root_id": root, "parent_id": parent,
+            "allow_error": bool(chord.get("allow_error")),
         })
         self._child(parent, chord_id)
         for index, member in enumerate(chord["header"]):
@@ -384,10 +387,15 @@ def _report(app: Taskq, expander: Expander, report: Report, done: list[tuple[str
 def _chord_failed(app: Taskq, expander: Expander, failure: ChordFailure, done: list[tuple[str, str]],
                   call: Retrying) -> None:
     backend = app.backend
+    meta = call("read a chord", lambda: backend.get_chord(failure.chord_id)) or {}
+    if meta.get("allow_error"):  # the failure takes its place among the results
+        value = {"error": failure.error, "task_id": failure.failed_id}
+        _report(app, expander, Report(failure.chord_id, failure.index, value, failure.root_id, failure.reporter),
+                done, call)
+        return
     claim = f"failing:{failure.reporter}"
     if call("claim a chord", lambda: backend.chord_claim(failure.chord_id, claim)) != claim:
         return
-    meta = call("read a chord", lambda: backend.get_chord(failure.chord_id)) or {}
     now = time.time()
     failed = [failure.chord_id, *(all_ids(meta["body"]) if meta.get("body") is not None else [])]
     expander.plan.records.extend(

@@ -229,3 +229,14 @@ def test_a_follow_up_refused_by_a_send_check_fails_the_chain(app: Taskq, worker:
     with pytest.raises(BudgetExceeded, match="budget spent"):
         result.get(timeout=TIMEOUT)
     assert chain(add.s(1, 1), mul.s(2)).apply_async().get(timeout=TIMEOUT) == 4  # the worker carries on
+
+
+def test_allow_error_chord_runs_its_body_with_the_failures_in_place(app: Taskq, worker: None, journal: str) -> None:
+    add, boom, collect, errback = t(app, "add"), t(app, "boom"), t(app, "collect"), t(app, "errback")
+    failing = boom.s(3)
+    workflow = chord([add.s(1, 1), failing, add.s(2, 2)], collect.s(), allow_error=True)
+    workflow.link_error(errback.s(label="chord"))
+    assert workflow.apply_async().get(timeout=TIMEOUT) == [
+        2, {"error": "tests.apps.canvasapp.CanvasError: boom [3]", "task_id": failing.id}, 4]
+    assert app.AsyncResult(failing.id).status == FAILURE
+    assert not any(line.startswith("errback chord") for line in read_journal(journal))
