@@ -86,3 +86,29 @@ def test_budget_refuses_at_delay_and_in_the_worker(kafka_url: str, redis_clean: 
         assert queued.record.attempts == 1, "a spent budget is not retried"
         assert other.get(timeout=60)["text"]
     app.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+def test_worker_accounts_every_llm_task(kafka_url: str, redis_clean: str, llm_server: LLMServerClient,
+                                        unique: str) -> None:
+    app, infer, llm = build(f"acc{unique}", LLMConfig("k", llm_server.url), limits=Limits(), broker=kafka_url,
+                            backend=redis_clean, topic_prefix=f"acc{unique}.", group=f"acc{unique}.group")
+    app.ensure_topics({infer.topic: 2, app.dlq_topic(infer.topic): 2})
+    results = [infer.apply_async((f"question {i} [[tokens=5]]",), {"user_id": f"user{i % 2}", "max_tokens": 5},
+                                 root_id="root-a" if i < 3 else None) for i in range(6)]
+    with worker_thread(app, pool="asyncio", concurrency=10):
+        values = [r.get(timeout=60) for r in results]
+        store = usage_store(app)
+        deadline = time.monotonic() + 10  # the hook runs once results are stored
+        while sum(r.requests for r in store.totals("task")) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    by_user = {r.name: r for r in store.totals("user")}
+    assert {n: r.requests for n, r in by_user.items()} == {"user0": 3, "user1": 3}
+    assert by_user["user0"].output_tokens == 15
+    expected_cost = sum(v["cost"] for i, v in enumerate(values) if i % 2 == 0)
+    assert by_user["user0"].cost == pytest.approx(expected_cost, abs=1e-6)
+    assert {r.name: r.requests for r in store.totals("task")} == {infer.name: 6}
+    roots = {r.name: r.requests for r in store.totals("root")}
+    assert roots["root-a"] == 3 and sum(roots.values()) == 6
+    app.close()

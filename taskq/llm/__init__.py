@@ -9,7 +9,7 @@ from taskq.llm.failures import ProviderRejected, ProviderUnavailable, classify
 from taskq.llm.inference import META_KEY, complete
 from taskq.llm.pricing import PRICES, Price, cost
 from taskq.llm.service import LLM
-from taskq.llm.usage import UsageHook, usage_store
+from taskq.llm.usage import usage_store
 
-__all__ = ["LLM", "Guard", "LLMClients", "LLMConfig", "Limits", "META_KEY", "UsageHook", "usage_store", "PRICES", "Price", "ProviderRejected", "ProviderUnavailable",
+__all__ = ["LLM", "Guard", "LLMClients", "LLMConfig", "Limits", "META_KEY", "usage_store", "PRICES", "Price", "ProviderRejected", "ProviderUnavailable",
            "classify", "complete", "cost"]

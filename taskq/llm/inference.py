@@ -13,16 +13,21 @@ Use it from a bound coroutine task (see ``tasks/llm.py``)::
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from taskq.errors import Retry
 from taskq.llm.failures import classify
 from taskq.llm.pricing import cost
+from taskq.llm.usage import Usage
 from taskq.task import Task
 
 if TYPE_CHECKING:
+    from taskq.llm.guard import Guard
     from taskq.llm.service import LLM
+
+log = logging.getLogger("taskq.llm")
 
 FLUSH_EVERY = 0.02  # seconds: deltas arriving faster are published together (one store write)
 META_KEY = "llm"  # result meta: {"llm": {"model", "input_tokens", "output_tokens", "latency", "cost", "user"}}
@@ -87,6 +92,8 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
     guard.settle(api_key, estimate, usage["input_tokens"] + usage["output_tokens"])
     price = cost(final.model, usage["input_tokens"], usage["output_tokens"])
     request.meta[META_KEY] = {"model": final.model, **usage, "latency": latency, "cost": price, "user": user_id}
+    account(guard, Usage(user_id or "anonymous", task.name, request.root, final.model, usage["input_tokens"],
+                         usage["output_tokens"], price, latency, time.time()))
     return {"text": "".join(parts), "stop_reason": final.stop_reason, "usage": usage, "model": final.model,
             "latency": latency, "cost": price, "user_id": user_id}
 
@@ -94,3 +101,13 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
 def estimate_tokens(prompt: str, system: str | None = None) -> int:
     """A rough input token count before the call (about four characters a token)."""
     return max(1, (len(prompt) + len(system or "")) // 4)
+
+
+def account(guard: Guard, usage: Usage) -> None:
+    """Add one call to the roll-ups, right after the provider answered: the tokens are spent (and billed)
+    even if this attempt's result is lost later and the task runs again. A store failure is logged, never
+    raised: it must not make the task call the model a second time."""
+    try:
+        guard.usage.add([usage])
+    except Exception as exc:  # noqa: BLE001 - accounting never fails a finished call
+        log.error("could not account LLM usage of task %s (user %s): %s", usage.root, usage.user, exc)

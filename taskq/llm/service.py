@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from taskq.llm.client import LLMClients, LLMConfig
 from taskq.llm.guard import Guard, Limits
-from taskq.llm.usage import UsageHook
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -14,8 +13,8 @@ if TYPE_CHECKING:
 
 
 class LLM:
-    """One per app and process. ``install(task)`` wires it in: a startup check (provider configured),
-    the usage hook (roll-ups), and send checks (budgets, blocked users) on ``task.delay()``.
+    """One per app and process. ``install(task)`` wires it in: a startup check (provider configured) for
+    workers consuming the task, and send checks (budgets, blocked users) on ``task.delay()``.
 
     Configuration comes from the environment on first use unless given: :class:`LLMConfig` (provider)
     and :class:`Limits` (budgets, RPM/TPM); a caller that only sends tasks needs neither API key nor URL.
@@ -26,7 +25,6 @@ class LLM:
         self.clients = LLMClients(config)
         self._limits = limits
         self._guard: Guard | None = None
-        self._installed = False
 
     @property
     def limits(self) -> Limits:
@@ -48,9 +46,6 @@ class LLM:
         self.guard.send_check(task, key)
 
     def install(self, *tasks: Task) -> None:
-        if not self._installed:
-            self.app.add_hook(UsageHook(self.app))
-            self._installed = True
         self.app.add_startup_check(self.check, [t.name for t in tasks])
         for task in tasks:
             task.add_send_check(self.send_check)

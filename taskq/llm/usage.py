@@ -1,9 +1,9 @@
 """Tokens and cost of LLM tasks, rolled up per user, task name and root task, by the hour.
 
-Every successful LLM task carries ``result.meta["llm"]`` (model, tokens, latency, cost, user; see
-:mod:`taskq.llm.inference`). :class:`UsageHook` (a worker hook, ``finished``) adds each to three roll-ups
-(``user``, ``task``, ``root``) in hourly buckets, plus a per-user daily total for budgets, in the app's
-result store: Redis hashes (``HINCRBY`` in one pipeline per batch) or the embedded SQLite file.
+Every successful LLM call is added, as soon as the provider has answered (:func:`taskq.llm.inference.account`),
+to three roll-ups (``user``, ``task``, ``root``) in hourly buckets, plus a per-user daily total for budgets,
+in the app's result store: Redis hashes (``HINCRBY`` in one pipeline) or the embedded SQLite file. The task's
+result also carries the same figures in ``result.meta["llm"]``.
 
 ``taskq usage --by user|task|root [--since 2h] [--json]`` reads them; ``--since`` counts whole hours.
 """
@@ -19,13 +19,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskq.errors import ConfigError
-from taskq.hooks import Hook
-from taskq.llm.inference import META_KEY
-from taskq.message import H_ROOT_ID
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
-    from taskq.execution import Outcome
 
 BY = ("user", "task", "root")
 METRICS = ("requests", "input_tokens", "output_tokens", "cost_micro", "latency_ms")
@@ -230,39 +226,6 @@ def usage_store(app: Taskq) -> UsageStore:
     if isinstance(backend, LocalBackend):
         return LocalUsageStore(backend.path)
     raise ConfigError(f"no usage store for result backend {backend.url!r}: use Redis or the embedded store")
-
-
-def usage_of(outcome: Outcome, now: float) -> Usage | None:
-    """The accounted call of a successful LLM task outcome, or None."""
-    result = outcome.result
-    meta = result.meta.get(META_KEY) if result is not None and result.meta else None
-    if result is None or not meta or result.status != "SUCCESS":
-        return None
-    root = outcome.record.header(H_ROOT_ID)
-    return Usage(str(meta.get("user") or "anonymous"), result.task or "?",
-                 root.decode(errors="replace") if root else result.id, str(meta.get("model", "?")),
-                 int(meta.get("input_tokens", 0)), int(meta.get("output_tokens", 0)), float(meta.get("cost", 0.0)),
-                 float(meta.get("latency", 0.0)), result.date_done or now)
-
-
-class UsageHook(Hook):
-    """Adds every successful LLM task's usage to the roll-ups once its result is stored (finisher thread)."""
-
-    def __init__(self, app: Taskq) -> None:
-        self.app = app
-        self._store: UsageStore | None = None
-
-    @property
-    def store(self) -> UsageStore:
-        if self._store is None:
-            self._store = usage_store(self.app)
-        return self._store
-
-    def finished(self, outcomes: Sequence[Outcome]) -> None:
-        now = time.time()
-        usages = [u for o in outcomes if (u := usage_of(o, now)) is not None]
-        if usages:
-            self.store.add(usages)
 
 
 def parse_since(text: str | None, now: float | None = None) -> float | None:
