@@ -520,3 +520,42 @@ def test_strict_order_keeps_a_keys_order_across_a_retry(kind: str, request: pyte
     assert mine == (["k:A", "k:A", "k:B", "k:C"] if strict else ["k:A", "k:B", "k:C", "k:A"]), order
     if strict:
         assert order.index("other:X") < order.index("k:A", 1), "the other key waited for k's retry"
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+def test_a_result_write_redis_refuses_is_not_retried_forever(kafka_url: str, redis_url: str, unique: str,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Redis refuses writes (maxmemory reached, noeviction): the worker tries again for a bounded time,
+    logs the result it could not store and moves on; once Redis accepts writes, later results are stored."""
+    import logging
+
+    import redis as redis_lib
+
+    monkeypatch.setattr("taskq.worker.finisher.REFUSED_FOR", 2.0)
+    app = Taskq(f"oom{unique}", broker=kafka_url, backend=redis_url, topic_prefix=f"oom{unique}.")
+
+    @app.task(name="oom.echo", key="key")
+    def echo(key: str, value: int) -> int:
+        return value
+
+    client = redis_lib.Redis.from_url(redis_url)
+    old = client.config_get("maxmemory")["maxmemory"]
+    caplog.set_level(logging.WARNING, logger="taskq.worker")
+    try:
+        with worker_thread(app, concurrency=2):
+            assert echo.delay("k", 1).get(timeout=60) == 1
+            client.config_set("maxmemory", "1")
+            try:
+                refused = echo.delay("k", 2)
+                wait_until(lambda: "not stored: the backend refused it" in caplog.text, 30,
+                           "the worker to give up on the refused write")
+            finally:
+                client.config_set("maxmemory", old)
+            assert echo.delay("k", 3).get(timeout=30) == 3  # the worker moved on
+            assert refused.status == "PENDING"
+    finally:
+        client.config_set("maxmemory", old)
+        client.close()
+        app.close()

@@ -22,12 +22,14 @@ from taskq import flow
 from taskq.app import Taskq
 from taskq.brokers.base import Headers, Record
 from taskq.deadletter import dead_letter_forms
+from taskq.errors import BackendRefused
 from taskq.execution import Kind, Outcome
 from taskq.message import H_CONTENT_TYPE, H_ORIGIN
 from taskq.results.base import FAILURE, ResultRecord
 from taskq.worker.sender import Outgoing, Sender, retrying
 
 log = logging.getLogger("taskq.worker")
+REFUSED_FOR = 10.0  # s: how long a write the backend refuses is tried again before giving up on it
 MAX_BATCH = 2000  # outcomes made durable together (one pipelined result write)
 Finished = list[tuple[Record, bool]]  # (record, its offset may be committed)
 
@@ -106,7 +108,7 @@ class Finisher:
         final = (Kind.DEAD, Kind.REJECTED)
         first = [o.result for o in outcomes if o.result is not None and o.kind not in final]
         if first:
-            retrying("store results", lambda: backend.store_many(first))
+            self._store(first)
         held = [o for o in outcomes if self._holds(o)]
         held_ids = {id(o) for o in held}
         follow = [o for o in outcomes if o.kind not in (Kind.SUCCESS, Kind.REVOKED) and id(o) not in held_ids]
@@ -115,7 +117,7 @@ class Finisher:
             sent = self.sender.send_first([self.forms(o) for o in follow])
             failures += [r for o, index in zip(follow, sent) if (r := self._unsent(o, index)) is not None]
         if failures:
-            retrying("store results", lambda: backend.store_many(failures))
+            self._store(failures)
         for o in outcomes:
             self._on_outcome(o)
         self._on_finished([(record, outcome is not None) for record, outcome in batch
@@ -125,6 +127,32 @@ class Finisher:
             value, headers = self._retry_message(o)
             r = o.record
             self._on_hold(Record(r.topic, r.partition, r.offset, r.key, value, headers, r.timestamp_ms), o.retry_delay)
+
+    def _store(self, records: list[ResultRecord]) -> None:
+        """Store results. An outage is waited out (commits wait, nothing is lost); a write the backend
+        refuses (:class:`~taskq.errors.BackendRefused`: it answered no) is tried again for
+        REFUSED_FOR seconds, then record by record, and a record still refused is logged and left
+        unstored so the worker moves on: no write is retried forever."""
+        backend = self.app.backend
+        deadline = time.monotonic() + REFUSED_FOR
+        pause = 0.1
+        while True:
+            try:
+                retrying("store results", lambda: backend.store_many(records), BackendRefused)
+                return
+            except BackendRefused as exc:
+                if time.monotonic() >= deadline:
+                    break
+                log.warning("the result backend refuses to store %d result(s), retrying in %.1f s: %s",
+                            len(records), pause, exc)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
+        for record in records:
+            try:
+                retrying("store a result", lambda: backend.store_many([record]), BackendRefused)
+            except BackendRefused as exc:
+                log.error("result %s of task %s (%s) not stored: the backend refused it for %g s (%s); "
+                          "moving on", record.status, record.id, record.task, REFUSED_FOR, exc)
 
     def _holds(self, outcome: Outcome) -> bool:
         """Whether this retry waits in the worker (a strict-order task, a short enough delay)."""
