@@ -159,3 +159,29 @@ def test_worker_runs_batch_tasks_in_batches_in_key_order(tmp_path: Any) -> None:
     with worker_thread(app, tasks=["collect"], concurrency=2, task_batch_size=1):
         wait_results(app, [r.id for r in more], 60)
     assert sizes == [1] * 5
+
+
+@pytest.mark.parametrize("pool", ["processes", "asyncio"])
+def test_batches_run_in_the_processes_and_asyncio_pools(tmp_path: Any, pool: str) -> None:
+    import os
+
+    from tests.support import WorkerProcess, wait_results
+
+    db = str(tmp_path / "pool.db")
+    client = Taskq("batchapp", local_path=db)
+    from tests.apps import batchapp
+
+    task = client.task(name=batchapp.sizes.name, batch_size=8)(batchapp.sizes.fn)
+    sent = [task.apply_async((i,)) for i in range(24)]
+    client.flush()
+    worker = WorkerProcess("tests.apps.batchapp", {"TASKQ_LOCAL_PATH": db}, "--pool", pool, "-c", "2", name=pool)
+    try:
+        results = wait_results(client, [r.id for r in sent], 120)
+        assert worker.terminate(60) == 0
+    finally:
+        worker.stop()
+    values = [r.result for r in results if r is not None and r.status == "SUCCESS"]
+    assert [v["n"] for v in values] == list(range(24)), worker.log
+    assert max(v["batch"] for v in values) > 1 and all(v["batch"] <= 8 for v in values)
+    if pool == "processes":
+        assert all(v["pid"] != os.getpid() and v["pid"] != worker.proc.pid for v in values)
