@@ -1,10 +1,13 @@
 """Redis result backend: ``SET key value PX`` plus ``PUBLISH`` in one pipeline per batch.
 
-Callers wait on a pub/sub channel per task (subscribe, then read, then wait), so ``get()`` never polls.
+Callers wait on a pub/sub channel per task (subscribe, then read, then wait), so ``get()`` never polls;
+the subscriptions of all waiting ``get()`` calls share one connection per process
+(:mod:`taskq.results.redis_listener`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import redis
 
 from taskq.errors import BackendError, BackendRefused, ConfigError
+from taskq.results.redis_listener import ResultListener, wait_on
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
 
@@ -39,6 +43,8 @@ class RedisBackend(ResultBackend):
         self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout,
                                            socket_timeout=max(connect_timeout, 30.0),
                                            health_check_interval=30)
+        self._listener: ResultListener | None = None
+        self._listener_lock = threading.Lock()
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         try:
@@ -76,23 +82,17 @@ class RedisBackend(ResultBackend):
         values = self._call("read results", self.client.mget, keys)
         return [None if v is None else ResultRecord.decode(v) for v in values]
 
+    def listener(self) -> ResultListener:
+        """This process's shared subscriber (started on first use, again after a fork or a close)."""
+        with self._listener_lock:
+            if self._listener is None or not self._listener.alive:
+                self._listener = self._call("subscribe", ResultListener, self.client)
+            return self._listener
+
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
-        key = RESULT_PREFIX + task_id
         deadline = self._deadline(timeout)
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            self._call("subscribe", pubsub.subscribe, key)
-            while True:
-                record = self.get(task_id)
-                if record is not None and record.ready:
-                    return record
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return record
-                # a message on the channel means "read again"; wake at least every 5 s as a safety net
-                self._call("wait for a result", pubsub.get_message, True, min(left, 5.0))
-        finally:
-            pubsub.close()
+        return self._call("wait for a result", wait_on, self.listener(), RESULT_PREFIX + task_id,
+                          lambda: self.get(task_id), deadline)
 
     def append_chunk(self, task_id: str, chunk: Any) -> None:
         key = CHUNK_PREFIX + task_id
@@ -217,4 +217,8 @@ class RedisBackend(ResultBackend):
         return list(dict.fromkeys(v.decode() for v in raw))  # a re-sent follow-up adds an id twice
 
     def close(self) -> None:
+        with self._listener_lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
         self.client.close()

@@ -1,0 +1,85 @@
+"""Redis backend: every waiting get() of a process shares one pub/sub connection (real Redis)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import redis
+
+from taskq.results.base import STARTED, SUCCESS, ResultRecord
+from taskq.results.redis import RESULT_PREFIX, RedisBackend
+
+
+def _pubsub_clients(client: redis.Redis) -> int:
+    return len(client.client_list(_type="pubsub"))
+
+
+def _wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_concurrent_waits_share_one_connection_and_unsubscribe(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    before = _pubsub_clients(admin)
+    ids = [uuid.uuid4().hex for _ in range(20)]
+    got: dict[str, ResultRecord | None] = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, backend.wait(i, 30))) for i in ids]
+    try:
+        for t in threads:
+            t.start()
+        channels = [RESULT_PREFIX + i for i in ids]
+        _wait_until(lambda: all(n == 1 for _, n in admin.pubsub_numsub(*channels)), 30, "all 20 subscriptions")
+        assert _pubsub_clients(admin) == before + 1  # twenty waiters, one pub/sub connection
+        backend.store_many([ResultRecord(i, STARTED) for i in ids])  # not ready: nobody returns
+        time.sleep(0.2)
+        assert not got
+        backend.store_many([ResultRecord(i, SUCCESS, n) for n, i in enumerate(ids)])
+        for t in threads:
+            t.join(30)
+        assert {i: r.result if r else None for i, r in got.items()} == {i: n for n, i in enumerate(ids)}
+        _wait_until(lambda: all(n == 0 for _, n in admin.pubsub_numsub(*channels)), 30, "unsubscribes")
+        assert _pubsub_clients(admin) == before + 1  # kept for the next get()
+    finally:
+        backend.close()
+        admin.close()
+
+
+def test_stored_before_wait_and_timeout(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    try:
+        done = uuid.uuid4().hex
+        backend.store_many([ResultRecord(done, SUCCESS, "early")])
+        record = backend.wait(done, 5)
+        assert record is not None and record.result == "early"
+        started = time.monotonic()
+        assert backend.wait(uuid.uuid4().hex, 0.3) is None
+        assert time.monotonic() - started >= 0.3
+    finally:
+        backend.close()
+
+
+def test_wait_survives_a_killed_connection(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    task_id = uuid.uuid4().hex
+    channel = RESULT_PREFIX + task_id
+    got: list[ResultRecord | None] = []
+    waiter = threading.Thread(target=lambda: got.append(backend.wait(task_id, 60)))
+    try:
+        waiter.start()
+        _wait_until(lambda: admin.pubsub_numsub(channel)[0][1] == 1, 30, "the subscription")
+        admin.client_kill_filter(_type="pubsub", skipme=True)
+        # the listener reconnects and subscribes the channel again
+        _wait_until(lambda: admin.pubsub_numsub(channel)[0][1] == 1, 30, "the subscription again")
+        backend.store_many([ResultRecord(task_id, SUCCESS, 42)])
+        waiter.join(30)
+        assert got and got[0] is not None and got[0].result == 42
+    finally:
+        backend.close()
+        admin.close()
