@@ -153,7 +153,7 @@ class Signature(Canvas):
     def result(self, app: Taskq) -> AsyncResult:
         return AsyncResult(self.freeze(), app)
 
-    def apply_async(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,  # type: ignore[override]
+    def apply_async(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
                     root_id: str | None = None, parent_id: str | None = None, **options: Any) -> AsyncResult:
         """Send this call; extra ``args`` go first (unless immutable), ``options`` override the stored ones."""
         app = self._app()

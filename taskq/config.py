@@ -97,7 +97,12 @@ class Settings:
         """Each setting has its declared type (an int where a float is expected is converted)."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:  # a setting without a default has no declared type to check against
+                continue
             if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
             elif isinstance(default, tuple) and isinstance(value, list):

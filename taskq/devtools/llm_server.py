@@ -280,17 +280,18 @@ class StandIn:
                 entry["status"] = status
                 await asyncio.sleep(latency)
                 return self._error(status, kind, message, fault.retry_after if status == 429 else None)
-            message = {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant",
-                       "model": body["model"], "content": [], "stop_reason": None, "stop_sequence": None,
-                       "usage": {"input_tokens": input_tokens, "output_tokens": 0}}
+            reply: dict[str, Any] = {
+                "id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant",
+                "model": body["model"], "content": [], "stop_reason": None, "stop_sequence": None,
+                "usage": {"input_tokens": input_tokens, "output_tokens": 0}}
             if body.get("stream"):
-                return await self._stream(request, message, tokens, stop_reason, latency, tps, fault, entry)
+                return await self._stream(request, reply, tokens, stop_reason, latency, tps, fault, entry)
             await asyncio.sleep(latency + (len(tokens) / tps if tps > 0 else 0.0))
             if fault is not None and fault.fault in MID_STREAM:
                 return await self._fail_plain(request, fault, entry)
-            message.update(content=[{"type": "text", "text": "".join(tokens)}], stop_reason=stop_reason,
-                           usage={"input_tokens": input_tokens, "output_tokens": len(tokens)})
-            return web.json_response(message, headers={"request-id": _request_id()})
+            reply.update(content=[{"type": "text", "text": "".join(tokens)}], stop_reason=stop_reason,
+                         usage={"input_tokens": input_tokens, "output_tokens": len(tokens)})
+            return web.json_response(reply, headers={"request-id": _request_id()})
         finally:
             self.active -= 1
 
@@ -471,7 +472,7 @@ class LLMServerClient:
             return json.loads(resp.read())
 
     def health(self, timeout: float = 2.0) -> dict[str, Any]:
-        return self._call("GET", "/_control/health", timeout=timeout)  # type: ignore[no-any-return]
+        return self._call("GET", "/_control/health", timeout=timeout)
 
     def add_fault(self, fault: str, **options: Any) -> None:
         """Fail the next requests: ``add_fault("overloaded", times=2, match="hello")``."""
@@ -481,11 +482,11 @@ class LLMServerClient:
         self._call("DELETE", "/_control/faults")
 
     def requests(self, since: float = 0.0) -> list[dict[str, Any]]:
-        return self._call("GET", f"/_control/requests?since={since}")  # type: ignore[no-any-return]
+        return self._call("GET", f"/_control/requests?since={since}")
 
     def configure(self, **settings: float) -> dict[str, Any]:
         """Server-wide ``latency``, ``tokens_per_second``, ``ping_every``."""
-        return self._call("POST", "/_control/config", settings)  # type: ignore[no-any-return]
+        return self._call("POST", "/_control/config", settings)
 
     def reset(self) -> None:
         self._call("POST", "/_control/reset", {})

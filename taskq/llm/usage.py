@@ -175,7 +175,7 @@ class LocalUsageStore(UsageStore):
         return db
 
     def add(self, usages: Sequence[Usage]) -> None:
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for u in usages:
             c = u.counts()
             values = (c["requests"], c["input_tokens"], c["output_tokens"], c["cost_micro"], c["latency_ms"])

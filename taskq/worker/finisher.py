@@ -125,8 +125,9 @@ class Finisher:
         for o in held:  # its key stays held and its offset unfinished until the next attempt's outcome
             assert self._on_hold is not None
             value, headers = self._retry_message(o)
-            r = o.record
-            self._on_hold(Record(r.topic, r.partition, r.offset, r.key, value, headers, r.timestamp_ms), o.retry_delay)
+            rec = o.record
+            self._on_hold(Record(rec.topic, rec.partition, rec.offset, rec.key, value, headers, rec.timestamp_ms),
+                          o.retry_delay)
 
     def _store(self, records: list[ResultRecord]) -> None:
         """Store results. An outage is waited out (commits wait, nothing is lost); a write the backend
