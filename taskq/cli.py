@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,7 +23,26 @@ if TYPE_CHECKING:
     from taskq.cli_control import BeatThread
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A click group whose ``lazy`` commands are imported only when looked up (run or listed in help), so
+    ``taskq worker`` does not load the monitor's modules; ``lazy`` maps a command name to "module:attribute"."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy={"monitor": "monitor.cli:monitor",  # extras: monitor, flower
+                                  "flower": "monitor.cli:flower"})
 @click.option("--log-level", default="WARNING", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 @click.pass_context
 def main(ctx: click.Context, log_level: str) -> None:
@@ -548,11 +568,6 @@ from taskq.cli_control import CONTROL_COMMANDS  # noqa: E402 - beat, replay, top
 
 for _command in CONTROL_COMMANDS:
     main.add_command(_command)
-
-from monitor.cli import flower, monitor  # noqa: E402 - `taskq monitor`, `taskq flower` (extras: monitor, flower)
-
-main.add_command(monitor)
-main.add_command(flower)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -81,3 +83,17 @@ def test_cli_accepts_module_attribute_for_a_single_file_module(root: Path) -> No
     result = CliRunner().invoke(main, ["dlq", "ls", "-A", f"{module}.app", "some.task"])
     assert result.exit_code == 0, result.output
     assert "0 dead letter(s) of some.task" in result.output
+
+
+def test_cli_loads_the_monitor_only_for_its_commands() -> None:
+    """``import taskq.cli`` (every ``taskq`` command) imports neither the monitor nor its web stack;
+    ``taskq monitor`` and ``taskq flower`` are still listed and run."""
+    code = ("import sys, taskq.cli; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in {'monitor', 'starlette', 'fastapi', 'uvicorn', 'jinja2'}))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+    listed = CliRunner().invoke(main, ["--help"])
+    assert "monitor " in listed.output and "flower " in listed.output
+    for command in ("monitor", "flower"):
+        shown = CliRunner().invoke(main, [command, "--help"])
+        assert shown.exit_code == 0 and f"Usage: main {command}" in shown.output, shown.output
