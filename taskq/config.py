@@ -43,6 +43,7 @@ class Settings:
     events: bool = True  # workers publish task and worker events (taskq events / inspect)
     events_topic: str = ""  # "" = <topic_prefix>events
     events_include_args: bool = False  # put args, kwargs and result into task events
+    events_coalesce: float = 1.0  # s: a task's state changes within this merge into its next event (0: none)
     track_started: bool = False  # also store STARTED in the result backend when a task starts
     producer_options: dict[str, Any] = field(default_factory=dict)  # extra librdkafka producer config
     consumer_options: dict[str, Any] = field(default_factory=dict)  # extra librdkafka consumer config
@@ -90,6 +91,8 @@ class Settings:
         if self.result_backend and (backend.scheme not in BACKEND_SCHEMES or not (backend.netloc or backend.path)):
             raise ConfigError(f"bad result backend URL {self.result_backend!r}: use redis://host:port/db "
                               "or local:///path/to/file.db")
+        if not 0 <= self.events_coalesce < float("inf"):
+            raise ConfigError(f"events_coalesce must be 0 or more seconds, not {self.events_coalesce}")
         if not self.retry_tiers or sorted(self.retry_tiers) != list(self.retry_tiers):
             raise ConfigError(f"retry_tiers must be increasing delays in seconds, not {self.retry_tiers}")
 

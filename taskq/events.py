@@ -56,13 +56,12 @@ STATES = {TASK_SENT: "PENDING", TASK_RECEIVED: "RECEIVED", TASK_STARTED: "STARTE
           TASK_RETRIED: "RETRY", TASK_FAILED: "FAILURE", TASK_DEAD: "FAILURE", TASK_REJECTED: "REJECTED",
           TASK_SKIPPED: "SKIPPED", TASK_REVOKED: "REVOKED"}
 HEARTBEAT_INTERVAL = 2.0
-MAX_TRACKED = 1_000_000  # records received and not finished that the publisher remembers times for
 _OUTCOME_TYPES = {Kind.SUCCESS: TASK_SUCCEEDED, Kind.RETRY: TASK_RETRIED, Kind.DEAD: TASK_FAILED,
                   Kind.REJECTED: TASK_REJECTED, Kind.REVOKED: TASK_REVOKED}
-_NO_ERROR = {"exc_type": None, "exc_message": None}
+_RAN = frozenset({Kind.SUCCESS, Kind.RETRY, Kind.DEAD})  # outcomes of a task body that ran
 
 # queue items: (what, when, payload)
-_RECEIVED, _STARTED, _FINISHED, _SKIPPED, _ABANDONED, _WORKER = range(6)
+_RECEIVED, _FINISHED, _SKIPPED, _ABANDONED, _WORKER = range(5)
 
 
 def task_base(record: Record, worker: str | None, sent: float | None = None) -> dict[str, Any]:
@@ -97,8 +96,12 @@ def worker_event(kind: str, info: WorkerInfo, ts: float) -> dict[str, Any]:
             "processed": info.processed, "partitions": [list(tp) for tp in info.partitions], "freq": info.freq}
 
 
+_dumps = JSON.dumps
+
+
 def encode(event: dict[str, Any]) -> bytes:
-    return JSON.dumps(event)
+    """The wire form of an event: compact JSON."""
+    return _dumps(event)
 
 
 def decode(data: bytes | None) -> dict[str, Any] | None:
@@ -123,40 +126,55 @@ def hostname_pid() -> tuple[str, int]:
 
 
 class EventsHook(Hook):
-    """Publishes every task state change and worker heartbeats on the worker's producer."""
+    """Publishes task state changes and worker heartbeats on the worker's producer.
+
+    Coalescing (``events_coalesce`` seconds, default 0.2): a task's received and started events are
+    published once they are that old and the task has not moved on; a task that moves on sooner is
+    told by its next event alone, which carries every time so far (``received``, ``started``). A final
+    event is never held back. With 0 every state change is its own event.
+    """
 
     def __init__(self, app: Taskq, producer: Producer, worker: str) -> None:
         self.topic = app.events_topic
         self.include_args = app.settings.events_include_args
+        self.coalesce = max(0.0, app.settings.events_coalesce)
         self.serializers = app.serializers
         self.worker = worker
         self._producer = producer
+        self._send_raw = producer.send
         self._queue: deque[tuple[int, float, Any]] = deque()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._times: dict[tuple[str, int, int], dict[str, Any]] = {}
-        self._failed = 0
+        # per record, keyed (topic, partition, offset): when received (set by the publisher from the
+        # queue), when started (set by the pool thread itself: a dict store is the whole cost), and
+        # which of the two were published as events of their own
+        self._received: dict[tuple[str, int, int], float] = {}
+        self._started: dict[tuple[str, int, int], tuple[float, Record]] = {}
+        self._told: set[tuple[str, int, int]] = set()  # received published
+        self._told_started: set[tuple[str, int, int]] = set()
+        self._due: deque[tuple[float, Sequence[Record]]] = deque()  # received batches, by coalesce deadline
+        self.failed = 0  # events that could not be queued (logged once)
         self._failure_logged = False
-        self.published = 0
+        self.published = 0  # events queued on the producer
         self._thread = threading.Thread(target=self._run, name="taskq-events", daemon=True)
         self._thread.start()
 
-    # -- hook methods: called on worker threads, only queue -----------------------------------------
+    # -- hook methods: called on worker threads, only queue (``finished`` also publishes) ----------
 
     def received(self, records: Sequence[Record], now: float) -> None:
         self._queue.append((_RECEIVED, now, records))
 
     def started(self, record: Record) -> None:
-        self._queue.append((_STARTED, time.time(), record))
+        self._started[(record.topic, record.partition, record.offset)] = (time.time(), record)
 
     def finished(self, outcomes: Sequence[Outcome]) -> None:
-        """Queue the final events and produce everything queued, here: they reach the producer before
-        the worker may commit these offsets (a crash right after a commit loses no final event)."""
+        """Queue the final events and publish what is queued, here: they reach the producer before the
+        worker may commit these offsets (a crash right after a commit loses no final event)."""
         self._queue.append((_FINISHED, time.time(), outcomes))
         self._drain()
 
-    def skipped(self, records: Sequence[Record], results: Sequence[ResultRecord]) -> None:
+    def skipped(self, records: Sequence[Record], results: Sequence[ResultRecord | None]) -> None:
         self._queue.append((_SKIPPED, time.time(), (records, results)))
 
     def abandoned(self, records: Sequence[Record]) -> None:
@@ -174,16 +192,17 @@ class EventsHook(Hook):
         self._queue.append((_WORKER, time.time(), (WORKER_OFFLINE, worker)))
         self._wake.set()
 
-    # -- publisher thread ---------------------------------------------------------------------------
+    # -- publishing ---------------------------------------------------------------------------------
 
     def close(self, timeout: float) -> int:
-        """Publish everything queued and wait for its acknowledgement; returns events not acknowledged."""
+        """Publish everything queued and wait for the producer to deliver it; returns what is left."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
         return self._producer.flush(timeout)
 
     def _run(self) -> None:
+        tick = min(0.05, self.coalesce / 2) if self.coalesce else 0.05
         while True:
             stopping = self._stop.is_set()
             try:
@@ -193,64 +212,88 @@ class EventsHook(Hook):
             if stopping:
                 self._drain()  # what was queued while the last drain ran
                 return
-            self._wake.wait(0.05)
+            self._wake.wait(tick)
             self._wake.clear()
 
     def _drain(self) -> None:
-        with self._lock:  # one drainer at a time keeps the queue's order on the producer
+        with self._lock:  # one publisher at a time keeps the queue's order on the producer
             self._drain_locked()
+            self._publish_due(time.time())
+        self._producer.poll(0)
 
     def _drain_locked(self) -> None:
-        queue, times = self._queue, self._times
-        produce = self._produce
-        worker = self.worker
+        queue, received, coalesce = self._queue, self._received, self.coalesce
         while queue:
             what, now, payload = queue.popleft()
             if what == _RECEIVED:
-                for record in payload:
-                    base = task_base(record, worker)
-                    base["received"] = now
-                    if len(times) < MAX_TRACKED:
-                        times[(record.topic, record.partition, record.offset)] = base
-                    produce(self._task_event(base, TASK_RECEIVED, now, record))
-            elif what == _STARTED:
-                record = payload
-                base = times.get((record.topic, record.partition, record.offset)) or task_base(record, worker)
-                base["started"] = now
-                produce(self._task_event(base, TASK_STARTED, now, record))
+                received.update(dict.fromkeys([(r.topic, r.partition, r.offset) for r in payload], now))
+                self._due.append((now + coalesce, payload))
+                if not coalesce:
+                    self._publish_received(now)
             elif what == _FINISHED:
                 for outcome in payload:
                     self._finished(outcome, now)
             elif what == _SKIPPED:
                 for record, result in zip(*payload):
-                    base = self._take(record)
-                    base["finished"] = result.date_done or now
-                    event = self._task_event(base, TASK_SKIPPED, now, record)
-                    event["state"] = result.status  # the final state stored by the run that finished it
-                    produce(event)
+                    key = (record.topic, record.partition, record.offset)
+                    event = self._task_event(TASK_SKIPPED, now, record, key, forget=True)
+                    # the final state stored by the run that finished it; None: a second copy of a
+                    # follow-up task still running here
+                    event["finished"] = (result.date_done if result is not None else None) or now
+                    event["state"] = result.status if result is not None else None
+                    self._produce(event)
             elif what == _ABANDONED:
                 for record in payload:  # redelivered later (maybe elsewhere): its next run has events
-                    times.pop((record.topic, record.partition, record.offset), None)
+                    self._forget((record.topic, record.partition, record.offset))
             elif what == _WORKER:
                 kind, info = payload
-                event = worker_event(kind, info, now)
-                self._send(info.name.encode(), encode(event))
-        self._producer.poll(0)
+                self._send(info.name.encode(), _dumps(worker_event(kind, info, now)))
+
+    def _publish_due(self, now: float) -> None:
+        """Received and started events ``coalesce`` old whose task has not moved on since."""
+        self._publish_received(now)
+        if not self._started:
+            return
+        horizon = now - self.coalesce
+        for key, (at, record) in list(self._started.items()):
+            if at <= horizon and key not in self._told_started and key in self._received:
+                self._told_started.add(key)
+                self._produce(self._task_event(TASK_STARTED, now, record, key))
+
+    def _publish_received(self, now: float) -> None:
+        due, received, started, told, coalesce = self._due, self._received, self._started, self._told, self.coalesce
+        while due and due[0][0] <= now:
+            for record in due.popleft()[1]:
+                key = (record.topic, record.partition, record.offset)
+                if key in received and key not in told and not (coalesce and key in started):
+                    told.add(key)
+                    self._produce(self._task_event(TASK_RECEIVED, now, record, key))
+
+    def _forget(self, key: tuple[str, int, int]) -> tuple[float | None, float | None]:
+        """(received, started) times of a record that moves on for good; its state here is dropped."""
+        started = self._started.pop(key, None)
+        if self._told:
+            self._told.discard(key)
+        if self._told_started:
+            self._told_started.discard(key)
+        return self._received.pop(key, None), started[0] if started is not None else None
 
     def _finished(self, outcome: Outcome, now: float) -> None:
         record = outcome.record
-        base = self._take(record)
+        key = (record.topic, record.partition, record.offset)
+        if not self.coalesce and key in self._started and key not in self._told_started:
+            self._produce(self._task_event(TASK_STARTED, self._started[key][0], record, key))
+        event = self._task_event(_OUTCOME_TYPES[outcome.kind], now, record, key, forget=True)
         result = outcome.result
         finished = result.date_done if result is not None and result.date_done else now
-        base["finished"] = finished
-        base["runtime"] = outcome.runtime if outcome.kind is not Kind.REJECTED else None
-        if base["started"] is None and base["runtime"] is not None:  # the started event was not seen here
-            base["started"] = finished - outcome.runtime
-        kind = _OUTCOME_TYPES[outcome.kind]
+        event["finished"] = finished
+        if outcome.kind in _RAN:
+            event["runtime"] = outcome.runtime
+            if event["started"] is None:  # its start was not seen here
+                event["started"] = finished - outcome.runtime
         if outcome.kind is not Kind.SUCCESS:
-            base["exc_type"] = outcome.error_type or None
-            base["exc_message"] = (outcome.error_message or "")[:1024] or None
-        event = self._task_event(base, kind, now, record)
+            event["exc_type"] = outcome.error_type or None
+            event["exc_message"] = (outcome.error_message or "")[:1024] or None
         if outcome.kind is Kind.RETRY:
             event["retry_in"] = outcome.retry_delay
         if self.include_args and result is not None and outcome.kind is Kind.SUCCESS:
@@ -261,15 +304,17 @@ class EventsHook(Hook):
             dead["type"] = TASK_DEAD
             self._produce(dead)
 
-    def _take(self, record: Record) -> dict[str, Any]:
-        """The fields gathered for ``record`` so far (forgotten here), or fresh ones."""
-        base: dict[str, Any] | None = self._times.pop((record.topic, record.partition, record.offset), None)
-        return base if base is not None else task_base(record, self.worker)
-
-    def _task_event(self, base: dict[str, Any], kind: str, now: float, record: Record) -> dict[str, Any]:
-        event = dict(base)
+    def _task_event(self, kind: str, now: float, record: Record, key: tuple[str, int, int], forget: bool = False,
+                    ) -> dict[str, Any]:
+        event = task_base(record, self.worker)
         event["type"] = kind
         event["ts"] = now
+        if forget:
+            event["received"], event["started"] = self._forget(key)
+        else:
+            event["received"] = self._received.get(key)
+            started = self._started.get(key)
+            event["started"] = started[0] if started is not None else None
         if self.include_args:
             event["args"], event["kwargs"] = self._arguments(record)
         return event
@@ -278,31 +323,24 @@ class EventsHook(Hook):
         content_type = (record.header("content-type") or b"application/json").decode(errors="replace")
         try:
             args, kwargs = self.serializers.loads(record.value or b"", content_type)
-            JSON.dumps([args, kwargs])  # pickled arguments may not be JSON: leave them out
+            _dumps([args, kwargs])  # pickled arguments may not be JSON: leave them out
             return args, kwargs
         except Exception:  # noqa: BLE001 - undecodable arguments are not an event error
             return None, None
 
     def _produce(self, event: dict[str, Any]) -> None:
         root = event["root_id"]
-        self._send(root.encode() if root else None, encode(event))
+        self._send(root.encode() if root else None, _dumps(event))
 
     def _send(self, key: bytes | None, value: bytes) -> None:
+        """Queue one event: no delivery callback (a Python call per event would cost more than the rest);
+        the idempotent producer retries it until its message timeout, like any message."""
         try:
-            self._producer.produce(self.topic, key, value, None, self._report)
-        except Exception as exc:  # noqa: BLE001 - an event that cannot be sent never affects a task
-            self._report(exc, None)
-
-    def _report(self, err: BaseException | None, _record: Record | None) -> None:
-        if err is None:
+            self._send_raw(self.topic, key, value)
             self.published += 1
-            return
-        self._failed += 1
-        if not self._failure_logged:
-            self._failure_logged = True
-            log.error("task event not delivered to %s: %s (further failures are counted, not logged)", self.topic, err)
-
-    @property
-    def failed(self) -> int:
-        """Events the broker did not take (each one is logged once at most)."""
-        return self._failed
+        except Exception as exc:  # noqa: BLE001 - an event that cannot be queued never affects a task
+            self.failed += 1
+            if not self._failure_logged:
+                self._failure_logged = True
+                log.error("cannot queue a task event for %s: %s (further failures are counted, not logged)",
+                          self.topic, exc)

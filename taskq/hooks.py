@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskq.brokers.base import Record, TopicPartition
@@ -68,9 +68,9 @@ class Hook:
         """Outcomes made durable (result stored, retry or dead letter acknowledged); ``outcome.kind``
         is SUCCESS, RETRY, DEAD (failed and dead-lettered) or REJECTED. Thread: the finisher."""
 
-    def skipped(self, records: Sequence[Record], results: Sequence[ResultRecord]) -> None:
-        """Redelivered records whose task already has a final result (``results``, in the same order):
-        not run again. Thread: consumer."""
+    def skipped(self, records: Sequence[Record], results: Sequence[ResultRecord | None]) -> None:
+        """Records not run again: a redelivery whose task already has a final result (``results``, in
+        the same order), or (result None) a second copy of a follow-up task running here. Thread: consumer."""
 
     def abandoned(self, records: Sequence[Record]) -> None:
         """Records not started before a stop or revoke; left uncommitted for redelivery."""
@@ -110,7 +110,7 @@ class HookSet:
     received: Callable[[Sequence[Record], float], None]
     started: Callable[[Record], None]
     finished: Callable[[Sequence[Outcome]], None]
-    skipped: Callable[[Sequence[Record], Sequence[ResultRecord]], None]
+    skipped: Callable[[Sequence[Record], Sequence[ResultRecord | None]], None]
     abandoned: Callable[[Sequence[Record]], None]
     forwarded: Callable[[Sequence[Record]], None]
     committed: Callable[[dict[TopicPartition, int]], None]
@@ -162,53 +162,3 @@ class HookSet:
             self._reported.add(ident)
         log.error("hook %s.%s raised %s: %s (ignored; further errors of this hook and kind are not logged)",
                   type(owner).__name__, kind, type(exc).__name__, exc, exc_info=exc)
-
-
-@dataclass
-class WorkerStats:
-    """A worker's counters (``Worker.run`` returns them); kept by :class:`StatsHook`."""
-
-    received: int = 0
-    succeeded: int = 0
-    retried: int = 0
-    dead: int = 0
-    rejected: int = 0
-    skipped: int = 0  # redelivered with a final result already stored
-    abandoned: int = 0  # not started before stop or revoke; left uncommitted for redelivery
-    forwarded: int = 0  # delayed messages moved back to their task topic
-    by_kind: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def processed(self) -> int:
-        """Records with an outcome or skipped as already finished."""
-        return sum(self.by_kind.values()) + self.skipped
-
-
-class StatsHook(Hook):
-    """Counts for :class:`WorkerStats`: the worker's own counters are a hook like any other."""
-
-    def __init__(self, stats: WorkerStats) -> None:
-        self.stats = stats
-
-    def received(self, records: Sequence[Record], now: float) -> None:
-        self.stats.received += len(records)
-
-    def finished(self, outcomes: Sequence[Outcome]) -> None:
-        stats = self.stats
-        by_kind = stats.by_kind
-        for o in outcomes:
-            kind = o.kind.value
-            by_kind[kind] = by_kind.get(kind, 0) + 1
-        stats.succeeded = by_kind.get("success", 0)
-        stats.retried = by_kind.get("retry", 0)
-        stats.dead = by_kind.get("dead", 0)
-        stats.rejected = by_kind.get("rejected", 0)
-
-    def skipped(self, records: Sequence[Record], results: Sequence[ResultRecord]) -> None:
-        self.stats.skipped += len(records)
-
-    def abandoned(self, records: Sequence[Record]) -> None:
-        self.stats.abandoned += len(records)
-
-    def forwarded(self, records: Sequence[Record]) -> None:
-        self.stats.forwarded += len(records)

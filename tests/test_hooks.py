@@ -11,7 +11,8 @@ import pytest
 from taskq import ConfigError, Taskq
 from taskq.brokers.base import Record
 from taskq.execution import Kind, Outcome, run
-from taskq.hooks import KINDS, Hook, HookSet, StatsHook, WorkerStats
+from taskq.hooks import KINDS, Hook, HookSet
+from taskq.worker.stats import StatsHook, WorkerStats
 from taskq.message import H_PARENT_ID, H_ROOT_ID, TaskMessage
 from taskq.results.base import ResultRecord
 from taskq.serialization import Registry

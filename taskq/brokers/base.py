@@ -64,6 +64,13 @@ class Producer(ABC):
     ) -> None:
         """Queue one message; raises :class:`~taskq.errors.BrokerError` at once if it can never be sent."""
 
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Queue a message nobody waits for (no headers, no delivery callback): the cheapest produce.
+
+        The producer still retries it until its message timeout; for events, not for task messages.
+        """
+        self.produce(topic, key, value)
+
     @abstractmethod
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery callbacks; returns how many were served."""

@@ -129,6 +129,17 @@ class KafkaProducer(Producer):
                         "(an object-store key or URL) instead of the payload") from exc
                 raise _error(exc) from exc  # type: ignore[misc]
 
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        produce = self._producer.produce
+        while True:
+            try:
+                produce(topic, value, key)
+                return
+            except BufferError:  # local queue full: serve deliveries, then try again
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise _error(exc) from exc  # type: ignore[misc]
+
     def poll(self, timeout: float = 0.0) -> int:
         return self._producer.poll(timeout)
 

@@ -7,7 +7,8 @@
 - :mod:`~taskq.worker.finisher`: :class:`Finisher`, results stored, follow-ups sent, offsets finished;
 - :mod:`~taskq.worker.sender`: :class:`Sender`, produce and wait for every acknowledgement;
 - :mod:`~taskq.worker.forwarder`: :class:`Forwarder`, due delayed messages back to their topics;
-- :mod:`~taskq.worker.stats`: :class:`WorkerStats`, the counters.
+- :mod:`~taskq.worker.stats`: :class:`WorkerStats`, the counters, kept by :class:`StatsHook`;
+- :mod:`~taskq.worker.heartbeat`: :class:`Heartbeat`, the worker_heartbeat hook every 2 s.
 """
 
 from taskq.worker.batching import Batcher
@@ -17,6 +18,7 @@ from taskq.worker.finisher import Finisher
 from taskq.worker.forwarder import Forwarder
 from taskq.worker.offsets import OffsetTracker
 from taskq.worker.sender import Sender
-from taskq.worker.stats import WorkerStats
+from taskq.worker.stats import StatsHook, WorkerStats
 
-__all__ = ["Batcher", "Finisher", "Forwarder", "KeyedDispatcher", "OffsetTracker", "Sender", "Worker", "WorkerStats"]
+__all__ = ["Batcher", "Finisher", "Forwarder", "KeyedDispatcher", "OffsetTracker", "Sender", "StatsHook", "Worker",
+           "WorkerStats"]

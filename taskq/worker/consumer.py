@@ -10,7 +10,9 @@ Threads and their hand-offs:
   (a deque the consumer thread drains) and releases their keys in the dispatcher;
 - the :class:`Forwarder` moves due delayed messages back to their task topics.
 An offset is committed only when it and every offset before it in its partition are finished.
-Counting goes through :class:`WorkerStats` (``on_*`` calls), nowhere else.
+Every state change is reported through the worker's :class:`~taskq.hooks.HookSet` (resolved once in
+``run``): the counters (:class:`StatsHook`), task events (:class:`~taskq.events.EventsHook`),
+``track_started`` and the app's own hooks listen there; nothing else in the worker counts.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from collections.abc import Callable, Iterable
 from taskq.app import Taskq
 from taskq.brokers.base import Consumer, Record, TopicPartition
 from taskq.errors import BrokerError, NotRegistered
+from taskq.events import HEARTBEAT_INTERVAL, EventsHook
+from taskq.hooks import Hook, HookSet, WorkerInfo
 from taskq.message import H_ID, H_PARENT_ID
 from taskq.pools import make_pool
+from taskq.results.base import ResultRecord
 from taskq.task import Task
 from taskq.worker.batching import Batcher
 from taskq.worker.dispatch import KeyedDispatcher
@@ -39,7 +44,9 @@ from taskq.worker.priority import PriorityScheduler
 from taskq.topic_admin import check_members
 from taskq.worker.revoke import IdleCheck, RevokeGate
 from taskq.worker.sender import Sender, retrying
-from taskq.worker.stats import WorkerStats
+from taskq.worker.heartbeat import Heartbeat
+from taskq.worker.started import TrackStarted
+from taskq.worker.stats import StatsHook, WorkerStats
 
 log = logging.getLogger("taskq.worker")
 PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
@@ -80,7 +87,10 @@ class Worker:
         self.stop_timeout = stop_timeout
         self.forward_delayed = forward_delayed
         self.stats = WorkerStats()
+        self.pool_kind = pool
         self.pool = make_pool(pool, app, concurrency, self.name, app_path)
+        self.hooks = HookSet([StatsHook(self.stats)])  # until run() adds the app's, events, track_started
+        self._assignment: tuple[TopicPartition, ...] = ()
         self._stopping = threading.Event()
         self._finished: deque[tuple[Record, bool]] = deque()  # (record, offset may be committed)
         self._finished_event = threading.Event()
@@ -121,33 +131,59 @@ class Worker:
         app.ensure_topics({**partitions, **{app.dlq_topic(t): n for t, n in partitions.items()}})
         app.ensure_topics({t: app.settings.default_partitions for t in app.delay_topics})
         app.backend  # noqa: B018 - fail fast on a bad backend URL
-        sender = Sender(app.broker.producer(**app.settings.producer_options))
+        producer = app.broker.producer(**app.settings.producer_options)
+        sender = Sender(producer)
+        hooks: list[Hook] = [StatsHook(self.stats), *app.hooks]
+        events = None
+        if app.settings.track_started:
+            hooks.append(TrackStarted(app.backend, self.name))
+        if app.settings.events:
+            app.ensure_topic(app.events_topic, app.settings.default_partitions)
+            events = EventsHook(app, producer, self.name)
+            hooks.append(events)
+        self.hooks = hook_set = HookSet(hooks)
         holder = self._holder = RetryHolder(self.pool.submit)
-        finisher = Finisher(app, sender, self.name, self._on_finished, self.stats.on_outcome, holder.hold)
+        finisher = Finisher(app, sender, self.name, self._on_finished, hook_set.finished, holder.hold)
         gate = RevokeGate(app, self.pool, self.name)
         gate.start()
-        self.pool.start(gate.wrap_done(finisher.put), lambda r: self._runnable(r) and gate.runnable(r),
+        self.pool.start(gate.wrap_done(finisher.put), lambda r: gate.runnable(r) and self._runnable(r),
                         gate.wrap_done_many(finisher.put_many))
         finisher.start()
         forwarder = None
         if self.forward_delayed:
-            forwarder = Forwarder(app, sender, self._stopping, self.stats.on_forwarded)
+            forwarder = Forwarder(app, sender, self._stopping, hook_set.forwarded)
             forwarder.start()
-        consumer = self._consumer = app.broker.consumer(app.group, self.topics, self._on_assign, self._on_revoke,
-                                                        **app.settings.consumer_options)
-        log.info("worker %s consuming %s in group %s", self.name, self.topics, app.group)
+        hook_set.worker_online(self.info())
+        heartbeat = Heartbeat(lambda: hook_set.worker_heartbeat(self.info()), HEARTBEAT_INTERVAL)
+        if hook_set.overridden("worker_heartbeat"):
+            heartbeat.start()
         try:
-            self._consume_loop(consumer)
-            self._shutdown(consumer)
+            consumer = self._consumer = app.broker.consumer(app.group, self.topics, self._on_assign,
+                                                            self._on_revoke, **app.settings.consumer_options)
+            log.info("worker %s consuming %s in group %s", self.name, self.topics, app.group)
+            try:
+                self._consume_loop(consumer)
+                self._shutdown(consumer)
+            finally:
+                self._stopping.set()
+                consumer.close()
+                finisher.stop(self.stop_timeout)
+                gate.stop()
+                if forwarder is not None:
+                    forwarder.join(self.stop_timeout)
         finally:
-            self._stopping.set()
-            consumer.close()
-            finisher.stop(self.stop_timeout)
-            gate.stop()
-            if forwarder is not None:
-                forwarder.join(self.stop_timeout)
+            heartbeat.stop()
+            hook_set.worker_offline(self.info())
+            if events is not None:
+                events.close(app.settings.send_timeout)
             sender.flush(app.settings.send_timeout)
         return self.stats
+
+    def info(self) -> WorkerInfo:
+        """A snapshot of this worker for the worker_* hooks (safe from any thread)."""
+        return WorkerInfo(self.name, socket.gethostname(), os.getpid(), self.pool_kind, self.concurrency,
+                          self.app.group, max(self._in_flight, 0), self.stats.processed, self._assignment,
+                          HEARTBEAT_INTERVAL)
 
     def _consume_loop(self, consumer: Consumer) -> None:
         paused: list[TopicPartition] = []
@@ -200,18 +236,19 @@ class Worker:
     # -- consumer thread --------------------------------------------------------------------------
 
     def _accept(self, records: list[Record]) -> None:
-        self.stats.on_received(len(records))
+        self.hooks.received(records, time.time())
         skip = self._already_final(records) if self.app.settings.skip_finished else {}
+        skipped: list[Record] = []
         for record in records:
             self._offsets.take((record.topic, record.partition), record.offset)
             self._in_flight += 1
             # only tasks sent by a task (canvas follow-ups) are checked for a second copy: a follow-up
             # sent again after a crash has its original's id (see taskq.flow)
             task_id = record.header(H_ID) if record.header(H_PARENT_ID) is not None else None
-            if record.offset in skip.get((record.topic, record.partition), ()) or (
-                    task_id is not None and task_id in self._running):
+            location = (record.topic, record.partition, record.offset)
+            if location in skip or (task_id is not None and task_id in self._running):
                 # final already, or a second copy of a follow-up taken here and not finished: not run again
-                self.stats.on_skipped()
+                skipped.append(record)
                 self._finished.append((record, True))
             else:
                 if task_id is not None:
@@ -220,6 +257,8 @@ class Worker:
                     self._batcher.add(record)
                 else:
                     self._dispatch(record)
+        if skipped:
+            self.hooks.skipped(skipped, [skip.get((r.topic, r.partition, r.offset)) for r in skipped])
         if self._priorities is not None:
             self._priorities.pump()
 
@@ -238,7 +277,7 @@ class Worker:
         if resume:
             consumer.resume(resume)
 
-    def _already_final(self, records: list[Record]) -> dict[TopicPartition, set[int]]:
+    def _already_final(self, records: list[Record]) -> dict[tuple[str, int, int], ResultRecord]:
         """Offsets of records whose task already has a final result (redeliveries after a crash)."""
         with_id = [(r, i.decode(errors="replace")) for r in records if (i := r.header(H_ID))]
         ids = [task_id for _, task_id in with_id]
@@ -246,15 +285,13 @@ class Worker:
         if not retrying("check results", lambda: backend.any_stored(ids)):
             return {}
         stored = retrying("check results", lambda: backend.get_many(ids))
-        final: dict[TopicPartition, set[int]] = {}
-        for (record, _), result in zip(with_id, stored):
-            if result is not None and result.ready:
-                final.setdefault((record.topic, record.partition), set()).add(record.offset)
-        return final
+        return {(record.topic, record.partition, record.offset): result
+                for (record, _), result in zip(with_id, stored) if result is not None and result.ready}
 
     def _abandon(self, dropped: list[Record]) -> None:
         """Records dropped before they started: never committed here, the next owner reads them again."""
-        self.stats.on_abandoned(len(dropped))
+        if dropped:
+            self.hooks.abandoned(dropped)
         self._in_flight -= len(dropped)
         if self._priorities is not None:
             self._priorities.finished(dropped)
@@ -301,6 +338,7 @@ class Worker:
         offsets = self._offsets.to_commit(partitions, every=sync)
         if offsets:
             consumer.commit(offsets, asynchronous=not sync)
+            self.hooks.committed(offsets)
 
     def _wait_finished(self, condition: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -316,8 +354,10 @@ class Worker:
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         self._revoked.difference_update(partitions)
+        self._assignment = tuple(sorted(set(self._assignment) | set(partitions)))
         log.info("worker %s assigned %s", self.name, partitions)
         self._idle_check.after_assignment()
+        self.hooks.assigned(partitions)
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         """Finish (or abandon) in-flight work of these partitions and commit exactly what is done."""
@@ -334,18 +374,24 @@ class Worker:
             except BrokerError as exc:
                 log.warning("commit on revoke failed (the next owner re-reads those records): %s", exc)
         self._offsets.forget(lost)
+        self._assignment = tuple(tp for tp in self._assignment if tp not in lost)
         log.info("worker %s revoked %s", self.name, partitions)
+        self.hooks.revoked(partitions)
 
     def _runnable(self, record: Record) -> bool:
-        return not self._stopping.is_set() and (record.topic, record.partition) not in self._revoked
+        """Asked by the pool right before it runs ``record``: True means it starts now."""
+        if self._stopping.is_set() or (record.topic, record.partition) in self._revoked:
+            return False
+        self.hooks.started(record)
+        return True
 
     # -- finisher thread --------------------------------------------------------------------------
 
     def _on_finished(self, batch: Finished) -> None:
         """From the finisher: these records' outcomes are durable (or they were abandoned)."""
-        abandoned = sum(not durable for _, durable in batch)
+        abandoned = [record for record, durable in batch if not durable]
         if abandoned:
-            self.stats.on_abandoned(abandoned)
+            self.hooks.abandoned(abandoned)
         for item in batch:
             self._finished.append(item)
             if self._batcher.handles(item[0]):

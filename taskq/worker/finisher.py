@@ -7,7 +7,8 @@ Hand-offs:
 - out: ``on_finished([(record, durable), ...])`` once per batch, after every result is stored and
   every retry and dead letter acknowledged; the worker hands the offsets to the consumer thread and
   releases the records' keys;
-- ``on_outcome(outcome)`` for each outcome made durable (the worker's counters listen here).
+- ``on_outcomes(outcomes)`` once per batch of outcomes made durable, before ``on_finished`` (the
+  worker's hooks: counters, events; so a batch's events are queued before its offsets may commit).
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ class Finisher:
     """Batches outcomes from the pool; stores results, sends follow-up messages, reports them finished."""
 
     def __init__(self, app: Taskq, sender: Sender, worker_name: str,
-                 on_finished: Callable[[Finished], None], on_outcome: Callable[[Outcome], None],
+                 on_finished: Callable[[Finished], None], on_outcomes: Callable[[list[Outcome]], None],
                  on_hold: Callable[[Record, float], None] | None = None) -> None:
         self.app = app
         self.sender = sender
         self.worker_name = worker_name
         self._on_finished = on_finished
-        self._on_outcome = on_outcome
+        self._on_outcomes = on_outcomes
         self._on_hold = on_hold  # a strict-order retry held in the worker: (its next attempt, delay)
         self._queue: queue.SimpleQueue[tuple[Record, Outcome | None] | list[tuple[Record, Outcome | None]] | None] = (
             queue.SimpleQueue())
@@ -118,8 +119,8 @@ class Finisher:
             failures += [r for o, index in zip(follow, sent) if (r := self._unsent(o, index)) is not None]
         if failures:
             self._store(failures)
-        for o in outcomes:
-            self._on_outcome(o)
+        if outcomes:
+            self._on_outcomes(outcomes)
         self._on_finished([(record, outcome is not None) for record, outcome in batch
                            if id(outcome) not in held_ids])
         for o in held:  # its key stays held and its offset unfinished until the next attempt's outcome

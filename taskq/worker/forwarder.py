@@ -6,7 +6,7 @@ whatever sits before it in its tier partition (no delayed message waits on one d
 partition's commit point is its first record not sent yet: a record not due that holds it back
 once later ones went out is re-queued (sent again to the tier for its remaining delay, which may be
 a smaller tier) so the commit point moves on. Offsets are committed once the sends are acknowledged.
-Hand-offs: ``stopping`` (an event set by the worker) ends it; ``on_forwarded(count)`` reports each
+Hand-offs: ``stopping`` (an event set by the worker) ends it; ``on_forwarded(records)`` reports each
 batch sent.
 """
 
@@ -34,7 +34,7 @@ class Forwarder:
     """Moves due delayed messages back to their task topics, in partition order."""
 
     def __init__(self, app: Taskq, sender: Sender, stopping: threading.Event,
-                 on_forwarded: Callable[[int], None]) -> None:
+                 on_forwarded: Callable[[list[Record]], None]) -> None:
         self.app = app
         self.sender = sender
         self._stopping = stopping
@@ -61,7 +61,7 @@ class Forwarder:
                 due = tiers.due(time.time())
                 if due:
                     self.sender.send_first([self._forms(r) for r in due])
-                    self._on_forwarded(len(due))
+                    self._on_forwarded(due)
                     tiers.sent(due)
                     self._requeue(tiers, tiers.blocking())
                 commits = tiers.commit_points()

@@ -1,19 +1,23 @@
-"""The worker's counters, and the one place where they are counted.
-
-The worker reports each state change by one call (``received``, ``skipped``, ``outcome``,
-``abandoned``, ``forwarded``); nothing else in the worker counts. These calls are where typed hooks
-attach: ``WorkerStats`` is the first listener.
-"""
+"""The worker's counters, kept by a hook like any other (:class:`StatsHook`); nothing else counts."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from taskq.execution import Kind, Outcome
+from taskq.brokers.base import Record
+from taskq.hooks import Hook
+
+if TYPE_CHECKING:
+    from taskq.execution import Outcome
+    from taskq.results.base import ResultRecord
 
 
 @dataclass
 class WorkerStats:
+    """A worker's counters (``Worker.run`` returns them)."""
+
     received: int = 0
     succeeded: int = 0
     retried: int = 0
@@ -25,33 +29,37 @@ class WorkerStats:
     revoked: int = 0  # revoked before they ran, or terminated
     by_kind: dict[str, int] = field(default_factory=dict)
 
-    def on_received(self, count: int) -> None:
-        """``count`` records were consumed (consumer thread)."""
-        self.received += count
+    @property
+    def processed(self) -> int:
+        """Records with a durable outcome, or skipped as already finished."""
+        return sum(self.by_kind.values()) + self.skipped
 
-    def on_skipped(self) -> None:
-        """A redelivered record whose task already has a final result (consumer thread)."""
-        self.skipped += 1
 
-    def on_outcome(self, outcome: Outcome) -> None:
-        """An outcome was made durable (finisher thread)."""
-        kind = outcome.kind
-        self.by_kind[kind.value] = self.by_kind.get(kind.value, 0) + 1
-        if kind is Kind.SUCCESS:
-            self.succeeded += 1
-        elif kind is Kind.RETRY and outcome.message is not None:
-            self.retried += 1
-        elif kind is Kind.DEAD:
-            self.dead += 1
-        elif kind is Kind.REVOKED:
-            self.revoked += 1
-        else:  # rejected, or a retry without a message to send: dead-lettered as rejected
-            self.rejected += 1
+class StatsHook(Hook):
+    """Keeps :class:`WorkerStats` from the hook calls."""
 
-    def on_abandoned(self, count: int) -> None:
-        """``count`` records will not run here (stop or revoke): left uncommitted for redelivery."""
-        self.abandoned += count
+    def __init__(self, stats: WorkerStats) -> None:
+        self.stats = stats
 
-    def on_forwarded(self, count: int) -> None:
-        """``count`` delayed messages went back to their task topics (forwarder thread)."""
-        self.forwarded += count
+    def received(self, records: Sequence[Record], now: float) -> None:
+        self.stats.received += len(records)
+
+    def finished(self, outcomes: Sequence[Outcome]) -> None:
+        stats = self.stats
+        by_kind = stats.by_kind
+        for o in outcomes:
+            by_kind[o.kind.value] = by_kind.get(o.kind.value, 0) + 1
+        stats.succeeded = by_kind.get("success", 0)
+        stats.retried = by_kind.get("retry", 0)
+        stats.dead = by_kind.get("dead", 0)
+        stats.rejected = by_kind.get("rejected", 0)
+        stats.revoked = by_kind.get("revoked", 0)
+
+    def skipped(self, records: Sequence[Record], results: Sequence[ResultRecord | None]) -> None:
+        self.stats.skipped += len(records)
+
+    def abandoned(self, records: Sequence[Record]) -> None:
+        self.stats.abandoned += len(records)
+
+    def forwarded(self, records: Sequence[Record]) -> None:
+        self.stats.forwarded += len(records)

@@ -7,9 +7,10 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 
-from taskq.brokers.base import AssignmentCallback, Broker
+from taskq.brokers.base import AssignmentCallback, Broker, Reader
 from taskq.brokers.local.consumer import LocalConsumer
 from taskq.brokers.local.producer import LocalProducer
+from taskq.brokers.local.reader import LocalReader, offsets_for_time
 from taskq.brokers.local.store import (
     DEFAULT_SESSION_TIMEOUT,
     MAX_BATCH,
@@ -131,6 +132,15 @@ class LocalBroker(Broker):
                     "SELECT partition, offset FROM commits WHERE grp=? AND tid=? ORDER BY partition", (group, tid)
                 )
             )
+
+    def offsets_for_time(self, topic: str, ts: float) -> dict[int, int]:
+        with self._lock:
+            return offsets_for_time(self._conn(), self._tid(topic), ts)
+
+    def reader(self, topic: str, start: dict[int, int]) -> Reader:
+        with self._lock:
+            tid = self._tid(topic)
+        return LocalReader(connect(self.path), topic, tid, start)
 
     def delete_records(self, topic: str, before: dict[int, int]) -> None:
         """Delete records below ``before[partition]``; the next offsets stay where they are."""

@@ -1,0 +1,252 @@
+"""Task events, ``taskq inspect`` and ``taskq lag`` on real Kafka and Redis (and the embedded broker).
+
+The main test runs 1,000 tasks over two worker processes with retries, dead letters, a hook that
+raises and a ``kill -9`` of one worker, and checks the events topic against the result backend,
+``taskq lag`` against Kafka's own ConsumerGroupCommand, and ``taskq inspect workers``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskq import Taskq
+from taskq.events import FINAL_TYPES, TASK_DEAD, TASK_FAILED, TASK_RECEIVED, TASK_RETRIED, TASK_SKIPPED
+from taskq.events import TASK_STARTED, TASK_SUCCEEDED
+from taskq.inspect import read_events, workers
+from taskq.results.base import FAILURE, STARTED, SUCCESS
+from tests.support import (
+    WorkerProcess,
+    env_for,
+    kafka_describe,
+    reliable_client,
+    taskq_cli,
+    taskq_lag,
+    wait_until,
+    worker_thread,
+)
+
+HOOKED = "tests.apps.hooked"
+
+
+def assert_lag_matches_kafka(env: dict[str, str], kafka_url: str, group: str) -> dict[tuple[str, int], Any]:
+    """``taskq lag`` (read before and after, unchanged) equals the Kafka tool on every partition it shows."""
+    before = taskq_lag(env, group)
+    kafka = kafka_describe(kafka_url, group)
+    after = taskq_lag(env, group)
+    assert before == after, "offsets moved while the workers were meant to be still"
+    for tp, (current, end, lag) in kafka.items():
+        ours = after[tp]
+        if current is None:  # never committed: Kafka prints "-"
+            assert ours[0] is None and ours[1] == end, (tp, ours, kafka[tp])
+        else:
+            assert ours == (current, end, lag), (tp, ours, kafka[tp])
+    task_partitions = {tp for tp in after if tp[0].startswith(env["TASKQ_TOPIC_PREFIX"])}
+    assert task_partitions <= set(kafka) | {tp for tp, row in after.items() if row[0] is None}
+    return after
+
+
+def inspect_workers(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    return {w["name"]: w for w in json.loads(taskq_cli(env, "inspect", "workers", "--json"))}
+
+
+def all_events(app: Taskq) -> list[dict[str, Any]]:
+    """Every event of the topic, in topic order within each partition."""
+    return read_events(app, 0.0, sort=False)
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+@pytest.mark.slow
+def test_events_lag_and_inspect_over_two_workers_with_retries_dead_letters_a_broken_hook_and_kill(
+        kafka_url: str, redis_clean: str, unique: str) -> None:
+    env = {**env_for(kafka_url, redis_clean, f"ev{unique}"), "HOOKED_RAISE": "1"}
+    group = env["TASKQ_GROUP"]
+    app, tasks = reliable_client(env)
+    procs = [WorkerProcess(HOOKED, env, "-c", "4", name=f"w{i}") for i in range(2)]
+    try:
+        for w in procs:
+            w.wait_for("assigned")
+        expected: dict[str, tuple[str, Any]] = {}
+        retried: set[str] = set()
+        for i in range(30):  # fail once, then succeed on the retry
+            r = tasks["flaky"].delay(f"f{i}", 1)
+            expected[r.id] = (SUCCESS, 2)
+            retried.add(r.id)
+        for i in range(10):  # fail every run: dead-lettered after 3 retries
+            expected[tasks["flaky"].delay(f"d{i}", 99).id] = (FAILURE, None)
+        for i in range(960):
+            expected[tasks["echo"].delay(f"k{i % 40}", i, 0.04).id] = (SUCCESS, i)
+        app.flush()
+        ids = list(expected)
+
+        def finished() -> int:
+            return sum(r is not None and r.ready for r in app.backend.get_many(ids))
+
+        # both workers heartbeat with live counts
+        wait_until(lambda: finished() >= 50, 120, "50 results")
+        wait_until(lambda: all(inspect_workers(env).get(w.name, {}).get("processed", 0) > 0
+                               and inspect_workers(env)[w.name]["status"] == "online" for w in procs),
+                   30, "both workers online with processed counts", interval=0.5)
+
+        # mid-run: freeze both workers, compare taskq lag with Kafka's tool, let them go on
+        for w in procs:
+            os.kill(w.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.5)  # commits in flight land
+            mid = assert_lag_matches_kafka(env, kafka_url, group)
+            assert sum(lag for _, _, lag in mid.values()) > 0, "nothing left to do mid-run"
+        finally:
+            for w in procs:
+                os.kill(w.proc.pid, signal.SIGCONT)
+
+        # kill -9 one worker while work remains: shown offline within 10 s
+        victim, survivor = procs[1], procs[0]
+        assert finished() < len(ids), "the run ended before the kill"
+        victim.kill()
+        killed_at = time.monotonic()
+        seen_offline_at = None
+        while time.monotonic() - killed_at < 10:
+            started = time.monotonic()
+            view = inspect_workers(env)
+            if view.get(victim.name, {}).get("status") == "offline":
+                seen_offline_at = started - killed_at
+                break
+        assert seen_offline_at is not None and seen_offline_at < 10, "killed worker not shown offline in 10 s"
+        assert view[survivor.name]["status"] == "online"
+
+        # every task finishes as expected despite the hook that raises
+        wait_until(lambda: finished() == len(ids), 180, "every task final")
+        records = dict(zip(ids, app.backend.get_many(ids)))
+        for task_id, (status, value) in expected.items():
+            record = records[task_id]
+            assert record is not None and record.status == status, (task_id, record)
+            if status == SUCCESS:
+                assert record.result == value, (task_id, record)
+        for kind in ("received", "started", "finished"):
+            assert survivor.log.count(f"hook Broken.{kind} raised RuntimeError") == 1, survivor.log[-3000:]
+
+        # after the drain: lag 0 everywhere, and equal to Kafka's tool
+        wait_until(lambda: all(lag == 0 for _, _, lag in taskq_lag(env, group).values()), 60,
+                   "lag 0 after the drain", interval=0.5)
+        drained = assert_lag_matches_kafka(env, kafka_url, group)
+        assert all(lag == 0 for _, _, lag in drained.values())
+
+        assert survivor.terminate() == 0
+        check_events(all_events(app), expected, records, retried)
+    finally:
+        for w in procs:
+            w.stop()
+        app.close()
+
+
+def check_events(events: list[dict[str, Any]], expected: dict[str, tuple[str, Any]], records: dict[str, Any],
+                 retried: set[str]) -> None:
+    """Every task has its events, in order per run, and its final event agrees with the backend."""
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        if e.get("id") in expected:
+            by_task[e["id"]].append(e)
+            assert e["v"] == 1 and e["root_id"] == e["id"] and e["parent_id"] is None
+            assert "args" not in e and "result" not in e
+    missing = set(expected) - set(by_task)
+    assert not missing, f"{len(missing)} tasks without events"
+    skipped = 0
+    for task_id, evs in by_task.items():
+        finals = [e for e in evs if e["type"] in FINAL_TYPES]
+        assert finals, (task_id, [e["type"] for e in evs])
+        final = finals[-1]
+        record = records[task_id]
+        if final["type"] == TASK_SKIPPED:  # a redelivery after the kill: the stored state travels with it
+            skipped += 1
+            assert final["state"] == record.status, (task_id, final)
+            continue
+        if record.status == SUCCESS:
+            assert final["type"] == TASK_SUCCEEDED, (task_id, [e["type"] for e in evs])
+            assert final["exc_type"] is None
+        else:
+            assert final["type"] == TASK_DEAD and finals[-2]["type"] == TASK_FAILED, [e["type"] for e in evs]
+            assert final["exc_type"] == "ValueError" and record.error.startswith("ValueError")
+        assert (final["worker"], final["attempt"]) == (record.worker, record.attempts), (final, record)
+        assert final["finished"] == pytest.approx(record.date_done)
+        # the final run's own events, in topic order: received, started (each unless coalesced into a
+        # later event of the run, which then carries its time), then the outcome
+        run = [e for e in evs if (e["worker"], e["topic"], e["partition"], e["offset"]) ==
+               (final["worker"], final["topic"], final["partition"], final["offset"])]
+        types = [e["type"] for e in run]
+        order = [TASK_RECEIVED, TASK_STARTED, final["type"]] if final["type"] != TASK_DEAD else [
+            TASK_RECEIVED, TASK_STARTED, TASK_FAILED, TASK_DEAD]
+        assert types == [t for t in order if t in types], (task_id, types)
+        assert None not in (final["received"], final["started"]), final
+        assert final["received"] <= final["started"] <= final["finished"], final
+        for e in run[:-1]:
+            assert e["received"] == final["received"] and e["ts"] <= final["ts"], (e, final)
+        assert final["runtime"] is not None and final["runtime"] >= 0
+        if task_id in retried:
+            retries = [e for e in evs if e["type"] == TASK_RETRIED]
+            assert retries and retries[0]["retry_in"] > 0 and retries[0]["exc_type"] == "ValueError"
+            assert evs.index(retries[0]) < evs.index(final)
+    print(f"\nEVENTS {len(events)} events for {len(by_task)} tasks; {skipped} final as skipped redeliveries")
+
+
+def test_events_and_inspect_on_the_embedded_broker_and_track_started(tmp_path: Path) -> None:
+    """The local broker carries the events topic; track_started stores STARTED while a task runs;
+    with events_coalesce=0 every state change is its own event."""
+    app = Taskq("evlocal", local_path=str(tmp_path / "q.db"), track_started=True, events_coalesce=0)
+    gate = threading.Event()
+
+    @app.task(name="ev.wait")
+    def wait(seconds: float) -> str:
+        gate.wait(seconds)
+        return "done"
+
+    env = {"TASKQ_LOCAL_PATH": str(tmp_path / "q.db"), "TASKQ_BROKER_URL": "", "TASKQ_RESULT_BACKEND": ""}
+    with worker_thread(app, concurrency=2) as (worker, _thread):
+        result = wait.delay(30)
+        wait_until(lambda: result.status == STARTED, 30, "STARTED stored")
+        tail = json.loads(taskq_cli(env, "events", "--json", "--since", "60", "--state", "started", "--count", "1",
+                                    "--timeout", "30"))
+        assert (tail["type"], tail["id"], tail["task"]) == (TASK_STARTED, result.id, "ev.wait")
+        running = json.loads(taskq_cli(env, "inspect", "active", "--json"))
+        assert [t["id"] for t in running] == [result.id]
+        wait_until(lambda: worker.name in {v.name for v in workers(read_events(app, time.time() - 60))}, 10,
+                   "a heartbeat on the local broker")
+        gate.set()
+        assert result.get(timeout=30) == "done"
+    events = [e for e in read_events(app, 0.0, sort=False) if e.get("id") == result.id]
+    assert [e["type"] for e in events] == [TASK_RECEIVED, TASK_STARTED, TASK_SUCCEEDED]
+    views = {v.name: v for v in workers(read_events(app, 0.0))}
+    assert views[worker.name].status == "offline" and views[worker.name].processed == 1
+    app.close()
+
+
+def test_events_include_args_only_when_asked(tmp_path: Path) -> None:
+    for include in (False, True):
+        app = Taskq("evargs", local_path=str(tmp_path / f"{include}.db"), events_include_args=include,
+                    events_coalesce=0 if include else 0.2)
+
+        @app.task(name="ev.add", key="user")
+        def add(a: int, b: int, user: str = "u1") -> int:
+            return a + b
+
+        with worker_thread(app, concurrency=1):
+            result = add.delay(2, 3, user="u7")
+            assert result.get(timeout=30) == 5
+        events = {e["type"]: e for e in read_events(app, 0.0) if e.get("id") == result.id}
+        done = events[TASK_SUCCEEDED]
+        assert done["key"] == "u7" and done["attempt"] == 1 and done["root_id"] == result.id
+        if include:
+            assert (done["args"], done["kwargs"], done["result"]) == ([2, 3], {"user": "u7"}, 5)
+            assert events[TASK_RECEIVED]["args"] == [2, 3] and "result" not in events[TASK_RECEIVED]
+        else:  # coalesced or not, the final event carries every time
+            assert not {"args", "kwargs", "result"} & set(done)
+            assert done["sent"] <= done["received"] <= done["started"] <= done["finished"]
+        app.close()
