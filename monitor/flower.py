@@ -305,6 +305,11 @@ def to_celery(e: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]] | None:
     hostname = celery_name(worker) if isinstance(worker, str) else "taskq@client"
     base = {"uuid": task_id, "timestamp": ts}
     exc = f"{e.get('exc_type') or 'Exception'}({e.get('exc_message') or ''!r})"
+    # a worker coalesces the received and started events of a quick task into its outcome event
+    # (events_coalesce): the outcome then names the task, as task-received would have
+    ident = {"name": e.get("task"), "args": _repr(e.get("args"), "()"), "kwargs": _repr(e.get("kwargs"), "{}"),
+             "retries": max(0, int(e.get("attempt") or 1) - 1), "root_id": e.get("root_id"),
+             "parent_id": e.get("parent_id")}
     if kind == "task-sent":
         fields = {**base, "name": e.get("task"), "args": _repr(e.get("args"), "()"),
                   "kwargs": _repr(e.get("kwargs"), "{}"), "retries": 0, "eta": None, "expires": None,
@@ -317,11 +322,11 @@ def to_celery(e: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]] | None:
     elif kind == "task-started":
         fields = base
     elif kind == "task-succeeded":
-        fields = {**base, "result": _repr(e.get("result"), "''"), "runtime": e.get("runtime") or 0.0}
+        fields = {**base, **ident, "result": _repr(e.get("result"), "''"), "runtime": e.get("runtime") or 0.0}
     elif kind == "task-failed":
-        fields = {**base, "exception": exc, "traceback": "", "runtime": e.get("runtime") or 0.0}
+        fields = {**base, **ident, "exception": exc, "traceback": "", "runtime": e.get("runtime") or 0.0}
     elif kind == "task-retried":
-        fields = {**base, "exception": exc, "traceback": ""}
+        fields = {**base, **ident, "exception": exc, "traceback": ""}
     elif kind == "task-rejected":
         fields = {**base, "requeue": False}
     elif kind == "task-revoked":
