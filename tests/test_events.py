@@ -79,25 +79,20 @@ def test_events_lag_and_inspect_over_two_workers_with_retries_dead_letters_a_bro
         retried: set[str] = set()
         for i in range(30):  # fail once, then succeed on the retry
             r = tasks["flaky"].delay(f"f{i}", 1)
-            expected[r.id] = (SUCCESS, 2)
+            expected[r.id] = (SUCCESS, None)  # the run number: 2, or more after a redelivery
             retried.add(r.id)
         for i in range(10):  # fail every run: dead-lettered after 3 retries
             expected[tasks["flaky"].delay(f"d{i}", 99).id] = (FAILURE, None)
         for i in range(960):
-            expected[tasks["echo"].delay(f"k{i % 40}", i, 0.04).id] = (SUCCESS, i)
+            expected[tasks["echo"].delay(f"k{i % 40}", i, 0.1).id] = (SUCCESS, i)
         app.flush()
         ids = list(expected)
 
         def finished() -> int:
             return sum(r is not None and r.ready for r in app.backend.get_many(ids))
 
-        # both workers heartbeat with live counts
-        wait_until(lambda: finished() >= 50, 120, "50 results")
-        wait_until(lambda: all(inspect_workers(env).get(w.name, {}).get("processed", 0) > 0
-                               and inspect_workers(env)[w.name]["status"] == "online" for w in procs),
-                   30, "both workers online with processed counts", interval=0.5)
-
         # mid-run: freeze both workers, compare taskq lag with Kafka's tool, let them go on
+        wait_until(lambda: finished() >= 50, 120, "50 results")
         for w in procs:
             os.kill(w.proc.pid, signal.SIGSTOP)
         try:
@@ -107,6 +102,13 @@ def test_events_lag_and_inspect_over_two_workers_with_retries_dead_letters_a_bro
         finally:
             for w in procs:
                 os.kill(w.proc.pid, signal.SIGCONT)
+
+        # both workers heartbeat with live counts
+        def both_online() -> bool:
+            view = inspect_workers(env)
+            return all(view.get(w.name, {}).get("status") == "online" and view[w.name]["processed"] > 0
+                       for w in procs)
+        wait_until(both_online, 30, "both workers online with processed counts", interval=0.2)
 
         # kill -9 one worker while work remains: shown offline within 10 s
         victim, survivor = procs[1], procs[0]
@@ -124,19 +126,35 @@ def test_events_lag_and_inspect_over_two_workers_with_retries_dead_letters_a_bro
         assert view[survivor.name]["status"] == "online"
 
         # every task finishes as expected despite the hook that raises
-        wait_until(lambda: finished() == len(ids), 180, "every task final")
+        try:
+            wait_until(lambda: finished() == len(ids), 180, "every task final")
+        except AssertionError:
+            left = [i for i, r in zip(ids, app.backend.get_many(ids)) if r is None or not r.ready]
+            raise AssertionError(f"{len(left)} tasks not final, e.g. {left[:3]}; lag "
+                                 f"{[(tp, r) for tp, r in taskq_lag(env, group).items() if r[2]]}\n"
+                                 f"{survivor.log[-6000:]}") from None
         records = dict(zip(ids, app.backend.get_many(ids)))
         for task_id, (status, value) in expected.items():
             record = records[task_id]
             assert record is not None and record.status == status, (task_id, record)
-            if status == SUCCESS:
+            if status == SUCCESS and value is not None:
                 assert record.result == value, (task_id, record)
+            elif status == SUCCESS:
+                assert record.result >= 2 and record.attempts >= 2, (task_id, record)
         for kind in ("received", "started", "finished"):
             assert survivor.log.count(f"hook Broken.{kind} raised RuntimeError") == 1, survivor.log[-3000:]
 
         # after the drain: lag 0 everywhere, and equal to Kafka's tool
-        wait_until(lambda: all(lag == 0 for _, _, lag in taskq_lag(env, group).values()), 60,
-                   "lag 0 after the drain", interval=0.5)
+        rows: dict[tuple[str, int], Any] = {}
+
+        def drained() -> bool:
+            rows.update(taskq_lag(env, group))
+            return all(lag == 0 for _, _, lag in rows.values())
+        try:
+            wait_until(drained, 60, "lag 0 after the drain", interval=0.5)
+        except AssertionError:
+            raise AssertionError(f"lag left: {[(tp, r) for tp, r in rows.items() if r[2]]}\n"
+                                 f"{survivor.log[-4000:]}") from None
         drained = assert_lag_matches_kafka(env, kafka_url, group)
         assert all(lag == 0 for _, _, lag in drained.values())
 
@@ -179,8 +197,8 @@ def check_events(events: list[dict[str, Any]], expected: dict[str, tuple[str, An
         assert final["finished"] == pytest.approx(record.date_done)
         # the final run's own events, in topic order: received, started (each unless coalesced into a
         # later event of the run, which then carries its time), then the outcome
-        run = [e for e in evs if (e["worker"], e["topic"], e["partition"], e["offset"]) ==
-               (final["worker"], final["topic"], final["partition"], final["offset"])]
+        run = [e for e in evs if (e["worker"], e["topic"], e["partition"], e["offset"], e["received"]) ==
+               (final["worker"], final["topic"], final["partition"], final["offset"], final["received"])]
         types = [e["type"] for e in run]
         order = [TASK_RECEIVED, TASK_STARTED, final["type"]] if final["type"] != TASK_DEAD else [
             TASK_RECEIVED, TASK_STARTED, TASK_FAILED, TASK_DEAD]
@@ -188,7 +206,7 @@ def check_events(events: list[dict[str, Any]], expected: dict[str, tuple[str, An
         assert None not in (final["received"], final["started"]), final
         assert final["received"] <= final["started"] <= final["finished"], final
         for e in run[:-1]:
-            assert e["received"] == final["received"] and e["ts"] <= final["ts"], (e, final)
+            assert e["ts"] <= final["ts"], (e, final)
         assert final["runtime"] is not None and final["runtime"] >= 0
         if task_id in retried:
             retries = [e for e in evs if e["type"] == TASK_RETRIED]
