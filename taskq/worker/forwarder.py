@@ -22,6 +22,7 @@ from collections.abc import Callable
 from taskq.app import Taskq
 from taskq.brokers.base import Record, TopicPartition
 from taskq.deadletter import dead_letter_forms
+from taskq.errors import BrokerError
 from taskq.message import H_ETA, H_ORIGIN
 from taskq.topics import delay_group
 from taskq.worker.sender import Outgoing, Sender
@@ -66,7 +67,11 @@ class Forwarder:
                     self._requeue(tiers, tiers.blocking())
                 commits = tiers.commit_points()
                 if commits:
-                    consumer.commit(commits)
+                    try:
+                        consumer.commit(commits)
+                    except BrokerError as exc:  # e.g. the group moved on while this process was paused
+                        log.warning("delay-tier commit failed (the next owner forwards those records "
+                                    "again; a forwarded copy of a finished task is skipped): %s", exc)
                 # bound memory: stop reading a tier partition holding MAX_HELD records not yet due
                 full = {tp for tp in tiers.partitions() if tiers.held(tp) >= MAX_HELD} - paused
                 drained = {tp for tp in paused if tiers.held(tp) < MAX_HELD // 2}
