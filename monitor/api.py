@@ -22,6 +22,7 @@ from monitor.state import STATES, TaskFilter, TaskView, tree
 from monitor.topics import waiting as waiting_in_partition
 from taskq.dlq import DeadLetter, dead_letters, replay
 from taskq.errors import ConfigError, NotRegistered, TaskqError
+from taskq.topics import dlq_origin, dlq_topic
 
 JsonValue = Any
 
@@ -168,7 +169,7 @@ def router(monitor: Monitor) -> APIRouter:
 
     @api.get("/dead-letters", summary="Dead-letter topics and how many letters each holds")
     def dlq_topics() -> list[dict[str, Any]]:
-        return [{"topic": t.name, "task": t.name.removeprefix(app.settings.topic_prefix).removesuffix(".dlq"),
+        return [{"topic": t.name, "task": dlq_origin(t.name).removeprefix(app.settings.topic_prefix),
                  "letters": t.messages} for t in monitor.sampler.topics if t.kind == "dead-letter"]
 
     @api.get("/dead-letters/{task}", summary="Dead letters of a task", responses={404: {"description": "Unknown"}})
@@ -233,12 +234,12 @@ def check_arguments(fn: Any, bind: bool, args: list[Any], kwargs: dict[str, Any]
 def letters_of(monitor: Monitor, task: str) -> list[DeadLetter]:
     """Dead letters of a registered task or of an existing ``*.dlq`` topic; 404 otherwise."""
     app = monitor.app
-    known = task in app.tasks or any(t.name in (task, f"{task}.dlq", app.settings.topic_prefix + task + ".dlq")
+    known = task in app.tasks or any(t.name in (task, dlq_topic(task), dlq_topic(app.settings.topic_prefix + task))
                                      for t in monitor.sampler.topics if t.kind == "dead-letter")
     if not known:
         raise HTTPException(404, f"unknown task {task!r}: give a registered task name or a dead-letter topic")
     try:
-        return dead_letters(app, task.removesuffix(".dlq"))
+        return dead_letters(app, dlq_origin(task))
     except ConfigError as exc:
         raise HTTPException(404, str(exc)) from exc
     except TaskqError as exc:

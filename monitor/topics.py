@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskq.topics import is_dlq, is_tier_topic, tier_prefix
 from taskq.app import Taskq
 from taskq.errors import TaskqError
 
@@ -67,9 +68,9 @@ def classify(app: Taskq, topic: str) -> tuple[str, str | None]:
     prefix = app.settings.topic_prefix
     if topic == events_topic(app):
         return "events", None
-    if topic.endswith(".dlq"):
+    if is_dlq(topic):
         return "dead-letter", None
-    if topic.startswith(f"{app.group}.delay."):
+    if is_tier_topic(app.group, topic):
         return "delay", app.group
     if topic.startswith(prefix):
         return "task", app.group
@@ -79,7 +80,7 @@ def classify(app: Taskq, topic: str) -> tuple[str, str | None]:
 def read_topics(app: Taskq) -> list[TopicInfo]:
     """Every topic of the app (task, dead-letter, delay, events) with offsets and its group's lag."""
     prefix = app.settings.topic_prefix
-    names = sorted(t for t in app.broker.list_topics() if t.startswith((prefix, f"{app.group}.delay.")))
+    names = sorted(t for t in app.broker.list_topics() if t.startswith((prefix, tier_prefix(app.group))))
     leaders = _leaders(app)
     out = []
     for name in names:

@@ -78,10 +78,20 @@ def tier_topics(group: str, tiers: Sequence[float]) -> list[str]:
     return [_tier(group, tier) for tier in tiers]
 
 
+def tier_prefix(group: str) -> str:
+    """The start of the name of every delay-tier topic of ``group``."""
+    return f"{group}.delay."
+
+
+def is_tier_topic(group: str, topic: str) -> bool:
+    """Whether ``topic`` is one of ``group``'s delay-tier topics."""
+    return topic.startswith(tier_prefix(group))
+
+
 def delay_group(group: str) -> str:
     """The consumer group whose forwarders read ``group``'s delay tiers."""
     return f"{group}.delay"
 
 
 def _tier(group: str, tier: float) -> str:
-    return f"{group}.delay.{tier:g}s"
+    return f"{tier_prefix(group)}{tier:g}s"
