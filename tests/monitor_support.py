@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,19 +15,6 @@ from monitor.consumer import events_topic
 from monitor.core import Monitor, MonitorConfig
 from taskq.app import Taskq
 from tests.support import wait_until
-
-
-def _worker_publishes_events() -> bool:
-    """Whether the worker wires the events hook in (spine issue); until then such tests are skipped."""
-    spec = importlib.util.find_spec("taskq.worker")
-    if spec is None or spec.origin is None:
-        return False
-    root = Path(spec.origin).parent if spec.submodule_search_locations else Path(spec.origin)
-    files = root.rglob("*.py") if root.is_dir() else [root]
-    return any("EventsHook" in f.read_text() for f in files)
-
-
-WORKER_EVENTS = _worker_publishes_events()
 
 
 def task_event(kind: str, task_id: str, ts: float, name: str = "demo.work", **extra: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from monitor.core import Monitor, MonitorConfig
 from monitor.web import create_app
-from tests.monitor_support import WORKER_EVENTS, running_monitor, wait_state
+from tests.monitor_support import running_monitor, wait_state
 from tests.support import local_app_module, wait_until, worker_thread
 
 APP = "tests.apps.monitorapp"
@@ -129,7 +129,6 @@ def any_mod(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
     module.app.close()
 
 
-@pytest.mark.skipif(not WORKER_EVENTS, reason="the worker does not publish task events yet (EventsHook not wired in)")
 def test_events_from_a_real_worker(any_mod: ModuleType) -> None:
     """Tasks, their tree, workers and metrics come from the worker's own events (both brokers)."""
     mod = any_mod

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -19,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.monitor_support import WORKER_EVENTS, produce_events, running_monitor, served, task_event
-from tests.support import ROOT, local_app_module, wait_results, wait_until, worker_thread
+from tests.monitor_support import running_monitor, served
+from tests.support import ROOT, local_app_module, wait_until, worker_thread
 
 pytestmark = pytest.mark.slow
 APP = "tests.apps.monitorapp"
@@ -59,63 +57,6 @@ def chromium() -> Iterator[Any]:
         browser.close()
 
 
-class Mirror:
-    """Until the worker publishes events itself: events for the real workload's real outcomes.
-
-    Reads each finished task's stored result (status, worker, attempts) and publishes the events the
-    worker would have, with parent links known from the results (fan_out returns its children's ids).
-    """
-
-    def __init__(self, mod: ModuleType) -> None:
-        self.mod = mod
-        self.app = mod.app
-        self.parents: dict[str, tuple[str, str]] = {}  # id -> (root, parent)
-        self.names: dict[str, str] = {}
-        self.keys: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._heartbeats, daemon=True)
-        self._thread.start()
-
-    def _heartbeats(self) -> None:
-        online = "worker-online"
-        while not self._stop.is_set():
-            produce_events(self.app, [{"v": 1, "type": online, "ts": time.time(), "worker": WORKER,
-                                       "hostname": "box", "pid": os.getpid(), "pool": "threads", "concurrency": 4,
-                                       "active": 0, "processed": 0, "freq": 1.0, "group": self.app.group,
-                                       "partitions": [[t.topic, p] for t in self.app.tasks.values()
-                                                      for p in range(t.partitions)]}])
-            online = "worker-heartbeat"
-            self._stop.wait(1.0)
-
-    def publish(self, ids: list[str], name: str) -> None:
-        for i in ids:
-            self.names.setdefault(i, name)
-        records = wait_results(self.app, ids, 60)
-        events = []
-        for task_id, r in zip(ids, records):
-            assert r is not None and r.ready, f"no result for {task_id}"
-            root, parent = self.parents.get(task_id, (task_id, None))
-            done = r.date_done or time.time()
-            common = {"root_id": root, "parent_id": parent, "worker": WORKER, "attempt": r.attempts or 1,
-                      "topic": self.app.tasks[self.names[task_id]].topic, "partition": 0, "sent": done - 0.05,
-                      "key": self.keys.get(task_id, "ann")}
-            events += [task_event("task-received", task_id, done - 0.04, self.names[task_id], **common),
-                       task_event("task-started", task_id, done - 0.03, self.names[task_id], **common)]
-            if r.status == "SUCCESS":
-                events.append(task_event("task-succeeded", task_id, done, self.names[task_id], runtime=0.03,
-                                         finished=done, **common))
-            else:
-                error_type, _, message = (r.error or "Exception: ?").partition(": ")
-                for kind in ("task-failed", "task-dead"):
-                    events.append(task_event(kind, task_id, done, self.names[task_id], exc_type=error_type,
-                                             exc_message=message, finished=done, **common))
-        produce_events(self.app, events)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
 def shot(page: Any, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = SHOTS / f"{name}.png"
@@ -128,27 +69,14 @@ def shot(page: Any, name: str) -> Path:
 
 def test_every_page_in_a_browser(mod: ModuleType, chromium: Any, tmp_path: Path) -> None:
     app = mod.app
-    mirror = None if WORKER_EVENTS else Mirror(mod)
     consumed = [name for name in app.tasks if name != mod.backlog.name]
     with running_monitor(app, lag_threshold=5) as monitor, served(monitor) as base, \
             worker_thread(app, tasks=consumed, concurrency=4, name=WORKER):
         users = ["ann", "bob", "cy"]
-        works = [mod.work.delay(i, user=users[i % 3], sleep=0.02) for i in range(30)]
+        for i in range(30):
+            mod.work.delay(i, user=users[i % 3], sleep=0.02)
         root = mod.fan_out.delay(3, user="ann")
         dead = [mod.fragile.delay(i, user="bob") for i in range(2)]
-        if mirror is not None:
-            mirror.keys.update({r.id: users[i % 3] for i, r in enumerate(works)})
-            mirror.publish([r.id for r in works], mod.work.name)
-            children = root.get(timeout=60)
-            for child in children:
-                mirror.parents[child] = (root.id, root.id)
-            mirror.publish([root.id], mod.fan_out.name)
-            mirror.publish(children[:-1], mod.work.name)
-            mirror.publish(children[-1:], mod.relay.name)
-            grandchild = app.AsyncResult(children[-1]).get(timeout=60)
-            mirror.parents[grandchild] = (root.id, children[-1])
-            mirror.publish([grandchild], mod.work.name)
-            mirror.publish([r.id for r in dead], mod.fragile.name)
         wait_until(lambda: len(monitor.state.family(root.id)) == 6, 60, "the fan_out tree in the monitor")
         wait_until(lambda: all((t := monitor.state.task(r.id)) and t.state == "FAILURE" for r in dead), 60,
                    "the dead tasks in the monitor")
@@ -197,8 +125,7 @@ def test_every_page_in_a_browser(mod: ModuleType, chromium: Any, tmp_path: Path)
         assert tree.locator(":scope > li > ul > li").count() == 4
         assert page.inner_text("#task-state") == "SUCCESS"
         assert mod.fan_out.topic in page.inner_text("main")
-        if WORKER_EVENTS:  # the workers put arguments into events (events_include_args)
-            assert 'kwargs = {"user": "ann"}' in page.inner_text("#arguments")
+        assert 'kwargs = {"user": "ann"}' in page.inner_text("#arguments")  # events_include_args
         shot(page, "task")
         tree.locator(f"a:has-text('{mod.relay.name}')").click()
         page.wait_for_selector("#task-id")
@@ -233,8 +160,6 @@ def test_every_page_in_a_browser(mod: ModuleType, chromium: Any, tmp_path: Path)
         page.wait_for_selector("#replayed")
         assert target[:12] in page.inner_text("#replayed")
         assert app.AsyncResult(target).get(timeout=60) == 0
-        if mirror is not None:
-            mirror.publish([target], mod.fragile.name)
         page.goto(f"{base}/tasks/{target}")
         wait_until(lambda: (page.reload() or True) and page.inner_text("#task-state") == "SUCCESS", 30,
                    "the replayed task to show SUCCESS", interval=0.5)
@@ -245,13 +170,9 @@ def test_every_page_in_a_browser(mod: ModuleType, chromium: Any, tmp_path: Path)
         page.goto(base + "/tasks")
         page.wait_for_function("document.getElementById('live').className === 'live on'")
         fresh = mod.work.delay(99, user="live")
-        if mirror is not None:
-            mirror.publish([fresh.id], mod.work.name)
         page.wait_for_selector(f"a[href='/tasks/{fresh.id}']", timeout=30_000)
         assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
 
         context.close()
         assert seen_hosts == {base.split("/")[2]}, f"the pages fetched from elsewhere: {seen_hosts}"
-    if mirror is not None:
-        mirror.stop()
     print(f"\nMONITOR screenshots in {SHOTS}: " + ", ".join(sorted(p.name for p in SHOTS.glob('*.png'))))

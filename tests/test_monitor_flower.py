@@ -7,8 +7,6 @@ taskq events topic and speaks Celery events and the pidbox protocol over that Re
 from __future__ import annotations
 
 import json
-import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import pytest
 import redis
 
 from monitor.flower import FlowerBridge, to_celery
-from tests.monitor_support import WORKER_EVENTS, lifecycle, produce_events, task_event
+from tests.monitor_support import task_event
 from tests.support import local_app_module, wait_until, worker_thread
 
 APP = "tests.apps.monitorapp"
@@ -38,16 +36,6 @@ def mod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]
     module = local_app_module(APP, str(tmp_path / "q.db"), monkeypatch, MONITOR_MARKER=str(tmp_path / "ready"))
     yield module
     module.app.close()
-
-
-def heartbeats(app: Any, stop: threading.Event) -> None:
-    """Stand-in for the worker's heartbeat until the worker publishes events itself."""
-    while not stop.is_set():
-        produce_events(app, [{"v": 1, "type": "worker-heartbeat", "ts": time.time(), "worker": WORKER,
-                              "hostname": "box", "pid": 4242, "pool": "threads", "concurrency": 4, "active": 0,
-                              "processed": 3, "partitions": [["taskq.tests.apps.monitorapp.work", 0]],
-                              "freq": 1.0, "group": app.group}])
-        stop.wait(1.0)
 
 
 def test_celery_event_fields() -> None:
@@ -70,22 +58,9 @@ def test_real_flower_shows_taskq_workers_and_tasks(mod: ModuleType, flower_serve
     wire = client.pubsub()
     wire.psubscribe("*celeryev*")  # what Flower receives, as it travels
     bridge = FlowerBridge(app, flower_server.broker_url).start()
-    stop = threading.Event()
     try:
-        if WORKER_EVENTS:
-            context = worker_thread(app, concurrency=2, name=WORKER)
-        else:
-            threading.Thread(target=heartbeats, args=(app, stop), daemon=True).start()
-            context = _nothing()
-        with context:
-            if WORKER_EVENTS:
-                ids = [mod.work.delay(i, user="ann").id for i in range(3)]
-            else:
-                ids = [f"t{i}-{time.time_ns()}" for i in range(3)]
-                events = [e for i in ids for e in lifecycle(i, time.time(), name=f"{APP}.work")]
-                for e in events:
-                    e["worker"] = WORKER if e["type"] != "task-sent" else None
-                produce_events(app, events)
+        with worker_thread(app, concurrency=2, name=WORKER):
+            ids = [mod.work.delay(i, user="ann").id for i in range(3)]
 
             def tasks_done() -> bool:
                 tasks = get(f"{flower_server.url}/api/tasks")
@@ -115,7 +90,6 @@ def test_real_flower_shows_taskq_workers_and_tasks(mod: ModuleType, flower_serve
             print(f"\nFLOWER: bridge published {bridge.published} Celery events; Flower lists "
                   f"{len(tasks)} task(s), worker {NODE}")
     finally:
-        stop.set()
         bridge.stop()
         wire.close()
 
@@ -134,11 +108,3 @@ def celery_events(wire: Any) -> list[dict[str, Any]]:
             body = base64.b64decode(body)
         events.append(json.loads(body))
     return events
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
