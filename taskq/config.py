@@ -36,6 +36,7 @@ class Settings:
     result_expires: float = 86400.0
     connect_timeout: float = 10.0  # bound on reaching the broker or the backend
     send_timeout: float = 30.0  # a message not acknowledged by then fails (delivery error)
+    outage_timeout: float = 300.0  # s: a broker or backend outage a worker waits out before it stops
     retry_tiers: tuple[float, ...] = (1.0, 10.0, 60.0, 600.0)
     default_max_retries: int = 3
     strict_order_max_hold: float = 30.0  # s: a strict_order task's retry due sooner waits in the worker
@@ -75,7 +76,7 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.default_max_retries < 0:
             raise ConfigError(f"default_max_retries must be 0 or more, not {self.default_max_retries}")
-        for name in ("connect_timeout", "send_timeout"):
+        for name in ("connect_timeout", "send_timeout", "outage_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
         if not MIN_EXPIRY <= self.result_expires < float("inf"):

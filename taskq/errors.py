@@ -79,6 +79,11 @@ class TimeLimitExceeded(TaskqError):
     """A task ran past its hard ``time_limit`` and was ended by the worker."""
 
 
+class OutageTooLong(TaskqError):
+    """The broker or the result backend stayed unreachable for ``outage_timeout`` seconds: the worker stops.
+    Work not made durable stays uncommitted and is redelivered; start the worker again once it is back."""
+
+
 class WorkerLostError(TaskqError):
     """The process running a task died before reporting an outcome."""
 

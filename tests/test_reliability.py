@@ -386,6 +386,51 @@ def test_redis_down_10s_mid_run(rel: Setup, redis_server, tmp_path: Path) -> Non
     assert all(w.proc.poll() is None for w in rel.workers), "a worker died during the outage"
 
 
+def test_redis_down_longer_than_outage_timeout_stops_the_worker_and_loses_nothing(rel: Setup, redis_server,
+                                                                                   tmp_path: Path) -> None:
+    """Redis stops for longer than ``outage_timeout`` (3 s here): the worker does not wait forever, it
+    exits non-zero saying so (OutageTooLong) with the unstored work uncommitted. Redis back and a new
+    worker started: every task finishes with its result, none lost (work not stored may run again).
+    Redis is shut down with ``SHUTDOWN SAVE`` (as in the 10 s outage test) so the restart keeps what it held.
+    """
+    echo = rel.tasks["echo"]
+    count = 1500
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rel.env["RELIABLE_LOG_DIR"] = str(logs)
+    rel.env["TASKQ_OUTAGE_TIMEOUT"] = "3"
+    (first,) = rel.start(1, settle=1)
+    results = [echo.delay(f"k{i % 100}", i, 0.01) for i in range(count)]
+    rel.app.flush()
+    ids = [r.id for r in results]
+    wait_until(lambda: sum(log_counts(logs).values()) >= 200, 60, "200 runs before the outage")
+    dump = Path(redis_server.dir) / "dump.rdb"
+    try:
+        rel.store.shutdown(save=True)
+        wait_until(lambda: not redis_server.running, 10, "redis-server to exit")
+        down_at = time.monotonic()
+        code = first.proc.wait(60)  # bound 3 s, plus the pool's and the consumer's stop
+        exited_after = time.monotonic() - down_at
+    finally:
+        if not redis_server.running:
+            redis_server.restart()
+        dump.unlink(missing_ok=True)
+    fault_log = first.log
+    rel.env["TASKQ_OUTAGE_TIMEOUT"] = "300"
+    rel.start(1, settle=1)
+    records = wait_results(rel.app, ids, timeout=120)
+    finished = sum(r is not None and r.status == SUCCESS for r in records)
+    counts = log_counts(logs)
+    fault_line("redis-down-past-outage-timeout", count, finished, count - finished,
+               sum(counts.values()) - len(counts), f"worker_exited_after={exited_after:.1f}s exit_code={code}")
+    assert code != 0, fault_log[-3000:]
+    assert "outage_timeout" in fault_log and "start the worker again" in fault_log, fault_log[-3000:]
+    assert exited_after < 45, f"the worker took {exited_after:.1f} s to stop"
+    assert finished == count, rel.workers[-1].log[-3000:]
+    assert [r.result for r in records] == list(range(count))
+    assert set(counts) == set(range(count)), "a task never ran"
+
+
 # =========================================================================== 4. three-broker cluster
 
 

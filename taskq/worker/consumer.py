@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 
 from taskq.app import Taskq
 from taskq.brokers.base import Consumer, Record, TopicPartition
-from taskq.errors import BrokerError, NotRegistered
+from taskq.errors import BrokerError, NotRegistered, OutageTooLong
 from taskq.events import HEARTBEAT_INTERVAL, EventsHook
 from taskq.hooks import Hook, HookSet, WorkerInfo
 from taskq.message import H_ID, H_PARENT_ID
@@ -92,6 +92,7 @@ class Worker:
         self.hooks = HookSet([StatsHook(self.stats)])  # until run() adds the app's, events, track_started
         self._assignment: tuple[TopicPartition, ...] = ()
         self._stopping = threading.Event()
+        self._fatal: OutageTooLong | None = None  # set by a thread that gave up waiting out an outage
         self._finished: deque[tuple[Record, bool]] = deque()  # (record, offset may be committed)
         self._finished_event = threading.Event()
         self._offsets = OffsetTracker()
@@ -123,7 +124,10 @@ class Worker:
         self._stopping.set()
 
     def run(self) -> WorkerStats:
-        """Work until :meth:`stop`; returns the counters."""
+        """Work until :meth:`stop`; returns the counters.
+
+        Raises :class:`~taskq.errors.OutageTooLong` once the broker or the result backend stayed unreachable
+        for ``outage_timeout`` seconds (the work not made durable stays uncommitted and is redelivered)."""
         if not self.topics:
             raise BrokerError("no tasks to consume: register tasks or name them with -Q")
         app = self.app
@@ -132,7 +136,7 @@ class Worker:
         app.ensure_topics({t: app.settings.default_partitions for t in app.delay_topics})
         app.backend  # noqa: B018 - fail fast on a bad backend URL
         producer = app.broker.producer(**app.settings.producer_options)
-        sender = Sender(producer)
+        sender = Sender(producer, app.settings.outage_timeout)
         hooks: list[Hook] = [StatsHook(self.stats), *app.hooks]
         events = None
         if app.settings.track_started:
@@ -143,7 +147,7 @@ class Worker:
             hooks.append(events)
         self.hooks = hook_set = HookSet(hooks)
         holder = self._holder = RetryHolder(self.pool.submit)
-        finisher = Finisher(app, sender, self.name, self._on_finished, hook_set.finished, holder.hold)
+        finisher = Finisher(app, sender, self.name, self._on_finished, hook_set.finished, holder.hold, self._fail)
         gate = RevokeGate(app, self.pool, self.name)
         gate.start()
         self.pool.start(gate.wrap_done(finisher.put), lambda r: gate.runnable(r) and self._runnable(r),
@@ -151,7 +155,7 @@ class Worker:
         finisher.start()
         forwarder = None
         if self.forward_delayed:
-            forwarder = Forwarder(app, sender, self._stopping, hook_set.forwarded)
+            forwarder = Forwarder(app, sender, self._stopping, hook_set.forwarded, self._fail)
             forwarder.start()
         hook_set.worker_online(self.info())
         heartbeat = Heartbeat(lambda: hook_set.worker_heartbeat(self.info()), HEARTBEAT_INTERVAL)
@@ -162,7 +166,10 @@ class Worker:
                                                             self._on_revoke, **app.settings.consumer_options)
             log.info("worker %s consuming %s in group %s", self.name, self.topics, app.group)
             try:
-                self._consume_loop(consumer)
+                try:
+                    self._consume_loop(consumer)
+                except OutageTooLong as exc:  # e.g. checking results for redeliveries
+                    self._fail(exc)
                 self._shutdown(consumer)
             finally:
                 self._stopping.set()
@@ -177,6 +184,8 @@ class Worker:
             if events is not None:
                 events.close(app.settings.send_timeout)
             sender.flush(app.settings.send_timeout)
+        if self._fatal is not None:
+            raise self._fatal
         return self.stats
 
     def info(self) -> WorkerInfo:
@@ -220,7 +229,7 @@ class Worker:
             self._holder.release()  # held retries: abandoned now (not runnable), redelivered later
         self._abandon(self._dispatcher.drop() + (self._priorities.drop() if self._priorities else [])
                       + self._batcher.drop())
-        self._wait_finished(lambda: self._in_flight <= 0, self.stop_timeout)
+        self._wait_finished(lambda: self._in_flight <= 0 or self._fatal is not None, self.stop_timeout)
         self._commit_on_stop(consumer)
         self.pool.stop()
         self._take_finished()
@@ -282,9 +291,10 @@ class Worker:
         with_id = [(r, i.decode(errors="replace")) for r in records if (i := r.header(H_ID))]
         ids = [task_id for _, task_id in with_id]
         backend = self.app.backend
-        if not retrying("check results", lambda: backend.any_stored(ids)):
+        bound = self.app.settings.outage_timeout
+        if not retrying("check results", lambda: backend.any_stored(ids), bound):
             return {}
-        stored = retrying("check results", lambda: backend.get_many(ids))
+        stored = retrying("check results", lambda: backend.get_many(ids), bound)
         return {(record.topic, record.partition, record.offset): result
                 for (record, _), result in zip(with_id, stored) if result is not None and result.ready}
 
@@ -367,7 +377,7 @@ class Worker:
             self._holder.release(lost)
         self._abandon(self._dispatcher.drop(lost) + (self._priorities.drop(lost) if self._priorities else [])
                       + self._batcher.drop(lost))
-        self._wait_finished(lambda: self._offsets.unfinished(lost) == 0, self.stop_timeout)
+        self._wait_finished(lambda: self._offsets.unfinished(lost) == 0 or self._fatal is not None, self.stop_timeout)
         if self._consumer is not None:
             try:
                 self._commit(self._consumer, sync=True, partitions=lost)
@@ -386,6 +396,13 @@ class Worker:
         return True
 
     # -- finisher thread --------------------------------------------------------------------------
+
+    def _fail(self, error: OutageTooLong) -> None:
+        """From the finisher or the forwarder: an outage outlasted its bound; stop, and raise it from run()."""
+        if self._fatal is None:
+            self._fatal = error
+        self._stopping.set()
+        self._finished_event.set()
 
     def _on_finished(self, batch: Finished) -> None:
         """From the finisher: these records' outcomes are durable (or they were abandoned)."""

@@ -8,7 +8,9 @@ Hand-offs:
   every retry and dead letter acknowledged; the worker hands the offsets to the consumer thread and
   releases the records' keys;
 - ``on_outcomes(outcomes)`` once per batch of outcomes made durable, before ``on_finished`` (the
-  worker's hooks: counters, events; so a batch's events are queued before its offsets may commit).
+  worker's hooks: counters, events; so a batch's events are queued before its offsets may commit);
+- ``on_fatal(error)`` when an outage outlasted ``outage_timeout``: the thread ends, that batch and
+  everything after it stay unfinished (uncommitted, redelivered), and the worker stops.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from taskq import flow
 from taskq.app import Taskq
 from taskq.brokers.base import Headers, Record
 from taskq.deadletter import dead_letter_forms
-from taskq.errors import BackendRefused
+from taskq.errors import BackendRefused, OutageTooLong
 from taskq.execution import Kind, Outcome
 from taskq.message import H_CONTENT_TYPE, H_ORIGIN
 from taskq.results.base import FAILURE, ResultRecord
@@ -33,6 +36,7 @@ log = logging.getLogger("taskq.worker")
 REFUSED_FOR = 10.0  # s: how long a write the backend refuses is tried again before giving up on it
 MAX_BATCH = 2000  # outcomes made durable together (one pipelined result write)
 Finished = list[tuple[Record, bool]]  # (record, its offset may be committed)
+T = TypeVar("T")
 
 
 class Finisher:
@@ -40,13 +44,15 @@ class Finisher:
 
     def __init__(self, app: Taskq, sender: Sender, worker_name: str,
                  on_finished: Callable[[Finished], None], on_outcomes: Callable[[list[Outcome]], None],
-                 on_hold: Callable[[Record, float], None] | None = None) -> None:
+                 on_hold: Callable[[Record, float], None] | None = None,
+                 on_fatal: Callable[[OutageTooLong], None] | None = None) -> None:
         self.app = app
         self.sender = sender
         self.worker_name = worker_name
         self._on_finished = on_finished
         self._on_outcomes = on_outcomes
         self._on_hold = on_hold  # a strict-order retry held in the worker: (its next attempt, delay)
+        self._on_fatal = on_fatal
         self._queue: queue.SimpleQueue[tuple[Record, Outcome | None] | list[tuple[Record, Outcome | None]] | None] = (
             queue.SimpleQueue())
         self._thread = threading.Thread(target=self._loop, name="taskq-finisher", daemon=True)
@@ -69,6 +75,17 @@ class Finisher:
         self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
+        try:
+            self._take()
+        except OutageTooLong as exc:
+            log.error("%s", exc)
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        return retrying(what, fn, self.app.settings.outage_timeout)
+
+    def _take(self) -> None:
         get = self._queue.get
         while True:
             item = get()
@@ -105,7 +122,7 @@ class Finisher:
         outcomes = [o for _, o in batch if o is not None]
         plan = flow.after_outcomes(self.app, outcomes)
         if plan:
-            flow.settle(self.app, plan, self._deliver, retrying)
+            flow.settle(self.app, plan, self._deliver, self._retrying)
         final = (Kind.DEAD, Kind.REJECTED)
         first = [o.result for o in outcomes if o.result is not None and o.kind not in final]
         if first:
@@ -131,16 +148,18 @@ class Finisher:
                           o.retry_delay)
 
     def _store(self, records: list[ResultRecord]) -> None:
-        """Store results. An outage is waited out (commits wait, nothing is lost); a write the backend
+        """Store results. An outage is waited out for up to ``outage_timeout`` s (commits wait, nothing is
+        lost; then OutageTooLong stops the worker); a write the backend
         refuses (:class:`~taskq.errors.BackendRefused`: it answered no) is tried again for
         REFUSED_FOR seconds, then record by record, and a record still refused is logged and left
         unstored so the worker moves on: no write is retried forever."""
         backend = self.app.backend
         deadline = time.monotonic() + REFUSED_FOR
+        outage = self.app.settings.outage_timeout
         pause = 0.1
         while True:
             try:
-                retrying("store results", lambda: backend.store_many(records), BackendRefused)
+                retrying("store results", lambda: backend.store_many(records), outage, BackendRefused)
                 return
             except BackendRefused as exc:
                 if time.monotonic() >= deadline:
@@ -151,7 +170,7 @@ class Finisher:
                 pause = min(pause * 2, 2.0)
         for record in records:
             try:
-                retrying("store a result", lambda: backend.store_many([record]), BackendRefused)
+                retrying("store a result", lambda: backend.store_many([record]), outage, BackendRefused)
             except BackendRefused as exc:
                 log.error("result %s of task %s (%s) not stored: the backend refused it for %g s (%s); "
                           "moving on", record.status, record.id, record.task, REFUSED_FOR, exc)

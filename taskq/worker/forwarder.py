@@ -7,7 +7,7 @@ partition's commit point is its first record not sent yet: a record not due that
 once later ones went out is re-queued (sent again to the tier for its remaining delay, which may be
 a smaller tier) so the commit point moves on. Offsets are committed once the sends are acknowledged.
 Hand-offs: ``stopping`` (an event set by the worker) ends it; ``on_forwarded(records)`` reports each
-batch sent.
+batch sent; ``on_fatal(error)`` reports an outage that outlasted ``outage_timeout`` (the thread ends).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from taskq.app import Taskq
 from taskq.brokers.base import Record, TopicPartition
 from taskq.deadletter import dead_letter_forms
-from taskq.errors import BrokerError
+from taskq.errors import BrokerError, OutageTooLong
 from taskq.message import H_ETA, H_ORIGIN
 from taskq.topics import delay_group
 from taskq.worker.sender import Outgoing, Sender
@@ -35,11 +35,13 @@ class Forwarder:
     """Moves due delayed messages back to their task topics, in partition order."""
 
     def __init__(self, app: Taskq, sender: Sender, stopping: threading.Event,
-                 on_forwarded: Callable[[list[Record]], None]) -> None:
+                 on_forwarded: Callable[[list[Record]], None],
+                 on_fatal: Callable[[OutageTooLong], None] | None = None) -> None:
         self.app = app
         self.sender = sender
         self._stopping = stopping
         self._on_forwarded = on_forwarded
+        self._on_fatal = on_fatal
         self._known_topics: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="taskq-forwarder", daemon=True)
 
@@ -50,6 +52,14 @@ class Forwarder:
         self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
+        try:
+            self._forward()
+        except OutageTooLong as exc:  # the records not sent stay uncommitted in their tiers
+            log.error("%s", exc)
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
+
+    def _forward(self) -> None:
         app = self.app
         tiers = _Tiers()
         consumer = app.broker.consumer(delay_group(app.group), app.delay_topics, None, tiers.forget,

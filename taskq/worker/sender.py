@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from taskq.brokers.base import Headers, Producer, Record
-from taskq.errors import BackendError, BrokerError, MessageTooLarge
+from taskq.errors import BackendError, BrokerError, MessageTooLarge, OutageTooLong
 
 log = logging.getLogger("taskq.worker")
 T = TypeVar("T")
@@ -23,11 +23,14 @@ Outgoing = tuple[str, bytes | None, bytes | None, Headers]  # topic, key, value,
 Report = Callable[[BaseException | None, Record | None], None]
 
 
-def retrying(what: str, fn: Callable[[], T], give_up: type[Exception] | None = None) -> T:
-    """Run ``fn`` until it succeeds: an outage delays commits, it never loses an outcome.
+def retrying(what: str, fn: Callable[[], T], bound: float, give_up: type[Exception] | None = None) -> T:
+    """Run ``fn`` until it succeeds, for at most ``bound`` seconds of failures: an outage delays commits,
+    it never loses an outcome; a longer one raises :class:`~taskq.errors.OutageTooLong` (the worker stops,
+    what was not made durable stays uncommitted and is redelivered).
 
     An error of type ``give_up`` is re-raised at once (no retry can mend it).
     """
+    deadline = time.monotonic() + bound
     pause = 0.1
     while True:
         try:
@@ -35,16 +38,27 @@ def retrying(what: str, fn: Callable[[], T], give_up: type[Exception] | None = N
         except (BackendError, BrokerError) as exc:
             if give_up is not None and isinstance(exc, give_up):
                 raise
+            if time.monotonic() >= deadline:
+                raise outage(what, bound, exc) from exc
             log.warning("%s failed, retrying in %.1f s: %s", what, pause, exc)
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
 
 
-class Sender:
-    """Produces batches through ``producer`` and returns once all of them are acknowledged."""
+def outage(what: str, bound: float, cause: object) -> OutageTooLong:
+    """The error a worker stops with when ``what`` kept failing for ``bound`` seconds."""
+    return OutageTooLong(f"{what} kept failing for {bound:g} s (outage_timeout): {cause}; the worker stops and "
+                         "leaves unfinished work uncommitted (it is redelivered): start the worker again once "
+                         "the broker and the result backend are reachable")
 
-    def __init__(self, producer: Producer) -> None:
+
+class Sender:
+    """Produces batches through ``producer`` and returns once all of them are acknowledged, waiting out
+    an outage for at most ``outage_timeout`` seconds (then :class:`~taskq.errors.OutageTooLong`)."""
+
+    def __init__(self, producer: Producer, outage_timeout: float) -> None:
         self.producer = producer
+        self.outage_timeout = outage_timeout
 
     def send_all(self, messages: list[Outgoing]) -> list[Outgoing]:
         """Produce and wait for every acknowledgement; returns the messages the broker refused for good."""
@@ -57,13 +71,14 @@ class Sender:
         ``ladders[i]`` holds message ``i``'s forms, fullest first. A form refused as too large
         (:class:`~taskq.errors.MessageTooLarge`, when queued or in its delivery report) is never sent
         again: the next form is tried. Other failures (an outage) send the same form again after a
-        pause. Returns, per message, the index of the form acknowledged, or None if every form was
+        pause, for at most ``outage_timeout`` seconds in all (then OutageTooLong). Returns, per message, the index of the form acknowledged, or None if every form was
         refused.
         """
         chosen = [0] * len(ladders)
         outcome: list[int | None] = [None] * len(ladders)
         pending = [i for i, forms in enumerate(ladders) if forms]
         pause = 0.1
+        deadline = time.monotonic() + self.outage_timeout
         while pending:
             again: list[int] = []
             acked = [0]
@@ -94,6 +109,9 @@ class Sender:
             pending = [i for i in again if chosen[i] < len(ladders[i])]
             if len(pending) < len(again):
                 log.error("%d message(s) refused as too large in every form", len(again) - len(pending))
+            if pending and time.monotonic() >= deadline:
+                raise outage(f"sending {len(pending)} retry/dead-letter/forwarded message(s)", self.outage_timeout,
+                             "not acknowledged by the broker")
             if pending:
                 log.warning("%d retry/dead-letter/forwarded messages not acknowledged; sending again", len(pending))
                 time.sleep(pause)
@@ -104,7 +122,8 @@ class Sender:
         """Queue one message, waiting out a full local queue or an outage; MessageTooLarge is raised."""
         topic, key, value, headers = message
         producer = self.producer
-        retrying("produce", lambda: producer.produce(topic, key, value, headers, report), MessageTooLarge)
+        retrying("produce", lambda: producer.produce(topic, key, value, headers, report), self.outage_timeout,
+                 MessageTooLarge)
 
     def flush(self, timeout: float) -> None:
         self.producer.flush(timeout)
