@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskq.errors import ConfigError
+from taskq.results.beside import beside_results
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -153,12 +154,4 @@ class LocalRateLimiter(RateLimiter):
 
 def rate_limiter(app: Taskq) -> RateLimiter:
     """The limiter beside the app's results (Redis, or the embedded SQLite file)."""
-    from taskq.results.local import LocalBackend
-    from taskq.results.redis import RedisBackend
-
-    backend = app.backend
-    if isinstance(backend, RedisBackend):
-        return RedisRateLimiter(backend.client, f"taskq-rate:{app.name}:")
-    if isinstance(backend, LocalBackend):
-        return LocalRateLimiter(backend.path)
-    raise ConfigError(f"no rate limiter for result backend {backend.url!r}: use Redis or the embedded store")
+    return beside_results(app, "rate limiter", "taskq-rate", RedisRateLimiter, LocalRateLimiter)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from taskq.errors import BudgetExceeded, ConfigError, RateLimited
 from taskq.llm.usage import UsageStore, usage_store
 from taskq.ratelimit import Rate, RateLimiter, rate_limiter
+from taskq.results.beside import beside_results
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -196,12 +197,4 @@ class LocalBlockStore(BlockStore):
 
 
 def block_store(app: Taskq) -> BlockStore:
-    from taskq.results.local import LocalBackend
-    from taskq.results.redis import RedisBackend
-
-    backend = app.backend
-    if isinstance(backend, RedisBackend):
-        return RedisBlockStore(backend.client, f"taskq-llm:{app.name}:")
-    if isinstance(backend, LocalBackend):
-        return LocalBlockStore(backend.path)
-    raise ConfigError(f"no block store for result backend {backend.url!r}: use Redis or the embedded store")
+    return beside_results(app, "block store", "taskq-llm", RedisBlockStore, LocalBlockStore)

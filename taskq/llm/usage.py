@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskq.errors import ConfigError
+from taskq.results.beside import beside_results
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -217,15 +218,7 @@ class LocalUsageStore(UsageStore):
 
 def usage_store(app: Taskq) -> UsageStore:
     """The usage store beside the app's results (Redis, or the embedded SQLite file)."""
-    from taskq.results.local import LocalBackend
-    from taskq.results.redis import RedisBackend
-
-    backend = app.backend
-    if isinstance(backend, RedisBackend):
-        return RedisUsageStore(backend.client, f"taskq-usage:{app.name}:")
-    if isinstance(backend, LocalBackend):
-        return LocalUsageStore(backend.path)
-    raise ConfigError(f"no usage store for result backend {backend.url!r}: use Redis or the embedded store")
+    return beside_results(app, "usage store", "taskq-usage", RedisUsageStore, LocalUsageStore)
 
 
 def parse_since(text: str | None, now: float | None = None) -> float | None:
