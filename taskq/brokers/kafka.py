@@ -18,6 +18,7 @@ from confluent_kafka import (
     Consumer as _RdConsumer,
     KafkaError,
     KafkaException,
+    Message,
     Producer as _RdProducer,
     TopicPartition as _RdTopicPartition,
 )
@@ -179,14 +180,7 @@ class KafkaConsumer(Consumer):
         self._consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def consume(self, max_records: int, timeout: float) -> list[Record]:
-        # librdkafka's batch consume waits for a full batch or the timeout; poll returns on the first
-        # message, so: take what is there, else wait for one message, then take what came with it.
-        msgs = self._consumer.consume(max_records, 0)
-        if not msgs:
-            first = self._consumer.poll(timeout)
-            if first is None:
-                return []
-            msgs = [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
+        msgs = _take(self._consumer, max_records, timeout)
         records = []
         for msg in msgs:
             err = msg.error()
@@ -429,6 +423,21 @@ class KafkaBroker(Broker):
             self._meta_consumer = None
 
 
+def _take(consumer: _RdConsumer, max_records: int, timeout: float) -> list[Message]:
+    """Up to ``max_records`` messages, without waiting for a full batch.
+
+    librdkafka's batch consume waits for a full batch or the timeout; poll returns on the first
+    message, so: take what is there, else wait for one message, then take what came with it.
+    """
+    msgs = consumer.consume(max_records, 0)
+    if not msgs:
+        first = consumer.poll(timeout)
+        if first is None:
+            return []
+        msgs = [first, *consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
+    return list(msgs)
+
+
 class KafkaReader(Reader):
     """An assigned (not subscribed) consumer: no group membership, no commits."""
 
@@ -439,12 +448,7 @@ class KafkaReader(Reader):
         self._consumer.assign([_RdTopicPartition(topic, p, o) for p, o in start.items()])
 
     def read(self, max_records: int, timeout: float) -> list[Record]:
-        msgs = self._consumer.consume(max_records, 0)
-        if not msgs:
-            first = self._consumer.poll(timeout)
-            if first is None:
-                return []
-            msgs = [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
+        msgs = _take(self._consumer, max_records, timeout)
         records = []
         for msg in msgs:
             err = msg.error()
