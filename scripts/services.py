@@ -119,8 +119,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         _libc_prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _spawn(argv: Sequence[str], *, cwd: Path, log: Path, detached: bool) -> subprocess.Popen[bytes]:
-    """Start a server process in its own session, output appended to ``log``.
+def _spawn(argv: Sequence[str], *, cwd: Path, log: Path, detached: bool, env: dict[str, str] | None = None,
+           user: str | None = None) -> subprocess.Popen[bytes]:
+    """Start a server process in its own session, output appended to ``log`` (``env``: its whole
+    environment, else this process's; ``user``: run as that user).
 
     Unless ``detached``, the child is SIGKILLed by the kernel if this process dies
     (only when called from the main thread: the signal follows the spawning thread).
@@ -130,6 +132,8 @@ def _spawn(argv: Sequence[str], *, cwd: Path, log: Path, detached: bool) -> subp
         return subprocess.Popen(
             list(argv),
             cwd=cwd,
+            env=env,
+            user=user,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -138,13 +142,13 @@ def _spawn(argv: Sequence[str], *, cwd: Path, log: Path, detached: bool) -> subp
         )
 
 
-def _terminate(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
-    """SIGTERM ``proc``, wait up to ``grace`` seconds, then SIGKILL."""
+def _terminate(proc: subprocess.Popen[bytes] | None, grace: float, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` (SIGTERM) to ``proc``, wait up to ``grace`` seconds, then SIGKILL."""
     if proc is None or proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGCONT)  # a paused process cannot handle SIGTERM
-        proc.terminate()
+        proc.send_signal(sig)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
@@ -836,11 +840,7 @@ class WeaviateServer:
         }
         argv = [str(binary), "--host", "127.0.0.1", "--port", str(self.port), "--scheme", "http"]
         log = self.dir / "weaviate.log"
-        tie = not self.detached and threading.current_thread() is threading.main_thread()
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(argv, cwd=self.dir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_die_with_parent if tie else None)  # noqa: PLW1509
+        self.proc = _spawn(argv, cwd=self.dir, log=log, detached=self.detached, env=env)
         if not self.detached:
             _LIVE.add(self)
         deadline = time.monotonic() + timeout
@@ -940,11 +940,7 @@ class PostgresServer:
         argv = [str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(self.port),
                 "-k", str(self.dir), "-c", "fsync=off", "-c", "synchronous_commit=off",
                 "-c", "full_page_writes=off", "-c", "max_connections=50", "-c", "shared_buffers=64MB"]
-        tie = not self.detached and threading.current_thread() is threading.main_thread()
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(argv, cwd=self.dir, user=user, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_die_with_parent if tie else None)  # noqa: PLW1509
+        self.proc = _spawn(argv, cwd=self.dir, log=log, detached=self.detached, user=user)
         if not self.detached:
             _LIVE.add(self)
         deadline = time.monotonic() + timeout
@@ -961,14 +957,7 @@ class PostgresServer:
 
     def stop(self, grace: float = 10.0) -> None:
         """Fast shutdown (SIGINT; SIGKILL after ``grace`` s) and delete the data directory."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGINT)  # postgres: "fast" shutdown
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _terminate(self.proc, grace, signal.SIGINT)  # postgres: SIGINT is a "fast" shutdown
         _LIVE.discard(self)
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
