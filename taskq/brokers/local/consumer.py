@@ -18,11 +18,10 @@ from taskq.brokers.base import AssignmentCallback, Consumer, Record, TopicPartit
 from taskq.brokers.local.group import GroupMembership
 from taskq.brokers.local.store import (
     DEFAULT_SESSION_TIMEOUT,
-    MAX_SLEEP,
-    MIN_SLEEP,
     Txn,
     connect,
     decode_headers,
+    poll,
 )
 from taskq.errors import BrokerError, ConfigError
 
@@ -109,24 +108,18 @@ class LocalConsumer(GroupMembership, Consumer):
 
     def consume(self, max_records: int, timeout: float) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout`` s (short sleeps, backing off to 20 ms)."""
-        deadline = time.monotonic() + max(0.0, timeout)
-        delay = MIN_SLEEP
-        while True:
-            with self._lock:
-                if self._closed:
-                    raise BrokerError("consumer is closed; create a new one with broker.consumer()")
-                try:
-                    self._maintain()
-                    records = self._fetch(max_records)
-                except sqlite3.Error as exc:
-                    raise BrokerError(f"local broker read from {self._path!r} failed: {exc}") from exc
-            if records:
-                return records
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, MAX_SLEEP)
+        return poll(lambda: self._take(max_records), timeout)
+
+    def _take(self, max_records: int) -> list[Record]:
+        """One try of :meth:`consume`: keep the membership alive, then read what is there."""
+        with self._lock:
+            if self._closed:
+                raise BrokerError("consumer is closed; create a new one with broker.consumer()")
+            try:
+                self._maintain()
+                return self._fetch(max_records)
+            except sqlite3.Error as exc:
+                raise BrokerError(f"local broker read from {self._path!r} failed: {exc}") from exc
 
     def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool = False) -> None:
         """Store the next offset to read per partition; partitions this member does not own are skipped."""

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 
 from taskq.brokers.base import Reader, Record
-from taskq.brokers.local.store import decode_headers
+from taskq.brokers.local.store import decode_headers, poll
 from taskq.errors import BrokerError
 
 MIN_SLEEP = 0.005
@@ -33,17 +32,7 @@ class LocalReader(Reader):
         self._positions = dict(start)
 
     def read(self, max_records: int, timeout: float) -> list[Record]:
-        deadline = time.monotonic() + max(0.0, timeout)
-        delay = MIN_SLEEP
-        while True:
-            records = self._fetch(max_records)
-            if records:
-                return records
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return []
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, MAX_SLEEP)
+        return poll(lambda: self._fetch(max_records), timeout, MIN_SLEEP, MAX_SLEEP)
 
     def _fetch(self, max_records: int) -> list[Record]:
         out: list[Record] = []

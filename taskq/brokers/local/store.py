@@ -29,6 +29,8 @@ import marshal
 import os
 import sqlite3
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from taskq.brokers.base import Headers
 from taskq.errors import BrokerError, ConfigError, TaskqError
@@ -41,6 +43,7 @@ MAX_MESSAGE_BYTES = 1_000_000  # Kafka's producer default (message.max.bytes)
 MAX_BATCH_BYTES = 8 << 20
 MIN_SLEEP = 0.001
 MAX_SLEEP = 0.02
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -151,3 +154,21 @@ def number_option(options: dict[str, object], name: str) -> float | None:
 def topic_map(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
     """Topic name -> (tid, partition count)."""
     return {name: (tid, n) for tid, name, n in conn.execute("SELECT tid, name, partitions FROM topics")}
+
+
+def poll(fetch: Callable[[], list[T]], timeout: float, min_sleep: float = MIN_SLEEP,
+         max_sleep: float = MAX_SLEEP) -> list[T]:
+    """``fetch()`` until it returns something or ``timeout`` s pass (then ``[]``), sleeping in between:
+    ``min_sleep`` first, doubling up to ``max_sleep`` (the log has no notification; short sleeps keep
+    latency low)."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    delay = min_sleep
+    while True:
+        found = fetch()
+        if found:
+            return found
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return []
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, max_sleep)
