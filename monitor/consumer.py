@@ -19,7 +19,7 @@ from typing import Any
 from taskq.app import Taskq
 from taskq.brokers.base import Record
 from taskq.errors import BrokerError, TaskqError
-from taskq.events import decode
+from taskq.events import decode_all
 
 log = logging.getLogger("taskq.monitor")
 Listener = Callable[[dict[str, Any]], None]
@@ -102,8 +102,15 @@ class EventConsumer:
             close()
 
     def _handle(self, value: bytes | None) -> None:
-        event = decode(value)  # taskq.events owns the format: None for junk or another schema version
-        if event is None or not isinstance(event.get("ts", 0), (int, float)):
+        events = decode_all(value)  # taskq.events owns the format: one event or an array of them
+        if not events:
+            self.undecodable += 1
+            return
+        for event in events:
+            self._handle_event(event)
+
+    def _handle_event(self, event: dict[str, Any]) -> None:
+        if not isinstance(event.get("ts", 0), (int, float)):
             self.undecodable += 1
             return
         if float(event.get("ts") or 0) < self.since:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from taskq.events import STATES, TASK_STARTED, TASK_TYPES, WORKER_OFFLINE, WORKER_TYPES, decode
+from taskq.events import STATES, TASK_STARTED, TASK_TYPES, WORKER_OFFLINE, WORKER_TYPES, decode_all
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -45,9 +45,7 @@ def read_events(app: Taskq, since: float, timeout: float = READ_TIMEOUT, sort: b
             for record in reader.read(5000, 0.5):
                 if record.partition not in todo or record.offset >= end[record.partition]:
                     continue
-                event = decode(record.value)
-                if event is not None:
-                    events.append(event)
+                events.extend(decode_all(record.value))
                 if record.offset + 1 >= end[record.partition]:
                     del todo[record.partition]
     finally:
@@ -73,9 +71,7 @@ def follow(app: Taskq, since: float | None = None, poll: float = 0.5,
             if not records:
                 yield None
             for record in records:
-                event = decode(record.value)
-                if event is not None:
-                    yield event
+                yield from decode_all(record.value)
     finally:
         reader.close()
 

@@ -20,7 +20,7 @@ import pytest
 
 from taskq import Taskq
 from taskq.events import FINAL_TYPES, TASK_DEAD, TASK_FAILED, TASK_RECEIVED, TASK_RETRIED, TASK_SKIPPED
-from taskq.events import TASK_STARTED, TASK_SUCCEEDED
+from taskq.events import TASK_STARTED, TASK_SUCCEEDED, VERSION, decode_all, event_partition
 from taskq.inspect import read_events, workers
 from taskq.results.base import FAILURE, STARTED, SUCCESS
 from tests.support import (
@@ -173,7 +173,7 @@ def check_events(events: list[dict[str, Any]], expected: dict[str, tuple[str, An
     for e in events:
         if e.get("id") in expected:
             by_task[e["id"]].append(e)
-            assert e["v"] == 1 and e["root_id"] == e["id"] and e["parent_id"] is None
+            assert e["v"] == VERSION and e["root_id"] == e["id"] and e["parent_id"] is None
             assert "args" not in e and "result" not in e
     missing = set(expected) - set(by_task)
     assert not missing, f"{len(missing)} tasks without events"
@@ -268,3 +268,50 @@ def test_events_include_args_only_when_asked(tmp_path: Path) -> None:
             assert not {"args", "kwargs", "result"} & set(done)
             assert done["sent"] <= done["received"] <= done["started"] <= done["finished"]
         app.close()
+
+
+def test_a_batch_of_task_events_is_one_array_message_per_partition_in_order(tmp_path: Path) -> None:
+    """Schema v2: 60 tasks finished in a few batches give arrays, each on the partition its roots map to;
+    every consumer path (decode_all, read_events) sees each event once, a task's events in order."""
+    app = Taskq("evbatch", local_path=str(tmp_path / "q.db"), events_coalesce=0, default_partitions=3)
+
+    @app.task(name="ev.noop")
+    def noop(i: int) -> int:
+        return i
+
+    with worker_thread(app, concurrency=2):
+        results = [noop.delay(i) for i in range(60)]
+        assert [r.get(timeout=30) for r in results] == list(range(60))
+    topic = app.events_topic
+    marks = app.broker.watermarks(topic)
+    reader = app.broker.reader(topic, {p: 0 for p in marks})
+    records: list[Any] = []
+    try:
+        wait_until(lambda: records.extend(reader.read(5000, 0.2)) or len(records) >= sum(h for _l, h in marks.values()),
+                   10, "the events topic read")
+    finally:
+        reader.close()
+    arrays = [r for r in records if (r.value or b"")[:1] == b"["]
+    assert arrays, "no batch was sent as one array"
+    seen: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        for event in decode_all(record.value):
+            assert event["v"] == VERSION
+            if event["type"] in (TASK_RECEIVED, TASK_STARTED, TASK_SUCCEEDED):
+                assert record.partition == event_partition(event["root_id"].encode(), len(marks)), event
+                seen[event["id"]].append(event["type"])
+    assert {r.id: seen[r.id] for r in results} == {r.id: [TASK_RECEIVED, TASK_STARTED, TASK_SUCCEEDED]
+                                                    for r in results}
+    by_task = defaultdict(list)
+    for event in read_events(app, 0.0, sort=False):
+        by_task[event.get("id")].append(event["type"])
+    assert all(by_task[r.id] == seen[r.id] for r in results)
+    app.close()
+
+
+def test_decode_all_reads_v1_objects_v2_arrays_and_leaves_out_junk() -> None:
+    one = {"v": 1, "type": TASK_SUCCEEDED, "id": "a"}
+    two = {"v": 2, "type": TASK_STARTED, "id": "b"}
+    assert decode_all(json.dumps(one).encode()) == [one]
+    assert decode_all(json.dumps([two, {"v": 99, "type": "x"}, 3, one]).encode()) == [two, one]
+    assert decode_all(b"not json") == [] and decode_all(None) == [] and decode_all(b"") == []
