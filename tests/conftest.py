@@ -223,3 +223,11 @@ def _heal_services(request: pytest.FixtureRequest) -> None:
     if "kafka_cluster3" in names:
         cluster: KafkaCluster = request.getfixturevalue("kafka_cluster3")
         _start_or_give_up("Kafka (3 brokers, restart)", cluster.ensure_running)
+
+
+@pytest.fixture
+def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The canvas test app's journal file (tests/apps/canvasapp.py appends what ran to CANVAS_JOURNAL)."""
+    path = str(tmp_path / "journal.log")
+    monkeypatch.setenv("CANVAS_JOURNAL", path)
+    return path

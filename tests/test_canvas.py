@@ -22,13 +22,6 @@ from tests.support import wait_until, worker_thread
 TIMEOUT = 30
 
 
-@pytest.fixture
-def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    path = str(tmp_path / "journal.log")
-    monkeypatch.setenv("CANVAS_JOURNAL", path)
-    return path
-
-
 @pytest.fixture(params=["local", "kafka"])
 def app(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str,
         ) -> Iterator[Taskq]:

@@ -19,13 +19,6 @@ from tests.support import WorkerProcess, env_for, fault_line, read_records, wait
 TIMEOUT = 60
 
 
-@pytest.fixture
-def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    path = str(tmp_path / "journal.log")
-    monkeypatch.setenv("CANVAS_JOURNAL", path)
-    return path
-
-
 def kafka_app(kafka_url: str, redis_url: str, prefix: str, **settings: object) -> Taskq:
     return build_app(broker=kafka_url, backend=redis_url, topic_prefix=f"{prefix}.", group=f"{prefix}.group",
                      producer_options={"linger.ms": 0}, connect_timeout=30, **settings)
