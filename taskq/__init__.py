@@ -24,7 +24,20 @@ from taskq.errors import (
 from taskq.result import AsyncResult
 from taskq.results.base import StreamRestart
 from taskq.task import Task
-from taskq.worker import Worker
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from taskq.worker import Worker
+
+
+def __getattr__(name: str) -> object:
+    """``Worker`` on first use: a script that only sends tasks does not import the worker."""
+    if name == "Worker":
+        from taskq.worker import Worker
+
+        return Worker
+    raise AttributeError(f"module 'taskq' has no attribute {name!r}")
+
 
 __all__ = [
     "AsyncResult",

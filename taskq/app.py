@@ -230,20 +230,21 @@ class Taskq:
     @property
     def producer(self) -> Producer:
         if self._producer is None:
+            broker = self.broker  # before the lock: making the broker takes it too
             with self._lock:
                 if self._producer is None:
                     options = dict(self.settings.producer_options)
                     if self.broker_url.startswith("kafka://"):
                         options.setdefault("message.timeout.ms", int(self.settings.send_timeout * 1000))
-                    self._producer = self.broker.producer(**options)
+                    self._producer = broker.producer(**options)
         return self._producer
 
     # -- sending ----------------------------------------------------------------------------------
 
     def send(self, message: TaskMessage, topic: str, partitions: int, serializer: str = "json") -> AsyncResult:
         """Produce ``message`` to ``topic`` (or to a delay tier when it has a future eta)."""
+        producer = self.producer  # first: its connection and producer id are set up while topics are checked
         target, key, value, headers = self.outgoing(message, topic, partitions, serializer)
-        producer = self.producer
         producer.produce(target, key, value, headers, on_delivery=self._delivery_reporter(message.id))
         producer.poll(0)
         return AsyncResult(message.id, self)

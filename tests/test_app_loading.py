@@ -97,3 +97,11 @@ def test_cli_loads_the_monitor_only_for_its_commands() -> None:
     for command in ("monitor", "flower"):
         shown = CliRunner().invoke(main, [command, "--help"])
         assert shown.exit_code == 0 and f"Usage: main {command}" in shown.output, shown.output
+
+
+def test_import_taskq_leaves_the_worker_unimported() -> None:
+    """A script that only sends tasks does not pay for importing the worker; ``taskq.Worker`` still works."""
+    code = ("import sys, taskq; assert 'taskq.worker' not in sys.modules, 'worker imported';"
+            "from taskq import Worker; from taskq.worker import Worker as W; assert Worker is W is taskq.Worker")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
