@@ -63,6 +63,21 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
+CLASSIC_GROUP_ONLY = ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms")
+
+
+def consumer_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The defaults under ``config``; with ``group.protocol=consumer`` (KIP-848, Kafka 4) the broker
+    assigns partitions and sets the session, so the classic protocol's defaults are left out."""
+    if str(config.get("group.protocol", "classic")).lower() != "consumer":
+        return {**CONSUMER_DEFAULTS, **config}
+    clash = [k for k in CLASSIC_GROUP_ONLY if k in config]
+    if clash:
+        raise ConfigError(f"{', '.join(clash)} cannot be set with group.protocol=consumer (the broker decides "
+                          "them: group.consumer.* settings); remove them or use group.protocol=classic")
+    return {**{k: v for k, v in CONSUMER_DEFAULTS.items() if k not in CLASSIC_GROUP_ONLY}, **config}
+
+
 def parse_kafka_url(url: str) -> dict[str, Any]:
     """``kafka://host:port[,host:port][?librdkafka.option=value...]`` -> librdkafka config."""
     parts = urlsplit(url)
@@ -159,7 +174,7 @@ class KafkaConsumer(Consumer):
         on_assign: AssignmentCallback | None,
         on_revoke: AssignmentCallback | None,
     ) -> None:
-        self._consumer = _RdConsumer({**CONSUMER_DEFAULTS, **config, "group.id": group})
+        self._consumer = _RdConsumer({**consumer_config(config), "group.id": group})
         self._assigned: set[TopicPartition] = set()
         self._lock = threading.Lock()
 
