@@ -44,7 +44,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
     "partitioner": "murmur2_random",
-    "linger.ms": 2,
+    "linger.ms": 0,  # a lone task goes at once; librdkafka batches what accumulates while a request is in flight
     "batch.num.messages": 10000,
     "queue.buffering.max.messages": 1000000,
     "queue.buffering.max.kbytes": 1048576,
