@@ -83,3 +83,31 @@ def test_wait_survives_a_killed_connection(redis_url: str) -> None:
     finally:
         backend.close()
         admin.close()
+
+
+def test_idle_listener_stops_when_its_connection_fails(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        first = uuid.uuid4().hex
+        backend.store_many([ResultRecord(first, SUCCESS, 1)])
+        assert backend.wait(first, 10) is not None
+        listener = backend.listener()
+        assert listener.alive
+        admin.client_kill_filter(_type="pubsub", skipme=True)
+        # nobody waits: the thread ends instead of reconnecting for ever
+        _wait_until(lambda: not listener.alive, 30, "the idle listener to stop")
+        assert _pubsub_clients(admin) == 0
+        # the next wait builds a new listener and still sees its result
+        second = uuid.uuid4().hex
+        done: list[ResultRecord | None] = []
+        waiter = threading.Thread(target=lambda: done.append(backend.wait(second, 60)))
+        waiter.start()
+        _wait_until(lambda: admin.pubsub_numsub(RESULT_PREFIX + second)[0][1] == 1, 30, "the new subscription")
+        backend.store_many([ResultRecord(second, SUCCESS, 2)])
+        waiter.join(30)
+        assert done and done[0] is not None and done[0].result == 2
+        assert backend.listener() is not listener
+    finally:
+        backend.close()
+        admin.close()

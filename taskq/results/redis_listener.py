@@ -100,6 +100,12 @@ class ResultListener:
             except Exception as exc:  # noqa: BLE001 - a closed or broken socket raises several kinds
                 if self._closed:
                     return
+                with self._lock:
+                    idle = not self._waiters
+                if idle:  # nobody waits: stop here; the next wait builds a new listener
+                    log.info("result listener: Redis connection failed (%s); stopping while idle", exc)
+                    self.close()
+                    return
                 log.warning("result listener: Redis connection failed (%s); reconnecting", exc)
                 self._wake_all()  # waiters read their key again, then wait on the new connection
                 time.sleep(RECONNECT_PAUSE)
