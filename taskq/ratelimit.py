@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from taskq.errors import ConfigError
+from taskq.brokers.local.store import ThreadConnections
+from taskq.errors import BackendError, ConfigError
 from taskq.results.beside import beside_results
 
 if TYPE_CHECKING:
@@ -118,15 +118,11 @@ class LocalRateLimiter(RateLimiter):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
+        self._conns = ThreadConnections(path, BackendError)
         self._db().execute("CREATE TABLE IF NOT EXISTS rate_limits (name TEXT PRIMARY KEY, tat REAL NOT NULL)")
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                                  check_same_thread=False)
-        return db
+        return self._conns.get()
 
     def _update(self, name: str, fn: Any) -> float:
         db = self._db()

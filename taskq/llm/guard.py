@@ -15,13 +15,13 @@ import hashlib
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from taskq.errors import BudgetExceeded, ConfigError, RateLimited
+from taskq.brokers.local.store import ThreadConnections
+from taskq.errors import BackendError, BudgetExceeded, ConfigError, RateLimited
 from taskq.llm.usage import UsageStore, usage_store
 from taskq.ratelimit import Rate, RateLimiter, rate_limiter
 from taskq.results.beside import beside_results
@@ -170,17 +170,13 @@ class RedisBlockStore(BlockStore):
 class LocalBlockStore(BlockStore):
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
+        self._conns = ThreadConnections(path, BackendError)
         self._db().executescript("CREATE TABLE IF NOT EXISTS llm_blocks (user TEXT PRIMARY KEY, until REAL);"
                                  "CREATE TABLE IF NOT EXISTS llm_notices (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                                  "notice TEXT NOT NULL);")
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                                  check_same_thread=False)
-        return db
+        return self._conns.get()
 
     def block(self, user: str, seconds: float, notice: dict[str, Any]) -> None:
         db = self._db()

@@ -11,14 +11,14 @@ result also carries the same figures in ``result.meta["llm"]``.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from taskq.errors import ConfigError
+from taskq.brokers.local.store import ThreadConnections
+from taskq.errors import BackendError, ConfigError
 from taskq.results.beside import beside_results
 
 if TYPE_CHECKING:
@@ -164,16 +164,11 @@ class LocalUsageStore(UsageStore):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._local = threading.local()
+        self._conns = ThreadConnections(path, BackendError)
         self._db().executescript(self.SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                                  check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-        return db
+        return self._conns.get()
 
     def add(self, usages: Sequence[Usage]) -> None:
         rows: list[tuple[Any, ...]] = []

@@ -9,12 +9,11 @@ SQLite has no notifications, so ``wait`` re-reads with a short backoff (1 ms gro
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from taskq.brokers.local.store import SCHEME, connect
+from taskq.brokers.local.store import SCHEME, ThreadConnections
 from taskq.errors import BackendError
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
@@ -42,15 +41,12 @@ class LocalBackend(ResultBackend):
         self.path = path
         self.url = SCHEME + path
         self.expires = expires
-        self._local = threading.local()
+        self._conns = ThreadConnections(path, BackendError)
         with self._db() as db:
             db.executescript(SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = connect(self.path, BackendError)
-        return db
+        return self._conns.get()
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one write transaction."""

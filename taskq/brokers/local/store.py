@@ -28,6 +28,7 @@ from __future__ import annotations
 import marshal
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -106,6 +107,21 @@ def connect(path: str, error: type[TaskqError] = BrokerError) -> sqlite3.Connect
     except sqlite3.Error as exc:
         raise error(f"cannot open local database {path!r}: {exc}; check the path and permissions") from exc
     return conn
+
+
+class ThreadConnections:
+    """One :func:`connect` connection per thread to ``path``, opened on first use in that thread."""
+
+    def __init__(self, path: str, error: type[TaskqError] = BrokerError) -> None:
+        self.path = path
+        self._error = error
+        self._local = threading.local()
+
+    def get(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = connect(self.path, self._error)
+        return db
 
 
 class Txn:
