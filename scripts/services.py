@@ -889,6 +889,39 @@ def postgres_bin_dir() -> Path:
     return bin_dir
 
 
+def postgres_bin_dir_for(user: str | None) -> Path:
+    """``postgres_bin_dir()``, or, when ``user`` cannot run binaries from there (a root-owned
+    site-packages under /root), a copy made once in the temp directory, under a lock, and reused while
+    the wheel's files stay the same. The copy keeps the wheel's layout (the PostgreSQL tree and the
+    bundled ``.libs`` beside the package), which the binaries' relative RPATH relies on."""
+    bin_dir = postgres_bin_dir()
+    if user is None or _runs_as(user, bin_dir / "initdb"):
+        return bin_dir
+    install, package = bin_dir.parent, bin_dir.parent.parent
+    libs = package.with_name(package.name + ".libs")
+    stamp = hashlib.sha256(f"{install}:{(bin_dir / 'postgres').stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    copy = Path(tempfile.gettempdir()) / f"taskq-{package.name}-{stamp}"
+    with open(f"{copy}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not copy.is_dir():
+            partial = copy.with_name(copy.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(install, partial / package.name / install.name, symlinks=True)
+            if libs.is_dir():
+                shutil.copytree(libs, partial / libs.name, symlinks=True)
+            for path in [partial, *partial.rglob("*")]:
+                if not path.is_symlink():
+                    path.chmod(path.stat().st_mode | 0o444 | (0o111 if path.is_dir() else 0))
+            partial.rename(copy)
+    return copy / package.name / install.name / "bin"
+
+
+def _runs_as(user: str, executable: Path) -> bool:
+    """True if ``user`` may execute ``executable`` (every directory above it must be searchable)."""
+    return subprocess.run(["test", "-x", str(executable)], user=user, check=False,
+                          stdin=subprocess.DEVNULL).returncode == 0
+
+
 class PostgresServer:
     """A throw-away PostgreSQL (with pgvector available) on a free loopback port, trust auth, no fsync.
 
@@ -920,8 +953,8 @@ class PostgresServer:
         if self.running:
             raise ServiceError("this PostgresServer is already running; stop() it first")
         t0 = time.monotonic()
-        bin_dir = postgres_bin_dir()
         user = POSTGRES_RUN_AS if os.geteuid() == 0 else None
+        bin_dir = postgres_bin_dir_for(user)
         self.dir = Path(tempfile.mkdtemp(prefix="taskq-pg-"))
         data = self.dir / "data"
         if user is not None:
