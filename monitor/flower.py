@@ -9,7 +9,9 @@ both over a Redis broker that Flower reads (``celery --broker=redis://... flower
   worker's hostname, timestamp, utcoffset, pid and Lamport clock; heartbeats carry ``freq``);
 - the pidbox thread answers ``inspect`` broadcasts (ping, stats with ``total`` and ``broker``,
   registered, active, active_queues, conf, scheduled, reserved, revoked) on behalf of every worker
-  heard from, from what its heartbeats and task events said.
+  heard from, from what its heartbeats and task events said: ``reserved`` is what it received and has
+  not started, ``active`` what it runs, ``revoked`` the latest ids it skipped as revoked.
+  ``scheduled`` stays empty: eta tasks wait in the delay-tier topics, not in a worker's reserve.
 
 Each thread owns its own kombu connection (kombu connections are not thread-safe); ``Bridge`` state
 shared between them is guarded by one lock.
@@ -22,7 +24,7 @@ import platform
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +34,7 @@ from taskq.app import Taskq
 
 log = logging.getLogger("taskq.flower")
 PREFIX = "taskq@"
+REVOKED_KEPT = 10_000  # revoked ids remembered per worker for ``inspect revoked``
 
 
 def celery_name(worker: str) -> str:
@@ -54,7 +57,9 @@ class NodeInfo:
     offline: bool = False
     partitions: list[list[Any]] = field(default_factory=list)
     total: Counter[str] = field(default_factory=Counter)
-    active: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # received or started, by id
+    started: set[str] = field(default_factory=set)
+    revoked: deque[str] = field(default_factory=lambda: deque(maxlen=REVOKED_KEPT))
 
     def alive(self, now: float) -> bool:
         return not self.offline and now - self.last_seen <= max(3 * self.freq, 6.0)
@@ -129,7 +134,9 @@ class FlowerBridge:
                 if kind == "worker-online":
                     node.online_since = float(e.get("ts") or time.time())
             elif kind in ("task-received", "task-started"):
-                node.active[e["id"]] = {
+                if kind == "task-started":
+                    node.started.add(e["id"])
+                node.tasks[e["id"]] = {
                     "id": e["id"], "name": e.get("task"), "args": _repr(e.get("args"), "()"),
                     "kwargs": _repr(e.get("kwargs"), "{}"), "type": e.get("task"), "hostname": name,
                     "time_start": e.get("started"), "acknowledged": True, "worker_pid": node.pid,
@@ -138,7 +145,10 @@ class FlowerBridge:
                 }
             elif kind in ("task-succeeded", "task-failed", "task-retried", "task-rejected", "task-revoked",
                           "task-skipped"):
-                node.active.pop(str(e.get("id")), None)
+                node.tasks.pop(str(e.get("id")), None)
+                node.started.discard(str(e.get("id")))
+                if kind == "task-revoked":
+                    node.revoked.append(str(e.get("id")))
                 if kind in ("task-succeeded", "task-failed") and e.get("task"):
                     node.total[e["task"]] += 1
 
@@ -221,8 +231,6 @@ class FlowerBridge:
         return {"ping": lambda state, **kw: {"ok": "pong"},
                 "conf": lambda state, **kw: self._conf(),
                 "scheduled": lambda state, **kw: [],
-                "reserved": lambda state, **kw: [],
-                "revoked": lambda state, **kw: [],
                 "clock": lambda state, **kw: {"clock": self.capp.clock.value},
                 # taskq workers always publish events: Flower's periodic enable_events is acknowledged
                 "enable_events": lambda state, **kw: {"ok": "task events enabled"},
@@ -242,6 +250,8 @@ class FlowerBridge:
         handlers["stats"] = lambda state, **kw: self.stats(name)
         handlers["registered"] = lambda state, **kw: self.registered(name)
         handlers["active"] = lambda state, **kw: self.active(name)
+        handlers["reserved"] = lambda state, **kw: self.reserved(name)
+        handlers["revoked"] = lambda state, **kw: self.revoked(name)
         handlers["active_queues"] = lambda state, **kw: self.active_queues(name)
         return handlers
 
@@ -267,13 +277,26 @@ class FlowerBridge:
         """The app's tasks (``-A``) and every task this worker was seen running."""
         with self._lock:
             node = self.nodes.get(name)
-            seen = set(node.total) | {str(t["name"]) for t in node.active.values() if t.get("name")} if node else set()
+            seen = set(node.total) | {str(t["name"]) for t in node.tasks.values() if t.get("name")} if node else set()
         return sorted(set(self.app.tasks) | seen)
 
     def active(self, name: str) -> list[dict[str, Any]]:
+        """The tasks the worker has started and not finished."""
         with self._lock:
             node = self.nodes.get(name)
-            return list(node.active.values()) if node else []
+            return [t for i, t in node.tasks.items() if i in node.started] if node else []
+
+    def reserved(self, name: str) -> list[dict[str, Any]]:
+        """The tasks the worker has received and not started yet."""
+        with self._lock:
+            node = self.nodes.get(name)
+            return [t for i, t in node.tasks.items() if i not in node.started] if node else []
+
+    def revoked(self, name: str) -> list[str]:
+        """The latest task ids the worker skipped as revoked."""
+        with self._lock:
+            node = self.nodes.get(name)
+            return list(node.revoked) if node else []
 
     def active_queues(self, name: str) -> list[dict[str, Any]]:
         with self._lock:

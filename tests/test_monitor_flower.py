@@ -49,6 +49,23 @@ def test_celery_event_fields() -> None:
     assert to_celery(task_event("task-dead", "x", 5.0)) is None  # task-failed already told Flower
 
 
+def test_inspect_replies_split_reserved_active_and_revoked(mod: ModuleType) -> None:
+    bridge = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")  # not started: only its bookkeeping is used
+    for event in [task_event("task-received", "a", 1.0), task_event("task-received", "b", 1.1),
+                  task_event("task-started", "a", 1.2), task_event("task-received", "c", 1.3),
+                  task_event("task-revoked", "c", 1.4), task_event("task-succeeded", "x", 1.5)]:
+        bridge._track(event)
+    node = "taskq@host:1"
+    assert [t["id"] for t in bridge.active(node)] == ["a"]
+    assert [t["id"] for t in bridge.reserved(node)] == ["b"]
+    assert bridge.revoked(node) == ["c"]
+    bridge._track(task_event("task-succeeded", "a", 1.6))
+    bridge._track(task_event("task-started", "b", 1.7))
+    assert [t["id"] for t in bridge.active(node)] == ["b"] and bridge.reserved(node) == []
+    handlers = bridge.node_handlers(node)
+    assert [t["id"] for t in handlers["active"](None)] == ["b"] and handlers["revoked"](None) == ["c"]
+
+
 def test_real_flower_shows_taskq_workers_and_tasks(mod: ModuleType, flower_server: Any) -> None:
     app = mod.app
     client = redis.Redis.from_url(flower_server.broker_url)
