@@ -3,7 +3,9 @@
 Leadership is a lease in the result backend (Redis ``SET NX PX``, renewed every third of the lease):
 a beat that dies is replaced within one lease. Each tick is also claimed on its own (``SET NX``), so
 even two beats that both believe they lead send a tick once, and the tick's task id is derived from
-the schedule and the tick time. A beat that starts (or takes over) sends the latest tick it missed,
+the schedule and the tick time. The claim first lives one lease and is made long only once Kafka has
+acknowledged the tick's message: a beat killed (or a send failed) in between leaves a claim that runs
+out, and the next leader sends that tick (with the same task id). A beat that starts (or takes over) sends the latest tick it missed,
 only that one: older missed ticks are skipped, never sent in a burst. A schedule seen for the first
 time starts with its next tick.
 """
@@ -83,11 +85,14 @@ class Beat:
         if not self._lead():
             return []
         now = self.clock()
-        sent = [task_id for s in self.app.schedules.values() if (task_id := self._fire(s, now))]
-        if sent:
-            self.app.flush()
-            self.sent += len(sent)
-        return sent
+        fired = [fired for s in self.app.schedules.values() if (fired := self._fire(s, now))]
+        if fired:
+            self.app.flush()  # raises unless Kafka acknowledged every tick: their short claims run out
+            for claim, task_id, ttl in fired:
+                if not self.app.backend.extend(claim, task_id, ttl):  # the send outlasted the short claim
+                    self.app.backend.claim(claim, task_id, ttl)
+            self.sent += len(fired)
+        return [task_id for _, task_id, _ in fired]
 
     def resign(self) -> None:
         """Give the lease up at once (a clean stop hands over without waiting for it to run out)."""
@@ -111,8 +116,9 @@ class Beat:
             self.leading = True
         return self.leading
 
-    def _fire(self, schedule: Periodic, now: float) -> str | None:
-        """Send the latest tick of ``schedule`` at or before ``now`` unless it was sent; its task id."""
+    def _fire(self, schedule: Periodic, now: float) -> tuple[str, str, float] | None:
+        """Send the latest tick of ``schedule`` at or before ``now`` unless it was sent (or is being
+        sent): the tick's claim, task id and the claim's life once the send is acknowledged."""
         since = self._first_seen(schedule, now)
         tick = schedule.last_tick(now)
         if tick <= since:
@@ -120,14 +126,14 @@ class Beat:
         period = schedule.next_tick(tick) - tick
         task_id = schedule.task_id(self.app.group, tick)
         claim = f"beat:{self.app.group}:tick:{schedule.name}:{tick:.3f}"
-        if self.app.backend.claim(claim, task_id, period + TICK_MARGIN) is not None:
+        if self.app.backend.claim(claim, task_id, self.lease) is not None:
             return None
         at = datetime.fromtimestamp(tick, timezone.utc).isoformat()
         self.app.get_task(schedule.task).apply_async(
             schedule.args, schedule.kwargs, key=schedule.key, task_id=task_id,
             headers={"beat-schedule": schedule.name, "beat-tick": at})
         log.info("beat %s sent %s for tick %s (%s)", self.name, schedule.name, at, task_id)
-        return task_id
+        return claim, task_id, period + TICK_MARGIN
 
     def _first_seen(self, schedule: Periodic, now: float) -> float:
         """When any beat first ran ``schedule`` (ticks up to then are not sent)."""

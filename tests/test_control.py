@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from taskq.app import Taskq
 from taskq.beat import Beat
 from taskq.cli import main
-from taskq.errors import ConfigError, TaskRevoked
+from taskq.errors import BrokerError, ConfigError, TaskRevoked
 from tests.support import (
     ROOT,
     WorkerProcess,
@@ -127,6 +127,33 @@ def test_beat_restart_sends_the_last_missed_tick_once_and_no_other(app: Taskq) -
     records = read_records(app, app.get_task("ctl.job").topic, 2)
     ticks = sorted(r.header("x-beat-tick").decode() for r in records)
     assert ticks == ["2001-09-09T01:46:50+00:00", "2001-09-09T01:47:20+00:00"], ticks
+
+
+def test_a_tick_whose_send_was_not_acknowledged_is_sent_by_the_next_beat(app: Taskq,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def job() -> None: ...
+
+    app.periodic_task(job, every=10, name="ctl.job")
+    clock = [1_000_000_000.5]
+    first = Beat(app, name="b1", lease=1, clock=lambda: clock[0])
+    assert first.step() == []
+    clock[0] = 1_000_000_010.2
+    with monkeypatch.context() as m:  # the beat dies (or Kafka fails) before the tick is acknowledged
+        m.setattr(app, "flush", lambda *a, **kw: (_ for _ in ()).throw(BrokerError("no acknowledgement")))
+        with pytest.raises(BrokerError):
+            first.step()
+    tick_id = app.schedules["ctl.job"].task_id(app.group, 1_000_000_010.0)
+    second = Beat(app, name="b2", lease=1, clock=lambda: clock[0])
+    assert second.step() == []  # b1 still leads: its lease has not run out
+    time.sleep(1.2)
+    assert second.step() == [tick_id]  # b1's lease and its short tick claim ran out: b2 sends the tick
+    second.resign()
+    third = Beat(app, name="b3", lease=1, clock=lambda: clock[0])
+    time.sleep(1.2)  # longer than the short claim: the acknowledged tick's claim was made long
+    assert third.step() == []
+    third.resign()
+    records = read_records(app, app.get_task("ctl.job").topic, 2)  # b1's message arrived after all
+    assert [r.header("id") for r in records] == [tick_id.encode()] * 2  # twice, one id: a worker runs it once
 
 
 def test_three_beats_one_tick_each_and_hand_over_after_a_kill(env: dict[str, str], app: Taskq) -> None:
