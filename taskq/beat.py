@@ -5,9 +5,9 @@ a beat that dies is replaced within one lease. Each tick is also claimed on its 
 even two beats that both believe they lead send a tick once, and the tick's task id is derived from
 the schedule and the tick time. The claim first lives one lease and is made long only once Kafka has
 acknowledged the tick's message: a beat killed (or a send failed) in between leaves a claim that runs
-out, and the next leader sends that tick (with the same task id). A beat that starts (or takes over) sends the latest tick it missed,
-only that one: older missed ticks are skipped, never sent in a burst. A schedule seen for the first
-time starts with its next tick.
+out, and the next leader sends that tick (with the same task id). A beat that starts (or takes
+over) sends the latest tick it missed, only that one: older missed ticks are skipped, never sent in a
+burst. A schedule seen for the first time starts with its next tick.
 """
 
 from __future__ import annotations
