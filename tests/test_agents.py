@@ -91,6 +91,23 @@ def test_one_request_fans_out_to_the_agents_and_gathers_every_output(agents: Age
     assert message.value is not None and b'"plan_source":"request"' in message.value
 
 
+def test_the_models_plan_routes_each_subtask_to_its_agent(agents: Agents, llm_server: Any) -> None:
+    request = f"prepare a lag report for the ops team ({agents.prefix})"
+    llm_server.add_reply("Plan:\n1. research: how consumer lag is measured\n- code: a lag exporter\n"
+                         "Reviewer: check the exporter\nThat is all.", match=request, times=1)  # the planner asks first
+    root = agents.plan.delay(request, user_id="u3")
+    final = root.get(timeout=TIMEOUT)
+    assert final["plan_source"] == "model"
+    assert final["plan"] == [{"kind": "research", "instruction": "how consumer lag is measured"},
+                             {"kind": "code", "instruction": "a lag exporter"},
+                             {"kind": "review", "instruction": "check the exporter"}]
+    members = root.children[0].children
+    assert [m.record.task for m in members] == ["tasks.agents.research", "tasks.agents.coder",
+                                               "tasks.agents.reviewer", "tasks.agents.gather"]
+    assert [(o["agent"], o["instruction"]) for o in final["outputs"]] == [
+        (p["kind"], p["instruction"]) for p in final["plan"]]
+
+
 def test_killing_an_agent_worker_mid_run_still_ends_with_one_final_result(agents: Agents, llm_server: Any) -> None:
     """The coder's model call stalls; its worker is killed (-9) meanwhile; a new coder worker in the
     same group re-runs the task after the session timeout, and the request ends with one answer."""

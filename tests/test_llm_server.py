@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.error
 import uuid
 from typing import Any
 
@@ -51,6 +52,24 @@ def test_stream_event_sequence(llm_server: LLMServerClient) -> None:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == final.content[0].text == "".join(answer(parse_prompt({"messages": ask(prompt)}).clean, 50, 5)[0])
+
+
+def test_scripted_replies_answer_matching_prompts_streamed_or_not(llm_server: LLMServerClient) -> None:
+    tag = uuid.uuid4().hex
+    plan = "research: lag\n  code: an exporter"
+    llm_server.add_reply(plan, match=tag, times=2)
+    c = client(llm_server.url)
+    assert c.messages.create(model=MODEL, max_tokens=100, messages=ask(f"plan {tag}")).content[0].text == plan
+    with c.messages.stream(model=MODEL, max_tokens=100, messages=ask(f"plan {tag}")) as stream:
+        assert "".join(stream.text_stream) == plan
+        assert stream.get_final_message().usage.output_tokens == 5  # a word with the whitespace before it
+    third = c.messages.create(model=MODEL, max_tokens=100, messages=ask(f"plan {tag}")).content[0].text
+    assert third != plan  # times=2 used up: back to the deterministic answer
+    llm_server.add_reply(plan, match=tag, times=1)
+    cut = c.messages.create(model=MODEL, max_tokens=2, messages=ask(f"plan {tag}"))
+    assert (cut.content[0].text, cut.stop_reason) == ("research: lag", "max_tokens")
+    with pytest.raises(urllib.error.HTTPError, match="400"):
+        llm_server.add_reply(None, match="x")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("fault", "error", "status", "kind"), [

@@ -31,8 +31,13 @@ Faults (:data:`FAULTS`): ``rate_limit`` (429 ``rate_limit_error`` with ``retry-a
 ``cut`` (the connection is closed after ``after`` deltas), ``stall`` (nothing for ``seconds`` before the
 response), ``stall_mid`` (nothing for ``seconds`` after ``after`` deltas).
 
+Scripted answers: ``POST /_control/replies`` with ``{"text": ..., "match": "text", "times": N}`` makes the
+next N requests whose prompt contains ``match`` (every such request without ``times``) answer ``text``
+(one token per word, whitespace kept, cut at ``max_tokens``): a planner's plan, a tool's JSON.
+
 ``GET /_control/requests`` lists what arrived (time, model, ``metadata.user_id``, a fingerprint of the API
-key, never the key, token counts, status, fault); ``POST /_control/reset`` clears faults, counters and log.
+key, never the key, token counts, status, fault); ``POST /_control/reset`` clears faults, replies, counters
+and log.
 """
 
 from __future__ import annotations
@@ -162,6 +167,30 @@ def answer(clean: str, max_tokens: int, length: int | None = None) -> tuple[list
     return tokens, ("max_tokens" if max_tokens < natural else "end_turn")
 
 
+def scripted(text: str, max_tokens: int) -> tuple[list[str], str]:
+    """Output tokens of a scripted answer (a word with the whitespace before it) and the stop reason."""
+    tokens = re.findall(r"\s*\S+", text) or [text]
+    return tokens[:max_tokens], ("max_tokens" if max_tokens < len(tokens) else "end_turn")
+
+
+@dataclass
+class Reply:
+    """A scripted answer for requests whose prompt contains ``match`` (``times`` left; None: always)."""
+
+    text: str
+    match: str = ""
+    times: int | None = None
+
+    @classmethod
+    def parse(cls, spec: dict[str, Any]) -> Reply:
+        if not isinstance(spec.get("text"), str):
+            raise ValueError("a scripted reply needs \"text\" (a string)")
+        times = spec.get("times")
+        if times is not None and (not isinstance(times, int) or times < 1):
+            raise ValueError("times must be an integer >= 1")
+        return cls(spec["text"], str(spec.get("match") or ""), times)
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -182,6 +211,7 @@ class StandIn:
         self.tokens_per_second = tokens_per_second
         self.ping_every = ping_every  # a ping event every N deltas (0: only after content_block_start)
         self.faults: list[Fault] = []  # from POST /_control/faults, consumed in order
+        self.replies: list[Reply] = []  # from POST /_control/replies, the first match answers
         self.hits: dict[str, int] = {}  # prompt-marker fault -> requests failed so far
         self.log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
         self.active = 0
@@ -194,6 +224,7 @@ class StandIn:
             web.post("/v1/messages/count_tokens", self.count_tokens),
             web.get("/_control/health", self.health),
             web.post("/_control/faults", self.add_fault),
+            web.post("/_control/replies", self.add_reply),
             web.delete("/_control/faults", self.clear_faults),
             web.get("/_control/requests", self.requests),
             web.post("/_control/reset", self.reset),
@@ -216,6 +247,14 @@ class StandIn:
                 if fault.times is not None:
                     fault.times -= 1
                 return fault
+        return None
+
+    def _reply_for(self, prompt: Prompt) -> Reply | None:
+        for reply in self.replies:
+            if reply.match in prompt.text and (reply.times is None or reply.times > 0):
+                if reply.times is not None:
+                    reply.times -= 1
+                return reply
         return None
 
     # -- API --------------------------------------------------------------------------------------
@@ -260,7 +299,9 @@ class StandIn:
         except ValueError as exc:
             return self._error(400, "invalid_request_error", f"bad stand-in marker: {exc}")
         fault = self._fault_for(prompt)
-        tokens, stop_reason = answer(prompt.clean, max_tokens, prompt.tokens)
+        script = self._reply_for(prompt) if fault is None else None
+        tokens, stop_reason = (scripted(script.text, max_tokens) if script is not None
+                               else answer(prompt.clean, max_tokens, prompt.tokens))
         input_tokens = count_tokens(prompt.clean)
         key = request.headers.get("x-api-key") or request.headers.get("authorization") or ""
         entry = {"ts": arrived, "model": body["model"], "user_id": (body.get("metadata") or {}).get("user_id"),
@@ -366,6 +407,15 @@ class StandIn:
         self.faults.extend(faults)
         return web.json_response({"faults": [asdict(f) for f in self.faults]})
 
+    async def add_reply(self, request: web.Request) -> web.Response:
+        try:
+            spec = await request.json()
+            replies = [Reply.parse(s) for s in (spec if isinstance(spec, list) else [spec])]
+        except (ValueError, TypeError, AttributeError) as exc:
+            return self._error(400, "invalid_request_error", str(exc))
+        self.replies.extend(replies)
+        return web.json_response({"replies": len(self.replies)})
+
     async def clear_faults(self, _request: web.Request) -> web.Response:
         self.faults.clear()
         return web.json_response({"faults": []})
@@ -376,6 +426,7 @@ class StandIn:
 
     async def reset(self, _request: web.Request) -> web.Response:
         self.faults.clear()
+        self.replies.clear()
         self.hits.clear()
         self.log.clear()
         self.peak_active = self.active
@@ -480,6 +531,10 @@ class LLMServerClient:
 
     def clear_faults(self) -> None:
         self._call("DELETE", "/_control/faults")
+
+    def add_reply(self, text: str, **options: Any) -> None:
+        """Answer ``text`` to the next requests: ``add_reply("research: X", match="planner", times=1)``."""
+        self._call("POST", "/_control/replies", {"text": text, **options})
 
     def requests(self, since: float = 0.0) -> list[dict[str, Any]]:
         return self._call("GET", f"/_control/requests?since={since}")
