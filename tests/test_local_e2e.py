@@ -268,3 +268,48 @@ def test_sigterm_worker_process_loses_nothing(app: Taskq, process_env: dict[str,
     assert all(r is not None and r.status == SUCCESS for r in records)
     assert sorted(int(x) for x in Path(journal).read_text().split()) == list(range(300))
     assert committed_total(app, nap.topic) == 300
+
+
+# --------------------------------------------------------------------------- control on the embedded broker
+
+
+def test_revoke_skips_a_queued_task_and_a_later_copy_of_it(app: Taskq, tmp_path: Path) -> None:
+    """Revocations work on the embedded broker as on Kafka: a task queued behind a slow one of its key
+    is skipped while the worker runs on, and the same id sent again later is skipped by a new worker."""
+    nap, add = app.get_task("e2e.nap"), app.get_task("e2e.add")
+    journal = tmp_path / "journal"
+    with worker_thread(app, concurrency=2):
+        slow = nap.apply_async((1, 1.5, str(journal)), key="k")
+        queued = nap.apply_async((2, 0.0, str(journal)), key="k")  # behind the slow one: same key
+        queued.revoke()
+        after = add.apply_async((3, 4), key="k")
+        assert after.get(timeout=30) == 7 and slow.get(timeout=30) == 1
+        assert queued.status == "REVOKED"
+    again = nap.apply_async((2, 0.0, str(journal)), key="k", task_id=queued.id)
+    with worker_thread(app, concurrency=2):
+        assert add.apply_async((5, 6), key="k").get(timeout=30) == 11  # behind the copy: it was dealt with
+    assert again.status == "REVOKED"
+    assert journal.read_text().split() == ["1"]  # the revoked task never ran
+
+
+def test_replay_from_an_offset_runs_new_tasks_with_provenance(app: Taskq) -> None:
+    from taskq.replay import H_REPLAY_OF, replay, window
+
+    add = app.get_task("e2e.add")
+    app.ensure_topic(add.topic, 2)
+    originals = [add.apply_async((i, i), key=f"k{i % 2}") for i in range(6)]
+    with worker_thread(app, concurrency=2):
+        assert [r.get(timeout=30) for r in originals] == [2 * i for i in range(6)]
+        ends = [hi for _lo, hi in app.broker.watermarks(add.topic).values()]
+        win = window(app, "e2e.add", from_offset=1)
+        sent = replay(app, win)
+        assert len(sent) == win.size == sum(max(0, hi - 1) for hi in ends) > 0  # all but offset 0 of each
+        results = wait_results(app, [new_id for _, new_id in sent], 30)
+    by_id = {r.id: r for r in originals}
+    for (record, new_id), result in zip(sent, results):
+        original = by_id[record.header("id").decode()]
+        assert new_id != original.id and result is not None and result.status == SUCCESS
+        assert result.result == original.result and record.header("id") == original.id.encode()
+    replayed = read_records(app, add.topic, 6 + len(sent))
+    assert sorted(r.header(H_REPLAY_OF).decode() for r in replayed if r.header(H_REPLAY_OF)) == sorted(
+        r.header("id").decode() for r, _ in sent)
