@@ -9,7 +9,9 @@ reads both forms. The README's "Events" section documents the fields.
 
 The hook methods run on the worker's threads and only append to a queue; a publisher thread turns
 the queue into events and produces them on the worker's idempotent producer, so a task never waits
-for its event. ``close()`` (at worker stop) publishes what is queued and flushes.
+for its event. The finisher publishes a batch's final events itself, and the worker commits those
+records' offsets only once the broker has acknowledged them (:meth:`EventsHook.hold`, bounded by
+``ACK_BOUND``). ``close()`` (at worker stop) publishes what is queued and flushes.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskq.brokers.base import Producer, Record
+from taskq.delivery import DeliveryGate
 from taskq.execution import Kind, Outcome
 from taskq.hooks import Hook, WorkerInfo
 from taskq.message import H_ATTEMPTS, H_ID, H_PARENT_ID, H_ROOT_ID, H_TASK
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from taskq.app import Taskq
 
 log = logging.getLogger("taskq.events")
+T = TypeVar("T")
 
 VERSION = 2
 #: schema versions this module decodes (v1: one object per record value; v2: an object or an array)
@@ -69,11 +73,16 @@ _OUTCOME_TYPES = {Kind.SUCCESS: TASK_SUCCEEDED, Kind.RETRY: TASK_RETRIED, Kind.D
 _RAN = frozenset({Kind.SUCCESS, Kind.RETRY, Kind.DEAD})  # outcomes of a task body that ran
 
 # queue items: (what, when, payload)
-_RECEIVED, _FINISHED, _SKIPPED, _ABANDONED, _WORKER = range(5)
+_RECEIVED, _FINISHED, _SKIPPED, _ABANDONED, _WORKER, _HOLD = range(6)
+#: seconds a hold waits for its events' acknowledgement before the offsets are committed anyway
+ACK_BOUND = 5.0
 
 
-def task_base(record: Record, worker: str | None, sent: float | None = None) -> dict[str, Any]:
-    """The fields every task event of this record carries, times unset."""
+def task_base(record: Record, worker: str | None, kind: str | None = None, ts: float | None = None,
+              received: float | None = None, started: float | None = None, sent: float | None = None,
+              ) -> dict[str, Any]:
+    """A task event of this record (``finished``, ``runtime`` and the exception fields unset), built
+    as one dict display: the hot path of every event."""
     raw_id = root = parent = name = None
     attempts = b"0"
     for header, value in record.headers:  # one pass; the last value of a header wins
@@ -94,14 +103,14 @@ def task_base(record: Record, worker: str | None, sent: float | None = None) -> 
         attempt = None
     key = record.key
     return {
-        "v": VERSION, "type": None, "ts": None, "worker": worker,
+        "v": VERSION, "type": kind, "ts": ts, "worker": worker,
         "id": task_id, "root_id": root.decode(errors="replace") if root is not None else task_id,
         "parent_id": parent.decode(errors="replace") if parent is not None else None,
         "task": name.decode(errors="replace") if name is not None else None,
         "key": key.decode(errors="replace") if key is not None else None,
         "topic": record.topic, "partition": record.partition, "offset": record.offset, "attempt": attempt,
         "sent": sent if sent is not None else (record.timestamp_ms / 1000.0 if record.timestamp_ms > 0 else None),
-        "received": None, "started": None, "finished": None, "runtime": None,
+        "received": received, "started": started, "finished": None, "runtime": None,
         "exc_type": None, "exc_message": None,
     }
 
@@ -165,10 +174,12 @@ def hostname_pid() -> tuple[str, int]:
 class EventsHook(Hook):
     """Publishes task state changes and worker heartbeats on the worker's producer.
 
-    Coalescing (``events_coalesce`` seconds, default 0.2): a task's received and started events are
+    Coalescing (``events_coalesce`` seconds, default 1.0): a task's received and started events are
     published once they are that old and the task has not moved on; a task that moves on sooner is
     told by its next event alone, which carries every time so far (``received``, ``started``). A final
     event is never held back. With 0 every state change is its own event.
+
+    :meth:`hold` lets the worker commit a record's offset only once its events are acknowledged.
     """
 
     def __init__(self, app: Taskq, producer: Producer, worker: str) -> None:
@@ -191,13 +202,14 @@ class EventsHook(Hook):
         self._told: set[tuple[str, int, int]] = set()  # received published
         self._told_started: set[tuple[str, int, int]] = set()
         self._due: deque[tuple[float, Sequence[Record]]] = deque()  # received batches, by coalesce deadline
-        self.failed = 0  # events that could not be queued (logged once)
+        self.failed = 0  # events that could not be queued or delivered (logged once)
         self._failure_logged = False
         self.published = 0  # events queued on the producer
-        # task events waiting for the end of this drain, per events-topic partition: (root key, JSON);
-        # 0 partitions (count unknown): each event is its own keyed message
+        self._gate = DeliveryGate(ACK_BOUND, self._failed)
+        # task events of this publishing round per events-topic partition, in order; 0 partitions
+        # (count unknown): each event is its own keyed message
         self._partitions = self._partition_count(app)
-        self._pending: dict[int, list[Any]] = {}  # [first root key, event JSON, event JSON, ...]
+        self._pending: dict[int, list[dict[str, Any]]] = {}
         self._thread = threading.Thread(target=self._run, name="taskq-events", daemon=True)
         self._thread.start()
 
@@ -210,8 +222,7 @@ class EventsHook(Hook):
         self._started[(record.topic, record.partition, record.offset)] = (time.time(), record)
 
     def finished(self, outcomes: Sequence[Outcome]) -> None:
-        """Queue the final events and publish what is queued, here: they reach the producer before the
-        worker may commit these offsets (a crash right after a commit loses no final event)."""
+        """Queue the final events and publish what is queued, here, in the finisher's thread."""
         self._queue.append((_FINISHED, time.time(), outcomes))
         self._drain()
 
@@ -233,6 +244,17 @@ class EventsHook(Hook):
         self._queue.append((_WORKER, time.time(), (WORKER_OFFLINE, worker)))
         self._wake.set()
 
+    def hold(self, items: T, release: Callable[[T], None]) -> None:
+        """Call ``release(items)`` once every task event queued before this call is acknowledged by the
+        broker, or after ``ACK_BOUND`` s (logged once). The worker passes its finished records here
+        before committing their offsets, so a crash right after a commit loses none of their events."""
+        self._queue.append((_HOLD, 0.0, (items, release)))
+        try:
+            self._drain()
+        except Exception:  # noqa: BLE001 - the events thread publishes it on its next round
+            log.exception("building task events failed; continuing")
+        self._wake.set()  # the events thread serves delivery reports until the hold is released
+
     # -- publishing ---------------------------------------------------------------------------------
 
     def close(self, timeout: float) -> int:
@@ -240,10 +262,13 @@ class EventsHook(Hook):
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
-        return self._producer.flush(timeout)
+        left = self._producer.flush(timeout)
+        self._gate.release_all()
+        return left
 
     def _run(self) -> None:
         tick = min(0.05, self.coalesce / 2) if self.coalesce else 0.05
+        gate = self._gate
         while True:
             stopping = self._stop.is_set()
             try:
@@ -253,16 +278,27 @@ class EventsHook(Hook):
             if stopping:
                 self._drain()  # what was queued while the last drain ran
                 return
-            self._wake.wait(tick)
+            now = time.monotonic()
+            gate.expire(now)
+            deadline = now + tick
+            # while holds wait, serve delivery reports as they come (the embedded broker's poll never blocks)
+            while gate.waiting and not self._wake.is_set() and (left := deadline - time.monotonic()) > 0:
+                if not self._producer.poll(left):
+                    break
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
             self._wake.clear()
 
     def _drain(self) -> None:
         with self._lock:  # one publisher at a time keeps the queue's order on the producer
+            self._gate.open()
             try:
                 self._drain_locked()
                 self._publish_due(time.time())
             finally:
-                self._send_pending()
+                try:
+                    self._send_pending()
+                finally:
+                    self._gate.close()
         self._producer.poll(0)
 
     def _partition_count(self, app: Taskq) -> int:
@@ -276,18 +312,22 @@ class EventsHook(Hook):
         queue, received, coalesce = self._queue, self._received, self.coalesce
         while queue:
             what, now, payload = queue.popleft()
-            if what == _RECEIVED:
-                received.update(dict.fromkeys([(r.topic, r.partition, r.offset) for r in payload], now))
+            if what == _FINISHED:
+                finished = self._finished
+                for outcome in payload:
+                    finished(outcome, now)
+            elif what == _RECEIVED:
+                for r in payload:
+                    received[(r.topic, r.partition, r.offset)] = now
                 self._due.append((now + coalesce, payload))
                 if not coalesce:
                     self._publish_received(now)
-            elif what == _FINISHED:
-                for outcome in payload:
-                    self._finished(outcome, now)
+            elif what == _HOLD:
+                items, release = payload
+                self._gate.hold(items, release, time.monotonic())
             elif what == _SKIPPED:
                 for record, result in zip(*payload):
-                    key = (record.topic, record.partition, record.offset)
-                    event = self._task_event(TASK_SKIPPED, now, record, key, forget=True)
+                    event = self._task_event(TASK_SKIPPED, now, record, forget=True)
                     # the final state stored by the run that finished it; None: a second copy of a
                     # follow-up task still running here
                     event["finished"] = (result.date_done if result is not None else None) or now
@@ -309,7 +349,7 @@ class EventsHook(Hook):
         for key, (at, record) in list(self._started.items()):
             if at <= horizon and key not in self._told_started and key in self._received:
                 self._told_started.add(key)
-                self._produce(self._task_event(TASK_STARTED, now, record, key))
+                self._produce(self._task_event(TASK_STARTED, now, record))
 
     def _publish_received(self, now: float) -> None:
         due, received, started, told, coalesce = self._due, self._received, self._started, self._told, self.coalesce
@@ -318,7 +358,7 @@ class EventsHook(Hook):
                 key = (record.topic, record.partition, record.offset)
                 if key in received and key not in told and not (coalesce and key in started):
                     told.add(key)
-                    self._produce(self._task_event(TASK_RECEIVED, now, record, key))
+                    self._produce(self._task_event(TASK_RECEIVED, now, record))
 
     def _forget(self, key: tuple[str, int, int]) -> tuple[float | None, float | None]:
         """(received, started) times of a record that moves on for good; its state here is dropped."""
@@ -331,41 +371,41 @@ class EventsHook(Hook):
 
     def _finished(self, outcome: Outcome, now: float) -> None:
         record = outcome.record
-        key = (record.topic, record.partition, record.offset)
-        if not self.coalesce and key in self._started and key not in self._told_started:
-            self._produce(self._task_event(TASK_STARTED, self._started[key][0], record, key))
-        event = self._task_event(_OUTCOME_TYPES[outcome.kind], now, record, key, forget=True)
+        kind = outcome.kind
+        if not self.coalesce:
+            key = (record.topic, record.partition, record.offset)
+            if key in self._started and key not in self._told_started:
+                self._produce(self._task_event(TASK_STARTED, self._started[key][0], record))
+        event = self._task_event(_OUTCOME_TYPES[kind], now, record, forget=True)
         result = outcome.result
         finished = result.date_done if result is not None and result.date_done else now
         event["finished"] = finished
-        if outcome.kind in _RAN:
+        if kind in _RAN:
             event["runtime"] = outcome.runtime
             if event["started"] is None:  # its start was not seen here
                 event["started"] = finished - outcome.runtime
-        if outcome.kind is not Kind.SUCCESS:
+        if kind is not Kind.SUCCESS:
             event["exc_type"] = outcome.error_type or None
             event["exc_message"] = (outcome.error_message or "")[:1024] or None
-        if outcome.kind is Kind.RETRY:
-            event["retry_in"] = outcome.retry_delay
-        if self.include_args and result is not None and outcome.kind is Kind.SUCCESS:
+            if kind is Kind.RETRY:
+                event["retry_in"] = outcome.retry_delay
+        elif self.include_args and result is not None:
             event["result"] = result.result
         self._produce(event)
-        if outcome.kind is Kind.DEAD:
+        if kind is Kind.DEAD:
             dead = dict(event)
             dead["type"] = TASK_DEAD
             self._produce(dead)
 
-    def _task_event(self, kind: str, now: float, record: Record, key: tuple[str, int, int], forget: bool = False,
-                    ) -> dict[str, Any]:
-        event = task_base(record, self.worker)
-        event["type"] = kind
-        event["ts"] = now
+    def _task_event(self, kind: str, now: float, record: Record, forget: bool = False) -> dict[str, Any]:
+        key = (record.topic, record.partition, record.offset)
         if forget:
-            event["received"], event["started"] = self._forget(key)
+            received, started = self._forget(key)
         else:
-            event["received"] = self._received.get(key)
-            started = self._started.get(key)
-            event["started"] = started[0] if started is not None else None
+            received = self._received.get(key)
+            at = self._started.get(key)
+            started = at[0] if at is not None else None
+        event = task_base(record, self.worker, kind, now, received, started)
         if self.include_args:
             event["args"], event["kwargs"] = self._arguments(record)
         return event
@@ -380,45 +420,51 @@ class EventsHook(Hook):
             return None, None
 
     def _produce(self, event: dict[str, Any]) -> None:
+        """Add a task event to this round's message of its partition (sent at the round's end)."""
         root = event["root_id"]
-        key = root.encode() if root else None
-        data = _dumps(event)
-        if not self._partitions or key is None:
-            self._send(key, data)
+        if not self._partitions or root is None:
+            self._send_events(None, [event])
             return
-        partition = event_partition(key, self._partitions)
+        partition = zlib.crc32(root.encode()) % self._partitions  # event_partition, inlined
         pending = self._pending.get(partition)
-        if pending is None:  # the first event's root id keys the message; bytes only in the list (no GC work)
-            self._pending[partition] = [key, data]
+        if pending is None:
+            self._pending[partition] = [event]
         else:
-            pending.append(data)
+            pending.append(event)
 
     def _send_pending(self) -> None:
-        """One message per partition for the task events of this drain: the event itself, or a JSON
-        array of them in order, cut before ``MAX_ARRAY_BYTES``."""
+        """One message per partition for the task events of this round: the event itself, or a JSON
+        array of them in order (halved until under ``MAX_ARRAY_BYTES``)."""
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
-        for partition, items in pending.items():
-            key, start, size = items[0], 1, 2
-            for i in range(1, len(items)):
-                size += len(items[i]) + 1
-                if i > start and size > MAX_ARRAY_BYTES:
-                    self._send_to(partition, key, items[start:i])
-                    start, size = i, 2 + len(items[i]) + 1
-            self._send_to(partition, key, items[start:])
+        for partition, events in pending.items():
+            self._send_events(partition, events)
 
-    def _send_to(self, partition: int, key: bytes | None, items: list[bytes]) -> None:
-        value = items[0] if len(items) == 1 else b"[" + b",".join(items) + b"]"
+    def _send_events(self, partition: int | None, events: list[dict[str, Any]]) -> None:
+        """One message keyed by the first event's root id, acknowledged through the delivery gate."""
         try:
-            self._producer.produce(self.topic, key, value, partition=partition)
-            self.published += len(items)
+            value = _dumps(events[0] if len(events) == 1 else events)
+        except Exception as exc:  # noqa: BLE001 - an event that cannot be encoded never affects a task
+            self._failed(len(events), exc)
+            return
+        if len(value) > MAX_ARRAY_BYTES and len(events) > 1:
+            half = len(events) // 2
+            self._send_events(partition, events[:half])
+            self._send_events(partition, events[half:])
+            return
+        root = events[0]["root_id"]
+        report = self._gate.count(len(events))
+        try:
+            self._producer.produce(self.topic, root.encode() if root else None, value, on_delivery=report,
+                                   partition=partition)
+            self.published += len(events)
         except Exception as exc:  # noqa: BLE001 - an event that cannot be queued never affects a task
-            self._failed(len(items), exc)
+            report(exc, None)
 
     def _send(self, key: bytes | None, value: bytes) -> None:
-        """Queue one event: no delivery callback (a Python call per event would cost more than the rest);
-        the idempotent producer retries it until its message timeout, like any message."""
+        """Queue a worker event: no delivery report (nothing waits for it); the idempotent producer
+        retries it until its message timeout, like any message."""
         try:
             self._send_raw(self.topic, key, value)
             self.published += 1
@@ -429,5 +475,5 @@ class EventsHook(Hook):
         self.failed += count
         if not self._failure_logged:
             self._failure_logged = True
-            log.error("cannot queue a task event for %s: %s (further failures are counted, not logged)",
+            log.error("cannot publish a task event on %s: %s (further failures are counted, not logged)",
                       self.topic, exc)

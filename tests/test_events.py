@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from taskq import Taskq
+from taskq.delivery import DeliveryGate
 from taskq.events import FINAL_TYPES, TASK_DEAD, TASK_FAILED, TASK_RECEIVED, TASK_RETRIED, TASK_SKIPPED
 from taskq.events import TASK_STARTED, TASK_SUCCEEDED, VERSION, decode_all, event_partition
 from taskq.inspect import read_events, workers
@@ -164,6 +165,79 @@ def test_events_lag_and_inspect_over_two_workers_with_retries_dead_letters_a_bro
         for w in procs:
             w.stop()
         app.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+def test_a_worker_killed_right_after_committing_loses_no_event(kafka_url: str, redis_clean: str, unique: str) -> None:
+    """Offsets are committed only once their task events are acknowledged: with the worker's producer
+    lingering 1.5 s before sending, a kill -9 as soon as every offset is committed loses no final event
+    (without the wait the commits land ~1.3 s before the events leave the process)."""
+    env = {**env_for(kafka_url, redis_clean, f"evk{unique}"), "TASKQ_PRODUCER_OPTIONS": "linger.ms=1500"}
+    group = env["TASKQ_GROUP"]
+    app, tasks = reliable_client(env)
+    worker = WorkerProcess("tests.apps.reliable", env, "-c", "4", name="wk")
+    try:
+        worker.wait_for("assigned")
+        echo = tasks["echo"]
+        ids = [echo.delay(f"k{i % 20}", i).id for i in range(300)]
+        app.flush()
+        wait_until(lambda: sum(app.broker.committed(group, echo.topic).values()) >= len(ids), 60,
+                   "every offset committed", interval=0.01)
+        worker.kill()
+        records = app.backend.get_many(ids)
+        assert all(r is not None and r.status == SUCCESS for r in records)
+        wanted = set(ids)
+        finals = {e["id"]: e for e in all_events(app) if e.get("id") in wanted and e["type"] in FINAL_TYPES}
+        missing = [i for i in ids if i not in finals]
+        assert not missing, f"{len(missing)} of {len(ids)} tasks have no final event"
+        assert {e["type"] for e in finals.values()} == {TASK_SUCCEEDED}
+    finally:
+        worker.stop()
+        app.close()
+
+
+def test_delivery_gate_releases_holds_in_round_order_and_bounds_the_wait() -> None:
+    """A hold waits for its round and every earlier one; past the bound it is released anyway, once
+    logged, and later holds wait no more until a message is acknowledged again."""
+    errors: list[tuple[int, Exception]] = []
+    gate = DeliveryGate(5.0, lambda n, exc: errors.append((n, exc)))
+    released: list[str] = []
+    gate.open()
+    first = gate.count(3)
+    gate.hold("a", released.append, 0.0)
+    gate.close()
+    gate.open()
+    second = gate.count(1)
+    gate.hold("b", released.append, 0.0)
+    gate.close()
+    gate.open()
+    gate.hold("c", released.append, 0.0)  # nothing sent in this round: waits for the earlier ones
+    gate.close()
+    second(None, None)
+    assert released == [] and gate.waiting
+    first(RuntimeError("gone"), None)  # a failed delivery counts as done (and is reported)
+    assert released == ["a", "b", "c"] and not gate.waiting and errors[0][0] == 3
+    gate.open()
+    lost = gate.count(1)
+    gate.hold("d", released.append, 10.0)
+    gate.close()
+    gate.expire(14.9)
+    assert released[-1] == "c"
+    gate.expire(15.0)  # the bound: released without its acknowledgement
+    assert released[-1] == "d"
+    gate.open()
+    gate.hold("e", released.append, 20.0)  # late: not held at all
+    assert released[-1] == "e"
+    gate.close()
+    lost(None, None)  # an acknowledgement again: holds wait again
+    gate.open()
+    gate.count(1)
+    gate.hold("f", released.append, 30.0)
+    gate.close()
+    assert released[-1] == "e" and gate.waiting
+    gate.release_all()
+    assert released[-1] == "f"
 
 
 def check_events(events: list[dict[str, Any]], expected: dict[str, tuple[str, Any]], records: dict[str, Any],

@@ -6,8 +6,9 @@ Threads and their hand-offs:
   tasks, to the :class:`Batcher`, which submits lists of them (``Pool.submit_batch``);
 - the pool runs records and hands each outcome to the :class:`Finisher` (``Finisher.put``);
 - the finisher makes outcomes durable (results stored, retries and dead letters acknowledged through
-  the :class:`Sender`), then calls ``Worker._finished`` which queues the records on ``_finished``
-  (a deque the consumer thread drains) and releases their keys in the dispatcher;
+  the :class:`Sender`), then calls ``Worker._on_finished`` which releases their keys in the dispatcher
+  and queues the records on ``_finished`` (a deque the consumer thread drains); with events on, only
+  once the broker acknowledged their task events (``EventsHook.hold``, bounded);
 - the :class:`Forwarder` moves due delayed messages back to their task topics.
 An offset is committed only when it and every offset before it in its partition are finished.
 Every state change is reported through the worker's :class:`~taskq.hooks.HookSet` (resolved once in
@@ -24,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from taskq.app import Taskq
 from taskq.brokers.base import Consumer, Record, TopicPartition
@@ -94,6 +96,8 @@ class Worker:
         self._stopping = threading.Event()
         self._fatal: OutageTooLong | None = None  # set by a thread that gave up waiting out an outage
         self._finished: deque[tuple[Record, bool]] = deque()  # (record, offset may be committed)
+        # finished records go to _finished through this: with events on, once their events are acknowledged
+        self._after_events: Callable[[Finished], None] = self._to_offsets
         self._finished_event = threading.Event()
         self._offsets = OffsetTracker()
         self._revoked: set[TopicPartition] = set()
@@ -145,6 +149,7 @@ class Worker:
             app.ensure_topic(app.events_topic, app.settings.default_partitions)
             events = EventsHook(app, producer, self.name)
             hooks.append(events)
+            self._after_events = partial(events.hold, release=self._to_offsets)
         self.hooks = hook_set = HookSet(hooks)
         holder = self._holder = RetryHolder(self.pool.submit)
         finisher = Finisher(app, sender, self.name, self._on_finished, hook_set.finished, holder.hold, self._fail)
@@ -258,7 +263,6 @@ class Worker:
             if location in skip or (task_id is not None and task_id in self._running):
                 # final already, or a second copy of a follow-up taken here and not finished: not run again
                 skipped.append(record)
-                self._finished.append((record, True))
             else:
                 if task_id is not None:
                     self._running[task_id] = record
@@ -268,6 +272,7 @@ class Worker:
                     self._dispatch(record)
         if skipped:
             self.hooks.skipped(skipped, [skip.get((r.topic, r.partition, r.offset)) for r in skipped])
+            self._after_events([(r, True) for r in skipped])
         if self._priorities is not None:
             self._priorities.pump()
 
@@ -409,12 +414,16 @@ class Worker:
         abandoned = [record for record, durable in batch if not durable]
         if abandoned:
             self.hooks.abandoned(abandoned)
-        for item in batch:
-            self._finished.append(item)
-            if self._batcher.handles(item[0]):
-                self._batcher.release(item[0])
+        for record, _ in batch:
+            if self._batcher.handles(record):
+                self._batcher.release(record)
             else:
-                self._dispatcher.release(item[0])
+                self._dispatcher.release(record)
+        self._after_events(batch)
+
+    def _to_offsets(self, batch: Finished) -> None:
+        """Hand finished records to the consumer thread (any thread): their offsets may be committed."""
+        self._finished.extend(batch)
         self._finished_event.set()
 
 
