@@ -14,7 +14,7 @@ __all__ = ["Monitor", "MonitorConfig"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from monitor import core
+        from taskq.monitor import core
 
         return getattr(core, name)
     raise AttributeError(name)

@@ -16,10 +16,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from monitor.core import Monitor
-from monitor.live import sse
-from monitor.state import STATES, TaskFilter, TaskView, tree
-from monitor.topics import waiting as waiting_in_partition
+from taskq.monitor.core import Monitor
+from taskq.monitor.live import sse
+from taskq.monitor.state import STATES, TaskFilter, TaskView, tree
+from taskq.monitor.topics import waiting as waiting_in_partition
 from taskq.dlq import DeadLetter, dead_letters, replay
 from taskq.errors import ConfigError, NotRegistered, TaskqError
 from taskq.topics import dlq_origin, dlq_topic

@@ -33,9 +33,9 @@ def monitor(app_path: str | None, host: str, port: int, token: str | None, since
             lag_threshold: int) -> None:
     """Serve the monitoring web UI, REST API and /metrics."""
     try:
-        from monitor.consumer import parse_since
-        from monitor.core import MonitorConfig
-        from monitor.server import serve
+        from taskq.monitor.consumer import parse_since
+        from taskq.monitor.core import MonitorConfig
+        from taskq.monitor.server import serve
     except ImportError as exc:
         raise _missing(exc, "monitor") from exc
     try:
@@ -56,8 +56,8 @@ def monitor(app_path: str | None, host: str, port: int, token: str | None, since
 def flower(app_path: str | None, celery_broker: str, since: str) -> None:
     """Let the real Flower show taskq: republish events as Celery events and answer inspect calls."""
     try:
-        from monitor.consumer import parse_since
-        from monitor.flower import FlowerBridge
+        from taskq.monitor.consumer import parse_since
+        from taskq.monitor.flower import FlowerBridge
     except ImportError as exc:
         raise _missing(exc, "flower") from exc
     try:

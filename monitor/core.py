@@ -7,12 +7,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.consumer import EventConsumer
-from monitor.live import Broadcaster
-from monitor.metrics import Metrics
-from monitor.state import State
-from monitor.topics import LagSampler
-from monitor.usage import UsageReader
+from taskq.monitor.consumer import EventConsumer
+from taskq.monitor.live import Broadcaster
+from taskq.monitor.metrics import Metrics
+from taskq.monitor.state import State
+from taskq.monitor.topics import LagSampler
+from taskq.monitor.usage import UsageReader
 from taskq.app import Taskq
 
 TOKEN_ENV = "TASKQ_MONITOR_TOKEN"

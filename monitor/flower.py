@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from monitor.consumer import EventConsumer
+from taskq.monitor.consumer import EventConsumer
 from taskq.app import Taskq
 
 log = logging.getLogger("taskq.flower")

@@ -15,11 +15,11 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from monitor.api import letter_dict, letters_of, replay_letters, task_filter
-from monitor.core import Monitor
-from monitor.state import STATES, tree
-from monitor.svg import line_chart
-from monitor.topics import waiting as waiting_in_partition
+from taskq.monitor.api import letter_dict, letters_of, replay_letters, task_filter
+from taskq.monitor.core import Monitor
+from taskq.monitor.state import STATES, tree
+from taskq.monitor.svg import line_chart
+from taskq.monitor.topics import waiting as waiting_in_partition
 
 TEMPLATES = Path(__file__).parent / "templates"
 

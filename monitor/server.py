@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from monitor.core import Monitor, MonitorConfig
+from taskq.monitor.core import Monitor, MonitorConfig
 from taskq.app import Taskq
 
 log = logging.getLogger("taskq.monitor")
@@ -14,7 +14,7 @@ def serve(app: Taskq, config: MonitorConfig, host: str = "127.0.0.1", port: int 
     """Run until interrupted; the consumer and sampler threads stop with the server."""
     import uvicorn
 
-    from monitor.web import create_app
+    from taskq.monitor.web import create_app
 
     monitor = Monitor(app, config).start()
     if host not in ("127.0.0.1", "localhost", "::1") and not config.token:

@@ -63,7 +63,7 @@ def _leaders(app: Taskq) -> dict[tuple[str, int], str]:
 
 def classify(app: Taskq, topic: str) -> tuple[str, str | None]:
     """(kind, consuming group) of one of the app's topics."""
-    from monitor.consumer import events_topic
+    from taskq.monitor.consumer import events_topic
 
     prefix = app.settings.topic_prefix
     if topic == events_topic(app):

@@ -10,8 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from monitor import api, pages
-from monitor.core import Monitor
+from taskq.monitor import api, pages
+from taskq.monitor.core import Monitor
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "taskq_monitor_token"

@@ -41,8 +41,8 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=LazyGroup, lazy={"monitor": "monitor.cli:monitor",  # extras: monitor, flower
-                                  "flower": "monitor.cli:flower"})
+@click.group(cls=LazyGroup, lazy={"monitor": "taskq.monitor.cli:monitor",  # extras: monitor, flower
+                                  "flower": "taskq.monitor.cli:flower"})
 @click.option("--log-level", default="WARNING", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
 @click.pass_context
 def main(ctx: click.Context, log_level: str) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from monitor.consumer import events_topic
-from monitor.core import Monitor, MonitorConfig
+from taskq.monitor.consumer import events_topic
+from taskq.monitor.core import Monitor, MonitorConfig
 from taskq.app import Taskq
 from tests.support import wait_until
 
@@ -68,7 +68,7 @@ def served(monitor: Monitor) -> Iterator[str]:
     """The monitor's web app on a real uvicorn server in a thread; yields its base URL."""
     import uvicorn
 
-    from monitor.web import create_app
+    from taskq.monitor.web import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(monitor), host="127.0.0.1", port=port, log_level="warning"))

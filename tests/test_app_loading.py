@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from taskq import ConfigError, Taskq
 from taskq.app import load_app
 from taskq.cli import main
+from tests.support import ROOT
 
 
 def write_module(root: Path, body: str, package: bool = False) -> str:
@@ -89,7 +91,7 @@ def test_cli_loads_the_monitor_only_for_its_commands() -> None:
     """``import taskq.cli`` (every ``taskq`` command) imports neither the monitor nor its web stack;
     ``taskq monitor`` and ``taskq flower`` are still listed and run."""
     code = ("import sys, taskq.cli; print(sorted(m for m in sys.modules "
-            "if m.split('.')[0] in {'monitor', 'starlette', 'fastapi', 'uvicorn', 'jinja2'}))")
+            "if m.startswith('taskq.monitor') or m.split('.')[0] in {'starlette', 'fastapi', 'uvicorn', 'jinja2'}))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
     listed = CliRunner().invoke(main, ["--help"])
@@ -105,3 +107,19 @@ def test_import_taskq_leaves_the_worker_unimported() -> None:
             "from taskq import Worker; from taskq.worker import Worker as W; assert Worker is W is taskq.Worker")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_wheel_installs_the_taskq_package_only(tmp_path: Path) -> None:
+    """No top-level ``tasks`` or ``monitor`` to collide with a project's own modules: the monitor ships as
+    ``taskq.monitor`` (with its templates and assets), and every package folder is in the wheel."""
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = tmp_path.glob("taskq-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"taskq"}
+    folders = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in (ROOT / "taskq").rglob("__init__.py")}
+    packaged = {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("/__init__.py")}
+    assert packaged == folders | {"taskq.monitor"}
+    assert "taskq/monitor/templates/overview.html" in names and any(n.startswith("taskq/monitor/static/")
+                                                                    for n in names)

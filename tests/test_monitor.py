@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.consumer import parse_since
-from monitor.state import State, TaskFilter, tree
-from monitor.topics import waiting
+from taskq.monitor.consumer import parse_since
+from taskq.monitor.state import State, TaskFilter, tree
+from taskq.monitor.topics import waiting
 from taskq.app import Taskq
 from taskq.errors import ConfigError
 from tests.monitor_support import lifecycle, produce_events, running_monitor, task_event

@@ -11,8 +11,8 @@ from types import ModuleType
 import pytest
 from fastapi.testclient import TestClient
 
-from monitor.core import Monitor, MonitorConfig
-from monitor.web import create_app
+from taskq.monitor.core import Monitor, MonitorConfig
+from taskq.monitor.web import create_app
 from tests.monitor_support import running_monitor, wait_state
 from tests.support import local_app_module, wait_until, worker_thread
 

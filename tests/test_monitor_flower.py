@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from monitor.flower import FlowerBridge, to_celery
+from taskq.monitor.flower import FlowerBridge, to_celery
 from tests.monitor_support import task_event
 from tests.support import local_app_module, wait_until, worker_thread
 
