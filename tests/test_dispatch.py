@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-
+from collections import deque
 
 from taskq.brokers.base import Record
 from taskq.worker import KeyedDispatcher
@@ -45,3 +45,37 @@ def test_keyed_dispatcher_drop() -> None:
     assert dispatcher.drop() == p1[1:]
     dispatcher.release(p1[0])
     assert submitted == [p0[0], p1[0]]
+
+
+def test_keyed_dispatcher_forgets_keys_with_nothing_in_flight() -> None:
+    """Per-key state lives only while a key has a record running or waiting: a worker that sees millions
+    of distinct keys (every unkeyed task's key is its id) holds state for what is in flight only."""
+    running: deque[Record] = deque()
+    dispatcher = KeyedDispatcher(running.append)
+    ran = 0
+    for i in range(10_000):
+        key = f"k{i}".encode()
+        dispatcher.dispatch(as_record(b"", [], offset=i, key=key))
+        if i % 10 == 0:
+            dispatcher.dispatch(as_record(b"", [], offset=i, key=key))  # waits behind the first
+        while len(running) > 1:  # the oldest finishes, as the finisher releases records
+            dispatcher.release(running.popleft())
+            ran += 1
+        assert len(dispatcher) <= 3
+    while running:
+        dispatcher.release(running.popleft())
+        ran += 1
+    assert len(dispatcher) == 0
+    assert ran == 11_000  # every record ran, the waiting ones after their key's first
+
+
+def test_keyed_dispatcher_forgets_keys_after_drop() -> None:
+    submitted: list[Record] = []
+    dispatcher = KeyedDispatcher(submitted.append)
+    records = [as_record(b"", [], offset=o, key=b"k") for o in range(3)]
+    for r in records:
+        dispatcher.dispatch(r)
+    assert dispatcher.drop() == records[1:]
+    assert len(dispatcher) == 1  # the running record still holds its key
+    dispatcher.release(records[0])
+    assert len(dispatcher) == 0

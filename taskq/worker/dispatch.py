@@ -23,6 +23,10 @@ class KeyedDispatcher:
         self._waiting: dict[tuple[str, int, bytes | None], deque[Record]] = {}
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        """Keys with a record running or waiting (a key with nothing in flight is forgotten)."""
+        return len(self._waiting)
+
     def dispatch(self, record: Record) -> None:
         key = (record.topic, record.partition, record.key)
         with self._lock:
