@@ -284,8 +284,17 @@ class Taskq:
                               f"{failed[0][1]}")
 
     def ensure_topic(self, topic: str, partitions: int) -> None:
+        """Create ``topic`` if missing. The first time one registered task's topic is asked for, every
+        registered task's topics come with it: one CreateTopics round trip for all task types, not one each."""
         if topic not in self._ensured:
-            self.ensure_topics({topic: partitions})
+            topics = {topic: partitions}
+            if any(topic in t.topics for t in self.tasks.values()):
+                topics = {**self.task_topics(), **topics}
+            self.ensure_topics(topics)
+
+    def task_topics(self) -> dict[str, int]:
+        """Every registered task's topics (each priority level) and their partition counts."""
+        return {topic: t.partitions for t in self.tasks.values() for topic in t.topics}
 
     def ensure_topics(self, topics: dict[str, int]) -> None:
         missing = {t: n for t, n in topics.items() if t not in self._ensured}

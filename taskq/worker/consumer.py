@@ -44,6 +44,7 @@ from taskq.worker.forwarder import Forwarder
 from taskq.worker.offsets import OffsetTracker
 from taskq.worker.priority import PriorityScheduler
 from taskq.topic_admin import check_members
+from taskq.topics import DLQ_PARTITIONS
 from taskq.worker.revoke import IdleCheck, RevokeGate
 from taskq.worker.sender import Sender, retrying
 from taskq.worker.heartbeat import Heartbeat
@@ -136,8 +137,12 @@ class Worker:
             raise BrokerError("no tasks to consume: register tasks or name them with -Q")
         app = self.app
         partitions = {topic: t.partitions for t in self.tasks for topic in t.topics}
-        app.ensure_topics({**partitions, **{app.dlq_topic(t): n for t, n in partitions.items()}})
-        app.ensure_topics({t: app.settings.default_partitions for t in app.delay_topics})
+        # one CreateTopics for the task topics, their dead letters, the delay tiers and the events topic
+        topics = {**partitions, **{app.dlq_topic(t): DLQ_PARTITIONS for t in partitions},
+                  **{t: app.settings.default_partitions for t in app.delay_topics}}
+        if app.settings.events:
+            topics[app.events_topic] = app.settings.default_partitions
+        app.ensure_topics(topics)
         app.backend  # noqa: B018 - fail fast on a bad backend URL
         producer = app.broker.producer(**app.settings.producer_options)
         sender = Sender(producer, app.settings.outage_timeout)
@@ -146,7 +151,6 @@ class Worker:
         if app.settings.track_started:
             hooks.append(TrackStarted(app.backend, self.name))
         if app.settings.events:
-            app.ensure_topic(app.events_topic, app.settings.default_partitions)
             events = EventsHook(app, producer, self.name)
             hooks.append(events)
             self._after_events = partial(events.hold, release=self._to_offsets)

@@ -1,0 +1,74 @@
+"""Topic creation on real Kafka grows gently with the number of task types: one admin round trip for all
+the task topics at the first send, one for everything a worker needs at its start, dead letters in one
+partition."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from taskq import Taskq
+from taskq.topics import DLQ_PARTITIONS
+from tests.support import worker_thread
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+TYPES = 12
+
+
+def growth_app(kafka_url: str, redis_url: str, unique: str) -> Taskq:
+    app = Taskq(f"growth{unique}", broker=kafka_url, backend=redis_url, topic_prefix=f"growth{unique}.",
+                events=True)
+
+    def noop() -> None:
+        return None
+
+    for i in range(TYPES):
+        app.task(name=f"t{i:02d}")(noop)
+    return app
+
+
+@pytest.fixture
+def app_and_calls(kafka_url: str, redis_url: str, unique: str) -> Iterator[tuple[Taskq, list[dict[str, int]]]]:
+    """The app and the topics of every ``ensure_topics`` call its (real) Kafka broker object receives."""
+    app = growth_app(kafka_url, redis_url, unique)
+    calls: list[dict[str, int]] = []
+    broker = app.broker
+    real = broker.ensure_topics
+
+    def recording(topics: dict[str, int], *args: Any, **kwargs: Any) -> None:
+        calls.append(dict(topics))
+        real(topics, *args, **kwargs)
+
+    broker.ensure_topics = recording  # type: ignore[method-assign]
+    yield app, calls
+    app.close()
+
+
+def test_first_send_creates_every_task_topic_in_one_call(app_and_calls: tuple[Taskq, list[dict[str, int]]]) -> None:
+    app, calls = app_and_calls
+    task_topics = {t.topic for t in app.tasks.values()}
+    app.get_task("t00").delay()
+    app.flush()
+    assert len(calls) == 1 and set(calls[0]) == task_topics
+    existing = app.broker.list_topics()
+    assert all(existing.get(t) == app.settings.default_partitions for t in task_topics)
+    for i in range(1, TYPES):  # the other types are known now: no more admin calls
+        app.get_task(f"t{i:02d}").delay()
+    app.flush()
+    assert len(calls) == 1
+
+
+def test_worker_creates_its_topics_in_one_call(app_and_calls: tuple[Taskq, list[dict[str, int]]]) -> None:
+    app, calls = app_and_calls
+    dead = {app.dlq_topic(t.topic) for t in app.tasks.values()}
+    wanted = {t.topic for t in app.tasks.values()} | dead | set(app.delay_topics) | {app.events_topic}
+    with worker_thread(app, concurrency=2):
+        pass
+    first = calls[0]
+    assert set(first) == wanted  # task topics, dead letters, delay tiers and events: one CreateTopics
+    assert not any(wanted & set(later) for later in calls[1:])
+    existing = app.broker.list_topics()
+    assert {t: existing.get(t) for t in dead} == dict.fromkeys(dead, DLQ_PARTITIONS)
+    assert all(existing.get(t) == app.settings.default_partitions for t in wanted - dead)
