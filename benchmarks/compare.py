@@ -10,7 +10,11 @@ For every framework, on one worker process each:
 * **e2e**: then one worker process is started and timed until every one of those results is in
   Redis (taskq: and the offsets are committed). Also its CPU per task and peak RSS (``/proc``);
 * **latency**: with that worker now idle, ``--rounds`` round trips ``send -> result`` one at a
-  time after ``--warmup``; p50/p99.
+  time after ``--warmup``; p50/p99;
+* **first result**: one task waiting, a fresh worker process started, timed until its result is in
+  Redis (median of ``--starts``);
+* **one-shot script**: a new interpreter that imports the framework and the app, sends one task,
+  waits for the broker to take it and exits, wall time (median of ``--starts``).
 
 Frameworks (peer apps in ``benchmarks/peers/``):
 
@@ -38,6 +42,8 @@ import importlib
 import json
 import math
 import os
+import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -104,6 +110,16 @@ class TaskqClient:
     def finished(self) -> Callable[[], bool] | None:
         return bench.offsets_committed(self.app, bench.NOOP)
 
+    def oneshot(self) -> tuple[list[str], dict[str, str]]:
+        """A user's script that sends one task (settings from TASKQ_* variables, as a deployment has)."""
+        code = ("from taskq import Taskq\n"
+                "app = Taskq('oneshot')\n"
+                f"@app.task(name={bench.NOOP!r})\n"
+                "def noop() -> None: ...\n"
+                "noop.delay()\n"
+                "app.flush()\n")
+        return [sys.executable, "-c", code], self.target.worker_env(self.run)
+
     def close(self) -> None:
         bench.cleanup(self.app, self.ids)
 
@@ -123,11 +139,18 @@ class PeerClient:
         self.pool = pool
         self.config = config
 
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                    PYTHONUNBUFFERED="1", **self.env)
+
     def worker(self) -> bench.WorkerProcess:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-                   PYTHONUNBUFFERED="1", **self.env)
-        return bench.WorkerProcess(self.module.worker_argv(self.concurrency, self.pool), env,
+        return bench.WorkerProcess(self.module.worker_argv(self.concurrency, self.pool), self._env(),
                                    name=f"{self.label} worker", cwd=str(REPO))
+
+    def oneshot(self) -> tuple[list[str], dict[str, str]]:
+        """The peer module imported by a new interpreter, one task sent and flushed."""
+        code = f"import {self.module.__name__} as m\nm.send()\nm.flush()\n"
+        return [sys.executable, "-c", code], self._env()
 
     def send(self) -> str:
         return self.module.send()
@@ -213,16 +236,50 @@ def measure(client: Any, backend_url: str, n: int, rounds: int, warmup: int, bud
     return out
 
 
+def measure_starts(client: Any, backend_url: str, starts: int, progress: Progress,
+                   timeout: float = 60.0) -> dict[str, Any]:
+    """Worker start to first result with one task waiting, and the one-shot script; medians."""
+    first: list[float] = []
+    with bench.Phase(progress, f"{client.label}: start to first result", starts) as phase:
+        for i in range(starts):
+            key = client.send()
+            client.flush()
+            counter = bench.KeyCounter(backend_url, [key])
+            try:
+                with client.worker() as worker:
+                    while counter.count() < 1:
+                        worker.check()
+                        if time.perf_counter() - worker.started > timeout:
+                            raise Budget(f"no first result within {timeout:g} s")
+                        time.sleep(0.002)
+                    first.append(time.perf_counter() - worker.started)
+            finally:
+                counter.close()
+            phase.update(i + 1)
+    walls: list[float] = []
+    argv, env = client.oneshot()
+    with bench.Phase(progress, f"{client.label}: one-shot script", starts) as phase:
+        for i in range(starts):
+            t0 = time.perf_counter()
+            done = subprocess.run(argv, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
+            walls.append(time.perf_counter() - t0)
+            if done.returncode != 0:
+                raise RuntimeError(f"the one-shot script failed: {done.stderr[-2000:]}")
+            phase.update(i + 1)
+    return {"first_result_s": statistics.median(first), "oneshot_s": statistics.median(walls)}
+
+
 # --------------------------------------------------------------------------- output
 
 
 BETTER_HIGHER = {"enqueue_per_s": True, "e2e_tasks_per_s": True, "e2e_steady_tasks_per_s": True,
                  "e2e_cpu_ms_per_task": False, "e2e_peak_rss_mb": False, "latency_p50_ms": False,
-                 "latency_p99_ms": False}
+                 "latency_p99_ms": False, "first_result_s": False, "oneshot_s": False}
 COLUMNS = [("enqueue_per_s", "enqueue\ntasks/s"), ("e2e_tasks_per_s", "e2e\ntasks/s"),
            ("e2e_steady_tasks_per_s", "e2e steady\ntasks/s"), ("e2e_cpu_ms_per_task", "worker CPU\nms/task"),
            ("e2e_peak_rss_mb", "worker peak\nRSS MB"), ("latency_p50_ms", "latency\np50 ms"),
-           ("latency_p99_ms", "latency\np99 ms")]
+           ("latency_p99_ms", "latency\np99 ms"), ("first_result_s", "start to first\nresult s"),
+           ("oneshot_s", "one-shot\nscript s")]
 
 
 def advantage(key: str, ours: Any, theirs: Any) -> float | None:
@@ -309,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="give up e2e when no task finished for this many seconds (default 60)")
     parser.add_argument("--enqueue-warmup", type=int, default=100,
                         help="tasks sent before the enqueue timing starts; the worker runs them too (default 100)")
+    parser.add_argument("--starts", type=int, default=3,
+                        help="worker starts and one-shot scripts per framework, medians reported (default 3; 0: skip)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--out", type=Path, help="also write the JSON results to this file")
     args = parser.parse_args(argv)
@@ -335,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
                 client = make()
                 row = measure(client, redis_url, args.tasks, args.rounds, args.warmup, args.budget,
                               args.latency_budget, progress, args.enqueue_warmup, args.stall)
+                if args.starts > 0 and "error" not in row:
+                    try:
+                        row.update(measure_starts(client, redis_url, args.starts, progress))
+                    except Exception as exc:  # noqa: BLE001 - keep the rest of the row
+                        row.setdefault("notes", []).append(f"starts not measured: {type(exc).__name__}: {exc}")
             except Exception as exc:  # noqa: BLE001 - record the exact error and go on
                 row = {"framework": label, "config": getattr(client, "config", ""),
                        "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
