@@ -17,6 +17,9 @@ Benchmarks (``taskq bench NAME --help`` for options):
     ``n`` tasks keyed over ``--keys`` keys; sustained tasks/s and whether per-key order was kept.
 ``soak``
     steady load at ``--rate`` tasks/s for ``--seconds``; the worker's RSS every ``--sample`` s.
+``growth``
+    how cost grows: start-up, RSS and throughput with 1-200 task types, MB/s with 100 KB payloads,
+    dispatcher memory over a million distinct keys (``benchmarks/growth.py``).
 
 Every benchmark runs against ``TASKQ_BROKER_URL`` / ``TASKQ_RESULT_BACKEND``, or with
 ``--start-services`` against a Kafka and a Redis of its own (``scripts/services.py``), stopped at the
@@ -52,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Self
 import click
 
 from taskq.app import Taskq
+from taskq.topics import DLQ_PARTITIONS
 
 if TYPE_CHECKING:  # rich is imported where it is used: `taskq worker` should not pay for it
     from rich.console import Console
@@ -241,7 +245,7 @@ def prepare_topics(app: Taskq, task_names: Sequence[str]) -> None:
     for name in task_names:
         task = app.get_task(name)
         topics[task.topic] = task.partitions
-        topics[app.dlq_topic(task.topic)] = task.partitions
+        topics[app.dlq_topic(task.topic)] = DLQ_PARTITIONS
     app.ensure_topics(topics)
     app.ensure_topics({t: app.settings.default_partitions for t in app.delay_topics})
 
@@ -1034,3 +1038,7 @@ def soak(concurrency: int, pool: str, seconds: float, rate: float, sample: float
 from benchmarks.embed import embed_command  # noqa: E402 - `taskq bench embed` (needs the rag extra)
 
 bench.add_command(embed_command)
+
+from benchmarks.growth import growth_command  # noqa: E402 - `taskq bench growth`
+
+bench.add_command(growth_command)
