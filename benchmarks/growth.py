@@ -32,7 +32,7 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -70,7 +70,9 @@ def make_growth_app(types: int, doc: bool = False, broker: str | None = None, ba
         app.task(name=type_name(i))(noop)
     if doc:
         @app.task(name=DOC)
-        def doc_length(text: str) -> int:
+        def doc_length(text: str, seconds: float = 0.0) -> int:
+            if seconds:
+                time.sleep(seconds)  # a slow consumer (an embedding model): records wait in the worker
             return len(text)
     return app
 

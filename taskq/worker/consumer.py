@@ -54,13 +54,15 @@ from taskq.worker.stats import StatsHook, WorkerStats
 log = logging.getLogger("taskq.worker")
 PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
 COMMIT_INTERVAL = 0.2  # seconds between asynchronous commits of finished work
+PREFETCH_BYTES = 64 * 1024 * 1024  # payload bytes taken but unfinished at most (librdkafka's queue holds as much)
 
 
 class Worker:
     """Consumes task topics in the app's consumer group and runs their tasks.
 
     ``concurrency`` tasks run at once (for ``asyncio``: coroutines in flight); ``prefetch`` bounds the
-    records taken but not finished. ``task_batch_size`` / ``task_batch_wait`` override the batch size
+    records taken but not finished, and ``prefetch_bytes`` their payload bytes (so that large payloads,
+    such as 100 KB documents, waiting for a slow task do not fill memory: one batch may go past it). ``task_batch_size`` / ``task_batch_wait`` override the batch size
     and wait of batch tasks (``@app.task(batch_size=...)``); a batch is one call and one pool slot.
     """
 
@@ -72,6 +74,7 @@ class Worker:
         pool: str = "threads",
         batch_size: int = 1000,
         prefetch: int | None = None,
+        prefetch_bytes: int = PREFETCH_BYTES,
         name: str | None = None,
         app_path: str | None = None,
         stop_timeout: float = 30.0,
@@ -87,6 +90,7 @@ class Worker:
         self.concurrency = concurrency
         self.batch_size = batch_size
         self.prefetch = prefetch or max(batch_size * 4, concurrency * 4)
+        self.prefetch_bytes = prefetch_bytes
         self.stop_timeout = stop_timeout
         self.forward_delayed = forward_delayed
         self.stats = WorkerStats()
@@ -103,6 +107,7 @@ class Worker:
         self._offsets = OffsetTracker()
         self._revoked: set[TopicPartition] = set()
         self._in_flight = 0
+        self._in_flight_bytes = 0  # payload bytes of the records counted in _in_flight
         self._running: dict[bytes, Record] = {}  # task id -> its record, taken here and not finished
         self._dispatcher = KeyedDispatcher(self.pool.submit)
         levels = {topic: level for t in self.tasks for level, topic in enumerate(t.topics)}
@@ -209,7 +214,7 @@ class Worker:
         while not self._stopping.is_set():
             self._take_finished()
             self._commit(consumer)
-            if self._in_flight >= self._fetch_bound:
+            if self._in_flight >= self._fetch_bound or self._in_flight_bytes >= self.prefetch_bytes:
                 # Wait for work to finish rather than pausing: a pause drops the client's prefetched
                 # records. Only when full for long (slow tasks) pause, to keep polling the group.
                 full_since = full_since or time.monotonic()
@@ -260,6 +265,7 @@ class Worker:
         for record in records:
             self._offsets.take((record.topic, record.partition), record.offset)
             self._in_flight += 1
+            self._in_flight_bytes += len(record.value or b"")
             # only tasks sent by a task (canvas follow-ups) are checked for a second copy: a follow-up
             # sent again after a crash has its original's id (see taskq.flow)
             task_id = record.header(H_ID) if record.header(H_PARENT_ID) is not None else None
@@ -312,6 +318,7 @@ class Worker:
         if dropped:
             self.hooks.abandoned(dropped)
         self._in_flight -= len(dropped)
+        self._in_flight_bytes -= sum(len(record.value or b"") for record in dropped)
         if self._priorities is not None:
             self._priorities.finished(dropped)
         for record in dropped:
@@ -332,6 +339,7 @@ class Worker:
         while finished:
             record, done = finished.popleft()
             self._in_flight -= 1
+            self._in_flight_bytes -= len(record.value or b"")
             self._not_running(record)
             if done:
                 self._offsets.finish((record.topic, record.partition), record.offset)
