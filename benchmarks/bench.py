@@ -20,6 +20,9 @@ Benchmarks (``taskq bench NAME --help`` for options):
 ``growth``
     how cost grows: start-up, RSS and throughput with 1-200 task types, MB/s with 100 KB payloads,
     dispatcher memory over a million distinct keys (``benchmarks/growth.py``).
+``rebalance``
+    steady keyed load on two workers, a third joins, the first leaves (SIGTERM); the longest gap between
+    completions on the other workers around each change (:mod:`benchmarks.rebalance`).
 
 Every benchmark runs against ``TASKQ_BROKER_URL`` / ``TASKQ_RESULT_BACKEND``, or with
 ``--start-services`` against a Kafka and a Redis of its own (``scripts/services.py``), stopped at the
@@ -63,6 +66,7 @@ if TYPE_CHECKING:  # rich is imported where it is used: `taskq worker` should no
 
 NOOP = "bench.noop"
 SLEEP = "bench.sleep"
+STAMP = "bench.stamp"  # keyed, returns when it ran (benchmarks/rebalance.py)
 INFER = "bench.infer"  # a model call through the anthropic SDK (taskq.llm), answered by the local stand-in
 WORKER_APP = "benchmarks.bench:bench_app"
 REPO = Path(__file__).resolve().parent.parent  # the checkout: worker processes import benchmarks/ from here
@@ -80,6 +84,11 @@ def make_app(broker: str | None = None, backend: str | None = None, **settings: 
     @app.task(name=NOOP)
     def noop() -> None:
         return None
+
+    @app.task(name=STAMP, key="key")
+    def stamp(key: str, seq: int) -> list[Any]:
+        now = time.time()
+        return [key, seq, now, now]
 
     @app.task(name=SLEEP, key="key")
     async def sleep(key: str, seq: int, seconds: float = 1.0) -> list[Any]:
@@ -1033,6 +1042,30 @@ def soak(concurrency: int, pool: str, seconds: float, rate: float, sample: float
     _execute("soak", {"seconds": seconds, "rate": rate, "sample": sample, "concurrency": concurrency,
                       "pool": pool}, runs, start_services, as_json,
              lambda target, progress: run_soak(target, seconds, rate, sample, concurrency, pool, progress))
+
+
+@bench.command()
+@_common(None, 8, "threads")
+@click.option("--rate", default=500.0, show_default=True, help="Tasks sent per second.")
+@click.option("--keys", default=200, show_default=True, help="Distinct keys (per-key order is checked).")
+@click.option("--settle", default=4.0, show_default=True,
+              help="Seconds of load on the two workers (once both run tasks) before the join.")
+@click.option("--hold", default=8.0, show_default=True, help="Seconds from the join to the leave, and after it.")
+@click.option("--window", default=3.0, show_default=True,
+              help="Seconds after the joiner's first (leaver's last) result that count as around the change.")
+@click.option("--protocol", type=click.Choice(["classic", "consumer", "both"]), default="both", show_default=True,
+              help="Consumer group protocol: classic (cooperative-sticky) or consumer (KIP-848).")
+def rebalance(concurrency: int, pool: str, rate: float, keys: int, settle: float, hold: float, window: float,
+              protocol: str, runs: int, as_json: bool, start_services: bool) -> None:
+    """Rebalance stall: two workers under load, a third joins, the first leaves (SIGTERM); the longest
+    gap between completions on the other workers around each change (benchmarks/rebalance.py)."""
+    from benchmarks.rebalance import run_rebalance
+
+    for proto in ("classic", "consumer") if protocol == "both" else (protocol,):
+        _execute("rebalance", {"protocol": proto, "rate": rate, "keys": keys, "concurrency": concurrency,
+                               "pool": pool}, runs, start_services, as_json,
+                 lambda target, progress, proto=proto: run_rebalance(target, rate, keys, settle, hold, window,
+                                                                     concurrency, pool, proto, progress))
 
 
 from benchmarks.embed import embed_command  # noqa: E402 - `taskq bench embed` (needs the rag extra)

@@ -56,7 +56,7 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
     "session.timeout.ms": 10000,
-    "heartbeat.interval.ms": 1000,
+    "heartbeat.interval.ms": 200,  # a rebalance is noticed within 0.2 s (each cooperative round waits for it)
     "fetch.wait.max.ms": 10,
     "fetch.min.bytes": 1,
     "queued.min.messages": 20000,
@@ -177,15 +177,18 @@ class KafkaConsumer(Consumer):
         self._consumer = _RdConsumer({**consumer_config(config), "group.id": group})
         self._assigned: set[TopicPartition] = set()
         self._lock = threading.Lock()
+        self._rebalanced = False  # a rebalance callback ran: wake the fetchers once it returned
 
         def assigned(_c: Any, tps: list[_RdTopicPartition]) -> None:
             got = [(tp.topic, tp.partition) for tp in tps]
             self._assigned.update(got)
+            self._rebalanced = True
             if on_assign:
                 on_assign(got)
 
         def revoked(_c: Any, tps: list[_RdTopicPartition]) -> None:
             lost = [(tp.topic, tp.partition) for tp in tps if (tp.topic, tp.partition) in self._assigned]
+            self._rebalanced = True
             if on_revoke and lost:
                 on_revoke(lost)
             self._assigned.difference_update(lost)
@@ -196,6 +199,9 @@ class KafkaConsumer(Consumer):
 
     def consume(self, max_records: int, timeout: float) -> list[Record]:
         msgs = _take(self._consumer, max_records, timeout)
+        if self._rebalanced:
+            self._rebalanced = False
+            wake_fetchers(self._consumer, self._assigned)
         records = []
         for msg in msgs:
             err = msg.error()
@@ -227,7 +233,9 @@ class KafkaConsumer(Consumer):
         self._consumer.pause([_RdTopicPartition(t, p) for t, p in partitions])
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
-        self._consumer.resume([_RdTopicPartition(t, p) for t, p in partitions])
+        tps = list(partitions)
+        self._consumer.resume([_RdTopicPartition(t, p) for t, p in tps])
+        wake_fetchers(self._consumer, tps)
 
     def close(self) -> None:
         """Revoke (so the callback can commit while still a member), then leave the group."""
@@ -451,6 +459,38 @@ def _take(consumer: _RdConsumer, max_records: int, timeout: float) -> list[Messa
             return []
         msgs = [first, *consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
     return list(msgs)
+
+
+WAKE_TIMEOUT = 0.5  # s: bound on the requests that wake the fetchers after a rebalance or a resume
+
+
+def wake_fetchers(consumer: _RdConsumer, partitions: Iterable[TopicPartition]) -> None:
+    """Make the threads that fetch ``partitions`` look at them again now.
+
+    librdkafka pauses every assigned partition while a rebalance callback is pending (also under
+    cooperative-sticky and KIP-848) and resumes them afterwards, as ``resume()`` does, without waking the
+    thread of each partition's leader; a thread with nothing else to fetch then sleeps up to 1 s before it
+    fetches again, and the worker runs nothing meanwhile. A request to each leader wakes its thread:
+    the metadata request names the leaders (and gives the queued resumes time to apply), then one
+    watermark query per leader. Best effort: on an error the fetch starts within the second anyway.
+    """
+    by_topic: dict[str, list[int]] = {}
+    for topic, partition in partitions:
+        by_topic.setdefault(topic, []).append(partition)
+    woken: set[int] = set()
+    try:
+        for topic, numbers in by_topic.items():
+            meta = consumer.list_topics(topic, timeout=WAKE_TIMEOUT).topics.get(topic)
+            if meta is None:
+                continue
+            for number in numbers:
+                leader = meta.partitions[number].leader if number in meta.partitions else -1
+                if leader >= 0 and leader not in woken:
+                    woken.add(leader)
+                    consumer.get_watermark_offsets(_RdTopicPartition(topic, number), timeout=WAKE_TIMEOUT,
+                                                   cached=False)
+    except KafkaException:
+        pass
 
 
 class KafkaReader(Reader):

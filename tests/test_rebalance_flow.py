@@ -1,0 +1,121 @@
+"""Records keep flowing to a member through a rebalance, exactly once per group, on a real Kafka.
+
+After every rebalance callback (and every ``resume()``) the Kafka consumer wakes the threads that fetch its
+partitions (``wake_fetchers``): librdkafka pauses all assigned partitions while a callback is pending and
+resumes them without a wake-up, so an idle fetcher slept up to 1 s and the worker ran nothing meanwhile
+(``taskq bench rebalance`` measures the gap). These tests check the path that does it delivers every
+record once, in order per partition, across a join and a leave; how long the gap is, is the benchmark's job.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Consumer as RdConsumer
+
+from taskq.brokers.base import Record, TopicPartition
+from taskq.brokers.kafka import CONSUMER_DEFAULTS, KafkaBroker, consumer_config, wake_fetchers
+
+PATIENCE = 90.0
+
+
+@pytest.fixture
+def broker(kafka_url: str) -> Iterator[KafkaBroker]:
+    b = KafkaBroker(kafka_url, connect_timeout=30)
+    yield b
+    b.close()
+
+
+def test_classic_group_notices_a_rebalance_within_a_fifth_of_a_second() -> None:
+    config = consumer_config({})
+    assert config["heartbeat.interval.ms"] == CONSUMER_DEFAULTS["heartbeat.interval.ms"] == 200
+    assert config["session.timeout.ms"] >= 30 * config["heartbeat.interval.ms"]
+
+
+def test_wake_fetchers_ignores_what_it_cannot_wake(broker: KafkaBroker) -> None:
+    consumer = RdConsumer({"bootstrap.servers": broker.config["bootstrap.servers"], "group.id": "wake-test"})
+    try:
+        wake_fetchers(consumer, [])
+        wake_fetchers(consumer, [(f"no-such-topic-{uuid.uuid4().hex[:8]}", 0)])
+    finally:
+        consumer.close()
+
+
+def test_member_keeps_consuming_through_a_join_and_a_leave(broker: KafkaBroker) -> None:
+    """A consumes while records are produced; B joins, then leaves; every record arrives once, in order."""
+    topic, group = f"flow-{uuid.uuid4().hex[:10]}", f"flow-g-{uuid.uuid4().hex[:10]}"
+    broker.ensure_topics({topic: 4})
+    producer = broker.producer()
+    positions: dict[TopicPartition, int] = {}
+    got: list[Record] = []
+    events: list[str] = []
+
+    def commit_revoked(consumer_name: str) -> object:
+        def on_revoke(parts: list[TopicPartition]) -> None:
+            events.append(f"{consumer_name}-revoked")
+            member = a if consumer_name == "a" else b
+            done = {tp: positions[tp] for tp in parts if tp in positions}
+            if member is not None and done:
+                member.commit(done)
+        return on_revoke
+
+    def take(member: object, n: int = 200) -> None:
+        for record in member.consume(n, 0.05):  # type: ignore[attr-defined]
+            got.append(record)
+            positions[(record.topic, record.partition)] = record.offset + 1
+
+    sent = 0
+
+    def produce(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            producer.produce(topic, f"k{sent % 40}".encode(), b"%d" % sent)
+            sent += 1
+        producer.flush(30)
+
+    a = broker.consumer(group, [topic], on_revoke=commit_revoked("a"),  # type: ignore[arg-type]
+                        on_assign=lambda parts: events.append("a-assigned"))
+    b = None
+    try:
+        produce(100)
+        deadline = time.monotonic() + PATIENCE
+        while len(got) < 100 and time.monotonic() < deadline:
+            take(a)
+        assert len(got) == 100, "the first member never got the first records"
+        b = broker.consumer(group, [topic], on_revoke=commit_revoked("b"),  # type: ignore[arg-type]
+                            on_assign=lambda parts: events.append("b-assigned"))
+        deadline = time.monotonic() + PATIENCE
+        while not (a.assignment() and b.assignment()) and time.monotonic() < deadline:
+            take(a)
+            take(b)
+        assert a.assignment() and b.assignment(), "the group never split between two members"
+        after_join = len(got)
+        produce(400)  # spread over all four partitions: both members have some
+        deadline = time.monotonic() + PATIENCE
+        while len(got) < after_join + 400 and time.monotonic() < deadline:
+            take(a)
+            take(b)
+        kept_by_a = {(r.topic, r.partition) for r in got[after_join:] if (r.topic, r.partition) in a.assignment()}
+        assert kept_by_a, "the first member ran nothing of its own partitions after the join"
+        b.close()  # a graceful leave: B commits in its revoke, then leaves the group
+        b = None
+        produce(200)
+        deadline = time.monotonic() + PATIENCE
+        while len(got) < 700 and time.monotonic() < deadline:
+            take(a)
+        assert len(a.assignment()) == 4, "the first member did not take the leaver's partitions"
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+        producer.close()
+    values = sorted(int(r.value or b"") for r in got)
+    assert values == list(range(sent)), f"lost or repeated records: {len(values)} for {sent} sent"
+    by_partition: dict[int, list[int]] = {}
+    for r in got:
+        by_partition.setdefault(r.partition, []).append(r.offset)
+    assert all(offsets == sorted(offsets) for offsets in by_partition.values())
+    assert "a-revoked" in events and "b-revoked" in events
