@@ -441,6 +441,7 @@ class KafkaBroker(Broker):
         return len(described.members)
 
     def close(self) -> None:
+        self._admin = None  # an AdminClient has no close(): dropping it ends its connections
         if self._meta_consumer is not None:
             self._meta_consumer.close()
             self._meta_consumer = None
