@@ -9,9 +9,9 @@ reads both forms. The README's "Events" section documents the fields.
 
 The hook methods run on the worker's threads and only append to a queue; a publisher thread turns
 the queue into events and produces them on the worker's idempotent producer, so a task never waits
-for its event. The finisher publishes a batch's final events itself, and the worker commits those
-records' offsets only once the broker has acknowledged them (:meth:`EventsHook.hold`, bounded by
-``ACK_BOUND``). ``close()`` (at worker stop) publishes what is queued and flushes.
+for its event. The worker commits finished records' offsets only once the broker has acknowledged
+their events (:meth:`EventsHook.hold`, bounded by ``ACK_BOUND``). ``close()`` (at worker stop)
+publishes what is queued and flushes.
 """
 
 from __future__ import annotations
@@ -194,14 +194,15 @@ class EventsHook(Hook):
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        # per record, keyed (topic, partition, offset): when received (set by the publisher from the
-        # queue), when started (set by the pool thread itself: a dict store is the whole cost), and
-        # which of the two were published as events of their own
+        # per record, keyed (topic, partition, offset), owned by the publisher: when received, when
+        # started (pool threads only append to _starts; the dict keeps start order), and which of the
+        # two were published as events of their own; received batches by coalesce deadline
         self._received: dict[tuple[str, int, int], float] = {}
+        self._starts: deque[tuple[float, Record]] = deque()
         self._started: dict[tuple[str, int, int], tuple[float, Record]] = {}
         self._told: set[tuple[str, int, int]] = set()  # received published
         self._told_started: set[tuple[str, int, int]] = set()
-        self._due: deque[tuple[float, Sequence[Record]]] = deque()  # received batches, by coalesce deadline
+        self._due: deque[tuple[float, list[tuple[str, int, int]], Sequence[Record]]] = deque()
         self.failed = 0  # events that could not be queued or delivered (logged once)
         self._failure_logged = False
         self.published = 0  # events queued on the producer
@@ -219,12 +220,11 @@ class EventsHook(Hook):
         self._queue.append((_RECEIVED, now, records))
 
     def started(self, record: Record) -> None:
-        self._started[(record.topic, record.partition, record.offset)] = (time.time(), record)
+        self._starts.append((time.time(), record))
 
     def finished(self, outcomes: Sequence[Outcome]) -> None:
-        """Queue the final events and publish what is queued, here, in the finisher's thread."""
         self._queue.append((_FINISHED, time.time(), outcomes))
-        self._drain()
+        self._wake.set()
 
     def skipped(self, records: Sequence[Record], results: Sequence[ResultRecord | None]) -> None:
         self._queue.append((_SKIPPED, time.time(), (records, results)))
@@ -249,11 +249,7 @@ class EventsHook(Hook):
         broker, or after ``ACK_BOUND`` s (logged once). The worker passes its finished records here
         before committing their offsets, so a crash right after a commit loses none of their events."""
         self._queue.append((_HOLD, 0.0, (items, release)))
-        try:
-            self._drain()
-        except Exception:  # noqa: BLE001 - the events thread publishes it on its next round
-            log.exception("building task events failed; continuing")
-        self._wake.set()  # the events thread serves delivery reports until the hold is released
+        self._wake.set()
 
     # -- publishing ---------------------------------------------------------------------------------
 
@@ -270,6 +266,7 @@ class EventsHook(Hook):
         tick = min(0.05, self.coalesce / 2) if self.coalesce else 0.05
         gate = self._gate
         while True:
+            self._wake.clear()
             stopping = self._stop.is_set()
             try:
                 self._drain()
@@ -286,7 +283,6 @@ class EventsHook(Hook):
                 if not self._producer.poll(left):
                     break
             self._wake.wait(max(0.0, deadline - time.monotonic()))
-            self._wake.clear()
 
     def _drain(self) -> None:
         with self._lock:  # one publisher at a time keeps the queue's order on the producer
@@ -313,13 +309,14 @@ class EventsHook(Hook):
         while queue:
             what, now, payload = queue.popleft()
             if what == _FINISHED:
+                self._take_starts()  # every start of these outcomes is queued by now
                 finished = self._finished
                 for outcome in payload:
                     finished(outcome, now)
             elif what == _RECEIVED:
-                for r in payload:
-                    received[(r.topic, r.partition, r.offset)] = now
-                self._due.append((now + coalesce, payload))
+                keys = [(r.topic, r.partition, r.offset) for r in payload]
+                received.update(dict.fromkeys(keys, now))
+                self._due.append((now + coalesce, keys, payload))
                 if not coalesce:
                     self._publish_received(now)
             elif what == _HOLD:
@@ -340,22 +337,29 @@ class EventsHook(Hook):
                 kind, info = payload
                 self._send(info.name.encode(), _dumps(worker_event(kind, info, now)))
 
+    def _take_starts(self) -> None:
+        starts, started = self._starts, self._started
+        while starts:
+            at, record = starts.popleft()
+            started[(record.topic, record.partition, record.offset)] = (at, record)
+
     def _publish_due(self, now: float) -> None:
         """Received and started events ``coalesce`` old whose task has not moved on since."""
+        self._take_starts()
         self._publish_received(now)
-        if not self._started:
-            return
-        horizon = now - self.coalesce
-        for key, (at, record) in list(self._started.items()):
-            if at <= horizon and key not in self._told_started and key in self._received:
-                self._told_started.add(key)
+        horizon, told, received = now - self.coalesce, self._told_started, self._received
+        for key, (at, record) in self._started.items():  # oldest first: told ones, at most one per slot
+            if at > horizon:
+                break
+            if key not in told and key in received:
+                told.add(key)
                 self._produce(self._task_event(TASK_STARTED, now, record))
 
     def _publish_received(self, now: float) -> None:
         due, received, started, told, coalesce = self._due, self._received, self._started, self._told, self.coalesce
         while due and due[0][0] <= now:
-            for record in due.popleft()[1]:
-                key = (record.topic, record.partition, record.offset)
+            _, keys, records = due.popleft()
+            for key, record in zip(keys, records):
                 if key in received and key not in told and not (coalesce and key in started):
                     told.add(key)
                     self._produce(self._task_event(TASK_RECEIVED, now, record))
