@@ -38,7 +38,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from taskq.app import Taskq
-from taskq.topics import DLQ_PARTITIONS
+try:
+    from taskq.topics import DLQ_PARTITIONS
+except ImportError:  # a taskq from before dead letters had one partition (measuring it side by side)
+    DLQ_PARTITIONS = 6
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -101,16 +104,39 @@ def growth_worker(target: Target, run: str, types: int = 0, doc: bool = False, c
 # --------------------------------------------------------------------------- task types
 
 
+def settle(app: Taskq) -> None:
+    """Wait until the broker has applied every earlier topic change (a previous run's deletions, the
+    last creations): a new probe topic shows in its metadata only after them. Not timed."""
+    broker = app.broker
+    admin = getattr(broker, "admin", None)
+    if admin is None:
+        return
+    from taskq.errors import BrokerError
+
+    probe = f"{app.settings.topic_prefix}settle.{time.time_ns()}"
+    for attempt in range(6):  # up to a minute: deleting a previous run's 2,400 partitions takes a while
+        try:
+            broker.ensure_topics({probe: 1})
+            break
+        except BrokerError:
+            if attempt == 5:
+                raise
+    for future in admin.delete_topics([probe], operation_timeout=30).values():
+        future.result()
+
+
 def run_types(target: Target, types: int, tasks: int, concurrency: int = 8, progress: Progress | None = None,
               timeout: float = 600.0) -> dict[str, Any]:
     """One worker on ``types`` task types: start-up (cold and on existing topics), throughput, RSS."""
-    from benchmarks.bench import Phase, cleanup, new_run_id, run_settings, taskq_counter, verify_results, wait_for_keys
+    from benchmarks.bench import (Completion, Incomplete, Phase, cleanup, new_run_id, run_settings, taskq_counter,
+                                  verify_results, wait_for_keys)
 
     run = new_run_id()
     app = make_growth_app(types, False, target.broker, target.backend, **run_settings(run))
     handles = [app.get_task(type_name(i)) for i in range(types)]
     ids: list[str] = []
     try:
+        settle(app)
         started = time.perf_counter()
         ids += [h.delay().id for h in handles]  # the first send of each type creates its topic
         app.flush()
@@ -122,21 +148,32 @@ def run_types(target: Target, types: int, tasks: int, concurrency: int = 8, prog
                     phase.update(i)
             app.flush()
         count, close = taskq_counter(app, ids)
+        settle(app)
+        start_error = ""
         try:
             worker = growth_worker(target, run, types, concurrency=concurrency)
             with worker, Phase(progress, f"{types} types: worker", len(ids)) as phase:
-                done = wait_for_keys(count, len(ids), worker, timeout, phase.update, stall=60)
+                try:
+                    done = wait_for_keys(count, len(ids), worker, timeout, phase.update, stall=60)
+                except click.ClickException as exc:  # the worker gave up starting: reported, not fatal
+                    if not isinstance(exc, Incomplete) and "exited" in exc.message:
+                        start_error = exc.message.strip().splitlines()[-1][:200]
+                    else:
+                        raise
                 peak = worker.peak_rss_mb()
         finally:
             close()
-        failed, _ = verify_results(app, ids)
+        if start_error:  # the restart below finishes the tasks
+            done = Completion(float("nan"), float("nan"), 0, 0.0)
+        failed, _ = verify_results(app, ids) if not start_error else (0, [])
         # a restart: every topic exists, one task of each type waits
         again = [h.delay().id for h in handles]
         app.flush()
-        count, close = taskq_counter(app, again)
+        count, close = taskq_counter(app, ids + again if start_error else again)
         try:
             with growth_worker(target, run, types, concurrency=concurrency) as worker2:
-                warm = wait_for_keys(count, len(again), worker2, timeout, stall=60)
+                warm = wait_for_keys(count, len(ids) + len(again) if start_error else len(again), worker2, timeout,
+                                     stall=60)
                 rss2 = worker2.peak_rss_mb()
         finally:
             close()
@@ -146,7 +183,7 @@ def run_types(target: Target, types: int, tasks: int, concurrency: int = 8, prog
         return {"types": types, "topics": 2 * types + len(app.delay_topics),
                 "send_setup_s": send_setup, "cold_start_s": done.first, "start_s": warm.first,
                 "all_types_done_s": warm.done, "tasks_per_s": steady, "peak_rss_mb": peak,
-                "restart_peak_rss_mb": rss2, "failed": failed}
+                "restart_peak_rss_mb": rss2, "failed": failed, "start_error": start_error}
     finally:
         cleanup(app, ids)
 
@@ -173,8 +210,10 @@ def make_vocabulary(rng: random.Random, words: int = 20000) -> list[str]:
 
 
 def run_payload(target: Target, size: int, n: int, concurrency: int = 8, progress: Progress | None = None,
-                producer_options: dict[str, Any] | None = None, timeout: float = 600.0) -> dict[str, Any]:
-    """``n`` documents of ``size`` bytes: enqueue MB/s, worker MB/s, worker peak RSS."""
+                producer_options: dict[str, Any] | None = None, timeout: float = 600.0,
+                seconds: float = 0.0) -> dict[str, Any]:
+    """``n`` documents of ``size`` bytes (each task sleeping ``seconds``): enqueue MB/s, worker MB/s, worker
+    peak RSS."""
     from benchmarks.bench import Phase, cleanup, new_run_id, run_settings, taskq_counter, verify_results, wait_for_keys
 
     run = new_run_id()
@@ -197,7 +236,7 @@ def run_payload(target: Target, size: int, n: int, concurrency: int = 8, progres
         with Phase(progress, f"enqueue {n} x {size // KB} KB", n) as phase:
             started = time.perf_counter()
             for i in range(n):
-                ids.append(task.delay(docs[i % len(docs)]).id)
+                ids.append(task.delay(docs[i % len(docs)], seconds=seconds).id)
                 if i % 100 == 0:
                     phase.update(i)
             app.flush()
@@ -214,7 +253,7 @@ def run_payload(target: Target, size: int, n: int, concurrency: int = 8, progres
         failed, _ = verify_results(app, ids)
         steady_n = total - done.done_at_first
         span = done.done - done.first
-        return {"size_kb": size / KB, "tasks": n, "enqueue_mb_per_s": n * size / MB / enqueue_s,
+        return {"size_kb": size / KB, "tasks": n, "task_sleep_ms": seconds * 1000, "enqueue_mb_per_s": n * size / MB / enqueue_s,
                 "enqueue_tasks_per_s": n / enqueue_s,
                 "worker_mb_per_s": steady_n * size / MB / span if span > 0 else float("nan"),
                 "worker_tasks_per_s": steady_n / span if span > 0 else float("nan"),
@@ -316,7 +355,7 @@ def print_rows(title: str, rows: list[dict[str, Any]], ratio_to: str | None = No
 @click.option("--types", "type_counts", default=",".join(map(str, TYPE_COUNTS)), show_default=True,
               help="Task type counts, comma separated.")
 @click.option("-n", "--tasks", default=20000, show_default=True, help="No-op tasks per type count; 1 KB documents.")
-@click.option("--docs", default=1000, show_default=True, help="100 KB documents.")
+@click.option("--docs", default=2000, show_default=True, help="100 KB documents.")
 @click.option("--keys", default=1_000_000, show_default=True, help="Distinct keys through the dispatcher.")
 @click.option("--compression", default="", help="Also run the payloads with this producer compression.type.")
 @click.option("-c", "--concurrency", default=8, show_default=True, help="Worker concurrency (threads).")
@@ -348,15 +387,17 @@ def growth_command(what: str, type_counts: str, tasks: int, docs: int, keys: int
                 out["types"] = median_rows([[run_types(target, c, tasks, concurrency, progress) for c in counts]
                                             for _ in range(runs)])
             if what in ("payload", "all"):
-                variants: list[tuple[int, int, dict[str, Any] | None]] = [(KB, tasks, None), (100 * KB, docs, None)]
+                variants: list[tuple[int, int, dict[str, Any] | None, float]] = [
+                    (KB, tasks, None, 0.0), (100 * KB, docs, None, 0.0),
+                    (100 * KB, 2 * docs, None, 0.01)]  # a slow task: documents wait in the worker
                 if compression:
-                    variants += [(KB, tasks, {"compression.type": compression}),
-                                 (100 * KB, docs, {"compression.type": compression})]
+                    variants += [(KB, tasks, {"compression.type": compression}, 0.0),
+                                 (100 * KB, docs, {"compression.type": compression}, 0.0)]
                 per_run = []
                 for _ in range(runs):
                     rows = []
-                    for size, n, opts in variants:
-                        row = run_payload(target, size, n, concurrency, progress, opts)
+                    for size, n, opts, seconds in variants:
+                        row = run_payload(target, size, n, concurrency, progress, opts, seconds=seconds)
                         row["compression"] = (opts or {}).get("compression.type", "none")
                         rows.append(row)
                     per_run.append(rows)
