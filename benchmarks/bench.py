@@ -249,7 +249,10 @@ def prime_kafka(url: str, messages: int = 20000, timeout: float = 120.0) -> None
 
 
 def prepare_topics(app: Taskq, task_names: Sequence[str]) -> None:
-    """Create the task, dead-letter and delay topics the worker would create (kept out of timings)."""
+    """Create the topics the worker would create (kept out of timings, as for a worker restarted in a
+    running deployment): task, dead-letter, delay, events and revocations topics."""
+    from taskq.revocations import revoked_topic
+
     topics: dict[str, int] = {}
     for name in task_names:
         task = app.get_task(name)
@@ -257,6 +260,10 @@ def prepare_topics(app: Taskq, task_names: Sequence[str]) -> None:
         topics[app.dlq_topic(task.topic)] = DLQ_PARTITIONS
     app.ensure_topics(topics)
     app.ensure_topics({t: app.settings.default_partitions for t in app.delay_topics})
+    if app.settings.events:
+        app.ensure_topics({app.events_topic: app.settings.default_partitions})
+    app.broker.ensure_compacted_topic(revoked_topic(app), app.settings.result_expires,
+                                      app.settings.replication_factor)
 
 
 def cleanup(app: Taskq, ids: Sequence[str] = ()) -> None:

@@ -73,7 +73,15 @@ class Revocations:
 
     def start(self, timeout: float = 10.0) -> bool:
         """Start tailing; wait (up to ``timeout``) until the revocations already stored are read."""
+        self.begin()
+        return self.wait(timeout)
+
+    def begin(self) -> None:
+        """Start tailing in the background (:meth:`wait` for the stored revocations to be read)."""
         self._thread.start()
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Whether the revocations stored when tailing began have been read, waiting up to ``timeout``."""
         return self._caught_up.wait(timeout)
 
     def stop(self) -> None:

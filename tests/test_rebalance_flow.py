@@ -119,3 +119,61 @@ def test_member_keeps_consuming_through_a_join_and_a_leave(broker: KafkaBroker) 
         by_partition.setdefault(r.partition, []).append(r.offset)
     assert all(offsets == sorted(offsets) for offsets in by_partition.values())
     assert "a-revoked" in events and "b-revoked" in events
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+def test_new_group_starts_where_auto_offset_reset_points(broker: KafkaBroker, reset: str) -> None:
+    """Partitions with nothing committed are assigned at the reset position (explicitly, at assignment);
+    a member joining later starts at what the group committed."""
+    topic, group = f"reset-{uuid.uuid4().hex[:10]}", f"reset-g-{uuid.uuid4().hex[:10]}"
+    broker.ensure_topics({topic: 3})
+    producer = broker.producer()
+    for i in range(30):
+        producer.produce(topic, f"k{i}".encode(), b"old%d" % i)
+    producer.flush(30)
+    first = broker.consumer(group, [topic], **{"auto.offset.reset": reset})
+    got: list[Record] = []
+    try:
+        deadline = time.monotonic() + PATIENCE
+        while len(first.assignment()) < 3 and time.monotonic() < deadline:
+            got += first.consume(100, 0.05)
+        assert len(first.assignment()) == 3
+        # "latest" looks the end up after the assignment: new records are sent until some arrived in
+        # every partition (so the group commits a position in each)
+        sent_new = 0
+        deadline = time.monotonic() + PATIENCE
+        while (len({r.partition for r in got if (r.value or b"").startswith(b"new")}) < 3
+               and time.monotonic() < deadline):
+            for _ in range(3):
+                producer.produce(topic, f"k{sent_new}".encode(), b"new%d" % sent_new)
+                sent_new += 1
+            producer.flush(30)
+            got += first.consume(100, 0.2)
+        expected = sent_new + (30 if reset == "earliest" else 0)
+        deadline = time.monotonic() + PATIENCE
+        while len(got) < expected and time.monotonic() < deadline:
+            got += first.consume(100, 0.05)
+        first.commit({(r.topic, r.partition): r.offset + 1 for r in got})
+    finally:
+        first.close()
+    values = [(r.value or b"").decode() for r in got]
+    old = sorted(v for v in values if v.startswith("old"))
+    assert old == (sorted(f"old{i}" for i in range(30)) if reset == "earliest" else []), old
+    if reset == "earliest":
+        assert sorted(v for v in values if v.startswith("new")) == sorted(f"new{i}" for i in range(sent_new))
+    else:  # the records sent before the end was looked up may be behind it; none after it is lost
+        assert len(set(values)) == len(values) and values, values
+    for i in range(10):
+        producer.produce(topic, f"k{i}".encode(), b"later%d" % i)
+    producer.flush(30)
+    second = broker.consumer(group, [topic], **{"auto.offset.reset": "earliest"})
+    later: list[Record] = []
+    try:
+        deadline = time.monotonic() + PATIENCE
+        while len(later) < 10 and time.monotonic() < deadline:
+            later += second.consume(100, 0.05)
+        later += second.consume(100, 0.5)
+    finally:
+        second.close()
+        producer.close()
+    assert sorted((r.value or b"").decode() for r in later) == sorted(f"later{i}" for i in range(10))

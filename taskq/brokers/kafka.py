@@ -7,6 +7,7 @@ so that Java clients agree on placement. Consumers never auto-commit; the worker
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -14,6 +15,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
     OFFSET_INVALID,
     Consumer as _RdConsumer,
     KafkaError,
@@ -174,17 +177,23 @@ class KafkaConsumer(Consumer):
         on_assign: AssignmentCallback | None,
         on_revoke: AssignmentCallback | None,
     ) -> None:
-        self._consumer = _RdConsumer({**consumer_config(config), "group.id": group})
+        full = consumer_config(config)
+        self._consumer = _RdConsumer({**full, "group.id": group})
         self._assigned: set[TopicPartition] = set()
         self._lock = threading.Lock()
         self._rebalanced = False  # a rebalance callback ran: wake the fetchers once it returned
+        incremental = (str(full.get("group.protocol", "classic")).lower() == "consumer"
+                       or "cooperative" in str(full.get("partition.assignment.strategy", "")))
+        reset = RESET_TO.get(str(full.get("auto.offset.reset", "")).lower())
 
-        def assigned(_c: Any, tps: list[_RdTopicPartition]) -> None:
+        def assigned(consumer: _RdConsumer, tps: list[_RdTopicPartition]) -> None:
             got = [(tp.topic, tp.partition) for tp in tps]
             self._assigned.update(got)
             self._rebalanced = True
             if on_assign:
                 on_assign(got)
+            if incremental and reset is not None and tps:
+                start_positions(consumer, tps, reset)
 
         def revoked(_c: Any, tps: list[_RdTopicPartition]) -> None:
             lost = [(tp.topic, tp.partition) for tp in tps if (tp.topic, tp.partition) in self._assigned]
@@ -253,13 +262,16 @@ class KafkaBroker(Broker):
         self.config = {**parse_kafka_url(url), **config}
         self.connect_timeout = connect_timeout
         self._admin: AdminClient | None = None
+        self._admin_lock = threading.Lock()
         self._meta_consumer: _RdConsumer | None = None
         self._known: dict[str, int] = {}
 
     @property
     def admin(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient(self.config)
+            with self._admin_lock:  # the worker's revocations thread starts while its main thread does
+                if self._admin is None:
+                    self._admin = AdminClient(self.config)
         return self._admin
 
     def producer(self, **options: object) -> KafkaProducer:
@@ -463,6 +475,29 @@ def _take(consumer: _RdConsumer, max_records: int, timeout: float) -> list[Messa
 
 
 WAKE_TIMEOUT = 0.5  # s: bound on the requests that wake the fetchers after a rebalance or a resume
+RESET_TO = {"earliest": OFFSET_BEGINNING, "smallest": OFFSET_BEGINNING, "beginning": OFFSET_BEGINNING,
+            "latest": OFFSET_END, "largest": OFFSET_END, "end": OFFSET_END}  # auto.offset.reset -> where
+
+
+def start_positions(consumer: _RdConsumer, tps: list[_RdTopicPartition], reset: int) -> None:
+    """Assign newly given partitions at their committed offsets, or where ``auto.offset.reset`` points.
+
+    Left to itself, librdkafka waits a fixed 100 ms before it looks up the reset offset of a partition
+    with nothing committed (every partition of a new group), so a first worker started 0.1 s late. This
+    reads the committed offsets in one request and assigns explicit positions (what librdkafka would have
+    used). Best effort: on an error, librdkafka assigns them as usual once the callback returns.
+    """
+    try:
+        committed = consumer.committed(tps, timeout=WAKE_TIMEOUT)
+    except KafkaException:
+        return
+    for tp in committed:
+        if tp.error is not None:
+            return
+        if tp.offset < 0:
+            tp.offset = reset
+    with contextlib.suppress(KafkaException):
+        consumer.incremental_assign(committed)
 
 
 def wake_fetchers(consumer: _RdConsumer, partitions: Iterable[TopicPartition]) -> None:

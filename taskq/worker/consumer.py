@@ -122,6 +122,7 @@ class Worker:
             topic: (task_batch_size or t.batch_size, t.batch_wait if task_batch_wait is None else task_batch_wait)
             for t in self.tasks if t.is_batch for topic in t.topics})
         self._consumer: Consumer | None = None
+        self._left = False  # the consumer was closed (the group left)
         self._holder: RetryHolder | None = None
         self._last_commit = 0.0
         self.ready = threading.Event()  # set once the consumer has joined the group
@@ -148,6 +149,61 @@ class Worker:
         if app.settings.events:
             topics[app.events_topic] = app.settings.default_partitions
         app.ensure_topics(topics)
+        # Join the group first: librdkafka joins in the background while the rest starts up, and the
+        # first poll of the consume loop serves the assignment.
+        consumer = self._consumer = app.broker.consumer(app.group, self.topics, self._on_assign, self._on_revoke,
+                                                        **app.settings.consumer_options)
+        try:
+            self._serve(consumer)
+        finally:
+            self._close(consumer)  # when starting up failed; a no-op after _serve closed it
+        if self._fatal is not None:
+            raise self._fatal
+        return self.stats
+
+    def _serve(self, consumer: Consumer) -> None:
+        """Start the finisher, pool, revoke gate and forwarder, consume until stopped, shut down."""
+        app = self.app
+        gate = RevokeGate(app, self.pool, self.name)
+        gate.start()  # reads the stored revocations while the rest starts up
+        try:
+            finisher, hook_set, events, sender = self._start_up(gate)
+        except BaseException:
+            gate.stop()
+            raise
+        forwarder = None
+        if self.forward_delayed:
+            forwarder = Forwarder(app, sender, self._stopping, hook_set.forwarded, self._fail)
+            forwarder.start()
+        hook_set.worker_online(self.info())
+        heartbeat = Heartbeat(lambda: hook_set.worker_heartbeat(self.info()), HEARTBEAT_INTERVAL)
+        if hook_set.overridden("worker_heartbeat"):
+            heartbeat.start()
+        try:
+            log.info("worker %s consuming %s in group %s", self.name, self.topics, app.group)
+            try:
+                try:
+                    self._consume_loop(consumer)
+                except OutageTooLong as exc:  # e.g. checking results for redeliveries
+                    self._fail(exc)
+                self._shutdown(consumer)
+            finally:
+                self._stopping.set()
+                self._close(consumer)
+                finisher.stop(self.stop_timeout)
+                gate.stop()
+                if forwarder is not None:
+                    forwarder.join(self.stop_timeout)
+        finally:
+            heartbeat.stop()
+            hook_set.worker_offline(self.info())
+            if events is not None:
+                events.close(app.settings.send_timeout)
+            sender.flush(app.settings.send_timeout)
+
+    def _start_up(self, gate: RevokeGate) -> tuple[Finisher, HookSet, EventsHook | None, Sender]:
+        """The producer, hooks, finisher and pool; the pool starts once the stored revocations are read."""
+        app = self.app
         app.backend  # noqa: B018 - fail fast on a bad backend URL
         producer = app.broker.producer(**app.settings.producer_options)
         sender = Sender(producer, app.settings.outage_timeout)
@@ -162,45 +218,17 @@ class Worker:
         self.hooks = hook_set = HookSet(hooks)
         holder = self._holder = RetryHolder(self.pool.submit)
         finisher = Finisher(app, sender, self.name, self._on_finished, hook_set.finished, holder.hold, self._fail)
-        gate = RevokeGate(app, self.pool, self.name)
-        gate.start()
+        gate.wait()
         self.pool.start(gate.wrap_done(finisher.put), lambda r: gate.runnable(r) and self._runnable(r),
                         gate.wrap_done_many(finisher.put_many))
         finisher.start()
-        forwarder = None
-        if self.forward_delayed:
-            forwarder = Forwarder(app, sender, self._stopping, hook_set.forwarded, self._fail)
-            forwarder.start()
-        hook_set.worker_online(self.info())
-        heartbeat = Heartbeat(lambda: hook_set.worker_heartbeat(self.info()), HEARTBEAT_INTERVAL)
-        if hook_set.overridden("worker_heartbeat"):
-            heartbeat.start()
-        try:
-            consumer = self._consumer = app.broker.consumer(app.group, self.topics, self._on_assign,
-                                                            self._on_revoke, **app.settings.consumer_options)
-            log.info("worker %s consuming %s in group %s", self.name, self.topics, app.group)
-            try:
-                try:
-                    self._consume_loop(consumer)
-                except OutageTooLong as exc:  # e.g. checking results for redeliveries
-                    self._fail(exc)
-                self._shutdown(consumer)
-            finally:
-                self._stopping.set()
-                consumer.close()
-                finisher.stop(self.stop_timeout)
-                gate.stop()
-                if forwarder is not None:
-                    forwarder.join(self.stop_timeout)
-        finally:
-            heartbeat.stop()
-            hook_set.worker_offline(self.info())
-            if events is not None:
-                events.close(app.settings.send_timeout)
-            sender.flush(app.settings.send_timeout)
-        if self._fatal is not None:
-            raise self._fatal
-        return self.stats
+        return finisher, hook_set, events, sender
+
+    def _close(self, consumer: Consumer) -> None:
+        """Leave the group (the revoke callback commits what is done first), once."""
+        if not self._left:
+            self._left = True
+            consumer.close()
 
     def info(self) -> WorkerInfo:
         """A snapshot of this worker for the worker_* hooks (safe from any thread)."""

@@ -30,7 +30,12 @@ class RevokeGate:
         self.revocations = Revocations(app, pool.terminate)
 
     def start(self) -> None:
-        if not self.revocations.start():
+        """Start reading the revocations in the background; :meth:`wait` before running anything."""
+        self.revocations.begin()
+
+    def wait(self) -> None:
+        """Until the revocations stored so far are read (at most 10 s, then they are followed meanwhile)."""
+        if not self.revocations.wait(10.0):
             log.warning("worker %s: revocations not read within 10 s; following them in the background",
                         self.worker_name)
 
