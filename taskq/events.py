@@ -70,7 +70,6 @@ STATES = {TASK_SENT: "PENDING", TASK_RECEIVED: "RECEIVED", TASK_STARTED: "STARTE
 HEARTBEAT_INTERVAL = 2.0
 _OUTCOME_TYPES = {Kind.SUCCESS: TASK_SUCCEEDED, Kind.RETRY: TASK_RETRIED, Kind.DEAD: TASK_FAILED,
                   Kind.REJECTED: TASK_REJECTED, Kind.REVOKED: TASK_REVOKED}
-_RAN = frozenset({Kind.SUCCESS, Kind.RETRY, Kind.DEAD})  # outcomes of a task body that ran
 
 # queue items: (what, when, payload)
 _RECEIVED, _FINISHED, _SKIPPED, _ABANDONED, _WORKER, _HOLD = range(6)
@@ -194,15 +193,16 @@ class EventsHook(Hook):
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        # per record, keyed (topic, partition, offset), owned by the publisher: when received, when
-        # started (pool threads only append to _starts; the dict keeps start order), and which of the
-        # two were published as events of their own; received batches by coalesce deadline
+        # per record, keyed (topic, partition, offset): when received (set by the publisher), when
+        # started (set by the pool thread: a dict store is its whole cost; never iterated), and which of
+        # the two were published as events of their own; received batches by coalesce deadline, and the
+        # records past it that are not final yet (looked at again each round)
         self._received: dict[tuple[str, int, int], float] = {}
-        self._starts: deque[tuple[float, Record]] = deque()
-        self._started: dict[tuple[str, int, int], tuple[float, Record]] = {}
+        self._started: dict[tuple[str, int, int], float] = {}
         self._told: set[tuple[str, int, int]] = set()  # received published
         self._told_started: set[tuple[str, int, int]] = set()
         self._due: deque[tuple[float, list[tuple[str, int, int]], Sequence[Record]]] = deque()
+        self._waiting: list[tuple[tuple[str, int, int], Record]] = []
         self.failed = 0  # events that could not be queued or delivered (logged once)
         self._failure_logged = False
         self.published = 0  # events queued on the producer
@@ -220,7 +220,7 @@ class EventsHook(Hook):
         self._queue.append((_RECEIVED, now, records))
 
     def started(self, record: Record) -> None:
-        self._starts.append((time.time(), record))
+        self._started[(record.topic, record.partition, record.offset)] = time.time()
 
     def finished(self, outcomes: Sequence[Outcome]) -> None:
         self._queue.append((_FINISHED, time.time(), outcomes))
@@ -309,7 +309,6 @@ class EventsHook(Hook):
         while queue:
             what, now, payload = queue.popleft()
             if what == _FINISHED:
-                self._take_starts()  # every start of these outcomes is queued by now
                 finished = self._finished
                 for outcome in payload:
                     finished(outcome, now)
@@ -318,7 +317,7 @@ class EventsHook(Hook):
                 received.update(dict.fromkeys(keys, now))
                 self._due.append((now + coalesce, keys, payload))
                 if not coalesce:
-                    self._publish_received(now)
+                    self._publish_due(now)
             elif what == _HOLD:
                 items, release = payload
                 self._gate.hold(items, release, time.monotonic())
@@ -337,58 +336,57 @@ class EventsHook(Hook):
                 kind, info = payload
                 self._send(info.name.encode(), _dumps(worker_event(kind, info, now)))
 
-    def _take_starts(self) -> None:
-        starts, started = self._starts, self._started
-        while starts:
-            at, record = starts.popleft()
-            started[(record.topic, record.partition, record.offset)] = (at, record)
-
     def _publish_due(self, now: float) -> None:
-        """Received and started events ``coalesce`` old whose task has not moved on since."""
-        self._take_starts()
-        self._publish_received(now)
-        horizon, told, received = now - self.coalesce, self._told_started, self._received
-        for key, (at, record) in self._started.items():  # oldest first: told ones, at most one per slot
-            if at > horizon:
-                break
-            if key not in told and key in received:
-                told.add(key)
-                self._produce(self._task_event(TASK_STARTED, now, record))
-
-    def _publish_received(self, now: float) -> None:
-        due, received, started, told, coalesce = self._due, self._received, self._started, self._told, self.coalesce
+        """Received and started events ``coalesce`` old whose task has not moved on since: records
+        past their received deadline and not final wait in ``_waiting`` until started that long ago."""
+        due, received, waiting = self._due, self._received, self._waiting
         while due and due[0][0] <= now:
             _, keys, records = due.popleft()
-            for key, record in zip(keys, records):
-                if key in received and key not in told and not (coalesce and key in started):
-                    told.add(key)
-                    self._produce(self._task_event(TASK_RECEIVED, now, record))
+            waiting += [(key, record) for key, record in zip(keys, records) if key in received]
+        if waiting:
+            horizon = now - self.coalesce
+            self._waiting = [(key, record) for key, record in waiting if self._tell(key, record, now, horizon)]
+
+    def _tell(self, key: tuple[str, int, int], record: Record, now: float, horizon: float) -> bool:
+        """Publish the received or started event a waiting record is due; whether it still waits."""
+        if key not in self._received:  # final meanwhile
+            return False
+        at = self._started.get(key)
+        if key not in self._told and (at is None or not self.coalesce):  # else told by its started event
+            self._told.add(key)
+            self._produce(self._task_event(TASK_RECEIVED, now, record))
+        if at is None or at > horizon:
+            return True
+        self._told_started.add(key)
+        self._produce(self._task_event(TASK_STARTED, now, record))
+        return False
 
     def _forget(self, key: tuple[str, int, int]) -> tuple[float | None, float | None]:
         """(received, started) times of a record that moves on for good; its state here is dropped."""
-        started = self._started.pop(key, None)
         if self._told:
             self._told.discard(key)
         if self._told_started:
             self._told_started.discard(key)
-        return self._received.pop(key, None), started[0] if started is not None else None
+        return self._received.pop(key, None), self._started.pop(key, None)
 
     def _finished(self, outcome: Outcome, now: float) -> None:
         record = outcome.record
         kind = outcome.kind
         if not self.coalesce:
             key = (record.topic, record.partition, record.offset)
-            if key in self._started and key not in self._told_started:
-                self._produce(self._task_event(TASK_STARTED, self._started[key][0], record))
-        event = self._task_event(_OUTCOME_TYPES[kind], now, record, forget=True)
+            at = self._started.get(key)
+            if at is not None and key not in self._told_started:
+                self._produce(self._task_event(TASK_STARTED, at, record))
+        success = kind is Kind.SUCCESS  # identity tests: an Enum's hash is a Python call
+        event = self._task_event(TASK_SUCCEEDED if success else _OUTCOME_TYPES[kind], now, record, forget=True)
         result = outcome.result
         finished = result.date_done if result is not None and result.date_done else now
         event["finished"] = finished
-        if kind in _RAN:
+        if success or kind is Kind.RETRY or kind is Kind.DEAD:  # the task body ran
             event["runtime"] = outcome.runtime
             if event["started"] is None:  # its start was not seen here
                 event["started"] = finished - outcome.runtime
-        if kind is not Kind.SUCCESS:
+        if not success:
             event["exc_type"] = outcome.error_type or None
             event["exc_message"] = (outcome.error_message or "")[:1024] or None
             if kind is Kind.RETRY:
@@ -406,9 +404,7 @@ class EventsHook(Hook):
         if forget:
             received, started = self._forget(key)
         else:
-            received = self._received.get(key)
-            at = self._started.get(key)
-            started = at[0] if at is not None else None
+            received, started = self._received.get(key), self._started.get(key)
         event = task_base(record, self.worker, kind, now, received, started)
         if self.include_args:
             event["args"], event["kwargs"] = self._arguments(record)
