@@ -14,10 +14,12 @@ Three measurements, each side by side in one run (``--runs`` times, medians repo
     ``--docs`` tasks carrying a document of 100 KB (text like a RAG chunk store's: words, so it
     compresses as text does), and ``--tasks`` of 1 KB: enqueue MB/s (timed until every message is
     acknowledged), worker MB/s (first to last result) and the worker's peak RSS.
-``keys``
+``keys`` (and ``keys-worker``)
     one million distinct keys through :class:`~taskq.worker.dispatch.KeyedDispatcher`, driven in this
     process (no Kafka): a pool stand-in runs what is submitted and releases it, at most a prefetch's
     worth in flight, as the worker does. RSS and the dispatcher's key count are sampled along the way.
+    ``keys-worker``: as many no-op tasks, each its own key (an unkeyed task is keyed by its id), through
+    one worker process on Kafka; its RSS each tenth of the way.
 
 The worker processes load ``benchmarks.growth:growth_app``, which registers ``TASKQ_BENCH_TYPES`` task
 types (and the document task when ``TASKQ_BENCH_DOC=1``).
@@ -310,6 +312,49 @@ def run_keys(keys: int = 1_000_000, in_flight: int = 4000, samples: int = 10) ->
             "keys_per_s": keys / elapsed, "samples": points}
 
 
+def run_keys_worker(target: Target, n: int, concurrency: int = 8, progress: Progress | None = None,
+                    samples: int = 10, timeout: float = 1800.0) -> dict[str, Any]:
+    """``n`` no-op tasks, each its own key (an unkeyed task's key is its id), through one worker process on
+    Kafka: its RSS each time another ``n / samples`` are done."""
+    from benchmarks.bench import Phase, cleanup, new_run_id, run_settings, taskq_counter
+
+    run = new_run_id()
+    app = make_growth_app(1, False, target.broker, target.backend, **run_settings(run))
+    handle = app.get_task(type_name(0))
+    ids: list[str] = []
+    try:
+        with Phase(progress, f"queue {n} (each its own key)", n) as phase:
+            for i in range(n):
+                ids.append(handle.delay().id)
+                if i % 10000 == 0:
+                    phase.update(i)
+            app.flush()
+        count, close = taskq_counter(app, ids)
+        points: list[tuple[int, float]] = []
+        try:
+            with growth_worker(target, run, 1, concurrency=concurrency) as worker, \
+                    Phase(progress, "worker", n) as phase:
+                deadline = time.perf_counter() + timeout
+                done = 0
+                while done < n and time.perf_counter() < deadline:
+                    worker.check()
+                    done = count()
+                    phase.update(done)
+                    if done >= (len(points) + 1) * n // samples:
+                        points.append((done, worker.rss_mb()))
+                    time.sleep(0.2)
+                elapsed = time.perf_counter() - worker.started
+                peak = worker.peak_rss_mb()
+        finally:
+            close()
+        first = points[0][1] if points else float("nan")
+        return {"keys": n, "done": done, "rss_at_first_sample_mb": first, "rss_last_mb": points[-1][1] if points else
+                float("nan"), "rss_growth_after_first_sample_mb": max(p[1] for p in points) - first if points else
+                float("nan"), "peak_rss_mb": peak, "tasks_per_s": done / elapsed, "samples": points}
+    finally:
+        cleanup(app, ids)
+
+
 # --------------------------------------------------------------------------- side by side
 
 
@@ -351,7 +396,8 @@ def print_rows(title: str, rows: list[dict[str, Any]], ratio_to: str | None = No
 
 
 @click.command("growth")
-@click.option("--what", type=click.Choice(["types", "payload", "keys", "all"]), default="all", show_default=True)
+@click.option("--what", type=click.Choice(["types", "payload", "keys", "keys-worker", "all"]), default="all",
+              show_default=True, help="keys-worker: --keys tasks through a worker on Kafka (not in all).")
 @click.option("--types", "type_counts", default=",".join(map(str, TYPE_COUNTS)), show_default=True,
               help="Task type counts, comma separated.")
 @click.option("-n", "--tasks", default=20000, show_default=True, help="No-op tasks per type count; 1 KB documents.")
@@ -379,9 +425,11 @@ def growth_command(what: str, type_counts: str, tasks: int, docs: int, keys: int
     if what in ("keys", "all"):
         err.print(f"[dim]{keys:,} distinct keys through the dispatcher (in process) ...[/]")
         out["keys"] = run_keys(keys)
-    if what in ("types", "payload", "all"):
+    if what in ("types", "payload", "keys-worker", "all"):
         with services(start_services, err) as target, make_progress(err) as progress:
             out["environment"] = environment(target)
+            if what == "keys-worker":
+                out["keys_worker"] = run_keys_worker(target, keys, concurrency, progress)
             if what in ("types", "all"):
                 # interleaved: every run measures each type count once, so load drifts hit all alike
                 out["types"] = median_rows([[run_types(target, c, tasks, concurrency, progress) for c in counts]
@@ -409,6 +457,9 @@ def growth_command(what: str, type_counts: str, tasks: int, docs: int, keys: int
     if "keys" in out:
         k = {key: v for key, v in out["keys"].items() if key != "samples"}
         print_rows("dispatcher, distinct keys (in process)", [k])
+    if "keys_worker" in out:
+        print_rows("distinct keys through a worker on Kafka",
+                   [{k: v for k, v in out["keys_worker"].items() if k != "samples"}])
     if "types" in out:
         print_rows(f"task types (median of {runs})", out["types"], ratio_to="types")
     if "payload" in out:

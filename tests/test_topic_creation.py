@@ -72,3 +72,32 @@ def test_worker_creates_its_topics_in_one_call(app_and_calls: tuple[Taskq, list[
     existing = app.broker.list_topics()
     assert {t: existing.get(t) for t in dead} == dict.fromkeys(dead, DLQ_PARTITIONS)
     assert all(existing.get(t) == app.settings.default_partitions for t in wanted - dead)
+
+
+def test_topics_listing_reads_cluster_metadata_once(app_and_calls: tuple[Taskq, list[dict[str, int]]]) -> None:
+    """``taskq topics`` asked for every topic's metadata once per topic and twice more per task topic (the
+    listing grew with the square of the topics); now once, and each topic's offsets in batched requests."""
+    from taskq.topic_admin import rows
+
+    app, _ = app_and_calls
+    topics = app.task_topics()
+    app.ensure_topics({**topics, **{app.dlq_topic(t): DLQ_PARTITIONS for t in topics}})
+    sent = app.get_task("t03")
+    for _ in range(3):
+        sent.delay()
+    app.flush()
+    broker = app.broker
+    listed = []
+    real = broker.list_topics
+
+    def counting() -> dict[str, int]:
+        listed.append(1)
+        return real()
+
+    broker.list_topics = counting  # type: ignore[method-assign]
+    table = {row.topic: row for row in rows(app)}
+    assert len(listed) == 1
+    assert {t for t, row in table.items() if row.kind == "task"} == set(topics)
+    assert {row.partitions for row in table.values() if row.kind == "dead letters"} == {DLQ_PARTITIONS}
+    assert table[sent.topic].messages == 3 and table[sent.topic].lag == 3
+    assert all(row.messages == 0 and row.lag == 0 for t, row in table.items() if row.kind == "task" and t != sent.topic)
