@@ -363,7 +363,7 @@ def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     out = []
     for rows in zip(*runs):
         row: dict[str, Any] = {}
-        for key in rows[0]:
+        for key in rows[0]:  # (start_error and compression are text: the last run's)
             values = [r[key] for r in rows]
             numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
             row[key] = statistics.median(numbers) if len(numbers) == len(values) else values[-1]
@@ -374,24 +374,26 @@ def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def print_rows(title: str, rows: list[dict[str, Any]], ratio_to: str | None = None) -> None:
+    """One line per metric, one column per row (ratios to the first column where ``ratio_to`` is given)."""
     from rich.console import Console
     from rich.table import Table
 
     from benchmarks.bench import _fmt
 
     table = Table(title=title)
-    keys = [k for k in rows[0] if not k.endswith("_runs")]
-    for k in keys:
-        table.add_column(k, justify="right")
+    table.add_column("metric")
     for row in rows:
+        table.add_column(_fmt(row.get(ratio_to, "")) if ratio_to else "value", justify="right")
+    for key in (k for k in rows[0] if not k.endswith("_runs") and k != ratio_to):
         cells = []
-        for k in keys:
-            text = _fmt(row[k])
-            if ratio_to and k != ratio_to and isinstance(row[k], float) and isinstance(rows[0][k], float) \
-                    and rows[0][k]:
-                text += f" (x{row[k] / rows[0][k]:.2f})"
+        for row in rows:
+            text = _fmt(row.get(key))
+            base = rows[0].get(key)
+            if ratio_to and row is not rows[0] and isinstance(row.get(key), float) and isinstance(base, float) \
+                    and base and row[key] == row[key]:  # (nan != nan: no ratio)
+                text += f" (x{row[key] / base:.2f})"
             cells.append(text)
-        table.add_row(*cells)
+        table.add_row(key, *cells)
     Console().print(table)
 
 
@@ -463,6 +465,9 @@ def growth_command(what: str, type_counts: str, tasks: int, docs: int, keys: int
     if "types" in out:
         print_rows(f"task types (median of {runs})", out["types"], ratio_to="types")
     if "payload" in out:
-        print_rows(f"payloads (median of {runs})", out["payload"])
+        for row in out["payload"]:
+            row["variant"] = (f"{row['size_kb']:g} KB, {row['compression']}"
+                              + (f", {row['task_sleep_ms']:g} ms task" if row["task_sleep_ms"] else ""))
+        print_rows(f"payloads (median of {runs})", out["payload"], ratio_to="variant")
     click.echo(f"load average at start {out['loadavg_start']}, at end {out['loadavg_end']} "
                f"({os.cpu_count()} cores)")
