@@ -111,3 +111,36 @@ def test_idle_listener_stops_when_its_connection_fails(redis_url: str) -> None:
     finally:
         backend.close()
         admin.close()
+
+
+def test_a_final_result_arrives_with_its_message(redis_url: str) -> None:
+    """A small final record is published whole: the waiting get() returns it without reading the key again;
+    a large one is published by status and read."""
+    from taskq.results.redis import PUBLISH_RECORD_MAX
+
+    backend = RedisBackend(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    reads: list[str] = []
+    real_get = backend.get
+
+    def counting_get(task_id: str) -> ResultRecord | None:
+        reads.append(task_id)
+        return real_get(task_id)
+
+    backend.get = counting_get  # type: ignore[method-assign]
+    try:
+        for value in ("small", "x" * (PUBLISH_RECORD_MAX + 1)):
+            task_id = uuid.uuid4().hex
+            got: list[ResultRecord | None] = []
+            waiter = threading.Thread(target=lambda: got.append(backend.wait(task_id, 30)))
+            reads.clear()
+            waiter.start()
+            _wait_until(lambda: admin.pubsub_numsub(RESULT_PREFIX + task_id)[0][1] == 1 and reads, 30,
+                        "the waiter to subscribe and read once")
+            backend.store_many([ResultRecord(task_id, SUCCESS, value)])
+            waiter.join(30)
+            assert got and got[0] is not None and got[0].result == value
+            assert len(reads) == (1 if value == "small" else 2), reads
+    finally:
+        backend.close()
+        admin.close()

@@ -32,6 +32,19 @@ CHORD_STATE_PREFIX = "taskq-chord-state:"  # firing:<id> | fired | failing:<id> 
 CHILDREN_PREFIX = "taskq-children:"  # list of child ids, in send order
 
 
+PUBLISH_RECORD_MAX = 4096  # bytes: a final record up to this size is published whole, larger ones by status
+
+
+def published_record(payload: bytes) -> ResultRecord | None:
+    """The record a final result's message carries, or None for a status word or a chunk notice."""
+    if not payload.startswith(b"{"):
+        return None
+    try:
+        return ResultRecord.decode(payload)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class RedisBackend(ResultBackend):
     """Results in Redis at ``redis://host:port/db``."""
 
@@ -65,9 +78,10 @@ class RedisBackend(ResultBackend):
             px = self._px
             for rec in records:
                 key = RESULT_PREFIX + rec.id
-                pipe.set(key, rec.encode(), px=px)
-                if rec.ready:
-                    pipe.publish(key, rec.status)
+                value = rec.encode()
+                pipe.set(key, value, px=px)
+                if rec.ready:  # a small record goes with the message: a waiting get() needs no second read
+                    pipe.publish(key, value if len(value) <= PUBLISH_RECORD_MAX else rec.status)
             pipe.execute()
         self._call("store results", write)
 
@@ -92,7 +106,7 @@ class RedisBackend(ResultBackend):
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
         deadline = self._deadline(timeout)
         return self._call("wait for a result", wait_on, self.listener(), RESULT_PREFIX + task_id,
-                          lambda: self.get(task_id), deadline)
+                          lambda: self.get(task_id), deadline, 5.0, published_record)
 
     def append_chunk(self, task_id: str, chunk: Any) -> None:
         key = CHUNK_PREFIX + task_id

@@ -27,13 +27,15 @@ RECONNECT_PAUSE = 0.2  # s between attempts after the connection failed
 
 
 class Waiter:
-    """One ``wait()`` call's view of its channel: confirmed subscription, and "something was published"."""
+    """One ``wait()`` call's view of its channel: confirmed subscription, "something was published", and
+    what the last message said (a final result's record, or a word such as ``chunk``)."""
 
-    __slots__ = ("subscribed", "notified")
+    __slots__ = ("subscribed", "notified", "payload")
 
     def __init__(self) -> None:
         self.subscribed = threading.Event()
         self.notified = threading.Event()
+        self.payload: bytes | None = None
 
 
 class ResultListener:
@@ -122,21 +124,27 @@ class ResultListener:
                 if kind == "subscribe":
                     w.subscribed.set()
                 else:
+                    w.payload = message.get("data")
                     w.notified.set()
 
 
-def wait_on(listener: ResultListener, channel: str, read: Any, deadline: float, safety: float = 5.0) -> Any:
+def wait_on(listener: ResultListener, channel: str, read: Any, deadline: float, safety: float = 5.0,
+            decode: Any = None) -> Any:
     """Subscribe ``channel``, then ``read()`` until it returns a ready record or ``deadline`` passes.
 
     ``read()`` returns a record or None; the last one read is returned. A message on the channel means
-    "read again"; a read happens at least every ``safety`` seconds as well.
+    "read again", unless ``decode(payload)`` turns the message itself into a ready record (a final
+    result published with its record: no second read); a read happens at least every ``safety`` s too.
     """
     waiter = listener.register(channel)
     try:
         waiter.subscribed.wait(max(0.0, min(deadline - time.monotonic(), safety)))
         while True:
             waiter.notified.clear()
-            record = read()
+            payload, waiter.payload = waiter.payload, None
+            record = decode(payload) if decode is not None and payload else None
+            if record is None or not record.ready:
+                record = read()
             if record is not None and record.ready:
                 return record
             left = deadline - time.monotonic()
