@@ -32,7 +32,7 @@ from taskq.execution import Kind, Outcome
 from taskq.hooks import Hook, WorkerInfo
 from taskq.message import H_ATTEMPTS, H_ID, H_PARENT_ID, H_ROOT_ID, H_TASK
 from taskq.results.base import ResultRecord
-from taskq.serialization import JSON
+from taskq.serialization import JSON, json_dumps_str_keys
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -78,10 +78,10 @@ ACK_BOUND = 5.0
 
 
 def task_base(record: Record, worker: str | None, kind: str | None = None, ts: float | None = None,
-              received: float | None = None, started: float | None = None, sent: float | None = None,
-              ) -> dict[str, Any]:
-    """A task event of this record (``finished``, ``runtime`` and the exception fields unset), built
-    as one dict display: the hot path of every event."""
+              received: float | None = None, started: float | None = None, finished: float | None = None,
+              runtime: float | None = None, sent: float | None = None) -> dict[str, Any]:
+    """A task event of this record (the exception fields unset), built as one dict display: the hot
+    path of every event."""
     raw_id = root = parent = name = None
     attempts = b"0"
     for header, value in record.headers:  # one pass; the last value of a header wins
@@ -109,7 +109,7 @@ def task_base(record: Record, worker: str | None, kind: str | None = None, ts: f
         "key": key.decode(errors="replace") if key is not None else None,
         "topic": record.topic, "partition": record.partition, "offset": record.offset, "attempt": attempt,
         "sent": sent if sent is not None else (record.timestamp_ms / 1000.0 if record.timestamp_ms > 0 else None),
-        "received": received, "started": started, "finished": None, "runtime": None,
+        "received": received, "started": started, "finished": finished, "runtime": runtime,
         "exc_type": None, "exc_message": None,
     }
 
@@ -184,6 +184,8 @@ class EventsHook(Hook):
     def __init__(self, app: Taskq, producer: Producer, worker: str) -> None:
         self.topic = app.events_topic
         self.include_args = app.settings.events_include_args
+        # without arguments and results every key is a string: the faster encoder
+        self._encode = JSON.dumps if self.include_args else json_dumps_str_keys
         self.coalesce = max(0.0, app.settings.events_coalesce)
         self.serializers = app.serializers
         self.worker = worker
@@ -378,14 +380,18 @@ class EventsHook(Hook):
             if at is not None and key not in self._told_started:
                 self._produce(self._task_event(TASK_STARTED, at, record))
         success = kind is Kind.SUCCESS  # identity tests: an Enum's hash is a Python call
-        event = self._task_event(TASK_SUCCEEDED if success else _OUTCOME_TYPES[kind], now, record, forget=True)
+        received, started = self._forget((record.topic, record.partition, record.offset))
         result = outcome.result
         finished = result.date_done if result is not None and result.date_done else now
-        event["finished"] = finished
+        runtime = None
         if success or kind is Kind.RETRY or kind is Kind.DEAD:  # the task body ran
-            event["runtime"] = outcome.runtime
-            if event["started"] is None:  # its start was not seen here
-                event["started"] = finished - outcome.runtime
+            runtime = outcome.runtime
+            if started is None:  # its start was not seen here
+                started = finished - runtime
+        event = task_base(record, self.worker, TASK_SUCCEEDED if success else _OUTCOME_TYPES[kind], now, received,
+                          started, finished, runtime)
+        if self.include_args:
+            event["args"], event["kwargs"] = self._arguments(record)
         if not success:
             event["exc_type"] = outcome.error_type or None
             event["exc_message"] = (outcome.error_message or "")[:1024] or None
@@ -444,7 +450,7 @@ class EventsHook(Hook):
     def _send_events(self, partition: int | None, events: list[dict[str, Any]]) -> None:
         """One message keyed by the first event's root id, acknowledged through the delivery gate."""
         try:
-            value = _dumps(events[0] if len(events) == 1 else events)
+            value = self._encode(events[0] if len(events) == 1 else events)
         except Exception as exc:  # noqa: BLE001 - an event that cannot be encoded never affects a task
             self._failed(len(events), exc)
             return
