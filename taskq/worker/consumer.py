@@ -54,6 +54,7 @@ from taskq.worker.stats import StatsHook, WorkerStats
 log = logging.getLogger("taskq.worker")
 PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
 COMMIT_INTERVAL = 0.2  # seconds between asynchronous commits of finished work
+IDLE_COMMIT_INTERVAL = 0.02  # s between them once all work taken is finished (a drained backlog commits at once)
 PREFETCH_BYTES = 64 * 1024 * 1024  # payload bytes taken but unfinished at most (librdkafka's queue holds as much)
 
 
@@ -381,13 +382,15 @@ class Worker:
 
     def _commit(self, consumer: Consumer, sync: bool = False, partitions: Iterable[TopicPartition] | None = None,
                 ) -> None:
-        """Commit finished work: asynchronously at most every COMMIT_INTERVAL, or now and synchronously.
+        """Commit finished work: asynchronously at most every COMMIT_INTERVAL (IDLE_COMMIT_INTERVAL when
+        nothing taken is unfinished), or now and synchronously.
 
         One commit per loop at a low message rate would be a request per message, and the client's
         commit queue then falls behind (lag grows although every task is done).
         """
         now = time.monotonic()
-        if not sync and now - self._last_commit < COMMIT_INTERVAL:
+        interval = COMMIT_INTERVAL if self._in_flight > 0 else IDLE_COMMIT_INTERVAL
+        if not sync and now - self._last_commit < interval:
             return
         self._last_commit = now
         offsets = self._offsets.to_commit(partitions, every=sync)
