@@ -112,3 +112,52 @@ def test_worker_accounts_every_llm_task(kafka_url: str, redis_clean: str, llm_se
     roots = {r.name: r.requests for r in store.totals("root")}
     assert roots["root-a"] == 3 and sum(roots.values()) == 6
     app.close()
+
+
+@pytest.mark.redis
+def test_loop_writes_batch_chunks_and_usage_in_order(redis_clean: str) -> None:
+    """Deltas of many calls go out in one batch per interval, merged per task, restart marks in their place;
+    a flush returns only once chunks and usage are stored; a failed chunk write fails that task's flush."""
+    import asyncio
+
+    from taskq.llm.usage import RedisUsageStore
+    from taskq.llm.writes import LoopWrites
+    from taskq.results.base import RESTART_MARK, SUCCESS, ResultRecord
+    from taskq.results.redis import RedisBackend
+
+    backend = RedisBackend(redis_clean)
+    store = RedisUsageStore(backend.client, "taskq-usage-test:")
+    batches: list[int] = []
+    real = backend.append_chunks
+
+    def counted(items: Any) -> None:
+        batches.append(len(items))
+        real(items)
+
+    backend.append_chunks = counted  # type: ignore[method-assign]
+
+    async def run() -> None:
+        writes = LoopWrites(asyncio.get_running_loop(), backend, lambda: store, interval=0.05)
+        for i in range(100):
+            for text in ("Hel", "lo"):
+                writes.text(f"w{i}", text)
+        writes.restart("w0")
+        writes.text("w0", "again")
+        await asyncio.sleep(0.2)  # the timer wrote them: one batch, one chunk per task (w0: 3 items)
+        assert batches == [102]
+        writes.text("w1", "!")
+        writes.usage(usage("carol", "infer", "r9", (3, 4), 0.002))
+        await writes.flush("w1")  # at once, not after the interval
+        assert batches == [102, 1] and store.spent_today("carol")[0] == 7
+        backend.append_chunks = lambda items: (_ for _ in ()).throw(RuntimeError("store down"))  # type: ignore
+        writes.text("w2", "x")
+        with pytest.raises(RuntimeError, match="store down"):
+            await writes.flush("w2")
+        await writes.flush("w3")  # another task's flush is not failed by it
+
+    asyncio.run(run())
+    backend.store_many([ResultRecord("w0", SUCCESS, "again"), ResultRecord("w1", SUCCESS, "Hello!")])
+    assert list(backend.stream("w1", timeout=5)) == ["Hello", "!"]
+    assert list(backend.stream("w0", timeout=5)) == ["again"]
+    raw = backend.client.lrange("taskq-chunks:w0", 0, -1)
+    assert raw[1] == RESTART_MARK and len(raw) == 3, "w0: its first attempt, the restart mark, the retry"

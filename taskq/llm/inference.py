@@ -13,7 +13,6 @@ Use it from a bound coroutine task (see ``tasks/llm.py``)::
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +23,8 @@ from taskq.llm.usage import Usage
 from taskq.task import Task
 
 if TYPE_CHECKING:
-    from taskq.llm.guard import Guard
     from taskq.llm.service import LLM
 
-log = logging.getLogger("taskq.llm")
-
-FLUSH_EVERY = 0.02  # seconds: deltas arriving faster are published together (one store write)
 META_KEY = "llm"  # result meta: {"llm": {"model", "input_tokens", "output_tokens", "latency", "cost", "user"}}
 
 
@@ -37,7 +32,7 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
                    max_tokens: int = 256, system: str | None = None, temperature: float | None = None,
                    ) -> dict[str, Any]:
     """Stream an answer to ``prompt``; text deltas become partial results of the running task as they arrive
-    (those closer together than 20 ms as one chunk).
+    (written with the event loop's next batch of store writes, at most 20 ms later: :mod:`taskq.llm.writes`).
 
     Returns ``{"text", "stop_reason", "usage": {"input_tokens", "output_tokens"}, "model", "latency",
     "cost", "user_id"}`` and puts the same accounting in ``task.request.meta["llm"]``. Provider failures
@@ -46,11 +41,11 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
     :class:`~taskq.errors.BudgetExceeded`; the provider key's RPM/TPM limits make the call wait its turn.
     """
     request = task.request
-    backend = task.app.backend
     guard = llm.guard
     guard.check_budget(user_id)
+    writes = llm.writes()
     if request.attempts:
-        backend.restart_chunks(request.id)  # callers watching stream() drop the failed attempt's text
+        writes.restart(request.id)  # callers watching stream() drop the failed attempt's text
     params: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                               "messages": [{"role": "user", "content": prompt}]}
     if system is not None:
@@ -65,35 +60,33 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
     await guard.take_turn(api_key, estimate)
     started = time.perf_counter()
     parts: list[str] = []
-    pending: list[str] = []  # text not yet published: deltas closer than FLUSH_EVERY go out as one chunk
-    flushed = 0.0
+    task_id = request.id
     try:
-        async with client.messages.stream(**params) as stream:
-            async for text in stream.text_stream:
-                parts.append(text)
-                pending.append(text)
-                now = time.monotonic()
-                if now - flushed >= FLUSH_EVERY:
-                    backend.append_chunk(request.id, "".join(pending))
-                    pending.clear()
-                    flushed = now
-            final = await stream.get_final_message()
-        if pending:
-            backend.append_chunk(request.id, "".join(pending))
-    except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not a provider failure
-        failure = classify(exc)
-        if failure is None:
-            raise
-        if failure.retry:
-            raise task.retry(failure.error, countdown=failure.retry_after) from exc
-        raise failure.error from exc
-    latency = round(time.perf_counter() - started, 4)
-    usage = {"input_tokens": final.usage.input_tokens, "output_tokens": final.usage.output_tokens}
-    guard.settle(api_key, estimate, usage["input_tokens"] + usage["output_tokens"])
-    price = cost(final.model, usage["input_tokens"], usage["output_tokens"])
-    request.meta[META_KEY] = {"model": final.model, **usage, "latency": latency, "cost": price, "user": user_id}
-    account(guard, Usage(user_id or "anonymous", task.name, request.root, final.model, usage["input_tokens"],
-                         usage["output_tokens"], price, latency, time.time()))
+        try:
+            async with client.messages.stream(**params) as stream:
+                async for text in stream.text_stream:
+                    parts.append(text)
+                    writes.text(task_id, text)  # published with the loop's next batch (<= 20 ms)
+                final = await stream.get_final_message()
+        except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not a provider failure
+            await writes.flush()  # this attempt's chunks are stored before its retry can mark a restart
+            failure = classify(exc)
+            if failure is None:
+                raise
+            if failure.retry:
+                raise task.retry(failure.error, countdown=failure.retry_after) from exc
+            raise failure.error from exc
+        latency = round(time.perf_counter() - started, 4)
+        usage = {"input_tokens": final.usage.input_tokens, "output_tokens": final.usage.output_tokens}
+        guard.settle(api_key, estimate, usage["input_tokens"] + usage["output_tokens"])
+        price = cost(final.model, usage["input_tokens"], usage["output_tokens"])
+        request.meta[META_KEY] = {"model": final.model, **usage, "latency": latency, "cost": price,
+                                  "user": user_id}
+        writes.usage(Usage(user_id or "anonymous", task.name, request.root, final.model, usage["input_tokens"],
+                           usage["output_tokens"], price, latency, time.time()))
+        await writes.flush(task_id)  # chunks and usage stored before the result (raises a failed chunk write)
+    finally:
+        writes.forget(task_id)
     return {"text": "".join(parts), "stop_reason": final.stop_reason, "usage": usage, "model": final.model,
             "latency": latency, "cost": price, "user_id": user_id}
 
@@ -101,13 +94,3 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
 def estimate_tokens(prompt: str, system: str | None = None) -> int:
     """A rough input token count before the call (about four characters a token)."""
     return max(1, (len(prompt) + len(system or "")) // 4)
-
-
-def account(guard: Guard, usage: Usage) -> None:
-    """Add one call to the roll-ups, right after the provider answered: the tokens are spent (and billed)
-    even if this attempt's result is lost later and the task runs again. A store failure is logged, never
-    raised: it must not make the task call the model a second time."""
-    try:
-        guard.usage.add([usage])
-    except Exception as exc:  # noqa: BLE001 - accounting never fails a finished call
-        log.error("could not account LLM usage of task %s (user %s): %s", usage.root, usage.user, exc)

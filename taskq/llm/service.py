@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from taskq.llm.client import LLMClients, LLMConfig
 from taskq.llm.guard import Guard, Limits
+from taskq.llm.writes import LoopWrites
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -25,6 +28,7 @@ class LLM:
         self.clients = LLMClients(config)
         self._limits = limits
         self._guard: Guard | None = None
+        self._writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWrites] = weakref.WeakKeyDictionary()
 
     @property
     def limits(self) -> Limits:
@@ -52,3 +56,12 @@ class LLM:
 
     def client(self) -> Any:
         return self.clients.get()
+
+    def writes(self) -> LoopWrites:
+        """The running event loop's batched partial-result and usage writes (one per loop)."""
+        loop = asyncio.get_running_loop()
+        writes = self._writes.get(loop)
+        if writes is None:
+            guard = self.guard
+            writes = self._writes[loop] = LoopWrites(loop, self.app.backend, lambda: guard.usage)
+        return writes

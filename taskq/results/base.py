@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +113,15 @@ class ResultBackend(ABC):
     @abstractmethod
     def restart_chunks(self, task_id: str) -> None:
         """Mark the start of a new attempt's partial results (earlier chunks belong to a failed attempt)."""
+
+    def append_chunks(self, items: Sequence[tuple[str, Any]]) -> None:
+        """Publish partial results of several tasks in order, ``(task_id, chunk)`` each, a chunk of None
+        being a restart mark (:meth:`restart_chunks`); backends that can do it in one round trip do."""
+        for task_id, chunk in items:
+            if chunk is None:
+                self.restart_chunks(task_id)
+            else:
+                self.append_chunk(task_id, chunk)
 
     @abstractmethod
     def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -129,6 +129,25 @@ class RedisBackend(ResultBackend):
             pipe.publish(RESULT_PREFIX + task_id, "chunk")
             pipe.execute()
         self._call("mark a restart", write)
+
+    def append_chunks(self, items: Sequence[tuple[str, Any]]) -> None:
+        """One pipeline for all ``items``: RPUSH each, then one PEXPIRE and one PUBLISH per task."""
+        if not items:
+            return
+        dumps = JSON.dumps
+        px = self._px
+
+        def write() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            seen: dict[str, None] = {}
+            for task_id, chunk in items:
+                pipe.rpush(CHUNK_PREFIX + task_id, RESTART_MARK if chunk is None else dumps(chunk))
+                seen[task_id] = None
+            for task_id in seen:
+                pipe.pexpire(CHUNK_PREFIX + task_id, px)
+                pipe.publish(RESULT_PREFIX + task_id, "chunk")
+            pipe.execute()
+        self._call("append chunks", write)
 
     def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:
         key = CHUNK_PREFIX + task_id
