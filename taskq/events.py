@@ -208,6 +208,7 @@ class EventsHook(Hook):
         self.failed = 0  # events that could not be queued or delivered (logged once)
         self._failure_logged = False
         self.published = 0  # events queued on the producer
+        self._ended = False  # the events thread has ended: holds are released at once
         self._gate = DeliveryGate(ACK_BOUND, self._failed)
         # task events of this publishing round per events-topic partition, in order; 0 partitions
         # (count unknown): each event is its own keyed message
@@ -252,6 +253,8 @@ class EventsHook(Hook):
         before committing their offsets, so a crash right after a commit loses none of their events."""
         self._queue.append((_HOLD, 0.0, (items, release)))
         self._wake.set()
+        if self._ended:  # the events thread is gone: nothing publishes them, no commit may wait
+            self._release_queued()
 
     # -- publishing ---------------------------------------------------------------------------------
 
@@ -265,26 +268,54 @@ class EventsHook(Hook):
         return left
 
     def _run(self) -> None:
+        try:
+            self._publish_until_stopped()
+        finally:
+            self._ended = True
+            self._release_queued()
+
+    def _release_queued(self) -> None:
+        """Release every hold, queued or waiting (the events thread has ended)."""
+        with self._lock:
+            holds = [payload for what, _, payload in self._take_queue() if what == _HOLD]
+        for items, release in holds:
+            release(items)
+        self._gate.release_all()
+
+    def _take_queue(self) -> list[tuple[int, float, Any]]:
+        queue, taken = self._queue, []
+        while queue:
+            taken.append(queue.popleft())
+        return taken
+
+    def _publish_until_stopped(self) -> None:
         tick = min(0.05, self.coalesce / 2) if self.coalesce else 0.05
-        gate = self._gate
         while True:
             self._wake.clear()
             stopping = self._stop.is_set()
             try:
                 self._drain()
+                if stopping:
+                    self._drain()  # what was queued while the last drain ran
+                    return
+                self._serve(tick)
             except Exception:  # noqa: BLE001 - a bad record must not end the events of the worker
-                log.exception("building task events failed; continuing")
-            if stopping:
-                self._drain()  # what was queued while the last drain ran
-                return
-            now = time.monotonic()
-            gate.expire(now)
-            deadline = now + tick
-            # while holds wait, serve delivery reports as they come (the embedded broker's poll never blocks)
-            while gate.waiting and not self._wake.is_set() and (left := deadline - time.monotonic()) > 0:
-                if not self._producer.poll(left):
-                    break
-            self._wake.wait(max(0.0, deadline - time.monotonic()))
+                log.exception("publishing task events failed; continuing")
+                if stopping:
+                    return
+                self._wake.wait(tick)
+
+    def _serve(self, tick: float) -> None:
+        """Release overdue holds; serve delivery reports while holds wait; sleep out the tick."""
+        gate = self._gate
+        now = time.monotonic()
+        gate.expire(now)
+        deadline = now + tick
+        # while holds wait, serve delivery reports as they come (the embedded broker's poll never blocks)
+        while gate.waiting and not self._wake.is_set() and (left := deadline - time.monotonic()) > 0:
+            if not self._producer.poll(left):
+                break
+        self._wake.wait(max(0.0, deadline - time.monotonic()))
 
     def _drain(self) -> None:
         with self._lock:  # one publisher at a time keeps the queue's order on the producer

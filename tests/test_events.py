@@ -21,7 +21,7 @@ import pytest
 from taskq import Taskq
 from taskq.delivery import DeliveryGate
 from taskq.events import FINAL_TYPES, TASK_DEAD, TASK_FAILED, TASK_RECEIVED, TASK_RETRIED, TASK_SKIPPED
-from taskq.events import TASK_STARTED, TASK_SUCCEEDED, VERSION, decode_all, event_partition
+from taskq.events import TASK_STARTED, TASK_SUCCEEDED, VERSION, EventsHook, decode_all, event_partition
 from taskq.inspect import read_events, workers
 from taskq.results.base import FAILURE, STARTED, SUCCESS
 from tests.support import (
@@ -238,6 +238,19 @@ def test_delivery_gate_releases_holds_in_round_order_and_bounds_the_wait() -> No
     assert released[-1] == "e" and gate.waiting
     gate.release_all()
     assert released[-1] == "f"
+
+
+def test_holds_are_released_once_published_and_at_once_after_the_events_thread_ended(tmp_path: Path) -> None:
+    app = Taskq("evhold", local_path=str(tmp_path / "q.db"))
+    app.ensure_topic(app.events_topic, 1)
+    hook = EventsHook(app, app.broker.producer(), "w1")
+    released: list[list[str]] = []
+    hook.hold(["a"], released.append)  # nothing queued before it: released after the next round
+    wait_until(lambda: released == [["a"]], 5, "the hold released")
+    hook.close(5)
+    hook.hold(["b"], released.append)  # nothing publishes any more: released at once
+    assert released == [["a"], ["b"]]
+    app.close()
 
 
 def check_events(events: list[dict[str, Any]], expected: dict[str, tuple[str, Any]], records: dict[str, Any],
