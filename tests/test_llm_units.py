@@ -85,3 +85,32 @@ def test_startup_checks_run_only_for_the_tasks_a_worker_consumes() -> None:
         app.run_startup_checks(["a", "b"])
     with pytest.raises(ConfigError):
         app.run_startup_checks()
+
+
+def test_sharded_pool_keeps_the_connection_limit_and_balances() -> None:
+    """The SDK client's pool in shards: the limit holds in total, answers are whole, every shard's count of
+    open answers is back to zero once the bodies are closed."""
+    import asyncio
+
+    pytest.importorskip("anthropic")
+    from taskq.devtools.llm_server import LLMServer
+    from taskq.llm.client import LLMClients
+
+    async def run(url: str) -> None:
+        client = LLMClients(LLMConfig("k", url, max_connections=100)).get()
+        transport = client._client._transport
+        assert len(transport.shards) == 3
+        assert sum(t._pool._max_connections for t in transport.shards) == 100
+
+        async def one(i: int) -> str:
+            async with client.messages.stream(model="claude-haiku-4-5", max_tokens=8,
+                                              messages=[{"role": "user", "content": f"q{i}"}]) as stream:
+                return "".join([text async for text in stream.text_stream])
+
+        answers = await asyncio.gather(*[one(i) for i in range(150)])
+        assert all(answers) and transport.open == [0, 0, 0]
+        await client.close()
+
+    with LLMServer(latency=0.05) as server:
+        asyncio.run(run(server.url))
+        assert 50 < server.standin.peak_active <= 100, "calls ran side by side, never more than the limit"

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import urllib.request
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from taskq.errors import ConfigError
+from taskq.llm.transport import shard_count, sharded_transport
 
 API_KEY = "ANTHROPIC_API_KEY"
 BASE_URL = "TASKQ_LLM_BASE_URL"
@@ -107,11 +109,16 @@ class LLMClients:
         httpx = http_module()
         config = self.check()
         timeout = anthropic.Timeout(config.read_timeout, connect=config.connect_timeout)
-        limits = httpx.Limits(max_connections=config.max_connections,
-                              max_keepalive_connections=min(config.max_connections, 1000))
+        if shard_count(config.max_connections) > 1 and not urllib.request.getproxies():
+            # the same connection limit in several pools: each request scans a few dozen connections
+            http_client = anthropic.DefaultAsyncHttpxClient(
+                timeout=timeout, transport=sharded_transport(httpx, config.max_connections))
+        else:  # the library's own pool (it also routes through HTTP(S)_PROXY when set)
+            limits = httpx.Limits(max_connections=config.max_connections,
+                                  max_keepalive_connections=min(config.max_connections, 1000))
+            http_client = anthropic.DefaultAsyncHttpxClient(timeout=timeout, limits=limits)
         return anthropic.AsyncAnthropic(api_key=config.api_key, base_url=config.base_url, max_retries=0,
-                                        timeout=timeout, http_client=anthropic.DefaultAsyncHttpxClient(
-                                            timeout=timeout, limits=limits))
+                                        timeout=timeout, http_client=http_client)
 
 
 def http_module() -> Any:
