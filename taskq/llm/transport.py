@@ -38,7 +38,9 @@ def sharded_transport(httpx: Any, max_connections: int) -> Any:
     shards = shard_count(max_connections)
     per = math.ceil(max_connections / shards)
     sizes = [n for n in (min(per, max_connections - i * per) for i in range(shards)) if n > 0]
-    transports = [httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+    tls = httpx.create_ssl_context()  # one for all shards (loading the CA bundle costs ~50 ms of CPU)
+    transports = [httpx.AsyncHTTPTransport(verify=tls, limits=httpx.Limits(max_connections=n,
+                                                                           max_keepalive_connections=n),
                                            socket_options=keepalive_options()) for n in sizes]
 
     class Counted(httpx.AsyncByteStream):  # type: ignore[name-defined,misc]

@@ -114,20 +114,24 @@ class RedisUsageStore(UsageStore):
     def add(self, usages: Sequence[Usage]) -> None:
         if not usages:
             return
-        pipe = self.client.pipeline(transaction=False)
-        touched: set[str] = set()
+        sums: dict[tuple[str, str], int] = {}  # (hash, field) -> increment: one HINCRBY per field per batch
         for u in usages:
             hour = int(u.ts // HOUR)
             counts = u.counts()
             for by, name in u.names().items():
                 key = f"{self.prefix}{by}:{hour}"
-                touched.add(key)
                 for metric, value in counts.items():
-                    pipe.hincrby(key, f"{name}{SEP}{metric}", value)
+                    field = (key, f"{name}{SEP}{metric}")
+                    sums[field] = sums.get(field, 0) + value
             day = f"{self.prefix}day:{day_of(u.ts)}"
-            touched.add(day)
-            pipe.hincrby(day, f"{u.user}{SEP}tokens", u.input_tokens + u.output_tokens)
-            pipe.hincrby(day, f"{u.user}{SEP}cost_micro", counts["cost_micro"])
+            for field, value in (((day, f"{u.user}{SEP}tokens"), u.input_tokens + u.output_tokens),
+                                 ((day, f"{u.user}{SEP}cost_micro"), counts["cost_micro"])):
+                sums[field] = sums.get(field, 0) + value
+        pipe = self.client.pipeline(transaction=False)
+        touched: dict[str, None] = {}
+        for (key, field), value in sums.items():
+            pipe.hincrby(key, field, value)
+            touched[key] = None
         for key in touched:
             pipe.expire(key, KEEP_HOURS * HOUR)
         pipe.execute()
