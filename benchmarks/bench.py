@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Self
 import click
 
 from taskq.app import Taskq
+from taskq.message import H_ID
 from taskq.topics import DLQ_PARTITIONS
 
 if TYPE_CHECKING:  # rich is imported where it is used: `taskq worker` should not pay for it
@@ -549,6 +550,48 @@ def verify_results(app: Taskq, ids: Sequence[str]) -> tuple[int, list[Any]]:
                 bad += 1
             values.append(None if rec is None else rec.result)
     return bad, values
+
+
+def locate_missing(app: Taskq, ids: Sequence[str], limit: int = 10, timeout: float = 30.0) -> list[str]:
+    """For a run that did not finish: one line per task of ``ids`` without a final result (at most
+    ``limit``), saying where its record is and what the app's group committed on that partition, so that
+    a lost task (committed past, or never in a task topic) can be told from a stalled one. Best effort."""
+    missing: list[str] = []
+    for i in range(0, len(ids), 5000):
+        chunk = ids[i:i + 5000]
+        missing += [tid for tid, rec in zip(chunk, app.backend.get_many(chunk)) if rec is None or not rec.ready]
+    wanted = set(missing[:limit])
+    where: dict[str, tuple[str, int, int]] = {}
+    broker = app.broker
+    for topic in sorted({t for task in app.tasks.values() for t in task.topics}):
+        if len(where) == len(wanted):
+            break
+        ends = {p: high for p, (low, high) in broker.watermarks(topic).items() if high > low}
+        if not ends:
+            continue
+        reader = broker.reader(topic, {p: 0 for p in ends})
+        try:
+            deadline = time.monotonic() + timeout
+            left = dict(ends)
+            while left and time.monotonic() < deadline:
+                for record in reader.read(1000, 0.5):
+                    raw = record.header(H_ID)
+                    if raw is not None and raw.decode(errors="replace") in wanted:
+                        where[raw.decode(errors="replace")] = (record.topic, record.partition, record.offset)
+                    if record.offset + 1 >= left.get(record.partition, 0):
+                        left.pop(record.partition, None)
+        finally:
+            reader.close()
+    lines = [f"{len(missing)} of {len(ids)} tasks without a final result"]
+    for tid in missing[:limit]:
+        if tid not in where:
+            lines.append(f"  {tid}: not found in any task topic (never delivered to Kafka, or not read in time)")
+            continue
+        topic, partition, offset = where[tid]
+        committed = broker.committed(app.group, topic).get(partition)
+        verdict = "committed past it: LOST" if committed is not None and committed > offset else "not committed yet"
+        lines.append(f"  {tid}: {topic}[{partition}]@{offset}, group committed {committed} ({verdict})")
+    return lines
 
 
 # --------------------------------------------------------------------------- progress and numbers

@@ -27,6 +27,7 @@ types (and the document task when ``TASKQ_BENCH_DOC=1``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import random
@@ -130,8 +131,8 @@ def settle(app: Taskq) -> None:
 def run_types(target: Target, types: int, tasks: int, concurrency: int = 8, progress: Progress | None = None,
               timeout: float = 600.0) -> dict[str, Any]:
     """One worker on ``types`` task types: start-up (cold and on existing topics), throughput, RSS."""
-    from benchmarks.bench import (Completion, Incomplete, Phase, cleanup, new_run_id, run_settings, taskq_counter,
-                                  verify_results, wait_for_keys)
+    from benchmarks.bench import (Completion, Incomplete, Phase, cleanup, locate_missing, new_run_id, run_settings,
+                                  taskq_counter, verify_results, wait_for_keys)
 
     run = new_run_id()
     app = make_growth_app(types, False, target.broker, target.backend, **run_settings(run))
@@ -161,6 +162,9 @@ def run_types(target: Target, types: int, tasks: int, concurrency: int = 8, prog
                     if not isinstance(exc, Incomplete) and "exited" in exc.message:
                         start_error = exc.message.strip().splitlines()[-1][:200]
                     else:
+                        if isinstance(exc, Incomplete):  # lost or stalled: which tasks, and where
+                            with contextlib.suppress(Exception):
+                                exc.message += "\n" + "\n".join(locate_missing(app, ids))
                         raise
                 peak = worker.peak_rss_mb()
         finally:
