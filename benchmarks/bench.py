@@ -7,7 +7,7 @@ Benchmarks (``taskq bench NAME --help`` for options):
     i.e. every message acknowledged by Kafka (``acks=all`` + idempotence, the producer defaults).
 ``e2e``
     ``n`` no-op tasks are queued first (not timed), then ONE worker process is started
-    (``taskq worker -A benchmarks.bench:bench_app``); timed from its start until every result is stored
+    (``taskq worker -A benchmarks.app:bench_app``); timed from its start until every result is stored
     and the group's offsets are committed. Also the worker's CPU seconds per task
     (``/proc/<pid>/stat`` utime+stime) and its peak RSS (``VmHWM``).
 ``latency``
@@ -35,7 +35,6 @@ by ``benchmarks/compare.py``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 import itertools
@@ -57,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import click
 
+from benchmarks.app import INFER, NOOP, SLEEP, STAMP, make_app  # noqa: F401 - the tasks live where the worker loads them
 from taskq.app import Taskq
 from taskq.message import H_ID
 from taskq.topics import DLQ_PARTITIONS
@@ -65,62 +65,17 @@ if TYPE_CHECKING:  # rich is imported where it is used: `taskq worker` should no
     from rich.console import Console
     from rich.progress import Progress
 
-NOOP = "bench.noop"
-SLEEP = "bench.sleep"
-STAMP = "bench.stamp"  # keyed, returns when it ran (benchmarks/rebalance.py)
-INFER = "bench.infer"  # a model call through the anthropic SDK (taskq.llm), answered by the local stand-in
-WORKER_APP = "benchmarks.bench:bench_app"
+WORKER_APP = "benchmarks.app:bench_app"  # only the tasks: the worker does not import the commands
 REPO = Path(__file__).resolve().parent.parent  # the checkout: worker processes import benchmarks/ from here
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-# --------------------------------------------------------------------------- the bench app
-
-
-def make_app(broker: str | None = None, backend: str | None = None, **settings: Any) -> Taskq:
-    """An app with the benchmark tasks; anything not passed comes from ``TASKQ_*`` variables."""
-    app = Taskq("bench", broker=broker, backend=backend, **settings)
-
-    @app.task(name=NOOP)
-    def noop() -> None:
-        return None
-
-    @app.task(name=STAMP, key="key")
-    def stamp(key: str, seq: int) -> list[Any]:
-        now = time.time()
-        return [key, seq, now, now]
-
-    @app.task(name=SLEEP, key="key")
-    async def sleep(key: str, seq: int, seconds: float = 1.0) -> list[Any]:
-        started = time.time()
-        await asyncio.sleep(seconds)
-        return [key, seq, started, time.time()]
-
-    if not (os.environ.get("TASKQ_LLM_BASE_URL") or os.environ.get("ANTHROPIC_API_KEY")):
-        return app  # no model to call (a worker would refuse to start): the other benchmarks still run
-    try:
-        from taskq.llm import LLM, complete
-    except ImportError:  # the llm extra is not installed: no SDK benchmark
-        return app
-    llm = LLM(app)
-
-    @app.task(name=INFER, key="key", bind=True, max_retries=3, retry_backoff=True, time_limit=300)
-    async def infer(self: Any, key: str, seq: int, prompt: str, max_tokens: int = 8) -> list[Any]:
-        started = time.time()
-        answer = await complete(self, llm, prompt, model="claude-haiku-4-5", user_id=key, max_tokens=max_tokens)
-        return [key, seq, started, time.time(), answer["usage"]["output_tokens"]]
-
-    llm.install(infer)
-    return app
-
-
 def __getattr__(name: str) -> Any:
-    """``bench_app`` (what ``taskq worker -A benchmarks.bench:bench_app`` loads) is built on first use."""
+    """``benchmarks.bench:bench_app`` still names the bench app (it lives in :mod:`benchmarks.app`)."""
     if name == "bench_app":
-        app = make_app()
-        globals()["bench_app"] = app
-        return app
+        from benchmarks import app
+        return app.bench_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -179,6 +179,7 @@ class ThreadPool(Pool):
 
     def _loop(self) -> None:
         app, name, done, runnable, get = self.app, self.worker_name, self.done, self.runnable, self._queue.get
+        run_record = execution.run
         ident = threading.get_ident()
         while (record := get()) is not None:
             if isinstance(record, list):
@@ -189,7 +190,13 @@ class ThreadPool(Pool):
                 continue
             soft, hard = execution.time_limits(app, record) if self._limited else (None, None)
             if soft is None and hard is None:
-                done(record, self._guarded(record, lambda: execution.run(app, record, name), time.perf_counter()))
+                started = time.perf_counter()
+                outcome: execution.Outcome | None
+                try:  # _guarded, inlined: one call less per task on the common path
+                    outcome = run_record(app, record, name)
+                except BaseException as error:  # noqa: BLE001 - handled as _guarded does
+                    outcome = self._guarded(record, _reraise(error), started)
+                done(record, outcome)
                 continue
             run = _Run(record, time.monotonic(), time.perf_counter(), soft, hard)
             with self._lock:

@@ -14,17 +14,17 @@ pool a waiting task costs nothing but a coroutine).
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from taskq.brokers.local.store import ThreadConnections
 from taskq.errors import BackendError, ConfigError
 from taskq.results.beside import beside_results
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from taskq.app import Taskq
 
 RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
@@ -117,6 +117,8 @@ class LocalRateLimiter(RateLimiter):
     """The same algorithm in the embedded SQLite file, on this machine's clock."""
 
     def __init__(self, path: str) -> None:
+        from taskq.brokers.local.store import ThreadConnections  # the embedded store only where it is used
+
         self.path = path
         self._conns = ThreadConnections(path, BackendError)
         self._db().execute("CREATE TABLE IF NOT EXISTS rate_limits (name TEXT PRIMARY KEY, tat REAL NOT NULL)")

@@ -45,6 +45,7 @@ class Batcher:
         """``topics``: topic -> (batch size, seconds to wait for a batch to fill)."""
         self._submit_batch = submit_batch
         self._topics = {t: _Topic(size, wait) for t, (size, wait) in topics.items()}
+        self.active = bool(self._topics)  # False: no batch task here, no record is ever handled
         self._running: dict[KeyId, int] = {}  # records of the key in submitted, unfinished batches
         self._waiting: dict[KeyId, int] = {}  # records of the key waiting for those
         self._lock = threading.Lock()

@@ -122,6 +122,9 @@ class Worker:
         self._batcher = Batcher(self.pool.submit_batch, {
             topic: (task_batch_size or t.batch_size, t.batch_wait if task_batch_wait is None else task_batch_wait)
             for t in self.tasks if t.is_batch for topic in t.topics})
+        # where a record that is not a batch task's goes: the priority levels, or straight to its key
+        self._dispatch: Callable[[Record], None] = (
+            self._priorities.add if self._priorities is not None else self._dispatcher.dispatch)
         self._consumer: Consumer | None = None
         self._left = False  # the consumer was closed (the group left)
         self._holder: RetryHolder | None = None
@@ -220,7 +223,7 @@ class Worker:
         holder = self._holder = RetryHolder(self.pool.submit)
         finisher = Finisher(app, sender, self.name, self._on_finished, hook_set.finished, holder.hold, self._fail)
         gate.wait()
-        self.pool.start(gate.wrap_done(finisher.put), lambda r: gate.runnable(r) and self._runnable(r),
+        self.pool.start(gate.wrap_done(finisher.put), self._make_runnable(gate, hook_set),
                         gate.wrap_done_many(finisher.put_many))
         finisher.start()
         return finisher, hook_set, events, sender
@@ -291,35 +294,35 @@ class Worker:
         self.hooks.received(records, time.time())
         skip = self._already_final(records) if self.app.settings.skip_finished else {}
         skipped: list[Record] = []
+        take = self._offsets.take
+        running = self._running
+        batcher = self._batcher if self._batcher.active else None
+        dispatch = self._dispatch
+        size = 0
         for record in records:
-            self._offsets.take((record.topic, record.partition), record.offset)
-            self._in_flight += 1
-            self._in_flight_bytes += len(record.value or b"")
+            take((record.topic, record.partition), record.offset)
+            size += len(record.value or b"")
             # only tasks sent by a task (canvas follow-ups) are checked for a second copy: a follow-up
             # sent again after a crash has its original's id (see taskq.flow)
             task_id = record.header(H_ID) if record.header(H_PARENT_ID) is not None else None
-            location = (record.topic, record.partition, record.offset)
-            if location in skip or (task_id is not None and task_id in self._running):
+            if (skip and (record.topic, record.partition, record.offset) in skip) or (
+                    task_id is not None and task_id in running):
                 # final already, or a second copy of a follow-up taken here and not finished: not run again
                 skipped.append(record)
             else:
                 if task_id is not None:
-                    self._running[task_id] = record
-                if self._batcher.handles(record):
-                    self._batcher.add(record)
+                    running[task_id] = record
+                if batcher is not None and batcher.handles(record):
+                    batcher.add(record)
                 else:
-                    self._dispatch(record)
+                    dispatch(record)
+        self._in_flight += len(records)
+        self._in_flight_bytes += size
         if skipped:
             self.hooks.skipped(skipped, [skip.get((r.topic, r.partition, r.offset)) for r in skipped])
             self._after_events([(r, True) for r in skipped])
         if self._priorities is not None:
             self._priorities.pump()
-
-    def _dispatch(self, record: Record) -> None:
-        if self._priorities is not None:
-            self._priorities.add(record)
-        else:
-            self._dispatcher.dispatch(record)
 
     def _pause_levels(self, consumer: Consumer) -> None:
         """Pause the partitions of priority levels with a full queue; resume them once it drains."""
@@ -363,20 +366,26 @@ class Worker:
 
     def _take_finished(self) -> None:
         finished = self._finished
+        if not finished:
+            return
         priorities = self._priorities
-        freed = bool(finished) and priorities is not None
+        offsets = self._offsets
+        count = size = 0
         while finished:
             record, done = finished.popleft()
-            self._in_flight -= 1
-            self._in_flight_bytes -= len(record.value or b"")
-            self._not_running(record)
+            count += 1
+            size += len(record.value or b"")
+            if self._running:
+                self._not_running(record)
             if done:
-                self._offsets.finish((record.topic, record.partition), record.offset)
+                offsets.finish((record.topic, record.partition), record.offset)
             else:
-                self._offsets.abandon((record.topic, record.partition), record.offset)
+                offsets.abandon((record.topic, record.partition), record.offset)
             if priorities is not None:
                 priorities.finished((record,))
-        if freed:
+        self._in_flight -= count
+        self._in_flight_bytes -= size
+        if priorities is not None:
             assert priorities is not None
             priorities.pump()
 
@@ -436,12 +445,21 @@ class Worker:
         log.info("worker %s revoked %s", self.name, partitions)
         self.hooks.revoked(partitions)
 
-    def _runnable(self, record: Record) -> bool:
-        """Asked by the pool right before it runs ``record``: True means it starts now."""
-        if self._stopping.is_set() or (record.topic, record.partition) in self._revoked:
-            return False
-        self.hooks.started(record)
-        return True
+    def _make_runnable(self, gate: RevokeGate, hook_set: HookSet) -> Callable[[Record], bool]:
+        """What the pool asks right before it runs a record: True means it starts now (not stopping, its
+        partition not revoked, the task not revoked); the ``started`` hooks are told. One call per task."""
+        stopping = self._stopping
+        revoked = self._revoked
+        gate_runnable = gate.runnable
+        started = hook_set.started if hook_set.overridden("started") else None
+
+        def runnable(record: Record) -> bool:
+            if not gate_runnable(record) or stopping.is_set() or (record.topic, record.partition) in revoked:
+                return False
+            if started is not None:
+                started(record)
+            return True
+        return runnable
 
     # -- finisher thread --------------------------------------------------------------------------
 
@@ -457,11 +475,17 @@ class Worker:
         abandoned = [record for record, durable in batch if not durable]
         if abandoned:
             self.hooks.abandoned(abandoned)
-        for record, _ in batch:
-            if self._batcher.handles(record):
-                self._batcher.release(record)
-            else:
-                self._dispatcher.release(record)
+        release = self._dispatcher.release
+        if self._batcher.active:
+            batcher = self._batcher
+            for record, _ in batch:
+                if batcher.handles(record):
+                    batcher.release(record)
+                else:
+                    release(record)
+        else:
+            for record, _ in batch:
+                release(record)
         self._after_events(batch)
 
     def _to_offsets(self, batch: Finished) -> None:

@@ -124,13 +124,23 @@ class Finisher:
         if plan:
             flow.settle(self.app, plan, self._deliver, self._retrying)
         final = (Kind.DEAD, Kind.REJECTED)
-        first = [o.result for o in outcomes if o.result is not None and o.kind not in final]
+        success = Kind.SUCCESS
+        first: list[ResultRecord] = []  # stored before anything is sent, in outcome order
+        others: list[Outcome] = []  # not successes: retries, failures, rejections, revocations
+        for o in outcomes:  # one pass: a batch is mostly successes
+            if o.kind is success:
+                if o.result is not None:
+                    first.append(o.result)
+                continue
+            others.append(o)
+            if o.result is not None and o.kind not in final:
+                first.append(o.result)
         if first:
             self._store(first)
-        held = [o for o in outcomes if self._holds(o)]
+        held = [o for o in others if self._holds(o)]
         held_ids = {id(o) for o in held}
-        follow = [o for o in outcomes if o.kind not in (Kind.SUCCESS, Kind.REVOKED) and id(o) not in held_ids]
-        failures = [o.result for o in outcomes if o.result is not None and o.kind in final]
+        follow = [o for o in others if o.kind is not Kind.REVOKED and id(o) not in held_ids]
+        failures = [o.result for o in others if o.result is not None and o.kind in final]
         if follow:
             sent = self.sender.send_first([self.forms(o) for o in follow])
             failures += [r for o, index in zip(follow, sent) if (r := self._unsent(o, index)) is not None]
@@ -139,7 +149,8 @@ class Finisher:
         if outcomes:
             self._on_outcomes(outcomes)
         self._on_finished([(record, outcome is not None) for record, outcome in batch
-                           if id(outcome) not in held_ids])
+                           if id(outcome) not in held_ids] if held_ids else
+                          [(record, outcome is not None) for record, outcome in batch])
         for o in held:  # its key stays held and its offset unfinished until the next attempt's outcome
             assert self._on_hold is not None
             value, headers = self._retry_message(o)

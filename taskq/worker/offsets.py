@@ -24,8 +24,11 @@ class OffsetTracker:
         self._abandoned: dict[TopicPartition, int] = {}  # taken, will not run here: never finished
 
     def take(self, tp: TopicPartition, offset: int) -> None:
-        self._taken.setdefault(tp, deque()).append(offset)
-        self._finished.setdefault(tp, set())
+        taken = self._taken.get(tp)
+        if taken is None:  # a new partition: no deque and set built per record
+            taken = self._taken[tp] = deque()
+            self._finished.setdefault(tp, set())
+        taken.append(offset)
 
     def finish(self, tp: TopicPartition, offset: int) -> None:
         finished = self._finished.get(tp)

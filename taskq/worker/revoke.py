@@ -50,7 +50,7 @@ class RevokeGate:
         return task_id if task_id is not None and task_id in self.revocations else None
 
     def runnable(self, record: Record) -> bool:
-        return self._revoked_id(record) is None
+        return not self.revocations or self._revoked_id(record) is None
 
     def wrap_done(self, done: Done) -> Done:
         """``done`` that turns "not run" into REVOKED for revoked records."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from taskq.brokers.base import Record
+from taskq.execution import Kind
 from taskq.hooks import Hook
 
 if TYPE_CHECKING:
@@ -47,8 +48,16 @@ class StatsHook(Hook):
     def finished(self, outcomes: Sequence[Outcome]) -> None:
         stats = self.stats
         by_kind = stats.by_kind
-        for o in outcomes:
-            by_kind[o.kind.value] = by_kind.get(o.kind.value, 0) + 1
+        success = Kind.SUCCESS
+        successes = 0
+        for o in outcomes:  # kinds compared by identity: an Enum's .value and hash are Python calls
+            kind = o.kind
+            if kind is success:
+                successes += 1
+            else:
+                by_kind[kind.value] = by_kind.get(kind.value, 0) + 1
+        if successes:
+            by_kind["success"] = by_kind.get("success", 0) + successes
         stats.succeeded = by_kind.get("success", 0)
         stats.retried = by_kind.get("retry", 0)
         stats.dead = by_kind.get("dead", 0)
