@@ -1069,8 +1069,8 @@ def rebalance(concurrency: int, pool: str, rate: float, keys: int, settle: float
     for proto in ("classic", "consumer") if protocol == "both" else (protocol,):
         _execute("rebalance", {"protocol": proto, "rate": rate, "keys": keys, "concurrency": concurrency,
                                "pool": pool}, runs, start_services, as_json,
-                 lambda target, progress, proto=proto: run_rebalance(target, rate, keys, settle, hold, window,
-                                                                     concurrency, pool, proto, progress))
+                 lambda target, progress, proto=proto: run_rebalance(  # type: ignore[misc]
+                     target, rate, keys, settle, hold, window, concurrency, pool, proto, progress))
 
 
 from benchmarks.embed import embed_command  # noqa: E402 - `taskq bench embed` (needs the rag extra)

@@ -164,7 +164,7 @@ def run_types(target: Target, types: int, tasks: int, concurrency: int = 8, prog
                     else:
                         if isinstance(exc, Incomplete):  # lost or stalled: which tasks, and where
                             with contextlib.suppress(Exception):
-                                exc.message += "\n" + "\n".join(locate_missing(app, ids))
+                                exc.message += "\n" + "\n".join(locate_missing(app, ids))  # type: ignore[misc]
                         raise
                 peak = worker.peak_rss_mb()
         finally:
@@ -223,7 +223,7 @@ def run_payload(target: Target, size: int, n: int, concurrency: int = 8, progres
     from benchmarks.bench import Phase, cleanup, new_run_id, run_settings, taskq_counter, verify_results, wait_for_keys
 
     run = new_run_id()
-    settings = dict(run_settings(run))
+    settings: dict[str, Any] = dict(run_settings(run))
     extra_env: dict[str, str] = {}
     if producer_options:
         settings["producer_options"] = producer_options

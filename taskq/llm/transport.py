@@ -43,7 +43,7 @@ def sharded_transport(httpx: Any, max_connections: int) -> Any:
                                                                            max_keepalive_connections=n),
                                            socket_options=keepalive_options()) for n in sizes]
 
-    class Counted(httpx.AsyncByteStream):  # type: ignore[name-defined,misc]
+    class Counted(httpx.AsyncByteStream):
         """An answer's body; closing it frees its place in its shard's count (once)."""
 
         def __init__(self, stream: Any, open_: list[int], i: int) -> None:
@@ -62,7 +62,7 @@ def sharded_transport(httpx: Any, max_connections: int) -> Any:
                     self._open[self._i] -= 1
                     self._open = None
 
-    class ShardedTransport(httpx.AsyncBaseTransport):  # type: ignore[name-defined,misc]
+    class ShardedTransport(httpx.AsyncBaseTransport):
         """Each request to the shard with the fewest open answers (open until the body is closed)."""
 
         def __init__(self) -> None:

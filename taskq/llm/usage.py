@@ -129,9 +129,9 @@ class RedisUsageStore(UsageStore):
                 sums[field] = sums.get(field, 0) + value
         pipe = self.client.pipeline(transaction=False)
         touched: dict[str, None] = {}
-        for (key, field), value in sums.items():
-            pipe.hincrby(key, field, value)
-            touched[key] = None
+        for (hash_key, hash_field), value in sums.items():
+            pipe.hincrby(hash_key, hash_field, value)
+            touched[hash_key] = None
         for key in touched:
             pipe.expire(key, KEEP_HOURS * HOUR)
         pipe.execute()
