@@ -124,8 +124,9 @@ def test_a_final_result_arrives_with_its_message(redis_url: str) -> None:
     real_get = backend.get
 
     def counting_get(task_id: str) -> ResultRecord | None:
-        reads.append(task_id)
-        return real_get(task_id)
+        record = real_get(task_id)
+        reads.append(task_id)  # once the read is done: a store after this is not seen by it
+        return record
 
     backend.get = counting_get  # type: ignore[method-assign]
     try:
