@@ -3,8 +3,9 @@
 Every pool calls ``done(record, outcome)`` from one of its own threads; ``outcome`` is None when the
 record was abandoned before it started (the worker is stopping or lost the partition), so its offset
 must not be committed. ``submit_batch(records)`` runs a batch task once for several records and reports
-them together through ``done_many``, so the finisher makes the whole batch durable at once. Every pool enforces the task's hard ``time_limit``: the run is ended, its
-outcome is a :class:`~taskq.errors.TimeLimitExceeded` failure, and the partition moves on.
+them together through ``done_many``, so the finisher makes the whole batch durable at once. Every
+pool enforces the task's hard ``time_limit``: the run is ended, its outcome is a
+:class:`~taskq.errors.TimeLimitExceeded` failure, and the partition moves on.
 """
 
 from __future__ import annotations

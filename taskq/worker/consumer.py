@@ -63,8 +63,9 @@ class Worker:
 
     ``concurrency`` tasks run at once (for ``asyncio``: coroutines in flight); ``prefetch`` bounds the
     records taken but not finished, and ``prefetch_bytes`` their payload bytes (so that large payloads,
-    such as 100 KB documents, waiting for a slow task do not fill memory: one batch may go past it). ``task_batch_size`` / ``task_batch_wait`` override the batch size
-    and wait of batch tasks (``@app.task(batch_size=...)``); a batch is one call and one pool slot.
+    such as 100 KB documents, waiting for a slow task do not fill memory: one batch may go past it).
+    ``task_batch_size`` / ``task_batch_wait`` override the batch size and wait of batch tasks
+    (``@app.task(batch_size=...)``); a batch is one call and one pool slot.
     """
 
     def __init__(
