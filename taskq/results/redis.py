@@ -109,45 +109,34 @@ class RedisBackend(ResultBackend):
                           lambda: self.get(task_id), deadline, 5.0, published_record)
 
     def append_chunk(self, task_id: str, chunk: Any) -> None:
-        key = CHUNK_PREFIX + task_id
-
-        def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.rpush(key, JSON.dumps(chunk))
-            pipe.pexpire(key, self._px)
-            pipe.publish(RESULT_PREFIX + task_id, "chunk")
-            pipe.execute()
-        self._call("append a chunk", write)
+        self._push_chunks([(task_id, JSON.dumps(chunk))], "append a chunk")
 
     def restart_chunks(self, task_id: str) -> None:
-        key = CHUNK_PREFIX + task_id
-
-        def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.rpush(key, RESTART_MARK)
-            pipe.pexpire(key, self._px)
-            pipe.publish(RESULT_PREFIX + task_id, "chunk")
-            pipe.execute()
-        self._call("mark a restart", write)
+        self._push_chunks([(task_id, RESTART_MARK)], "mark a restart")
 
     def append_chunks(self, items: Sequence[tuple[str, Any]]) -> None:
         """One pipeline for all ``items``: RPUSH each, then one PEXPIRE and one PUBLISH per task."""
-        if not items:
-            return
         dumps = JSON.dumps
+        self._push_chunks([(task_id, RESTART_MARK if chunk is None else dumps(chunk)) for task_id, chunk in items],
+                          "append chunks")
+
+    def _push_chunks(self, encoded: Sequence[tuple[str, Any]], what: str) -> None:
+        """RPUSH each encoded chunk, then one PEXPIRE and one PUBLISH per task, in one pipeline."""
+        if not encoded:
+            return
         px = self._px
 
         def write() -> None:
             pipe = self.client.pipeline(transaction=False)
             seen: dict[str, None] = {}
-            for task_id, chunk in items:
-                pipe.rpush(CHUNK_PREFIX + task_id, RESTART_MARK if chunk is None else dumps(chunk))
+            for task_id, raw in encoded:
+                pipe.rpush(CHUNK_PREFIX + task_id, raw)
                 seen[task_id] = None
             for task_id in seen:
                 pipe.pexpire(CHUNK_PREFIX + task_id, px)
                 pipe.publish(RESULT_PREFIX + task_id, "chunk")
             pipe.execute()
-        self._call("append chunks", write)
+        self._call(what, write)
 
     def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:
         key = CHUNK_PREFIX + task_id
