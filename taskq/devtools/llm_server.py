@@ -397,22 +397,25 @@ class StandIn:
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "active": self.active, "peak_active": self.peak_active})
 
-    async def add_fault(self, request: web.Request) -> web.Response:
+    async def _specs(self, request: web.Request, parse: Any) -> list[Any] | web.Response:
+        """``parse`` applied to the JSON body (an object or a list of them); a 400 when it is malformed."""
         try:
             spec = await request.json()
-            specs = spec if isinstance(spec, list) else [spec]
-            faults = [Fault.parse(s) for s in specs]
-        except (ValueError, TypeError) as exc:
+            return [parse(s) for s in (spec if isinstance(spec, list) else [spec])]
+        except (ValueError, TypeError, AttributeError) as exc:
             return self._error(400, "invalid_request_error", str(exc))
+
+    async def add_fault(self, request: web.Request) -> web.Response:
+        faults = await self._specs(request, Fault.parse)
+        if isinstance(faults, web.Response):
+            return faults
         self.faults.extend(faults)
         return web.json_response({"faults": [asdict(f) for f in self.faults]})
 
     async def add_reply(self, request: web.Request) -> web.Response:
-        try:
-            spec = await request.json()
-            replies = [Reply.parse(s) for s in (spec if isinstance(spec, list) else [spec])]
-        except (ValueError, TypeError, AttributeError) as exc:
-            return self._error(400, "invalid_request_error", str(exc))
+        replies = await self._specs(request, Reply.parse)
+        if isinstance(replies, web.Response):
+            return replies
         self.replies.extend(replies)
         return web.json_response({"replies": len(self.replies)})
 
