@@ -57,7 +57,7 @@ import urllib.request
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -191,6 +191,19 @@ class Reply:
         return cls(spec["text"], str(spec.get("match") or ""), times)
 
 
+T = TypeVar("T", Fault, Reply)
+
+
+def take_matching(items: list[T], text: str) -> T | None:
+    """The first of ``items`` whose ``match`` is in ``text`` and has ``times`` left, one time used."""
+    for item in items:
+        if item.match in text and (item.times is None or item.times > 0):
+            if item.times is not None:
+                item.times -= 1
+            return item
+    return None
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -242,20 +255,10 @@ class StandIn:
             if self.hits.get(key, 0) < fault.times:
                 self.hits[key] = self.hits.get(key, 0) + 1
                 return fault
-        for fault in self.faults:
-            if fault.match in prompt.text and (fault.times is None or fault.times > 0):
-                if fault.times is not None:
-                    fault.times -= 1
-                return fault
-        return None
+        return take_matching(self.faults, prompt.text)
 
     def _reply_for(self, prompt: Prompt) -> Reply | None:
-        for reply in self.replies:
-            if reply.match in prompt.text and (reply.times is None or reply.times > 0):
-                if reply.times is not None:
-                    reply.times -= 1
-                return reply
-        return None
+        return take_matching(self.replies, prompt.text)
 
     # -- API --------------------------------------------------------------------------------------
 
