@@ -1,11 +1,13 @@
-"""Task and worker events: the events hook and the one owner of the event format (schema v2).
+"""Task and worker events: the events hook and the one owner of the event format (schema v3).
 
-Each event is a compact JSON object on ``app.events_topic`` (``<topic_prefix>events``). A record
-value is one event object or a JSON array of them (v2; v1 values were single objects): the hook
-sends a drain's task events as one array per events-topic partition, to the partition
-:func:`event_partition` gives the event's root task id, so a workflow's events stay in order in
-one partition. Worker events are single objects keyed by the worker name. :func:`decode_all`
-reads both forms. The README's "Events" section documents the fields.
+Events are compact JSON on ``app.events_topic`` (``<topic_prefix>events``). A worker event is one
+object keyed by the worker name. Task events go in batches: one object per events-topic partition
+and publishing round, ``{"v": 3, "worker": ..., "fields": [...], "rows": [[...], ...]}``, each row one
+event's values in the order of ``fields`` (:data:`TASK_FIELDS`), optionally followed by a dict of the
+event's extra fields. A batch goes to the partition :func:`event_partition` gives its events' root
+task id, so a workflow's events stay in order in one partition. :func:`decode_all` turns any record
+value (v1 objects, v2 objects and arrays, v3 batches) into event dicts. The README's "Events"
+section documents the fields.
 
 The hook methods run on the worker's threads and only append to a queue; a publisher thread turns
 the queue into events and produces them on the worker's idempotent producer, so a task never waits
@@ -40,11 +42,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskq.events")
 T = TypeVar("T")
 
-VERSION = 2
-#: schema versions this module decodes (v1: one object per record value; v2: an object or an array)
-READABLE_VERSIONS = frozenset({1, 2})
-#: an array value is cut before it grows past this many bytes (well under message.max.bytes)
+VERSION = 3
+#: schema versions this module decodes (v1: one object per record value; v2: an object or an array;
+#: v3: worker objects and task batches)
+READABLE_VERSIONS = frozenset({1, 2, 3})
+#: a batch value is cut before it grows past this many bytes (well under message.max.bytes)
 MAX_ARRAY_BYTES = 256 * 1024
+#: the columns of a task event row in a v3 batch, in order; new ones are only ever appended
+TASK_FIELDS = ("type", "ts", "id", "root_id", "parent_id", "task", "key", "topic", "partition", "offset", "attempt",
+               "sent", "received", "started", "finished", "runtime", "exc_type", "exc_message")
+_TYPE, _ROOT, _FINISHED_AT, _EXC_TYPE, _EXC_MESSAGE = (TASK_FIELDS.index(f) for f in
+                                                       ("type", "root_id", "finished", "exc_type", "exc_message"))
+_N_FIELDS = len(TASK_FIELDS)
 TASK_SENT = "task-sent"
 TASK_RECEIVED = "task-received"
 TASK_STARTED = "task-started"
@@ -77,11 +86,10 @@ _RECEIVED, _FINISHED, _SKIPPED, _ABANDONED, _WORKER, _HOLD = range(6)
 ACK_BOUND = 5.0
 
 
-def task_base(record: Record, worker: str | None, kind: str | None = None, ts: float | None = None,
-              received: float | None = None, started: float | None = None, finished: float | None = None,
-              runtime: float | None = None, sent: float | None = None) -> dict[str, Any]:
-    """A task event of this record (the exception fields unset), built as one dict display: the hot
-    path of every event."""
+def task_row(record: Record, kind: str, ts: float, received: float | None = None, started: float | None = None,
+             finished: float | None = None, runtime: float | None = None) -> list[Any]:
+    """A task event of this record as a row of :data:`TASK_FIELDS` (the exception fields unset), built
+    as one list display: the hot path of every event."""
     raw_id = root = parent = name = None
     attempts = b"0"
     for header, value in record.headers:  # one pass; the last value of a header wins
@@ -101,17 +109,18 @@ def task_base(record: Record, worker: str | None, kind: str | None = None, ts: f
     except (TypeError, ValueError):
         attempt = None
     key = record.key
-    return {
-        "v": VERSION, "type": kind, "ts": ts, "worker": worker,
-        "id": task_id, "root_id": root.decode(errors="replace") if root is not None else task_id,
-        "parent_id": parent.decode(errors="replace") if parent is not None else None,
-        "task": name.decode(errors="replace") if name is not None else None,
-        "key": key.decode(errors="replace") if key is not None else None,
-        "topic": record.topic, "partition": record.partition, "offset": record.offset, "attempt": attempt,
-        "sent": sent if sent is not None else (record.timestamp_ms / 1000.0 if record.timestamp_ms > 0 else None),
-        "received": received, "started": started, "finished": finished, "runtime": runtime,
-        "exc_type": None, "exc_message": None,
-    }
+    return [kind, ts, task_id, root.decode(errors="replace") if root is not None else task_id,
+            parent.decode(errors="replace") if parent is not None else None,
+            name.decode(errors="replace") if name is not None else None,
+            key.decode(errors="replace") if key is not None else None,
+            record.topic, record.partition, record.offset, attempt,
+            record.timestamp_ms / 1000.0 if record.timestamp_ms > 0 else None,
+            received, started, finished, runtime, None, None]
+
+
+def task_batch(worker: str, rows: Sequence[list[Any]]) -> dict[str, Any]:
+    """The v3 value carrying task event rows of one worker."""
+    return {"v": VERSION, "worker": worker, "fields": TASK_FIELDS, "rows": rows}
 
 
 def worker_event(kind: str, info: WorkerInfo, ts: float) -> dict[str, Any]:
@@ -124,18 +133,31 @@ def worker_event(kind: str, info: WorkerInfo, ts: float) -> dict[str, Any]:
 _dumps = JSON.dumps
 
 
-def encode(event: dict[str, Any]) -> bytes:
-    """The wire form of an event: compact JSON."""
-    return _dumps(event)
-
-
 def _valid(event: Any) -> bool:
     return isinstance(event, dict) and event.get("v") in READABLE_VERSIONS and "type" in event
 
 
+def _expand(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events of a v3 batch as dicts (a malformed batch or row is left out)."""
+    fields, rows = batch.get("fields"), batch.get("rows")
+    if not isinstance(fields, list) or not isinstance(rows, list) or "type" not in fields:
+        return []
+    head = {"v": batch["v"], "worker": batch.get("worker")}
+    width = len(fields)
+    events = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) < width:
+            continue
+        event = {**head, **dict(zip(fields, row))}
+        if len(row) > width and isinstance(row[width], dict):
+            event.update(row[width])
+        events.append(event)
+    return events
+
+
 def decode_all(data: bytes | None) -> list[dict[str, Any]]:
-    """The events of a record value, in order: one object or an array of them (v1 or v2). What is
-    not an event (junk, a newer schema) is left out, so the list may be empty."""
+    """The events of a record value, in order: a v3 batch, one event object or an array of them (v1
+    to v3). What is not an event (junk, a newer schema) is left out, so the list may be empty."""
     if not data:
         return []
     try:
@@ -144,20 +166,9 @@ def decode_all(data: bytes | None) -> list[dict[str, Any]]:
         return []
     if isinstance(value, list):
         return [e for e in value if _valid(e)]
+    if isinstance(value, dict) and "rows" in value:
+        return _expand(value) if value.get("v") in READABLE_VERSIONS else []
     return [value] if _valid(value) else []
-
-
-def decode(data: bytes | None) -> dict[str, Any] | None:
-    """The single event of a record value holding one event object; None otherwise (an array: use
-    :func:`decode_all`, which every consumer should)."""
-    events = decode_all(data) if data and data[:1] != b"[" else []
-    return events[0] if events else None
-
-
-def event_key(event: dict[str, Any]) -> bytes | None:
-    """The Kafka key of an event: the root task id, or the worker name for worker events."""
-    key = event.get("root_id") or event.get("id") if event["type"] not in WORKER_TYPES else event.get("worker")
-    return key.encode() if isinstance(key, str) else None
 
 
 def event_partition(root: bytes, partitions: int) -> int:
@@ -213,7 +224,7 @@ class EventsHook(Hook):
         # task events of this publishing round per events-topic partition, in order; 0 partitions
         # (count unknown): each event is its own keyed message
         self._partitions = self._partition_count(app)
-        self._pending: dict[int, list[dict[str, Any]]] = {}
+        self._pending: dict[int, list[list[Any]]] = {}
         self._thread = threading.Thread(target=self._run, name="taskq-events", daemon=True)
         self._thread.start()
 
@@ -299,7 +310,7 @@ class EventsHook(Hook):
                     self._drain()  # what was queued while the last drain ran
                     return
                 self._serve(tick)
-            except Exception:  # noqa: BLE001 - a bad record must not end the events of the worker
+            except Exception:
                 log.exception("publishing task events failed; continuing")
                 if stopping:
                     return
@@ -342,9 +353,7 @@ class EventsHook(Hook):
         while queue:
             what, now, payload = queue.popleft()
             if what == _FINISHED:
-                finished = self._finished
-                for outcome in payload:
-                    finished(outcome, now)
+                self._finish_all(payload, now)
             elif what == _RECEIVED:
                 keys = [(r.topic, r.partition, r.offset) for r in payload]
                 received.update(dict.fromkeys(keys, now))
@@ -356,11 +365,11 @@ class EventsHook(Hook):
                 self._gate.hold(items, release, time.monotonic())
             elif what == _SKIPPED:
                 for record, result in zip(*payload):
-                    event = self._task_event(TASK_SKIPPED, now, record, forget=True)
                     # the final state stored by the run that finished it; None: a second copy of a
                     # follow-up task still running here
-                    event["finished"] = (result.date_done if result is not None else None) or now
-                    event["state"] = result.status if result is not None else None
+                    event = self._task_event(TASK_SKIPPED, now, record, forget=True,
+                                             state=result.status if result is not None else None)
+                    event[_FINISHED_AT] = (result.date_done if result is not None else None) or now
                     self._produce(event)
             elif what == _ABANDONED:
                 for record in payload:  # redelivered later (maybe elsewhere): its next run has events
@@ -402,6 +411,43 @@ class EventsHook(Hook):
             self._told_started.discard(key)
         return self._received.pop(key, None), self._started.pop(key, None)
 
+    def _finish_all(self, outcomes: Sequence[Outcome], now: float) -> None:
+        """The final events of finished records. A plain success, the hot path, is built here from its
+        result record (which holds the ids, name and attempt already decoded); any other outcome, or
+        any outcome while ``events_coalesce`` is 0, ``events_include_args`` is on or the partition
+        count is unknown, by :meth:`_finished`."""
+        partitions = self._partitions
+        if not self.coalesce or self.include_args or not partitions:
+            for outcome in outcomes:
+                self._finished(outcome, now)
+            return
+        pop_received, pop_started, pending = self._received.pop, self._started.pop, self._pending
+        crc32, success = zlib.crc32, Kind.SUCCESS
+        told = self._told or self._told_started
+        for outcome in outcomes:
+            result = outcome.result
+            if outcome.kind is not success or result is None or not result.date_done:
+                self._finished(outcome, now)
+                continue
+            record = outcome.record
+            where = (record.topic, record.partition, record.offset)
+            if told:
+                self._told.discard(where)
+                self._told_started.discard(where)
+            finished, runtime, started = result.date_done, outcome.runtime, pop_started(where, None)
+            task_id, key, sent = result.id, record.key, record.timestamp_ms
+            root = result.root_id or task_id
+            row = [TASK_SUCCEEDED, now, task_id, root, result.parent_id, result.task,
+                   key.decode(errors="replace") if key is not None else None, record.topic, record.partition,
+                   record.offset, result.attempts, sent / 1000.0 if sent > 0 else None, pop_received(where, None),
+                   finished - runtime if started is None else started, finished, runtime, None, None]
+            partition = crc32(root.encode()) % partitions
+            rows = pending.get(partition)
+            if rows is None:
+                pending[partition] = [row]
+            else:
+                rows.append(row)
+
     def _finished(self, outcome: Outcome, now: float) -> None:
         record = outcome.record
         kind = outcome.kind
@@ -419,32 +465,37 @@ class EventsHook(Hook):
             runtime = outcome.runtime
             if started is None:  # its start was not seen here
                 started = finished - runtime
-        event = task_base(record, self.worker, TASK_SUCCEEDED if success else _OUTCOME_TYPES[kind], now, received,
-                          started, finished, runtime)
+        event = task_row(record, TASK_SUCCEEDED if success else _OUTCOME_TYPES[kind], now, received, started,
+                         finished, runtime)
+        extra: dict[str, Any] = {}
         if self.include_args:
-            event["args"], event["kwargs"] = self._arguments(record)
+            extra["args"], extra["kwargs"] = self._arguments(record)
         if not success:
-            event["exc_type"] = outcome.error_type or None
-            event["exc_message"] = (outcome.error_message or "")[:1024] or None
+            event[_EXC_TYPE] = outcome.error_type or None
+            event[_EXC_MESSAGE] = (outcome.error_message or "")[:1024] or None
             if kind is Kind.RETRY:
-                event["retry_in"] = outcome.retry_delay
+                extra["retry_in"] = outcome.retry_delay
         elif self.include_args and result is not None:
-            event["result"] = result.result
+            extra["result"] = result.result
+        if extra:
+            event.append(extra)
         self._produce(event)
         if kind is Kind.DEAD:
-            dead = dict(event)
-            dead["type"] = TASK_DEAD
+            dead = list(event)
+            dead[_TYPE] = TASK_DEAD
             self._produce(dead)
 
-    def _task_event(self, kind: str, now: float, record: Record, forget: bool = False) -> dict[str, Any]:
+    def _task_event(self, kind: str, now: float, record: Record, forget: bool = False, **extra: Any) -> list[Any]:
         key = (record.topic, record.partition, record.offset)
         if forget:
             received, started = self._forget(key)
         else:
             received, started = self._received.get(key), self._started.get(key)
-        event = task_base(record, self.worker, kind, now, received, started)
+        event = task_row(record, kind, now, received, started)
         if self.include_args:
-            event["args"], event["kwargs"] = self._arguments(record)
+            extra["args"], extra["kwargs"] = self._arguments(record)
+        if extra:
+            event.append(extra)
         return event
 
     def _arguments(self, record: Record) -> tuple[Any, Any]:
@@ -456,9 +507,9 @@ class EventsHook(Hook):
         except Exception:  # noqa: BLE001 - undecodable arguments are not an event error
             return None, None
 
-    def _produce(self, event: dict[str, Any]) -> None:
-        """Add a task event to this round's message of its partition (sent at the round's end)."""
-        root = event["root_id"]
+    def _produce(self, event: list[Any]) -> None:
+        """Add a task event row to this round's batch of its partition (sent at the round's end)."""
+        root = event[_ROOT]
         if not self._partitions or root is None:
             self._send_events(None, [event])
             return
@@ -470,18 +521,18 @@ class EventsHook(Hook):
             pending.append(event)
 
     def _send_pending(self) -> None:
-        """One message per partition for the task events of this round: the event itself, or a JSON
-        array of them in order (halved until under ``MAX_ARRAY_BYTES``)."""
+        """One message per partition for the task events of this round: a batch of their rows in order
+        (halved until under ``MAX_ARRAY_BYTES``)."""
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
         for partition, events in pending.items():
             self._send_events(partition, events)
 
-    def _send_events(self, partition: int | None, events: list[dict[str, Any]]) -> None:
-        """One message keyed by the first event's root id, acknowledged through the delivery gate."""
+    def _send_events(self, partition: int | None, events: list[list[Any]]) -> None:
+        """One batch message keyed by the first event's root id, acknowledged through the delivery gate."""
         try:
-            value = self._encode(events[0] if len(events) == 1 else events)
+            value = self._encode(task_batch(self.worker, events))
         except Exception as exc:  # noqa: BLE001 - an event that cannot be encoded never affects a task
             self._failed(len(events), exc)
             return
@@ -490,7 +541,7 @@ class EventsHook(Hook):
             self._send_events(partition, events[:half])
             self._send_events(partition, events[half:])
             return
-        root = events[0]["root_id"]
+        root = events[0][_ROOT]
         report = self._gate.count(len(events))
         try:
             self._producer.produce(self.topic, root.encode() if root else None, value, on_delivery=report,

@@ -19,11 +19,27 @@ from typing import Any
 import pytest
 
 from taskq import Taskq
+from taskq.brokers.base import Record
 from taskq.delivery import DeliveryGate
-from taskq.events import FINAL_TYPES, TASK_DEAD, TASK_FAILED, TASK_RECEIVED, TASK_RETRIED, TASK_SKIPPED
-from taskq.events import TASK_STARTED, TASK_SUCCEEDED, VERSION, EventsHook, decode_all, event_partition
+from taskq.events import (
+    FINAL_TYPES,
+    TASK_DEAD,
+    TASK_FAILED,
+    TASK_FIELDS,
+    TASK_RECEIVED,
+    TASK_RETRIED,
+    TASK_SKIPPED,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+    VERSION,
+    EventsHook,
+    decode_all,
+    event_partition,
+)
+from taskq.execution import Kind, Outcome
 from taskq.inspect import read_events, workers
-from taskq.results.base import FAILURE, STARTED, SUCCESS
+from taskq.message import H_ATTEMPTS, H_CONTENT_TYPE, H_ID, H_PARENT_ID, H_ROOT_ID, H_TASK
+from taskq.results.base import FAILURE, STARTED, SUCCESS, ResultRecord
 from tests.support import (
     WorkerProcess,
     env_for,
@@ -357,9 +373,9 @@ def test_events_include_args_only_when_asked(tmp_path: Path) -> None:
         app.close()
 
 
-def test_a_batch_of_task_events_is_one_array_message_per_partition_in_order(tmp_path: Path) -> None:
-    """Schema v2: 60 tasks finished in a few batches give arrays, each on the partition its roots map to;
-    every consumer path (decode_all, read_events) sees each event once, a task's events in order."""
+def test_a_batch_of_task_events_is_one_message_per_partition_in_order(tmp_path: Path) -> None:
+    """Schema v3: 60 tasks finished in a few rounds give batches of rows, each on the partition its roots
+    map to; every consumer path (decode_all, read_events) sees each event once, a task's events in order."""
     app = Taskq("evbatch", local_path=str(tmp_path / "q.db"), events_coalesce=0, default_partitions=3)
 
     @app.task(name="ev.noop")
@@ -378,8 +394,9 @@ def test_a_batch_of_task_events_is_one_array_message_per_partition_in_order(tmp_
                    10, "the events topic read")
     finally:
         reader.close()
-    arrays = [r for r in records if (r.value or b"")[:1] == b"["]
-    assert arrays, "no batch was sent as one array"
+    batches = [json.loads(r.value) for r in records if b'"rows"' in (r.value or b"")]
+    assert any(len(b["rows"]) > 1 for b in batches), "no round was sent as one batch"
+    assert all(b["fields"] == list(TASK_FIELDS) and b["worker"] for b in batches)
     seen: dict[str, list[str]] = defaultdict(list)
     for record in records:
         for event in decode_all(record.value):
@@ -396,9 +413,69 @@ def test_a_batch_of_task_events_is_one_array_message_per_partition_in_order(tmp_
     app.close()
 
 
-def test_decode_all_reads_v1_objects_v2_arrays_and_leaves_out_junk() -> None:
+def test_decode_all_reads_v1_objects_v2_arrays_v3_batches_and_leaves_out_junk() -> None:
     one = {"v": 1, "type": TASK_SUCCEEDED, "id": "a"}
     two = {"v": 2, "type": TASK_STARTED, "id": "b"}
     assert decode_all(json.dumps(one).encode()) == [one]
     assert decode_all(json.dumps([two, {"v": 99, "type": "x"}, 3, one]).encode()) == [two, one]
     assert decode_all(b"not json") == [] and decode_all(None) == [] and decode_all(b"") == []
+    batch = {"v": 3, "worker": "w1", "fields": ["type", "id", "later_field"],
+             "rows": [[TASK_RETRIED, "c", 1, {"retry_in": 2.5}], ["too short"], [TASK_SUCCEEDED, "d", None]]}
+    assert decode_all(json.dumps(batch).encode()) == [
+        {"v": 3, "worker": "w1", "type": TASK_RETRIED, "id": "c", "later_field": 1, "retry_in": 2.5},
+        {"v": 3, "worker": "w1", "type": TASK_SUCCEEDED, "id": "d", "later_field": None}]
+    assert decode_all(json.dumps({**batch, "v": 99}).encode()) == []
+    assert decode_all(json.dumps({**batch, "fields": "type"}).encode()) == []
+
+
+def test_a_success_event_is_the_same_on_the_fast_path_and_the_general_one(tmp_path: Path) -> None:
+    """The events thread builds a plain success from its result record; every other outcome from the
+    record's headers. Both give the same event for the same success (a retried task of a workflow)."""
+    app = Taskq("evfast", local_path=str(tmp_path / "q.db"), default_partitions=3)
+    sent = []
+
+    class Producer:
+        def produce(self, topic: str, key: bytes | None, value: bytes, on_delivery: Any = None,
+                    partition: int | None = None) -> None:
+            sent.append((partition, value))
+
+        def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+            pass
+
+        def poll(self, timeout: float = 0) -> int:
+            return 0
+
+        def flush(self, timeout: float = 0) -> int:
+            return 0
+
+    app.broker.ensure_topics({app.events_topic: 3})
+    hook = EventsHook(app, Producer(), "w1")  # type: ignore[arg-type]
+    hook.close(5)
+    headers = [(H_ID, b"t2"), (H_TASK, b"ev.add"), (H_CONTENT_TYPE, b"application/json"), (H_ROOT_ID, b"r1"),
+               (H_PARENT_ID, b"t1"), (H_ATTEMPTS, b"2")]
+    now = time.time()
+    record = Record("q.ev.add", 1, 41, b"user-7", b"[[1, 2], {}]", headers, int((now - 1) * 1000))
+    result = ResultRecord("t2", SUCCESS, 3, task="ev.add", worker="w1", attempts=3, date_done=now + 1,
+                          root_id="r1", parent_id="t1")
+    outcome = Outcome(record, Kind.SUCCESS, result, runtime=0.25)
+    events = []
+    for coalesce in (1.0, 0.0):  # 0: the general path
+        hook.coalesce = coalesce
+        hook.received([record], now - 0.5)
+        hook.started(record)
+        hook.finished([outcome])
+        hook._drain()
+        partition, value = sent.pop()
+        [event] = [e for e in decode_all(value) if e["type"] == TASK_SUCCEEDED]
+        # taken when started() and finished() ran
+        assert event["received"] <= event.pop("started") <= event.pop("ts") <= event["finished"]
+        events.append((partition, event))
+    assert events[0] == events[1]
+    partition, event = events[0]
+    assert partition == event_partition(b"r1", 3)
+    assert {k: event[k] for k in ("id", "root_id", "parent_id", "task", "key", "attempt", "sent", "received",
+                                  "finished", "runtime", "worker")} == {
+        "id": "t2", "root_id": "r1", "parent_id": "t1", "task": "ev.add", "key": "user-7", "attempt": 3,
+        "sent": int((now - 1) * 1000) / 1000, "received": now - 0.5, "finished": now + 1, "runtime": 0.25,
+        "worker": "w1"}
+    app.close()
