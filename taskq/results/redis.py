@@ -1,4 +1,4 @@
-"""Redis result backend: ``SET key value PX`` plus ``PUBLISH`` in one pipeline per batch.
+"""Redis result backend: ``SET key value PX`` plus ``PUBLISH`` per result, one script call per batch.
 
 Callers wait on a pub/sub channel per task (subscribe, then read, then wait), so ``get()`` never polls;
 the subscriptions of all waiting ``get()`` calls share one connection per process
@@ -25,6 +25,18 @@ CLAIM_PREFIX = "taskq-claim:"
 #: compare-and-act scripts: extend or delete a claim only while the caller's value holds it
 EXTEND_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 RELEASE_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+#: a batch of results: KEYS are the result keys, ARGV the expiry (ms) and per key its value and what to
+#: publish on the key's channel ("" for nothing). One command and one reply for the whole batch: a
+#: pipeline costs the client a packed command and a parsed reply per SET and per PUBLISH.
+STORE_SCRIPT = """
+local px = ARGV[1]
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[2 * i], 'PX', px)
+  local note = ARGV[2 * i + 1]
+  if note ~= '' then redis.call('PUBLISH', key, note) end
+end
+return #KEYS
+"""
 
 CHORD_PREFIX = "taskq-chord:"  # chord state (JSON)
 PARTS_PREFIX = "taskq-chord-parts:"  # hash: header index -> result (JSON)
@@ -58,6 +70,7 @@ class RedisBackend(ResultBackend):
                                            health_check_interval=30)
         self._listener: ResultListener | None = None
         self._listener_lock = threading.Lock()
+        self._store_script = self.client.register_script(STORE_SCRIPT)  # EVALSHA, loaded again if flushed
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         try:
@@ -73,17 +86,17 @@ class RedisBackend(ResultBackend):
         return max(1, round(self.expires * 1000))
 
     def store_many(self, records: list[ResultRecord]) -> None:
-        def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            px = self._px
-            for rec in records:
-                key = RESULT_PREFIX + rec.id
-                value = rec.encode()
-                pipe.set(key, value, px=px)
-                if rec.ready:  # a small record goes with the message: a waiting get() needs no second read
-                    pipe.publish(key, value if len(value) <= PUBLISH_RECORD_MAX else rec.status)
-            pipe.execute()
-        self._call("store results", write)
+        if not records:
+            return
+        keys: list[str] = []
+        args: list[Any] = [self._px]
+        for rec in records:
+            keys.append(RESULT_PREFIX + rec.id)
+            value = rec.encode()
+            # a small final record goes with the message: a waiting get() needs no second read
+            note = (value if len(value) <= PUBLISH_RECORD_MAX else rec.status) if rec.ready else ""
+            args += (value, note)
+        self._call("store results", self._store_script, keys, args)
 
     def any_stored(self, ids: list[str]) -> bool:
         """Whether any of ``ids`` has a record (one integer back instead of every value)."""
