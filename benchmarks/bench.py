@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
+from unittest import mock
 
 import click
 
@@ -774,20 +775,24 @@ def run_llm(target: Target, n: int = 5000, keys: int = 500, seconds: float = 1.0
     """Keyed LLM calls on an asyncio-pool worker: through the anthropic SDK to the Messages API stand-in
     answering after ``seconds`` (``sdk``), or tasks that only ``asyncio.sleep(seconds)``."""
     run = new_run_id()
-    app = target.app(run)
     name = INFER if sdk else SLEEP
-    task = app.get_task(name)
     ids: list[str] = []
     server = None
     env: dict[str, str] = {}
-    if sdk:
-        from taskq.devtools.llm_server import LLMServerProcess
+    with contextlib.ExitStack() as stack:
+        if sdk:
+            from taskq.devtools.llm_server import LLMServerProcess
 
-        server = LLMServerProcess(latency=seconds).start()
-        # generous timeouts: on a busy machine opening hundreds of connections at once takes a while
-        env = {"TASKQ_LLM_BASE_URL": server.url, "TASKQ_LLM_MAX_CONNECTIONS": str(max(concurrency, 100)),
-               "TASKQ_LLM_CONNECT_TIMEOUT": "60", "TASKQ_LLM_READ_TIMEOUT": "120"}
-    try:
+            server = LLMServerProcess(latency=seconds).start()
+            stack.callback(server.stop)
+            # generous timeouts: on a busy machine opening hundreds of connections at once takes a while
+            env = {"TASKQ_LLM_BASE_URL": server.url, "TASKQ_LLM_MAX_CONNECTIONS": str(max(concurrency, 100)),
+                   "TASKQ_LLM_CONNECT_TIMEOUT": "60", "TASKQ_LLM_READ_TIMEOUT": "120"}
+            # the bench app has the model task only when there is a model to call
+            stack.enter_context(mock.patch.dict(os.environ, env))
+        app = target.app(run)
+        stack.callback(cleanup, app, ids)
+        task = app.get_task(name)
         prepare_topics(app, [name])
         with Phase(progress, f"queue {n} keyed {'model calls' if sdk else 'tasks'}", n) as phase:
             for i in range(n):
@@ -822,10 +827,6 @@ def run_llm(target: Target, n: int = 5000, keys: int = 500, seconds: float = 1.0
             "ideal_tasks_per_s": n / ideal_span, "efficiency": ideal_span / order["span_s"], **order,
             "failed": failed, "cpu_ms_per_task": cpu / n * 1000, "peak_rss_mb": peak, **extra,
         }
-    finally:
-        cleanup(app, ids)
-        if server is not None:
-            server.stop()
 
 
 def run_soak(target: Target, seconds: float = 600.0, rate: float = 1000.0, sample: float = 10.0,

@@ -41,3 +41,4 @@ def test_locate_missing_tells_a_lost_task_from_a_waiting_one(kafka_url: str, red
         ]
     finally:
         app.close()
+
