@@ -44,6 +44,29 @@ def test_wake_fetchers_ignores_what_it_cannot_wake(broker: KafkaBroker) -> None:
         consumer.close()
 
 
+def test_wake_fetchers_asks_for_metadata_only_until_every_broker_is_woken(broker: KafkaBroker) -> None:
+    """Many topics on one broker: one metadata request and one watermark query, not one per topic."""
+    topics = [f"wake-{uuid.uuid4().hex[:10]}" for _ in range(5)]
+    broker.ensure_topics(dict.fromkeys(topics, 2))
+    consumer = RdConsumer({"bootstrap.servers": broker.config["bootstrap.servers"], "group.id": "wake-test"})
+    calls: list[str] = []
+
+    class Counting:
+        def list_topics(self, topic: str, timeout: float) -> object:
+            calls.append(f"metadata {topic}")
+            return consumer.list_topics(topic, timeout=timeout)
+
+        def get_watermark_offsets(self, tp: object, timeout: float, cached: bool) -> object:
+            calls.append("watermarks")
+            return consumer.get_watermark_offsets(tp, timeout=timeout, cached=cached)
+
+    try:
+        wake_fetchers(Counting(), [(t, p) for t in topics for p in (0, 1)])  # type: ignore[arg-type]
+    finally:
+        consumer.close()
+    assert calls == [f"metadata {topics[0]}", "watermarks"]
+
+
 def test_member_keeps_consuming_through_a_join_and_a_leave(broker: KafkaBroker) -> None:
     """A consumes while records are produced; B joins, then leaves; every record arrives once, in order."""
     topic, group = f"flow-{uuid.uuid4().hex[:10]}", f"flow-g-{uuid.uuid4().hex[:10]}"

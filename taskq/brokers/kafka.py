@@ -535,7 +535,9 @@ def wake_fetchers(consumer: _RdConsumer, partitions: Iterable[TopicPartition]) -
     thread of each partition's leader; a thread with nothing else to fetch then sleeps up to 1 s before it
     fetches again, and the worker runs nothing meanwhile. A request to each leader wakes its thread:
     the metadata request names the leaders (and gives the queued resumes time to apply), then one
-    watermark query per leader. Best effort: on an error the fetch starts within the second anyway.
+    watermark query per leader. Topics are looked at only until every broker is woken (one metadata
+    request per topic made a restart with 200 task topics wait seconds). Best effort: on an error the
+    fetch starts within the second anyway.
     """
     by_topic: dict[str, list[int]] = {}
     for topic, partition in partitions:
@@ -543,7 +545,8 @@ def wake_fetchers(consumer: _RdConsumer, partitions: Iterable[TopicPartition]) -
     woken: set[int] = set()
     try:
         for topic, numbers in by_topic.items():
-            meta = consumer.list_topics(topic, timeout=WAKE_TIMEOUT).topics.get(topic)
+            cluster = consumer.list_topics(topic, timeout=WAKE_TIMEOUT)
+            meta = cluster.topics.get(topic)
             if meta is None:
                 continue
             for number in numbers:
@@ -552,6 +555,8 @@ def wake_fetchers(consumer: _RdConsumer, partitions: Iterable[TopicPartition]) -
                     woken.add(leader)
                     consumer.get_watermark_offsets(_RdTopicPartition(topic, number), timeout=WAKE_TIMEOUT,
                                                    cached=False)
+            if woken >= set(cluster.brokers):
+                return
     except KafkaException:
         pass
 
