@@ -53,7 +53,6 @@ TASK_FIELDS = ("type", "ts", "id", "root_id", "parent_id", "task", "key", "topic
                "sent", "received", "started", "finished", "runtime", "exc_type", "exc_message")
 _TYPE, _ROOT, _FINISHED_AT, _EXC_TYPE, _EXC_MESSAGE = (TASK_FIELDS.index(f) for f in
                                                        ("type", "root_id", "finished", "exc_type", "exc_message"))
-_N_FIELDS = len(TASK_FIELDS)
 TASK_SENT = "task-sent"
 TASK_RECEIVED = "task-received"
 TASK_STARTED = "task-started"
@@ -310,7 +309,7 @@ class EventsHook(Hook):
                     self._drain()  # what was queued while the last drain ran
                     return
                 self._serve(tick)
-            except Exception:
+            except Exception:  # a bad record must not end the events of the worker
                 log.exception("publishing task events failed; continuing")
                 if stopping:
                     return

@@ -21,21 +21,8 @@ import pytest
 from taskq import Taskq
 from taskq.brokers.base import Record
 from taskq.delivery import DeliveryGate
-from taskq.events import (
-    FINAL_TYPES,
-    TASK_DEAD,
-    TASK_FAILED,
-    TASK_FIELDS,
-    TASK_RECEIVED,
-    TASK_RETRIED,
-    TASK_SKIPPED,
-    TASK_STARTED,
-    TASK_SUCCEEDED,
-    VERSION,
-    EventsHook,
-    decode_all,
-    event_partition,
-)
+from taskq.events import FINAL_TYPES, TASK_DEAD, TASK_FAILED, TASK_FIELDS, TASK_RECEIVED, TASK_RETRIED
+from taskq.events import TASK_SKIPPED, TASK_STARTED, TASK_SUCCEEDED, VERSION, EventsHook, decode_all, event_partition
 from taskq.execution import Kind, Outcome
 from taskq.inspect import read_events, workers
 from taskq.message import H_ATTEMPTS, H_CONTENT_TYPE, H_ID, H_PARENT_ID, H_ROOT_ID, H_TASK
