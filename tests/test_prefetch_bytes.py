@@ -46,3 +46,13 @@ def test_payload_bytes_in_flight_stay_bounded(kafka_url: str, redis_url: str, un
     finally:
         gate.set()
         app.close()
+
+
+def test_a_full_fetch_queue_is_looked_at_again_within_20_ms() -> None:
+    """librdkafka's default waits 1 s once its local queue holds queued.max.messages.kbytes of large
+    records, which stalled drains of 100 KB documents (``taskq bench growth --what payload``)."""
+    from taskq.brokers.kafka import consumer_config
+
+    assert consumer_config({})["fetch.queue.backoff.ms"] == 20
+    assert consumer_config({"group.protocol": "consumer"})["fetch.queue.backoff.ms"] == 20
+    assert consumer_config({"fetch.queue.backoff.ms": 500})["fetch.queue.backoff.ms"] == 500

@@ -63,6 +63,9 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "fetch.wait.max.ms": 10,
     "fetch.min.bytes": 1,
     "queued.min.messages": 20000,
+    # once its local queue is full (queued.max.messages.kbytes: large payloads) librdkafka looks again
+    # after this long; its 1 s default stalled a drain of 100 KB documents at random (150 vs 700 MB/s)
+    "fetch.queue.backoff.ms": 20,
 }
 
 
