@@ -107,13 +107,19 @@ def task_row(record: Record, kind: str, ts: float, received: float | None = None
         attempt: int | None = int(attempts) + 1
     except (TypeError, ValueError):
         attempt = None
-    key = record.key
-    return [kind, ts, task_id, root.decode(errors="replace") if root is not None else task_id,
-            parent.decode(errors="replace") if parent is not None else None,
-            name.decode(errors="replace") if name is not None else None,
-            key.decode(errors="replace") if key is not None else None,
-            record.topic, record.partition, record.offset, attempt,
-            record.timestamp_ms / 1000.0 if record.timestamp_ms > 0 else None,
+    return _row(kind, ts, task_id, root.decode(errors="replace") if root is not None else task_id,
+                parent.decode(errors="replace") if parent is not None else None,
+                name.decode(errors="replace") if name is not None else None,
+                record, attempt, received, started, finished, runtime)
+
+
+def _row(kind: str, ts: float, task_id: str | None, root: str | None, parent: str | None, name: str | None,
+         record: Record, attempt: int | None, received: float | None, started: float | None,
+         finished: float | None, runtime: float | None) -> list[Any]:
+    """The one place a task event is laid out in :data:`TASK_FIELDS` order (the exception fields unset)."""
+    key, sent = record.key, record.timestamp_ms
+    return [kind, ts, task_id, root, parent, name, key.decode(errors="replace") if key is not None else None,
+            record.topic, record.partition, record.offset, attempt, sent / 1000.0 if sent > 0 else None,
             received, started, finished, runtime, None, None]
 
 
@@ -415,37 +421,23 @@ class EventsHook(Hook):
         result record (which holds the ids, name and attempt already decoded); any other outcome, or
         any outcome while ``events_coalesce`` is 0, ``events_include_args`` is on or the partition
         count is unknown, by :meth:`_finished`."""
-        partitions = self._partitions
-        if not self.coalesce or self.include_args or not partitions:
+        general = self._finished
+        if not self.coalesce or self.include_args or not self._partitions:
             for outcome in outcomes:
-                self._finished(outcome, now)
+                general(outcome, now)
             return
-        pop_received, pop_started, pending = self._received.pop, self._started.pop, self._pending
-        crc32, success = zlib.crc32, Kind.SUCCESS
-        told = self._told or self._told_started
+        forget, produce, success = self._forget, self._produce, Kind.SUCCESS
         for outcome in outcomes:
             result = outcome.result
             if outcome.kind is not success or result is None or not result.date_done:
-                self._finished(outcome, now)
+                general(outcome, now)
                 continue
             record = outcome.record
-            where = (record.topic, record.partition, record.offset)
-            if told:
-                self._told.discard(where)
-                self._told_started.discard(where)
-            finished, runtime, started = result.date_done, outcome.runtime, pop_started(where, None)
-            task_id, key, sent = result.id, record.key, record.timestamp_ms
-            root = result.root_id or task_id
-            row = [TASK_SUCCEEDED, now, task_id, root, result.parent_id, result.task,
-                   key.decode(errors="replace") if key is not None else None, record.topic, record.partition,
-                   record.offset, result.attempts, sent / 1000.0 if sent > 0 else None, pop_received(where, None),
-                   finished - runtime if started is None else started, finished, runtime, None, None]
-            partition = crc32(root.encode()) % partitions
-            rows = pending.get(partition)
-            if rows is None:
-                pending[partition] = [row]
-            else:
-                rows.append(row)
+            received, started = forget((record.topic, record.partition, record.offset))
+            finished, runtime, task_id = result.date_done, outcome.runtime, result.id
+            produce(_row(TASK_SUCCEEDED, now, task_id, result.root_id or task_id, result.parent_id, result.task,
+                         record, result.attempts, received, finished - runtime if started is None else started,
+                         finished, runtime))
 
     def _finished(self, outcome: Outcome, now: float) -> None:
         record = outcome.record
@@ -512,7 +504,7 @@ class EventsHook(Hook):
         if not self._partitions or root is None:
             self._send_events(None, [event])
             return
-        partition = zlib.crc32(root.encode()) % self._partitions  # event_partition, inlined
+        partition = event_partition(root.encode(), self._partitions)
         pending = self._pending.get(partition)
         if pending is None:
             self._pending[partition] = [event]
