@@ -37,9 +37,7 @@ def _json_dumps(obj: Any) -> bytes:
 def json_dumps_str_keys(obj: Any) -> bytes:
     """Compact JSON of values whose dict keys are all strings (events): 40 % faster than ``JSON.dumps``,
     which also takes other keys."""
-    if orjson is not None:
-        return orjson.dumps(obj)
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return orjson.dumps(obj) if orjson is not None else _json_dumps(obj)
 
 
 def _json_loads(data: bytes) -> Any:

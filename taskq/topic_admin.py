@@ -49,10 +49,7 @@ def rows(app: Taskq) -> list[TopicRow]:
         kind = ("task" if name in task_topics else "dead letters" if is_dlq(name)
                 else "delay tier" if name in delay else "other")
         marks = broker.watermarks(name)
-        lag = None
-        if kind == "task":  # as broker.lag, without reading the watermarks again
-            done = broker.committed(app.group, name)
-            lag = sum(hi - done.get(p, lo) for p, (lo, hi) in marks.items())
+        lag = sum(broker.lag(app.group, name, marks).values()) if kind == "task" else None
         result.append(TopicRow(name, kind, i.partitions, i.replication, i.retention_ms, i.cleanup_policy,
                                sum(hi - lo for lo, hi in marks.values()), lag))
     order = {"task": 0, "dead letters": 1, "delay tier": 2, "other": 3}

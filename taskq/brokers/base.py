@@ -198,10 +198,12 @@ class Broker(ABC):
         """How many members ``group`` has now."""
         raise BrokerError(f"the {type(self).__name__} cannot describe consumer groups; use a Kafka broker")
 
-    def lag(self, group: str, topic: str) -> dict[int, int]:
-        """Partition -> messages not yet committed by ``group``."""
+    def lag(self, group: str, topic: str, marks: dict[int, tuple[int, int]] | None = None) -> dict[int, int]:
+        """Partition -> messages not yet committed by ``group``; ``marks``: the topic's watermarks when the
+        caller has read them already."""
         committed = self.committed(group, topic)
-        return {p: hi - committed.get(p, lo) for p, (lo, hi) in self.watermarks(topic).items()}
+        marks = self.watermarks(topic) if marks is None else marks
+        return {p: hi - committed.get(p, lo) for p, (lo, hi) in marks.items()}
 
     def close(self) -> None:
         """Release shared resources."""

@@ -387,7 +387,6 @@ class Worker:
         self._in_flight -= count
         self._in_flight_bytes -= size
         if priorities is not None:
-            assert priorities is not None
             priorities.pump()
 
     def _commit(self, consumer: Consumer, sync: bool = False, partitions: Iterable[TopicPartition] | None = None,

@@ -148,9 +148,8 @@ class Finisher:
             self._store(failures)
         if outcomes:
             self._on_outcomes(outcomes)
-        self._on_finished([(record, outcome is not None) for record, outcome in batch
-                           if id(outcome) not in held_ids] if held_ids else
-                          [(record, outcome is not None) for record, outcome in batch])
+        released = [(r, o) for r, o in batch if id(o) not in held_ids] if held_ids else batch
+        self._on_finished([(record, outcome is not None) for record, outcome in released])
         for o in held:  # its key stays held and its offset unfinished until the next attempt's outcome
             assert self._on_hold is not None
             value, headers = self._retry_message(o)
