@@ -259,8 +259,8 @@ def run_payload(target: Target, size: int, n: int, concurrency: int = 8, progres
         failed, _ = verify_results(app, ids)
         steady_n = total - done.done_at_first
         span = done.done - done.first
-        return {"size_kb": size / KB, "tasks": n, "task_sleep_ms": seconds * 1000, "enqueue_mb_per_s": n * size / MB / enqueue_s,
-                "enqueue_tasks_per_s": n / enqueue_s,
+        return {"size_kb": size / KB, "tasks": n, "task_sleep_ms": seconds * 1000,
+                "enqueue_mb_per_s": n * size / MB / enqueue_s, "enqueue_tasks_per_s": n / enqueue_s,
                 "worker_mb_per_s": steady_n * size / MB / span if span > 0 else float("nan"),
                 "worker_tasks_per_s": steady_n / span if span > 0 else float("nan"),
                 "worker_wall_s": done.done, "peak_rss_mb": peak, "failed": failed}
@@ -351,10 +351,12 @@ def run_keys_worker(target: Target, n: int, concurrency: int = 8, progress: Prog
                 peak = worker.peak_rss_mb()
         finally:
             close()
-        first = points[0][1] if points else float("nan")
-        return {"keys": n, "done": done, "rss_at_first_sample_mb": first, "rss_last_mb": points[-1][1] if points else
-                float("nan"), "rss_growth_after_first_sample_mb": max(p[1] for p in points) - first if points else
-                float("nan"), "peak_rss_mb": peak, "tasks_per_s": done / elapsed, "samples": points}
+        rss = [mb for _, mb in points]
+        first = rss[0] if rss else float("nan")
+        return {"keys": n, "done": done, "rss_at_first_sample_mb": first,
+                "rss_last_mb": rss[-1] if rss else float("nan"),
+                "rss_growth_after_first_sample_mb": max(rss) - first if rss else float("nan"),
+                "peak_rss_mb": peak, "tasks_per_s": done / elapsed, "samples": points}
     finally:
         cleanup(app, ids)
 

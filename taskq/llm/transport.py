@@ -4,7 +4,8 @@ The HTTP library's pool looks at every connection it holds each time a request s
 probes the socket of each idle one (a system call): with hundreds of model calls in flight that scan was a
 quarter of the worker's event-loop time. :class:`ShardedTransport` keeps the same total connection limit
 in several smaller pools (:func:`sharded_transport`) and sends each request to the pool with the fewest
-answers open, so each scan covers a few dozen connections. Behaviour is otherwise the library's own (timeouts, errors, keep-alive).
+answers open, so each scan covers a few dozen connections. Behaviour is otherwise the library's own
+(timeouts, errors, keep-alive).
 """
 
 from __future__ import annotations

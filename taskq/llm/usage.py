@@ -1,7 +1,8 @@
 """Tokens and cost of LLM tasks, rolled up per user, task name and root task, by the hour.
 
 Every successful LLM call is added, as soon as the provider has answered and before its task returns
-(:class:`taskq.llm.writes.LoopWrites`: one store round trip for the calls finishing together), to three roll-ups (``user``, ``task``, ``root``) in hourly buckets, plus a per-user daily total for budgets,
+(:class:`taskq.llm.writes.LoopWrites`: one store round trip for the calls finishing together), to three
+roll-ups (``user``, ``task``, ``root``) in hourly buckets, plus a per-user daily total for budgets,
 in the app's result store: Redis hashes (``HINCRBY`` in one pipeline) or the embedded SQLite file. The task's
 result also carries the same figures in ``result.meta["llm"]``.
 
