@@ -92,7 +92,6 @@ def test_sharded_pool_keeps_the_connection_limit_and_balances() -> None:
     open answers is back to zero once the bodies are closed."""
     import asyncio
 
-    pytest.importorskip("anthropic")
     from taskq.devtools.llm_server import LLMServer
     from taskq.llm.client import LLMClients
 
