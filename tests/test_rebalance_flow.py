@@ -200,3 +200,12 @@ def test_new_group_starts_where_auto_offset_reset_points(broker: KafkaBroker, re
         second.close()
         producer.close()
     assert sorted((r.value or b"").decode() for r in later) == sorted(f"later{i}" for i in range(10))
+
+
+def test_every_client_connects_again_without_waiting_out_the_default_back_off() -> None:
+    """A new librdkafka client drops its bootstrap connection once it knows the broker's id and connects
+    again, at most every reconnect.backoff.ms / 2: with the default (100) each new client's first request
+    waited 50 ms (a worker's topic check and its group join each paid it). The URL can still set it."""
+    assert KafkaBroker("kafka://127.0.0.1:9092").config["reconnect.backoff.ms"] == 20
+    assert KafkaBroker("kafka://127.0.0.1:9092?reconnect.backoff.ms=100").config["reconnect.backoff.ms"] == "100"
+    assert KafkaBroker("kafka://127.0.0.1:9092", **{"reconnect.backoff.ms": 5}).config["reconnect.backoff.ms"] == 5

@@ -43,6 +43,13 @@ from taskq.brokers.base import (
 from taskq.errors import BrokerError, ConfigError, MessageTooLarge
 
 MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes, below the broker's default limit
+CLIENT_DEFAULTS: dict[str, Any] = {
+    # librdkafka opens a new connection at most every reconnect.backoff.ms / 2 (at least 11 ms). A new
+    # client drops its bootstrap connection once it has learned the broker's id and connects again, so its
+    # first request waited out the default's 50 ms, and a worker's start paid it for its topic check and
+    # again for its group join. Back-off after failures still doubles up to reconnect.backoff.max.ms.
+    "reconnect.backoff.ms": 20,
+}
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
@@ -262,7 +269,7 @@ class KafkaBroker(Broker):
 
     def __init__(self, url: str, connect_timeout: float = 10.0, **config: Any) -> None:
         self.url = url
-        self.config = {**parse_kafka_url(url), **config}
+        self.config = {**CLIENT_DEFAULTS, **parse_kafka_url(url), **config}
         self.connect_timeout = connect_timeout
         self._admin: AdminClient | None = None
         self._admin_lock = threading.Lock()
