@@ -102,6 +102,9 @@ class ResultBackend(ABC):
     def get(self, task_id: str) -> ResultRecord | None:
         return self.get_many([task_id])[0]
 
+    def open_connections(self, count: int) -> None:
+        """Open up to ``count`` connections ahead of use, best effort (a store without any does nothing)."""
+
     @abstractmethod
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
         """Block until the record is ready (or ``timeout`` passes: then the latest record or None)."""

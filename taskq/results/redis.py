@@ -7,6 +7,7 @@ the subscriptions of all waiting ``get()`` calls share one connection per proces
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,6 +19,8 @@ from taskq.errors import BackendError, BackendRefused, ConfigError
 from taskq.results.redis_listener import ResultListener, wait_on
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
+
+log = logging.getLogger("taskq")
 
 RESULT_PREFIX = "taskq-result:"
 CHUNK_PREFIX = "taskq-chunks:"
@@ -97,6 +100,20 @@ class RedisBackend(ResultBackend):
             note = (value if len(value) <= PUBLISH_RECORD_MAX else rec.status) if rec.ready else ""
             args += (value, note)
         self._call("store results", self._store_script, keys, args)
+
+    def open_connections(self, count: int) -> None:
+        """A new connection takes five round trips (HELLO, PING, CLIENT ...): a worker opens the ones it
+        needs while it joins its group, not while its first records wait on them."""
+        pool = self.client.connection_pool
+        opened = []
+        try:
+            for _ in range(count):
+                opened.append(pool.get_connection())
+        except redis.RedisError as exc:  # unreachable now: the first store reports it, and retries
+            log.debug("Redis at %s: no connection opened ahead: %s", self.url, exc)
+        finally:
+            for conn in opened:
+                pool.release(conn)
 
     def any_stored(self, ids: list[str]) -> bool:
         """Whether any of ``ids`` has a record (one integer back instead of every value)."""

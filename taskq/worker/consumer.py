@@ -52,6 +52,7 @@ from taskq.worker.started import TrackStarted
 from taskq.worker.stats import StatsHook, WorkerStats
 
 log = logging.getLogger("taskq.worker")
+FIRST_BATCH = 64  # records taken at most while nothing is in flight
 PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
 COMMIT_INTERVAL = 0.2  # seconds between asynchronous commits of finished work
 IDLE_COMMIT_INTERVAL = 0.02  # s between them once all work taken is finished (a drained backlog commits at once)
@@ -209,7 +210,7 @@ class Worker:
     def _start_up(self, gate: RevokeGate) -> tuple[Finisher, HookSet, EventsHook | None, Sender]:
         """The producer, hooks, finisher and pool; the pool starts once the stored revocations are read."""
         app = self.app
-        app.backend  # noqa: B018 - fail fast on a bad backend URL
+        app.backend.open_connections(2)  # fails fast on a bad backend URL; one for the checks, one for the finisher
         producer = app.broker.producer(**app.settings.producer_options)
         sender = Sender(producer, app.settings.outage_timeout)
         hooks: list[Hook] = [StatsHook(self.stats), *app.hooks]
@@ -265,7 +266,10 @@ class Worker:
                     paused = []
             if self._priorities is not None:
                 self._pause_levels(consumer)
-            records = consumer.consume(self.batch_size, 0.02 if self._in_flight else 0.1)
+            # An idle pool gets a small batch first, so tasks start before a full batch is decoded; then
+            # twice the records in flight, up to batch_size.
+            take = min(self.batch_size, max(FIRST_BATCH, 2 * self._in_flight))
+            records = consumer.consume(take, 0.02 if self._in_flight else 0.1)
             self.ready.set()
             if records:
                 self._accept(records)
