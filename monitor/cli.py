@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from taskq.config import redact_url
 from taskq.errors import TaskqError
 
 APP_HELP = "The app: module or module:attribute (default: an app from TASKQ_* settings)."
@@ -44,7 +45,7 @@ def monitor(app_path: str | None, host: str, port: int, token: str | None, since
                                token=token)
     except TaskqError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"taskq monitor on http://{host}:{port}/ reading {app.broker_url}", err=True)
+    click.echo(f"taskq monitor on http://{host}:{port}/ reading {redact_url(app.broker_url)}", err=True)
     serve(app, config, host, port)
 
 
@@ -65,6 +66,6 @@ def flower(app_path: str | None, celery_broker: str, since: str) -> None:
         bridge = FlowerBridge(app, celery_broker, since=parse_since(since))
     except TaskqError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"taskq flower bridge: {app.broker_url} -> {celery_broker} (exchange celeryev, celery.pidbox)",
+    click.echo(f"taskq flower bridge: {redact_url(app.broker_url)} -> {celery_broker} (exchange celeryev, celery.pidbox)",
                err=True)
     bridge.run_forever()

@@ -14,6 +14,7 @@ from taskq.monitor.state import State
 from taskq.monitor.topics import LagSampler
 from taskq.monitor.usage import UsageReader
 from taskq.app import Taskq
+from taskq.config import redact_url
 
 TOKEN_ENV = "TASKQ_MONITOR_TOKEN"
 
@@ -67,14 +68,6 @@ class Monitor:
                 "caught_up": self.consumer.caught_up.is_set(), "tasks_kept": len(self.state),
                 "max_tasks": self.state.max_tasks, "evicted": self.state.evicted,
                 "consumer_error": self.consumer.error, "lag_error": self.sampler.error,
-                "since": self.config.since, "broker": _redact(self.app.broker_url)}
+                "since": self.config.since, "broker": redact_url(self.app.broker_url)}
 
 
-def _redact(url: str) -> str:
-    """A URL without its password."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from taskq.monitor.consumer import EventConsumer
 from taskq.app import Taskq
+from taskq.config import redact_url
 
 log = logging.getLogger("taskq.flower")
 PREFIX = "taskq@"
@@ -239,7 +240,7 @@ class FlowerBridge:
 
     def _conf(self) -> dict[str, Any]:
         s = self.app.settings
-        return {"broker_url": _redact(self.app.broker_url), "result_backend": _redact(s.result_backend or ""),
+        return {"broker_url": redact_url(self.app.broker_url), "result_backend": redact_url(s.result_backend or ""),
                 "task_serializer": s.serializer, "accept_content": list(s.accept_content),
                 "result_expires": s.result_expires, "taskq_group": self.app.group,
                 "taskq_topic_prefix": s.topic_prefix, "include": sorted({t.fn.__module__ for t in self.app.tasks.values()})}
@@ -368,11 +369,6 @@ def _version() -> str:
     import taskq
 
     return taskq.__version__
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    return url.replace(f":{parts.password}@", ":***@") if parts.password else url
 
 
 def _quiet(fn: Any) -> None:

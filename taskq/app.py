@@ -15,7 +15,7 @@ from typing import Any, overload
 from urllib.parse import urlsplit
 
 from taskq.brokers.base import Broker, Headers, Producer, Record
-from taskq.config import Settings
+from taskq.config import Settings, redact_url
 from taskq.errors import BrokerError, ConfigError, NotRegistered
 from taskq.hooks import Hook
 from taskq.message import H_ORIGIN, TaskMessage
@@ -59,7 +59,7 @@ class Taskq:
             f"taskq.current.{name}", default=None)
 
     def __repr__(self) -> str:
-        return f"<Taskq {self.name} broker={self.broker_url}>"
+        return f"<Taskq {self.name} broker={redact_url(self.broker_url)}>"
 
     # -- registry ---------------------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class Taskq:
             from taskq.brokers.local import LocalBroker
 
             return LocalBroker(url)
-        raise ConfigError(f"unknown broker URL {url!r}: use kafka://host:port or local:///path/file.db")
+        raise ConfigError(f"unknown broker URL {redact_url(url)!r}: use kafka://host:port or local:///path/file.db")
 
     @property
     def backend(self) -> ResultBackend:
@@ -225,7 +225,7 @@ class Taskq:
             from taskq.results.local import LocalBackend
 
             return LocalBackend(path_from_url(url), expires)
-        raise ConfigError(f"unknown result backend URL {url!r}: use redis://host:port/db or local:///path")
+        raise ConfigError(f"unknown result backend URL {redact_url(url)!r}: use redis://host:port/db or local:///path")
 
     @property
     def producer(self) -> Producer:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import click
 
 from taskq.app import Taskq
+from taskq.config import redact_url
 from taskq.errors import TaskqError
 from taskq.app import load_app
 
@@ -71,7 +72,7 @@ def beat(app_path: str, lease: float, name: str | None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    click.echo(f"taskq beat {b.name}: {len(app.schedules)} schedule(s) on {app.broker_url}", err=True)
+    click.echo(f"taskq beat {b.name}: {len(app.schedules)} schedule(s) on {redact_url(app.broker_url)}", err=True)
     try:
         sent = b.run()
     finally:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from taskq.errors import ConfigError
 
@@ -86,11 +86,11 @@ class Settings:
             raise ConfigError(f"retry_tiers must be positive delays in seconds, not {self.retry_tiers}")
         broker = urlsplit(self.broker_url)
         if self.broker_url and (broker.scheme not in BROKER_SCHEMES or not (broker.netloc or broker.path)):
-            raise ConfigError(f"bad broker URL {self.broker_url!r}: use kafka://host:port[,host:port] "
+            raise ConfigError(f"bad broker URL {redact_url(self.broker_url)!r}: use kafka://host:port[,host:port] "
                               "or local:///path/to/file.db")
         backend = urlsplit(self.result_backend)
         if self.result_backend and (backend.scheme not in BACKEND_SCHEMES or not (backend.netloc or backend.path)):
-            raise ConfigError(f"bad result backend URL {self.result_backend!r}: use redis://host:port/db "
+            raise ConfigError(f"bad result backend URL {redact_url(self.result_backend)!r}: use redis://host:port/db "
                               "or local:///path/to/file.db")
         if not 0 <= self.events_coalesce < float("inf"):
             raise ConfigError(f"events_coalesce must be 0 or more seconds, not {self.events_coalesce}")
@@ -123,6 +123,19 @@ class Settings:
 
 
 MIN_EXPIRY = 0.001  # seconds: result expiry is written in milliseconds
+SECRET_WORDS = ("password", "secret", "token", "credential", "key")  # in option names, e.g. sasl.password
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for logs and pages: its password and the values of secret-looking options are ``***``."""
+    parts = urlsplit(url)
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    secret = [any(word in name.lower() for word in SECRET_WORDS) for name, _ in options]
+    if parts.password is None and not any(secret):
+        return url
+    netloc = parts.netloc if parts.password is None else parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = urlencode([(name, "***" if hide else value) for (name, value), hide in zip(options, secret)], safe="*")
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

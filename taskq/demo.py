@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from taskq.app import Taskq
+from taskq.config import redact_url
 from taskq.errors import ConfigError
 from taskq.task import Task
 from taskq.worker import Worker
@@ -51,7 +52,7 @@ def run_demo(count: int, users: int) -> None:
 
     app, infer = make_app()
     console = Console()
-    console.print(f"[bold]taskq demo[/]: {count} prompts from {users} users on {app.broker_url}")
+    console.print(f"[bold]taskq demo[/]: {count} prompts from {users} users on {redact_url(app.broker_url)}")
     server = None
     if not (os.environ.get(API_KEY) or os.environ.get(BASE_URL) or os.environ.get(SDK_BASE_URL)):
         from taskq.devtools.llm_server import LLMServer

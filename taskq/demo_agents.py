@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from taskq.app import Taskq, load_app
+from taskq.config import redact_url
 from taskq.errors import ConfigError
 from taskq.result import AsyncResult
 from taskq.worker import Worker
@@ -65,7 +66,7 @@ def run_agents_demo(request: str, app_path: str = "tasks.app", timeout: float = 
     if missing:
         raise ConfigError(f"{app_path} has no agent tasks {missing}: run from a taskq checkout")
     app.run_startup_checks()
-    console.print(f"[bold]taskq demo agents[/] on {app.broker_url}\nrequest: {request}")
+    console.print(f"[bold]taskq demo agents[/] on {redact_url(app.broker_url)}\nrequest: {request}")
     worker = Worker(app, list(AGENT_TASKS), concurrency=16, pool="asyncio", batch_size=100)
     thread = threading.Thread(target=worker.run, name="taskq-demo-agents", daemon=True)
     thread.start()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from taskq import ConfigError
-from taskq.config import Settings
+from taskq.config import Settings, redact_url
 
 
 def test_settings_unknown_setting_names_it_with_hint() -> None:
@@ -78,3 +78,39 @@ def test_settings_validation(override: dict[str, object], fragment: str) -> None
 def test_settings_env_invalid_after_parse() -> None:
     with pytest.raises(ConfigError, match="retry_tiers"):
         Settings.build({}, environ={"TASKQ_RETRY_TIERS": "10,1"})
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("redis://:hunter2@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+    ("redis://app:hunter2@h:1/2", "redis://app:***@h:1/2"),
+    ("kafka://h:9092?security.protocol=SASL_SSL&sasl.username=bob&sasl.password=hunter2",
+     "kafka://h:9092?security.protocol=SASL_SSL&sasl.username=bob&sasl.password=***"),
+    ("kafka://h:1?ssl.key.password=x%26y&sasl.oauthbearer.client.secret=s3",
+     "kafka://h:1?ssl.key.password=***&sasl.oauthbearer.client.secret=***"),
+    ("kafka://h:1,h:2?linger.ms=5", "kafka://h:1,h:2?linger.ms=5"),
+    ("local:///tmp/q.db", "local:///tmp/q.db"),
+])
+def test_urls_are_shown_without_their_secrets(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_the_app_and_the_result_store_never_show_a_password() -> None:
+    from taskq import Taskq
+    from taskq.errors import BackendError
+    from taskq.results.redis import RedisBackend
+
+    app = Taskq("secrets", broker="kafka://127.0.0.1:1?sasl.password=hunter2")
+    assert "hunter2" not in repr(app) and "sasl.password=***" in repr(app)
+    backend = RedisBackend("redis://:hunter2@127.0.0.1:1/0", connect_timeout=0.5)  # nothing listens there
+    with pytest.raises(BackendError) as info:
+        backend.get_many(["x"])
+    assert "hunter2" not in str(info.value) and ":***@127.0.0.1:1" in str(info.value)
+
+
+def test_a_bad_url_is_named_without_its_password() -> None:
+    from taskq import Taskq
+
+    for broker, backend in (("nats://u:hunter2@h:1", None), ("kafka://127.0.0.1:1", "memcached://u:hunter2@h:1")):
+        with pytest.raises(ConfigError) as info:
+            Taskq("bad", broker=broker, backend=backend).backend  # noqa: B018
+        assert "hunter2" not in str(info.value) and "u:***@h:1" in str(info.value)

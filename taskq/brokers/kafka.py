@@ -40,6 +40,7 @@ from taskq.brokers.base import (
     TopicInfo,
     TopicPartition,
 )
+from taskq.config import redact_url
 from taskq.errors import BrokerError, ConfigError, MessageTooLarge
 
 MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes, below the broker's default limit
@@ -95,7 +96,7 @@ def parse_kafka_url(url: str) -> dict[str, Any]:
     """``kafka://host:port[,host:port][?librdkafka.option=value...]`` -> librdkafka config."""
     parts = urlsplit(url)
     if parts.scheme != "kafka" or not parts.netloc:
-        raise ConfigError(f"bad Kafka URL {url!r}: expected kafka://host:port[,host:port][?option=value]")
+        raise ConfigError(f"bad Kafka URL {redact_url(url)!r}: expected kafka://host:port[,host:port][?option=value]")
     config: dict[str, Any] = {"bootstrap.servers": parts.netloc}
     config.update(parse_qsl(parts.query))
     return config

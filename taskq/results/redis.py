@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from taskq.config import redact_url
 from taskq.errors import BackendError, BackendRefused, ConfigError
 from taskq.results.redis_listener import ResultListener, wait_on
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
@@ -65,7 +66,7 @@ class RedisBackend(ResultBackend):
 
     def __init__(self, url: str, expires: float = 86400, connect_timeout: float = 5.0) -> None:
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"bad Redis URL {url!r}: expected redis://host:port/db")
+            raise ConfigError(f"bad Redis URL {redact_url(url)!r}: expected redis://host:port/db")
         self.url = url
         self.expires = expires
         self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout,
@@ -79,9 +80,9 @@ class RedisBackend(ResultBackend):
         try:
             return fn(*args)
         except redis.ResponseError as exc:  # the server answered no: the same command fails again
-            raise BackendRefused(f"Redis at {self.url} refused to {what}: {exc}") from exc
+            raise BackendRefused(f"Redis at {redact_url(self.url)} refused to {what}: {exc}") from exc
         except redis.RedisError as exc:
-            raise BackendError(f"Redis at {self.url} failed to {what}: {exc}") from exc
+            raise BackendError(f"Redis at {redact_url(self.url)} failed to {what}: {exc}") from exc
 
     @property
     def _px(self) -> int:
@@ -110,7 +111,7 @@ class RedisBackend(ResultBackend):
             for _ in range(count):
                 opened.append(pool.get_connection())
         except redis.RedisError as exc:  # unreachable now: the first store reports it, and retries
-            log.debug("Redis at %s: no connection opened ahead: %s", self.url, exc)
+            log.debug("Redis at %s: no connection opened ahead: %s", redact_url(self.url), exc)
         finally:
             for conn in opened:
                 pool.release(conn)
