@@ -162,13 +162,15 @@ def services(start: bool, console: Console | None = None) -> Iterator[Target]:
         redis_server.close()
 
 
-def prime_kafka(url: str, messages: int = 20000, timeout: float = 120.0) -> None:
+def prime_kafka(url: str, messages: int = 20000, round_trips: int = 3000, timeout: float = 120.0) -> None:
     """Put a fresh Kafka through what any client's first run would pay for once, so nobody is timed on it.
 
     A new cluster creates ``__consumer_offsets`` on the first group request and answers "coordinator
     load in progress" for seconds; its JVM is not warmed up yet. This produces ``messages``
-    (idempotent, ``acks=all``) to a scratch topic and consumes and commits them in a group, with
-    plain confluent-kafka, then deletes the topic.
+    (idempotent, ``acks=all``) to a scratch topic and consumes and commits them in a group, then sends
+    ``round_trips`` records one at a time, each fetched before the next (a commit every tenth). The
+    batches alone left the JVM's paths for small requests unoptimised, and whichever framework's round
+    trips came first paid for it. Plain confluent-kafka; the topic is deleted at the end.
     """
     from confluent_kafka import Consumer, KafkaException, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
@@ -177,19 +179,19 @@ def prime_kafka(url: str, messages: int = 20000, timeout: float = 120.0) -> None
     topic = f"taskq.bench.prime.{new_run_id()}"
     deadline = time.monotonic() + timeout
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
+    admin.create_topics([NewTopic(topic, 6, 1)])[topic].result()
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                         "linger.ms": 2})
-    for _ in range(messages):
+                         "linger.ms": 0})
+    for i in range(messages):
         while True:
             try:
-                producer.produce(topic, b"x" * 64)
+                producer.produce(topic, b"x" * 64, key=str(i).encode())
                 break
             except BufferError:
                 producer.poll(0.05)
     producer.flush(max(1.0, deadline - time.monotonic()))
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False})
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 10})
     consumer.subscribe([topic])
     got = 0
     try:
@@ -199,8 +201,21 @@ def prime_kafka(url: str, messages: int = 20000, timeout: float = 120.0) -> None
             if batch:
                 with contextlib.suppress(KafkaException):
                     consumer.commit(message=batch[-1], asynchronous=False)
+        for i in range(round_trips):
+            producer.produce(topic, b"x" * 64, key=str(i).encode())
+            producer.poll(0)
+            message = None
+            while message is None and time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is not None and message.error():
+                    message = None
+            if message is None:
+                break
+            if i % 10 == 9:  # as a worker does at a low rate (one commit per message piles up in the client)
+                consumer.commit(message=message, asynchronous=False)
     finally:
         consumer.close()
+        producer.flush(5)
         with contextlib.suppress(Exception):
             admin.delete_topics([topic])[topic].result()
 
