@@ -66,6 +66,6 @@ def flower(app_path: str | None, celery_broker: str, since: str) -> None:
         bridge = FlowerBridge(app, celery_broker, since=parse_since(since))
     except TaskqError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"taskq flower bridge: {redact_url(app.broker_url)} -> {celery_broker} (exchange celeryev, celery.pidbox)",
-               err=True)
+    click.echo(f"taskq flower bridge: {redact_url(app.broker_url)} -> {redact_url(celery_broker)} "
+               "(exchange celeryev, celery.pidbox)", err=True)
     bridge.run_forever()

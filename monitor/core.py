@@ -69,5 +69,3 @@ class Monitor:
                 "max_tasks": self.state.max_tasks, "evicted": self.state.evicted,
                 "consumer_error": self.consumer.error, "lag_error": self.sampler.error,
                 "since": self.config.since, "broker": redact_url(self.app.broker_url)}
-
-

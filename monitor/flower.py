@@ -240,7 +240,8 @@ class FlowerBridge:
 
     def _conf(self) -> dict[str, Any]:
         s = self.app.settings
-        return {"broker_url": redact_url(self.app.broker_url), "result_backend": redact_url(s.result_backend or ""),
+        return {"broker_url": redact_url(self.app.broker_url),
+                "result_backend": redact_url(s.result_backend or ""),
                 "task_serializer": s.serializer, "accept_content": list(s.accept_content),
                 "result_expires": s.result_expires, "taskq_group": self.app.group,
                 "taskq_topic_prefix": s.topic_prefix, "include": sorted({t.fn.__module__ for t in self.app.tasks.values()})}

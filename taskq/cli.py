@@ -135,8 +135,8 @@ def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], profile: 
 
         beat = start_beat_thread(app)
         workers.append(beat)
-    click.echo(f"taskq worker {w.name}: {len(w.topics)} topic(s) on {redact_url(app.broker_url)}, pool {pool} x{concurrency}",
-               err=True)
+    click.echo(f"taskq worker {w.name}: {len(w.topics)} topic(s) on {redact_url(app.broker_url)}, "
+               f"pool {pool} x{concurrency}", err=True)
     # What is loaded by now lives as long as the process: keep it out of the cyclic collector, whose full
     # passes over it (~10 ms with the modules of a worker) would stall every thread of a running worker.
     gc.freeze()
