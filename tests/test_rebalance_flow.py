@@ -9,6 +9,7 @@ record once, in order per partition, across a join and a leave; how long the gap
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Consumer as RdConsumer
 
+from taskq.brokers import kafka as kafka_module
 from taskq.brokers.base import Record, TopicPartition
 from taskq.brokers.kafka import CONSUMER_DEFAULTS, KafkaBroker, consumer_config, wake_fetchers
 
@@ -209,3 +211,32 @@ def test_every_client_connects_again_without_waiting_out_the_default_back_off() 
     assert KafkaBroker("kafka://127.0.0.1:9092").config["reconnect.backoff.ms"] == 20
     assert KafkaBroker("kafka://127.0.0.1:9092?reconnect.backoff.ms=100").config["reconnect.backoff.ms"] == "100"
     assert KafkaBroker("kafka://127.0.0.1:9092", **{"reconnect.backoff.ms": 5}).config["reconnect.backoff.ms"] == 5
+
+
+def test_records_taken_after_an_assignment_do_not_wait_for_the_wake_and_close_waits_for_it(
+        broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wake's requests run beside the records already taken; the consumer is closed only after them."""
+    topic, group = f"wake-bg-{uuid.uuid4().hex[:10]}", f"wake-bg-g-{uuid.uuid4().hex[:10]}"
+    broker.ensure_topics({topic: 2})
+    producer = broker.producer()
+    for i in range(20):
+        producer.produce(topic, f"k{i}".encode(), b"%d" % i)
+    producer.flush(30)
+    release, waking, woken = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_wake(consumer: object, partitions: list[TopicPartition]) -> None:
+        waking.set()
+        release.wait(PATIENCE)
+        woken.set()
+
+    monkeypatch.setattr(kafka_module, "wake_fetchers", slow_wake)
+    member = broker.consumer(group, [topic])
+    got: list[Record] = []
+    deadline = time.monotonic() + PATIENCE
+    while len(got) < 20 and time.monotonic() < deadline:
+        got += member.consume(50, 0.1)
+    assert waking.is_set() and not woken.is_set()  # every record arrived while the wake was still held
+    assert sorted(int(r.value or b"") for r in got) == list(range(20))
+    threading.Timer(0.3, release.set).start()
+    member.close()
+    assert woken.is_set()  # the close waited for the wake's requests

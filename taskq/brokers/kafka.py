@@ -193,6 +193,7 @@ class KafkaConsumer(Consumer):
         self._assigned: set[TopicPartition] = set()
         self._lock = threading.Lock()
         self._rebalanced = False  # a rebalance callback ran: wake the fetchers once it returned
+        self._waker: threading.Thread | None = None
         incremental = (str(full.get("group.protocol", "classic")).lower() == "consumer"
                        or "cooperative" in str(full.get("partition.assignment.strategy", "")))
         reset = RESET_TO.get(str(full.get("auto.offset.reset", "")).lower())
@@ -219,9 +220,12 @@ class KafkaConsumer(Consumer):
 
     def consume(self, max_records: int, timeout: float) -> list[Record]:
         msgs = _take(self._consumer, max_records, timeout)
-        if self._rebalanced:
+        if self._rebalanced and (self._waker is None or not self._waker.is_alive()):
+            # beside the records taken, not before them: the wake's requests take a few milliseconds
             self._rebalanced = False
-            wake_fetchers(self._consumer, self._assigned)
+            self._waker = threading.Thread(target=wake_fetchers, args=(self._consumer, list(self._assigned)),
+                                           name="taskq-wake-fetchers", daemon=True)
+            self._waker.start()
         records = []
         for msg in msgs:
             err = msg.error()
@@ -262,6 +266,8 @@ class KafkaConsumer(Consumer):
         try:
             self._revoked(self._consumer, [_RdTopicPartition(t, p) for t, p in self._assigned])
         finally:
+            if self._waker is not None:
+                self._waker.join()  # its requests are bounded; closing under them would free the handle
             self._consumer.close()
 
 
