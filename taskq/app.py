@@ -50,6 +50,7 @@ class Taskq:
         self._backend: ResultBackend | None = None
         self._producer: Producer | None = None
         self._lock = threading.Lock()
+        self._backend_lock = threading.Lock()  # its own: making the backend imports a client library, slowly
         self._delivery_errors: list[tuple[str, BaseException]] = []
         self._ensured: set[str] = set()
         self.hooks: list[Hook] = []
@@ -202,7 +203,7 @@ class Taskq:
     @property
     def backend(self) -> ResultBackend:
         if self._backend is None:
-            with self._lock:
+            with self._backend_lock:
                 if self._backend is None:
                     self._backend = self._make_backend()
         return self._backend

@@ -348,7 +348,7 @@ class EventsHook(Hook):
 
     def _partition_count(self, app: Taskq) -> int:
         try:
-            return app.broker.list_topics().get(self.topic, 0)
+            return app.broker.partition_count(self.topic)
         except Exception as exc:  # noqa: BLE001 - then every event goes as its own keyed message
             log.warning("events topic %s: partition count unknown (%s); one message per event", self.topic, exc)
             return 0

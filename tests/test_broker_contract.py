@@ -94,6 +94,20 @@ def test_ensure_topics_is_idempotent(broker: Broker) -> None:
     assert broker.watermarks(t) == {0: (0, 0), 1: (0, 0), 2: (0, 0)}
 
 
+def test_partition_count_of_checked_unchecked_and_missing_topics(broker: Broker) -> None:
+    checked, other = name("count"), name("count-other")
+    broker.ensure_topics({checked: 3, other: 2})
+    assert broker.partition_count(checked) == 3
+    assert broker.partition_count(name("count-none")) == 0
+    fresh = type(broker)(broker.url)  # knows nothing yet: asks the broker
+    try:
+        assert fresh.partition_count(other) == 2
+        fresh.ensure_compacted_topic(checked, 3600)  # exists already: it keeps its three partitions
+        assert fresh.partition_count(checked) == 3
+    finally:
+        fresh.close()
+
+
 def test_keyed_records_come_back_in_order(broker: Broker) -> None:
     t, g = name("order"), name("g")
     broker.ensure_topics({t: 3})

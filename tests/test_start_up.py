@@ -74,3 +74,33 @@ def test_open_connections_opens_them_ahead_and_shrugs_off_an_unreachable_redis(r
         backend.close()
         watcher.close()
     RedisBackend("redis://127.0.0.1:1/0", connect_timeout=0.5).open_connections(2)  # nothing listens there
+
+
+def test_the_broker_is_made_while_another_thread_makes_the_result_backend(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker makes the backend (importing its client library) beside its topic check, which needs
+    the broker: making one must not wait for the other."""
+    app = Taskq("locks", local_path=str(tmp_path / "q.db"))
+    making, release = threading.Event(), threading.Event()
+    make_backend = app._make_backend
+
+    def slow_backend() -> Any:
+        making.set()
+        release.wait(60)
+        return make_backend()
+
+    monkeypatch.setattr(app, "_make_backend", slow_backend)
+    backend_thread = threading.Thread(target=lambda: app.backend, daemon=True)
+    backend_thread.start()
+    try:
+        assert making.wait(10)
+        got: list[object] = []
+        broker_thread = threading.Thread(target=lambda: got.append(app.broker), daemon=True)
+        broker_thread.start()
+        broker_thread.join(10)
+        assert got and not release.is_set()  # made while the backend was still being made
+    finally:
+        release.set()
+        backend_thread.join(10)
+        app.close()
+    assert app._backend is not None

@@ -155,6 +155,10 @@ class Broker(ABC):
     def list_topics(self) -> dict[str, int]:
         """Topic name -> partition count."""
 
+    def partition_count(self, topic: str) -> int:
+        """The topic's partition count, 0 if it does not exist (a broker may answer from what it knows)."""
+        return self.list_topics().get(topic, 0)
+
     @abstractmethod
     def watermarks(self, topic: str) -> dict[int, tuple[int, int]]:
         """Partition -> (low, high) offsets."""

@@ -314,6 +314,11 @@ class KafkaBroker(Broker):
             ) from exc
         return {name: len(t.partitions) for name, t in meta.topics.items() if not t.error}
 
+    def partition_count(self, topic: str) -> int:
+        """From the topic checks of this client when they saw the topic (the worker's start-up checks the
+        events topic just before it asks); otherwise from the broker."""
+        return self._known.get(topic) or super().partition_count(topic)
+
     def ensure_topics(self, topics: dict[str, int], replication: int = 1) -> None:
         missing = {t: n for t, n in topics.items() if t not in self._known}
         if not missing:
@@ -443,8 +448,9 @@ class KafkaBroker(Broker):
                 raise BrokerError(f"cannot delete records of {topic}[{tp.partition}]: {exc.args[0]}") from exc
 
     def ensure_compacted_topic(self, topic: str, retention_s: float, replication: int = 1) -> None:
-        if topic in self._known or topic in self.list_topics():
-            self._known.setdefault(topic, 1)
+        if topic not in self._known and (count := self.list_topics().get(topic)):
+            self._known[topic] = count
+        if topic in self._known:
             return
         config = {"cleanup.policy": "compact,delete", "retention.ms": str(int(retention_s * 1000)),
                   "segment.ms": str(min(int(retention_s * 1000), 3_600_000))}

@@ -18,6 +18,7 @@ Every state change is reported through the worker's :class:`~taskq.hooks.HookSet
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -154,6 +155,8 @@ class Worker:
                   **{t: app.settings.default_partitions for t in app.delay_topics}}
         if app.settings.events:
             topics[app.events_topic] = app.settings.default_partitions
+        # the result backend's client library loads while the topic check waits on the broker
+        threading.Thread(target=self._load_backend, name="taskq-load-backend", daemon=True).start()
         app.ensure_topics(topics)
         # Join the group first: librdkafka joins in the background while the rest starts up, and the
         # first poll of the consume loop serves the assignment.
@@ -166,6 +169,10 @@ class Worker:
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    def _load_backend(self) -> None:
+        with contextlib.suppress(Exception):  # a bad backend URL is reported when the start-up uses it
+            self.app.backend  # noqa: B018 - creating it imports its client library
 
     def _serve(self, consumer: Consumer) -> None:
         """Start the finisher, pool, revoke gate and forwarder, consume until stopped, shut down."""
