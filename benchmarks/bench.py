@@ -389,38 +389,61 @@ def taskq_worker(target: Target, run: str, concurrency: int, pool: str, tasks: S
 
 
 class KeyCounter:
-    """Counts which of many Redis keys exist, cheaply enough to poll while a worker runs.
+    """Counts which of many Redis keys exist, cheaply enough to poll often while a worker runs.
 
     The keys are split in chunks whose ``EXISTS k1 .. kN`` commands are packed once; a poll pipelines
-    the chunks not yet complete and sums the integer replies. Works for any key type (Celery's
+    the chunks not yet complete and sums the integer replies. A chunk at least half there is split in
+    ten, so polls narrow down to the keys still missing and cost little near the end. Until a first
+    key exists, a poll asks only for the first ``probe`` keys (every framework starts with the oldest
+    tasks), with a full count at least every ``full_every`` seconds. Works for any key type (Celery's
     strings, Dramatiq's lists), so every framework is watched the same way.
     """
 
-    def __init__(self, redis_url: str, keys: Sequence[str], chunk: int = 1000) -> None:
+    def __init__(self, redis_url: str, keys: Sequence[str], chunk: int = 1000, probe: int = 500,
+                 full_every: float = 0.05) -> None:
         import redis
 
         self.client = redis.Redis.from_url(redis_url)
         self.conn = self.client.connection_pool.get_connection()
-        self.pending = [(b"".join(self.conn.pack_command("EXISTS", *keys[i:i + chunk])), len(keys[i:i + chunk]))
-                        for i in range(0, len(keys), chunk)]
+        self.pending = [self._chunk(keys[i:i + chunk]) for i in range(0, len(keys), chunk)]
+        self.probe = self.conn.pack_command("EXISTS", *keys[:probe]) if keys else None
+        self.full_every = full_every
+        self.last_full = 0.0
+        self.seen = 0
         self.complete = 0
         self.total = len(keys)
 
-    def count(self) -> int:
+    def _chunk(self, keys: Sequence[str]) -> tuple[bytes, Sequence[str]]:
+        return b"".join(self.conn.pack_command("EXISTS", *keys)), keys
+
+    def __call__(self) -> int:
+        """How many of the keys exist now."""
         if not self.pending:
             return self.total
+        if not self.seen and self.probe is not None and time.perf_counter() - self.last_full < self.full_every:
+            self.conn.send_packed_command(self.probe)
+            if not int(self.conn.read_response()):
+                return 0
+        self.last_full = time.perf_counter()
         self.conn.send_packed_command([packed for packed, _ in self.pending])
         found = [int(self.conn.read_response()) for _ in self.pending]
         partial = 0
         still = []
-        for (packed, size), n in zip(self.pending, found):
-            if n >= size:
-                self.complete += size
+        for (packed, keys), n in zip(self.pending, found):
+            if n >= len(keys):
+                self.complete += len(keys)
             else:
                 partial += n
-                still.append((packed, size))
+                if n and 2 * n >= len(keys) > 1:
+                    step = -(-len(keys) // 10)
+                    still += [self._chunk(keys[i:i + step]) for i in range(0, len(keys), step)]
+                else:
+                    still.append((packed, keys))
         self.pending = still
-        return self.complete + partial
+        self.seen = self.complete + partial
+        return self.seen
+
+    count = __call__
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -447,11 +470,17 @@ class Completion:
     cpu_at_first: float  # worker CPU seconds at the first sighting
 
 
+FINE_POLL = 0.005  # s between cheap polls: a KeyCounter before the first result and near the end
+
+
 def wait_for_keys(counter: Callable[[], int], total: int, worker: WorkerProcess, timeout: float,
                   on_progress: Callable[[int], None] | None = None, poll: float = 0.05,
                   then: Callable[[], bool] | None = None, stall: float | None = None) -> Completion:
     """Poll ``counter()`` until it reaches ``total`` (then until ``then()`` holds); times from worker start.
 
+    Polls come every ``poll`` s; every FINE_POLL s while a :class:`KeyCounter` has seen nothing yet,
+    once the rate so far says the rest is due within ``poll``, and while ``then()`` does not hold yet,
+    so the first and the last result are timed within a few milliseconds.
     Gives up after ``timeout`` s, or once the count has not moved for ``stall`` s after the first result.
     """
     deadline = time.perf_counter() + timeout
@@ -477,7 +506,13 @@ def wait_for_keys(counter: Callable[[], int], total: int, worker: WorkerProcess,
         if now > deadline:
             raise Incomplete(f"only {n} of {total} tasks done after {timeout:.0f} s; "
                              f"{worker.name} log:\n{worker.log_tail()}", n, moved - worker.started)
-        time.sleep(poll)
+        if first is None:
+            fine = isinstance(counter, KeyCounter)
+        else:
+            assert done_at_first is not None
+            rate = (n - done_at_first) / (now - first) if now > first else 0.0
+            fine = n >= total or (rate > 0 and (total - n) / rate < poll)
+        time.sleep(FINE_POLL if fine else poll)
 
 
 def taskq_counter(app: Taskq, ids: Sequence[str]) -> tuple[Callable[[], int], Callable[[], None]]:
@@ -487,7 +522,7 @@ def taskq_counter(app: Taskq, ids: Sequence[str]) -> tuple[Callable[[], int], Ca
     backend = app.backend
     if isinstance(backend, RedisBackend):
         counter = KeyCounter(backend.url, [RESULT_PREFIX + i for i in ids])
-        return counter.count, counter.close
+        return counter, counter.close
     pending = list(ids)
     done = [0]
 

@@ -203,7 +203,7 @@ def measure(client: Any, backend_url: str, n: int, rounds: int, warmup: int, bud
     try:
         with worker, bench.Phase(progress, f"{client.label}: e2e, one worker", total) as phase:
             try:
-                done = bench.wait_for_keys(counter.count, total, worker, budget, phase.update,
+                done = bench.wait_for_keys(counter, total, worker, budget, phase.update,
                                            then=client.finished(), stall=stall)
                 cpu = worker.cpu_seconds()
                 e2e = bench.e2e_numbers(total, worker, done, cpu)
