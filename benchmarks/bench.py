@@ -392,8 +392,9 @@ class KeyCounter:
     """Counts which of many Redis keys exist, cheaply enough to poll often while a worker runs.
 
     The keys are split in chunks whose ``EXISTS k1 .. kN`` commands are packed once; a poll pipelines
-    the chunks not yet complete and sums the integer replies. A chunk at least half there is split in
-    ten, so polls narrow down to the keys still missing and cost little near the end. Until a first
+    the chunks not yet complete and sums the integer replies. A chunk nine tenths there is split in
+    ten, so polls narrow down to the keys still missing and cost little near the end (split earlier,
+    the polls of a drain's middle grow to thousands of commands and slow the worker they watch). Until a first
     key exists, a poll asks only for the first ``probe`` keys (every framework starts with the oldest
     tasks), with a full count at least every ``full_every`` seconds. Works for any key type (Celery's
     strings, Dramatiq's lists), so every framework is watched the same way.
@@ -434,7 +435,7 @@ class KeyCounter:
                 self.complete += len(keys)
             else:
                 partial += n
-                if n and 2 * n >= len(keys) > 1:
+                if len(keys) > 1 and 10 * (len(keys) - n) <= len(keys):
                     step = -(-len(keys) // 10)
                     still += [self._chunk(keys[i:i + step]) for i in range(0, len(keys), step)]
                 else:
