@@ -31,6 +31,17 @@ def broker(kafka_url: str) -> Iterator[KafkaBroker]:
     b.close()
 
 
+def topic_with_records(broker: KafkaBroker, prefix: str, partitions: int, values: list[bytes]) -> tuple[str, str]:
+    """A new topic holding ``values`` (keyed k0, k1, ...), and a new group's name."""
+    topic, group = f"{prefix}-{uuid.uuid4().hex[:10]}", f"{prefix}-g-{uuid.uuid4().hex[:10]}"
+    broker.ensure_topics({topic: partitions})
+    producer = broker.producer()
+    for i, value in enumerate(values):
+        producer.produce(topic, f"k{i}".encode(), value)
+    producer.flush(30)
+    return topic, group
+
+
 def test_classic_group_notices_a_rebalance_within_a_fifth_of_a_second() -> None:
     config = consumer_config({})
     assert config["heartbeat.interval.ms"] == CONSUMER_DEFAULTS["heartbeat.interval.ms"] == 200
@@ -150,12 +161,8 @@ def test_member_keeps_consuming_through_a_join_and_a_leave(broker: KafkaBroker) 
 def test_new_group_starts_where_auto_offset_reset_points(broker: KafkaBroker, reset: str) -> None:
     """Partitions with nothing committed are assigned at the reset position (explicitly, at assignment);
     a member joining later starts at what the group committed."""
-    topic, group = f"reset-{uuid.uuid4().hex[:10]}", f"reset-g-{uuid.uuid4().hex[:10]}"
-    broker.ensure_topics({topic: 3})
+    topic, group = topic_with_records(broker, "reset", 3, [b"old%d" % i for i in range(30)])
     producer = broker.producer()
-    for i in range(30):
-        producer.produce(topic, f"k{i}".encode(), b"old%d" % i)
-    producer.flush(30)
     first = broker.consumer(group, [topic], **{"auto.offset.reset": reset})
     got: list[Record] = []
     try:
@@ -216,12 +223,7 @@ def test_every_client_connects_again_without_waiting_out_the_default_back_off() 
 def test_records_taken_after_an_assignment_do_not_wait_for_the_wake_and_close_waits_for_it(
         broker: KafkaBroker, monkeypatch: pytest.MonkeyPatch) -> None:
     """The wake's requests run beside the records already taken; the consumer is closed only after them."""
-    topic, group = f"wake-bg-{uuid.uuid4().hex[:10]}", f"wake-bg-g-{uuid.uuid4().hex[:10]}"
-    broker.ensure_topics({topic: 2})
-    producer = broker.producer()
-    for i in range(20):
-        producer.produce(topic, f"k{i}".encode(), b"%d" % i)
-    producer.flush(30)
+    topic, group = topic_with_records(broker, "wake-bg", 2, [b"%d" % i for i in range(20)])
     release, waking, woken = threading.Event(), threading.Event(), threading.Event()
 
     def slow_wake(consumer: object, partitions: list[TopicPartition]) -> None:

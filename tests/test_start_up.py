@@ -3,7 +3,9 @@ store's connections are open before the first results need them."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +106,27 @@ def test_the_broker_is_made_while_another_thread_makes_the_result_backend(
         backend_thread.join(10)
         app.close()
     assert app._backend is not None
+
+
+def test_a_result_store_that_never_answers_does_not_hold_up_the_start(tmp_path: Path) -> None:
+    """The connections opened ahead wait up to the socket timeout (30 s here) on a Redis that accepted
+    the TCP connection and says nothing; the worker polls its broker meanwhile."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes the handshakes; nothing ever reads or answers
+    port = silent.getsockname()[1]
+    app = Taskq("silent", local_path=str(tmp_path / "q.db"), backend=f"redis://127.0.0.1:{port}/0",
+                connect_timeout=1)
+
+    @app.task(name="idle")
+    def idle() -> None:
+        return None
+
+    try:
+        started = time.monotonic()
+        with worker_thread(app, concurrency=1, stop_timeout=5.0) as (worker, _):
+            assert time.monotonic() - started < 15  # ready long before the 30 s socket timeout
+            assert worker.ready.is_set()
+    finally:
+        app.close()
+        silent.close()

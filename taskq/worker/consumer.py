@@ -55,6 +55,7 @@ from taskq.worker.stats import StatsHook, WorkerStats
 log = logging.getLogger("taskq.worker")
 FIRST_BATCH = 64  # records taken at most while nothing is in flight
 PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
+BACKEND_CONNECTIONS = 2  # opened ahead: one for the consumer thread's checks, one for the finisher
 COMMIT_INTERVAL = 0.2  # seconds between asynchronous commits of finished work
 IDLE_COMMIT_INTERVAL = 0.02  # s between them once all work taken is finished (a drained backlog commits at once)
 PREFETCH_BYTES = 64 * 1024 * 1024  # payload bytes taken but unfinished at most (librdkafka's queue holds as much)
@@ -171,8 +172,10 @@ class Worker:
         return self.stats
 
     def _load_backend(self) -> None:
+        """Make the result backend (importing its client library) and open its connections, off the
+        start-up's path: a backend that does not answer is reported by the first call that needs it."""
         with contextlib.suppress(Exception):  # a bad backend URL is reported when the start-up uses it
-            self.app.backend  # noqa: B018 - creating it imports its client library
+            self.app.backend.open_connections(BACKEND_CONNECTIONS)
 
     def _serve(self, consumer: Consumer) -> None:
         """Start the finisher, pool, revoke gate and forwarder, consume until stopped, shut down."""
@@ -217,7 +220,7 @@ class Worker:
     def _start_up(self, gate: RevokeGate) -> tuple[Finisher, HookSet, EventsHook | None, Sender]:
         """The producer, hooks, finisher and pool; the pool starts once the stored revocations are read."""
         app = self.app
-        app.backend.open_connections(2)  # fails fast on a bad backend URL; one for the checks, one for the finisher
+        app.backend  # noqa: B018 - fails fast on a bad backend URL (made by _load_backend meanwhile)
         producer = app.broker.producer(**app.settings.producer_options)
         sender = Sender(producer, app.settings.outage_timeout)
         hooks: list[Hook] = [StatsHook(self.stats), *app.hooks]
