@@ -99,6 +99,11 @@ class Consumer(ABC):
     def assignment(self) -> list[TopicPartition]:
         """Partitions currently owned by this member."""
 
+    def unseen_from(self) -> dict[TopicPartition, int]:
+        """Per assigned partition, an offset from which no other member of the group can have been given
+        its records: the partition's end when it was assigned here. Partitions left out may have been."""
+        return {}
+
     @abstractmethod
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop returning records from these partitions until resumed."""

@@ -194,6 +194,8 @@ class KafkaConsumer(Consumer):
         self._lock = threading.Lock()
         self._rebalanced = False  # a rebalance callback ran: wake the fetchers once it returned
         self._waker: threading.Thread | None = None
+        self._unseen_from: dict[TopicPartition, int] = {}
+        self._generation = 0  # rebalances seen: ends read across one are dropped
         incremental = (str(full.get("group.protocol", "classic")).lower() == "consumer"
                        or "cooperative" in str(full.get("partition.assignment.strategy", "")))
         reset = RESET_TO.get(str(full.get("auto.offset.reset", "")).lower())
@@ -202,6 +204,8 @@ class KafkaConsumer(Consumer):
             got = [(tp.topic, tp.partition) for tp in tps]
             self._assigned.update(got)
             self._rebalanced = True
+            with self._lock:
+                self._generation += 1
             if on_assign:
                 on_assign(got)
             if incremental and reset is not None and tps:
@@ -213,6 +217,10 @@ class KafkaConsumer(Consumer):
             if on_revoke and lost:
                 on_revoke(lost)
             self._assigned.difference_update(lost)
+            with self._lock:
+                self._generation += 1
+                for tp in lost:
+                    self._unseen_from.pop(tp, None)
 
         self._revoked = revoked
 
@@ -223,8 +231,8 @@ class KafkaConsumer(Consumer):
         if self._rebalanced and (self._waker is None or not self._waker.is_alive()):
             # beside the records taken, not before them: the wake's requests take a few milliseconds
             self._rebalanced = False
-            self._waker = threading.Thread(target=wake_fetchers, args=(self._consumer, list(self._assigned)),
-                                           name="taskq-wake-fetchers", daemon=True)
+            self._waker = threading.Thread(target=self._after_rebalance, args=(list(self._assigned), self._generation),
+                                           name="taskq-after-rebalance", daemon=True)
             self._waker.start()
         records = []
         for msg in msgs:
@@ -238,6 +246,19 @@ class KafkaConsumer(Consumer):
             records.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),  # type: ignore[arg-type]
                                   msg.headers() or [], msg.timestamp()[1]))  # type: ignore[arg-type]
         return records
+
+    def unseen_from(self) -> dict[TopicPartition, int]:
+        with self._lock:
+            return dict(self._unseen_from)
+
+    def _after_rebalance(self, partitions: list[TopicPartition], generation: int) -> None:
+        """Wake the fetchers, then read the new partitions' ends (both a few milliseconds of requests)."""
+        wake_fetchers(self._consumer, partitions)
+        new = [_RdTopicPartition(t, p) for t, p in partitions if (t, p) not in self._unseen_from]
+        ends = partition_ends(self._consumer, new)
+        with self._lock:
+            if generation == self._generation:
+                self._unseen_from.update(ends)
 
     def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool = False) -> None:
         if not offsets:
@@ -527,6 +548,23 @@ def _take(consumer: _RdConsumer, max_records: int, timeout: float) -> list[Messa
 WAKE_TIMEOUT = 0.5  # s: bound on the requests that wake the fetchers after a rebalance or a resume
 RESET_TO = {"earliest": OFFSET_BEGINNING, "smallest": OFFSET_BEGINNING, "beginning": OFFSET_BEGINNING,
             "latest": OFFSET_END, "largest": OFFSET_END, "end": OFFSET_END}  # auto.offset.reset -> where
+
+
+def partition_ends(consumer: _RdConsumer, tps: list[_RdTopicPartition]) -> dict[TopicPartition, int]:
+    """The end offsets of newly assigned partitions, in one request per broker (ListOffsets, latest).
+
+    A member that had a partition before lost it before this one got it, so it was given only records
+    below the end read now: later records need no check for a result stored by an earlier owner. Best
+    effort: a partition whose end is not read is checked whole.
+    """
+    if not tps:
+        return {}
+    try:
+        ends = consumer.offsets_for_times([_RdTopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in tps],
+                                          timeout=WAKE_TIMEOUT)
+    except KafkaException:
+        return {}
+    return {(tp.topic, tp.partition): tp.offset for tp in ends if tp.error is None and tp.offset >= 0}
 
 
 def start_positions(consumer: _RdConsumer, tps: list[_RdTopicPartition], reset: int) -> None:

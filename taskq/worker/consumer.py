@@ -33,7 +33,7 @@ from taskq.brokers.base import Consumer, Record, TopicPartition
 from taskq.errors import BrokerError, NotRegistered, OutageTooLong
 from taskq.events import HEARTBEAT_INTERVAL, EventsHook
 from taskq.hooks import Hook, HookSet, WorkerInfo
-from taskq.message import H_ID, H_PARENT_ID
+from taskq.message import H_ATTEMPTS, H_ETA, H_ID, H_PARENT_ID
 from taskq.pools import make_pool
 from taskq.results.base import ResultRecord
 from taskq.task import Task
@@ -55,6 +55,7 @@ from taskq.worker.stats import StatsHook, WorkerStats
 log = logging.getLogger("taskq.worker")
 FIRST_BATCH = 64  # records taken at most while nothing is in flight
 PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
+RESENT_HEADERS = (H_ETA, H_ATTEMPTS, H_PARENT_ID)  # set on the sends a crash of the sender can repeat
 BACKEND_CONNECTIONS = 2  # opened ahead: one for the consumer thread's checks, one for the finisher
 COMMIT_INTERVAL = 0.2  # seconds between asynchronous commits of finished work
 IDLE_COMMIT_INTERVAL = 0.02  # s between them once all work taken is finished (a drained backlog commits at once)
@@ -349,8 +350,19 @@ class Worker:
             consumer.resume(resume)
 
     def _already_final(self, records: list[Record]) -> dict[tuple[str, int, int], ResultRecord]:
-        """Offsets of records whose task already has a final result (redeliveries after a crash)."""
-        with_id = [(r, i.decode(errors="replace")) for r in records if (i := r.header(H_ID))]
+        """Offsets of records whose task already has a final result (redeliveries after a crash).
+
+        Looked up: records an earlier owner of their partition can have been given (below the partition's
+        end when it was assigned here; all of a partition whose end is not known), and taskq's own sends,
+        which a crash can repeat at any time (delayed and retried tasks, canvas follow-ups). A client's
+        send that arrived after the assignment is no redelivery and costs no lookup."""
+        assert self._consumer is not None
+        unseen_from = self._consumer.unseen_from()
+        with_id = [(r, i.decode(errors="replace")) for r in records
+                   if (i := r.header(H_ID)) and (r.offset < unseen_from.get((r.topic, r.partition), r.offset + 1)
+                                                 or any(r.header(h) is not None for h in RESENT_HEADERS))]
+        if not with_id:
+            return {}
         ids = [task_id for _, task_id in with_id]
         backend = self.app.backend
         bound = self.app.settings.outage_timeout
