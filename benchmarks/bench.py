@@ -444,8 +444,6 @@ class KeyCounter:
         self.seen = self.complete + partial
         return self.seen
 
-    count = __call__
-
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.connection_pool.release(self.conn)

@@ -210,7 +210,7 @@ def measure(client: Any, backend_url: str, n: int, rounds: int, warmup: int, bud
                 out.update({"e2e_" + k: v for k, v in e2e.items() if k != "tasks"})
                 out["e2e_tasks"] = total
             except Exception as exc:  # noqa: BLE001 - a budget overrun or a dead worker is a result too
-                finished = counter.count()
+                finished = counter()
                 elapsed = time.perf_counter() - worker.started
                 if isinstance(exc, bench.Incomplete) and exc.done:  # the rate up to the last progress
                     finished, elapsed = exc.done, exc.last_progress_s
@@ -247,7 +247,7 @@ def measure_starts(client: Any, backend_url: str, starts: int, progress: Progres
             counter = bench.KeyCounter(backend_url, [key])
             try:
                 with client.worker() as worker:
-                    while counter.count() < 1:
+                    while counter() < 1:
                         worker.check()
                         if time.perf_counter() - worker.started > timeout:
                             raise Budget(f"no first result within {timeout:g} s")

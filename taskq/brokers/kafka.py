@@ -192,10 +192,10 @@ class KafkaConsumer(Consumer):
         self._consumer = _RdConsumer({**full, "group.id": group})
         self._assigned: set[TopicPartition] = set()
         self._lock = threading.Lock()
-        self._rebalanced = False  # a rebalance callback ran: wake the fetchers once it returned
+        self._generation = 0  # rebalance callbacks run; ends read across one are dropped
+        self._handled = 0  # the generation the last wake started at: behind it, wake the fetchers again
         self._waker: threading.Thread | None = None
         self._unseen_from: dict[TopicPartition, int] = {}
-        self._generation = 0  # rebalances seen: ends read across one are dropped
         incremental = (str(full.get("group.protocol", "classic")).lower() == "consumer"
                        or "cooperative" in str(full.get("partition.assignment.strategy", "")))
         reset = RESET_TO.get(str(full.get("auto.offset.reset", "")).lower())
@@ -203,7 +203,6 @@ class KafkaConsumer(Consumer):
         def assigned(consumer: _RdConsumer, tps: list[_RdTopicPartition]) -> None:
             got = [(tp.topic, tp.partition) for tp in tps]
             self._assigned.update(got)
-            self._rebalanced = True
             with self._lock:
                 self._generation += 1
             if on_assign:
@@ -213,7 +212,6 @@ class KafkaConsumer(Consumer):
 
         def revoked(_c: Any, tps: list[_RdTopicPartition]) -> None:
             lost = [(tp.topic, tp.partition) for tp in tps if (tp.topic, tp.partition) in self._assigned]
-            self._rebalanced = True
             if on_revoke and lost:
                 on_revoke(lost)
             self._assigned.difference_update(lost)
@@ -228,9 +226,9 @@ class KafkaConsumer(Consumer):
 
     def consume(self, max_records: int, timeout: float) -> list[Record]:
         msgs = _take(self._consumer, max_records, timeout)
-        if self._rebalanced and (self._waker is None or not self._waker.is_alive()):
+        if self._handled != self._generation and (self._waker is None or not self._waker.is_alive()):
             # beside the records taken, not before them: the wake's requests take a few milliseconds
-            self._rebalanced = False
+            self._handled = self._generation
             self._waker = threading.Thread(target=self._after_rebalance, args=(list(self._assigned), self._generation),
                                            name="taskq-after-rebalance", daemon=True)
             self._waker.start()
@@ -254,7 +252,8 @@ class KafkaConsumer(Consumer):
     def _after_rebalance(self, partitions: list[TopicPartition], generation: int) -> None:
         """Wake the fetchers, then read the new partitions' ends (both a few milliseconds of requests)."""
         wake_fetchers(self._consumer, partitions)
-        new = [_RdTopicPartition(t, p) for t, p in partitions if (t, p) not in self._unseen_from]
+        with self._lock:
+            new = [_RdTopicPartition(t, p) for t, p in partitions if (t, p) not in self._unseen_from]
         ends = partition_ends(self._consumer, new)
         with self._lock:
             if generation == self._generation:
