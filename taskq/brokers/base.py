@@ -7,7 +7,7 @@ contract tests (``tests/test_broker_contract.py``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 from taskq.errors import BrokerError
@@ -99,7 +99,7 @@ class Consumer(ABC):
     def assignment(self) -> list[TopicPartition]:
         """Partitions currently owned by this member."""
 
-    def unseen_from(self) -> dict[TopicPartition, int]:
+    def unseen_from(self) -> Mapping[TopicPartition, int]:
         """Per assigned partition, an offset from which no other member of the group can have been given
         its records: the partition's end when it was assigned here. Partitions left out may have been."""
         return {}

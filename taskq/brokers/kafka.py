@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -195,7 +195,7 @@ class KafkaConsumer(Consumer):
         self._generation = 0  # rebalance callbacks run; ends read across one are dropped
         self._handled = 0  # the generation the last wake started at: behind it, wake the fetchers again
         self._waker: threading.Thread | None = None
-        self._unseen_from: dict[TopicPartition, int] = {}
+        self._unseen_from: Mapping[TopicPartition, int] = {}  # replaced, never changed: read without the lock
         incremental = (str(full.get("group.protocol", "classic")).lower() == "consumer"
                        or "cooperative" in str(full.get("partition.assignment.strategy", "")))
         reset = RESET_TO.get(str(full.get("auto.offset.reset", "")).lower())
@@ -217,8 +217,7 @@ class KafkaConsumer(Consumer):
             self._assigned.difference_update(lost)
             with self._lock:
                 self._generation += 1
-                for tp in lost:
-                    self._unseen_from.pop(tp, None)
+                self._unseen_from = {tp: end for tp, end in self._unseen_from.items() if tp not in lost}
 
         self._revoked = revoked
 
@@ -245,9 +244,8 @@ class KafkaConsumer(Consumer):
                                   msg.headers() or [], msg.timestamp()[1]))  # type: ignore[arg-type]
         return records
 
-    def unseen_from(self) -> dict[TopicPartition, int]:
-        with self._lock:
-            return dict(self._unseen_from)
+    def unseen_from(self) -> Mapping[TopicPartition, int]:
+        return self._unseen_from
 
     def _after_rebalance(self, partitions: list[TopicPartition], generation: int) -> None:
         """Wake the fetchers, then read the new partitions' ends (both a few milliseconds of requests)."""
@@ -257,7 +255,7 @@ class KafkaConsumer(Consumer):
         ends = partition_ends(self._consumer, new)
         with self._lock:
             if generation == self._generation:
-                self._unseen_from.update(ends)
+                self._unseen_from = {**self._unseen_from, **ends}
 
     def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool = False) -> None:
         if not offsets:
