@@ -502,7 +502,9 @@ class KafkaCluster:
         assert self._libs is not None and self.dir is not None
         offset = n.server_log.stat().st_size if n.server_log.exists() else 0
         argv = [
-            java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseSerialGC",
+            # C1 only: on two cores the optimising compiler's threads took CPU from the broker, the workers
+            # and the tests for minutes after each start (see the README's Performance section)
+            java, f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
             "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
             "-Dlog4j2.disable.jmx=true",
             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
