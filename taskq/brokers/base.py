@@ -93,7 +93,13 @@ class Consumer(ABC):
 
     @abstractmethod
     def commit(self, offsets: dict[TopicPartition, int], asynchronous: bool = False) -> None:
-        """Commit the next offset to read for each partition; ``asynchronous`` may return before it lands."""
+        """Commit the next offset to read for each partition; ``asynchronous`` may return before it lands
+        (:meth:`failed_commits` then reports it if it did not)."""
+
+    def failed_commits(self) -> list[TopicPartition]:
+        """Partitions whose asynchronous commits failed since the last call (e.g. refused during a
+        rebalance): their points are to be committed again."""
+        return []
 
     @abstractmethod
     def assignment(self) -> list[TopicPartition]:

@@ -189,7 +189,13 @@ class KafkaConsumer(Consumer):
         on_revoke: AssignmentCallback | None,
     ) -> None:
         full = consumer_config(config)
-        self._consumer = _RdConsumer({**full, "group.id": group})
+        self._failed_commits: list[TopicPartition] = []
+
+        def commit_done(err: KafkaError | None, tps: list[_RdTopicPartition]) -> None:  # served by consume()
+            failed = err is not None and err.code() != KafkaError._NO_OFFSET
+            self._failed_commits += [(tp.topic, tp.partition) for tp in tps if failed or tp.error is not None]
+
+        self._consumer = _RdConsumer({**full, "group.id": group, "on_commit": commit_done})
         self._assigned: set[TopicPartition] = set()
         self._lock = threading.Lock()
         self._generation = 0  # rebalance callbacks run; ends read across one are dropped
@@ -246,6 +252,10 @@ class KafkaConsumer(Consumer):
 
     def unseen_from(self) -> Mapping[TopicPartition, int]:
         return self._unseen_from
+
+    def failed_commits(self) -> list[TopicPartition]:
+        failed, self._failed_commits = self._failed_commits, []
+        return failed
 
     def _after_rebalance(self, partitions: list[TopicPartition], generation: int) -> None:
         """Wake the fetchers, then read the new partitions' ends (both a few milliseconds of requests)."""

@@ -54,6 +54,10 @@ class OffsetTracker:
         self._committed.update(moved)
         return moved
 
+    def commit_failed(self, tp: TopicPartition) -> None:
+        """The last commit of ``tp`` did not land: the next :meth:`to_commit` returns its point again."""
+        self._committed.pop(tp, None)
+
     def abandon(self, tp: TopicPartition, offset: int) -> None:
         """``offset`` will not run here (stopping or revoked): it stays uncommitted, but is not waited for."""
         if tp in self._taken:
