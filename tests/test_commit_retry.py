@@ -23,7 +23,9 @@ def test_kafka_reports_a_refused_asynchronous_commit_once(kafka_url: str, unique
     app = Taskq("commits", broker=kafka_url, topic_prefix=f"cr{unique}.", group=f"cr{unique}")
     topic = f"cr{unique}.t"
     app.broker.ensure_topics({topic: 1})
-    consumer = app.broker.consumer(app.group, [topic])
+    seen_by_own: list[tuple[bool, list[TopicPartition]]] = []  # an application's on_commit still hears
+    consumer = app.broker.consumer(app.group, [topic], on_commit=lambda err, tps: seen_by_own.append(
+        (err is None and all(tp.error is None for tp in tps), [(tp.topic, tp.partition) for tp in tps])))
     try:
         wait_until(lambda: consumer.consume(10, 0.1) == [] and bool(consumer.assignment()), 30, "the assignment")
         missing = (f"cr{unique}.missing", 0)
@@ -40,6 +42,7 @@ def test_kafka_reports_a_refused_asynchronous_commit_once(kafka_url: str, unique
         consumer.consume(10, 0.3)
         assert consumer.failed_commits() == []
         assert app.broker.committed(app.group, topic) == {0: 0}
+        assert sorted(seen_by_own) == [(False, [missing]), (True, [(topic, 0)])]
     finally:
         consumer.close()
         app.close()

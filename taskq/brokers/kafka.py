@@ -190,10 +190,13 @@ class KafkaConsumer(Consumer):
     ) -> None:
         full = consumer_config(config)
         self._failed_commits: list[TopicPartition] = []
+        own_on_commit = full.get("on_commit")  # an application's own, called too
 
         def commit_done(err: KafkaError | None, tps: list[_RdTopicPartition]) -> None:  # served by consume()
             failed = err is not None and err.code() != KafkaError._NO_OFFSET
             self._failed_commits += [(tp.topic, tp.partition) for tp in tps if failed or tp.error is not None]
+            if own_on_commit is not None:
+                own_on_commit(err, tps)
 
         self._consumer = _RdConsumer({**full, "group.id": group, "on_commit": commit_done})
         self._assigned: set[TopicPartition] = set()
