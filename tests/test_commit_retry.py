@@ -20,11 +20,11 @@ from tests.unit_support import app  # noqa: F401 - fixture
 
 @pytest.mark.kafka
 def test_kafka_reports_a_refused_asynchronous_commit_once(kafka_url: str, unique: str) -> None:
-    app = Taskq("commits", broker=kafka_url, topic_prefix=f"cr{unique}.", group=f"cr{unique}")
+    kafka_app = Taskq("commits", broker=kafka_url, topic_prefix=f"cr{unique}.", group=f"cr{unique}")
     topic = f"cr{unique}.t"
-    app.broker.ensure_topics({topic: 1})
+    kafka_app.broker.ensure_topics({topic: 1})
     seen_by_own: list[tuple[bool, list[TopicPartition]]] = []  # an application's on_commit still hears
-    consumer = app.broker.consumer(app.group, [topic], on_commit=lambda err, tps: seen_by_own.append(
+    consumer = kafka_app.broker.consumer(kafka_app.group, [topic], on_commit=lambda err, tps: seen_by_own.append(
         (err is None and all(tp.error is None for tp in tps), [(tp.topic, tp.partition) for tp in tps])))
     try:
         wait_until(lambda: consumer.consume(10, 0.1) == [] and bool(consumer.assignment()), 30, "the assignment")
@@ -41,11 +41,11 @@ def test_kafka_reports_a_refused_asynchronous_commit_once(kafka_url: str, unique
         assert failed == [missing]
         consumer.consume(10, 0.3)
         assert consumer.failed_commits() == []
-        assert app.broker.committed(app.group, topic) == {0: 0}
+        assert kafka_app.broker.committed(kafka_app.group, topic) == {0: 0}
         assert sorted(seen_by_own) == [(False, [missing]), (True, [(topic, 0)])]
     finally:
         consumer.close()
-        app.close()
+        kafka_app.close()
 
 
 class CommitLog(Consumer):
