@@ -423,13 +423,13 @@ class Worker:
         One commit per loop at a low message rate would be a request per message, and the client's
         commit queue then falls behind (lag grows although every task is done).
         """
-        for tp in consumer.failed_commits():  # e.g. refused during a rebalance: nothing else would resend it
-            self._offsets.commit_failed(tp)
         now = time.monotonic()
         interval = COMMIT_INTERVAL if self._in_flight > 0 else IDLE_COMMIT_INTERVAL
         if not sync and now - self._last_commit < interval:
             return
         self._last_commit = now
+        for tp in consumer.failed_commits():  # e.g. refused during a rebalance: nothing else would resend it
+            self._offsets.commit_failed(tp)
         offsets = self._offsets.to_commit(partitions, every=sync)
         if offsets:
             consumer.commit(offsets, asynchronous=not sync)
