@@ -189,12 +189,13 @@ class KafkaConsumer(Consumer):
         on_revoke: AssignmentCallback | None,
     ) -> None:
         full = consumer_config(config)
-        self._failed_commits: list[TopicPartition] = []
+        # a set: a consumer that commits only synchronously (they raise instead) never drains it
+        self._failed_commits: set[TopicPartition] = set()
         own_on_commit = full.get("on_commit")  # an application's own, called too
 
         def commit_done(err: KafkaError | None, tps: list[_RdTopicPartition]) -> None:  # served by consume()
             failed = err is not None and err.code() != KafkaError._NO_OFFSET
-            self._failed_commits += [(tp.topic, tp.partition) for tp in tps if failed or tp.error is not None]
+            self._failed_commits.update((tp.topic, tp.partition) for tp in tps if failed or tp.error is not None)
             if own_on_commit is not None:
                 own_on_commit(err, tps)
 
@@ -257,8 +258,8 @@ class KafkaConsumer(Consumer):
         return self._unseen_from
 
     def failed_commits(self) -> list[TopicPartition]:
-        failed, self._failed_commits = self._failed_commits, []
-        return failed
+        failed, self._failed_commits = self._failed_commits, set()
+        return list(failed)
 
     def _after_rebalance(self, partitions: list[TopicPartition], generation: int) -> None:
         """Wake the fetchers, then read the new partitions' ends (both a few milliseconds of requests)."""
