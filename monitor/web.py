@@ -1,10 +1,12 @@
-"""The ASGI app: pages, ``/api``, ``/metrics``, static assets, and the optional token check."""
+"""The ASGI app: pages, ``/api``, ``/metrics``, static assets, the optional token check, and the refusal of
+requests that a page of another origin sends to change something (cross-site request forgery)."""
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -16,6 +18,8 @@ from taskq.monitor.core import Monitor
 STATIC = Path(__file__).parent / "static"
 COOKIE = "taskq_monitor_token"
 OPEN_PATHS = ("/static/",)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+Handler = Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]
 
 
 def create_app(monitor: Monitor) -> FastAPI:
@@ -36,10 +40,30 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     if monitor.config.token:
         web.middleware("http")(_token_check(monitor.config.token))
+    web.middleware("http")(_same_origin_writes)
     return web
 
 
-def _token_check(token: str) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+async def _same_origin_writes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Refuse a POST (replay, submit) that a browser sends for a page of another origin: the cookie or the
+    loopback address would otherwise let any page the user opens replay dead letters."""
+    if request.method not in SAFE_METHODS and _cross_origin(request):
+        return JSONResponse({"detail": "cross-origin request refused: use the monitor's own pages, or send it "
+                                       "without a browser"}, status_code=403)
+    return await call_next(request)
+
+
+def _cross_origin(request: Request) -> bool:
+    """Sent by a browser for another origin: ``Sec-Fetch-Site`` says so, or (older browsers) ``Origin``
+    names another host than the request's ``Host``. Clients that are not browsers send neither."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc != request.headers.get("host")
+
+
+def _token_check(token: str) -> Handler:
     """Require ``Authorization: Bearer <token>``, ``?token=`` (which sets a cookie) or the cookie."""
 
     async def check(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

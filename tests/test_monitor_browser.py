@@ -8,8 +8,12 @@ they are also copied to ``docs/screenshots/`` for the README.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -17,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.monitor_support import running_monitor, served
+from taskq.dlq import dead_letters
+from tests.monitor_support import free_port, running_monitor, served
 from tests.support import ROOT, local_app_module, wait_until, worker_thread
 
 pytestmark = pytest.mark.slow
@@ -176,3 +181,47 @@ def test_every_page_in_a_browser(mod: ModuleType, chromium: Any, tmp_path: Path)
         context.close()
         assert seen_hosts == {base.split("/")[2]}, f"the pages fetched from elsewhere: {seen_hosts}"
     print(f"\nMONITOR screenshots in {SHOTS}: " + ", ".join(sorted(p.name for p in SHOTS.glob('*.png'))))
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_a_page_of_another_origin_cannot_replay_dead_letters(mod: ModuleType, chromium: Any, tmp_path: Path,
+                                                            token: str | None) -> None:
+    """A page served from another port of the same host (same site, so even a SameSite=Strict cookie goes
+    along) posts the replay form to the monitor: refused, nothing is replayed. The monitor's own button
+    still replays."""
+    app = mod.app
+    with running_monitor(app, token=token) as monitor, served(monitor) as base, \
+            worker_thread(app, tasks=[mod.fragile.name], concurrency=1, name=WORKER):
+        dead = mod.fragile.delay(1, user="bob")
+        wait_until(lambda: len(dead_letters(app, mod.fragile.name)) == 1, 60, "the dead letter")
+
+        def sent() -> int:
+            return sum(hi for _lo, hi in app.broker.watermarks(mod.fragile.topic).values())
+        before = sent()
+        www = tmp_path / "www"
+        www.mkdir()
+        (www / "attack.html").write_text(
+            f'<form id="f" method="post" action="{base}/dead-letters/{mod.fragile.name}/replay" target="out">'
+            '<input name="all" value="1"></form><iframe name="out"></iframe>'
+            "<script>document.getElementById('f').submit()</script>")
+        other = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", free_port()), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www)))
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        context = chromium.new_context()
+        page = context.new_page()
+        try:
+            if token:  # the user has opened the monitor: its cookie is set
+                page.goto(f"{base}/?token={token}")
+            with page.expect_response(lambda r: r.request.method == "POST") as posted:
+                page.goto(f"http://127.0.0.1:{other.server_address[1]}/attack.html")
+            assert posted.value.status == 403, posted.value.status
+            time.sleep(1)
+            assert sent() == before, "the other origin's form replayed the dead letter"
+
+            page.goto(f"{base}/dead-letters/{mod.fragile.name}")
+            page.click(f"button.replay[data-id='{dead.id}']")
+            page.wait_for_selector("#replayed")
+            assert sent() == before + 1
+        finally:
+            context.close()
+            other.shutdown()
