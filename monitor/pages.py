@@ -27,7 +27,10 @@ TEMPLATES = Path(__file__).parent / "templates"
 def _ts(value: float | None) -> str:
     if not value:
         return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) + f".{int(value * 1000) % 1000:03d}"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) + f".{int(value * 1000) % 1000:03d}"
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds (an event's wild timestamp)
+        return str(value)
 
 
 def _secs(value: float | None) -> str:

@@ -27,6 +27,15 @@ STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REJE
 TASK_FIELDS = ("task", "root_id", "parent_id", "key", "topic", "partition", "offset", "attempt", "sent",
                "received", "started", "finished", "runtime", "exc_type", "exc_message", "args", "kwargs",
                "result", "worker")
+_NUMBER = (int, float)
+#: the type an event's field must have to be kept: any producer can write the events topic, and one value of
+#: another type (a string runtime, a numeric task name) would break every page that shows the task
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "task": (str,), "root_id": (str,), "parent_id": (str,), "topic": (str,), "worker": (str,), "exc_type": (str,),
+    "exc_message": (str,), "hostname": (str,), "pool": (str,), "partition": (int,), "offset": (int,),
+    "attempt": (int,), "pid": (int,), "concurrency": (int,), "active": (int,), "processed": (int,),
+    "sent": _NUMBER, "received": _NUMBER, "started": _NUMBER, "finished": _NUMBER, "runtime": _NUMBER,
+    "freq": _NUMBER}
 
 
 @dataclass(slots=True)
@@ -169,12 +178,13 @@ class State:
             self._tasks.move_to_end(e["id"])
         task.updated = ts
         for name in TASK_FIELDS:
-            value = e.get(name)
+            value = _field(e, name)
             if value is not None:
                 setattr(task, name, value if name != "key" else str(value))
         new_state = STATE_OF.get(kind)
         if kind == "task-skipped":  # redelivered after it finished: the state its finished run stored
-            new_state = e.get("state") if e.get("state") in FINAL_STATES else (
+            stored = _field(e, "state")
+            new_state = stored if stored in FINAL_STATES else (
                 None if task.state in FINAL_STATES else "SKIPPED")
         if kind == "task-dead":
             task.dead = True
@@ -186,8 +196,8 @@ class State:
                 task.state in FINAL_STATES and new_state not in FINAL_STATES and ts < task.state_ts):
             task.state, task.state_ts = new_state, ts
         if len(task.timeline) < TIMELINE_CAP:
-            task.timeline.append({"type": kind, "ts": ts, "worker": e.get("worker"), "attempt": e.get("attempt"),
-                                  "exc": _exc(e)})
+            task.timeline.append({"type": kind, "ts": ts, "worker": _field(e, "worker"),
+                                  "attempt": _field(e, "attempt"), "exc": _exc(e)})
         if new_state is not None:
             self._count(ts, new_state)
 
@@ -198,9 +208,14 @@ class State:
             return
         w = self._workers.setdefault(name, WorkerView(name))
         ts = float(e.get("ts") or time.time())
-        for attr in ("hostname", "pid", "pool", "concurrency", "active", "processed", "partitions", "freq"):
-            if e.get(attr) is not None:
-                setattr(w, attr, e[attr])
+        for attr in ("hostname", "pid", "pool", "concurrency", "active", "processed", "freq"):
+            value = _field(e, attr)
+            if value is not None:
+                setattr(w, attr, value)
+        partitions = e.get("partitions")
+        if isinstance(partitions, list) and all(isinstance(tp, list) and len(tp) == 2 and isinstance(tp[0], str)
+                                                and isinstance(tp[1], int) for tp in partitions):
+            w.partitions = partitions
         if ts >= w.last_heartbeat:
             w.last_heartbeat = ts
             w.offline = kind == "worker-offline"
@@ -294,6 +309,17 @@ def _ids(node: dict[str, Any]) -> set[str]:
     for child in node["children"]:
         out |= _ids(child)
     return out
+
+
+def _field(e: dict[str, Any], name: str) -> Any:
+    """The event's ``name`` if it has the type that field must have (any type where none is set), else None."""
+    value = e.get(name)
+    types = FIELD_TYPES.get(name, (str,) if name == "state" else None)
+    if value is None or types is None:
+        return value
+    if isinstance(value, bool) or not isinstance(value, types):
+        return None
+    return value
 
 
 def _exc(e: dict[str, Any]) -> str | None:

@@ -262,3 +262,32 @@ def test_llm_tokens_and_cost_reach_the_metrics(mod: ModuleType, monitor: Monitor
     assert 'taskq_llm_tokens_total{direction="input",model="claude-haiku-4-5",task="tasks.llm.infer"} 30.0' in text
     assert 'taskq_llm_tokens_total{direction="output",model="claude-haiku-4-5",task="tasks.llm.infer"} 18.0' in text
     assert 'taskq_llm_cost_usd_total{model="claude-haiku-4-5",task="tasks.llm.infer"} 0.003' in text
+
+
+def test_events_with_fields_of_the_wrong_type_break_no_page(mod: ModuleType) -> None:
+    """Any producer can write the events topic: a field of the wrong type is ignored, every page still answers."""
+    from tests.monitor_support import produce_events, task_event
+
+    ts = time.time()
+    wrong = {"runtime": "slow", "sent": "yesterday", "received": [1], "started": {"a": 1}, "finished": "x",
+             "attempt": "two", "partition": "p", "offset": 1.5, "task": 5, "worker": 7, "exc_type": 3, "topic": 9,
+             "state": ["SUCCESS"]}
+    events = [task_event("task-failed", "wrong-types", ts, **wrong),
+              task_event("task-skipped", "wrong-types", ts + 2, state={"a": 1}),
+              task_event("task-succeeded", "huge-times", ts, sent=1e300, finished=-1e300, runtime=1e300),
+              {"v": 1, "type": "worker-heartbeat", "ts": ts, "worker": "odd-worker", "freq": "often",
+               "partitions": 5, "pid": "x", "concurrency": "many", "active": [], "processed": {}},
+              {"v": 1, "type": "worker-heartbeat", "ts": 1e300, "worker": "far-future", "partitions": [[1, "a"]]}]
+    with running_monitor(mod.app) as monitor:
+        produce_events(mod.app, [task_event("task-sent", "fine", ts)] + events)
+        wait_until(lambda: monitor.state.task("huge-times") is not None and len(monitor.state.workers()) == 2, 30,
+                   "the events in the monitor")
+        with TestClient(create_app(monitor), raise_server_exceptions=False) as c:
+            for url in ["/", "/tasks", "/tasks/wrong-types", "/tasks/huge-times", "/tasks?name=demo.work",
+                        "/tasks?since=2020-01-01T00:00", "/workers", "/api/tasks", "/api/tasks/wrong-types",
+                        "/api/workers", "/metrics"]:
+                r = c.get(url)
+                assert r.status_code == 200, (url, r.status_code, r.text[:300])
+            assert "fine" in c.get("/tasks").text
+            task = c.get("/api/tasks/wrong-types").json()["task"]
+            assert task["state"] == "FAILURE" and task["runtime"] is None and isinstance(task["sent"], float)
