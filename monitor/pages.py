@@ -20,6 +20,7 @@ from taskq.monitor.core import Monitor
 from taskq.monitor.state import STATES, tree
 from taskq.monitor.svg import line_chart
 from taskq.monitor.topics import waiting as waiting_in_partition
+from taskq.errors import TaskqError
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -96,9 +97,14 @@ def router(monitor: Monitor) -> APIRouter:
         page = max(0, page)
         total, shown = monitor.state.tasks(flt, 100, page * 100)
         query = {k: v for k, v in request.query_params.items() if k not in ("page", "partial")}
-        queued = waiting_in_partition(monitor.app, topic, part) if waiting_ and topic and part is not None else []
+        queued, unreadable = [], None
+        if waiting_ and topic and part is not None:
+            try:
+                queued = waiting_in_partition(monitor.app, topic, part)
+            except TaskqError as exc:  # an unknown topic (a link from an old task, an edited URL), the broker down
+                unreadable = str(exc)
         return render(request, "tasks.html", tasks=shown, total=total, q=query, names=monitor.state.task_names(),
-                      page_no=page, missing_id=id if id else None, queued=queued)
+                      page_no=page, missing_id=id if id else None, queued=queued, unreadable=unreadable)
 
     @pages.get("/tasks/{task_id}", response_class=HTMLResponse)
     def task_detail(request: Request, task_id: str) -> HTMLResponse:

@@ -291,3 +291,9 @@ def test_events_with_fields_of_the_wrong_type_break_no_page(mod: ModuleType) -> 
             assert "fine" in c.get("/tasks").text
             task = c.get("/api/tasks/wrong-types").json()["task"]
             assert task["state"] == "FAILURE" and task["runtime"] is None and isinstance(task["sent"], float)
+
+
+def test_waiting_tasks_of_an_unknown_topic_is_a_page_not_a_server_error(client: TestClient) -> None:
+    r = client.get("/tasks", params={"topic": "taskq.gone", "partition": "0", "waiting": "1"})
+    assert r.status_code == 200, r.text[:300]
+    assert 'id="unreadable"' in r.text and "taskq.gone" in r.text
