@@ -1,9 +1,11 @@
-"""The ASGI app: pages, ``/api``, ``/metrics``, static assets, the optional token check, and the refusal of
-requests that a page of another origin sends to change something (cross-site request forgery)."""
+"""The ASGI app: pages, ``/api``, ``/metrics``, static assets, the optional token check (without one, only
+requests sent to an IP address or localhost), and the refusal of requests that a page of another origin sends
+to change something (cross-site request forgery)."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,6 +42,8 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     if monitor.config.token:
         web.middleware("http")(_token_check(monitor.config.token))
+    else:
+        web.middleware("http")(_addressed_by_ip_or_localhost)
     web.middleware("http")(_same_origin_writes)
     return web
 
@@ -51,6 +55,28 @@ async def _same_origin_writes(request: Request, call_next: Callable[[Request], A
         return JSONResponse({"detail": "cross-origin request refused: use the monitor's own pages, or send it "
                                        "without a browser"}, status_code=403)
     return await call_next(request)
+
+
+async def _addressed_by_ip_or_localhost(request: Request,
+                                        call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Without a token, answer only requests sent to an IP address or ``localhost``: a page on another host name
+    that its DNS later points at 127.0.0.1 (DNS rebinding) would otherwise read and replay as if it were ours."""
+    host = _host_name(request.headers.get("host", "").lower())
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return JSONResponse({"detail": f"requests for host name {host!r} are refused without a token: open the "
+                                           "monitor by its IP address or localhost, or start it with --token"},
+                                status_code=403)
+    return await call_next(request)
+
+
+def _host_name(host: str) -> str:
+    """The name or address of a ``Host`` header, without the port (``[::1]:5555`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def _cross_origin(request: Request) -> bool:

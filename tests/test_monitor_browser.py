@@ -32,6 +32,7 @@ SHOTS = ROOT / ".cache" / "screenshots"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
 README_SHOTS = {"overview", "tasks", "task", "topics", "dead_letters"}  # the ones the README shows
 WORKER = "ui-worker"
+REBOUND = "rebound.test"  # a host name whose DNS points at 127.0.0.1, as after DNS rebinding
 
 
 @pytest.fixture
@@ -57,7 +58,8 @@ def chromium() -> Iterator[Any]:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                                           "--disable-background-networking", "--no-first-run",
-                                          "--disable-extensions", "--disable-sync"])
+                                          "--disable-extensions", "--disable-sync",
+                                    f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"])
         yield browser
         browser.close()
 
@@ -225,3 +227,26 @@ def test_a_page_of_another_origin_cannot_replay_dead_letters(mod: ModuleType, ch
         finally:
             context.close()
             other.shutdown()
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_a_host_name_pointed_at_loopback_reads_nothing(mod: ModuleType, chromium: Any, token: str | None) -> None:
+    """DNS rebinding: a page of rebound.test, whose name now resolves to 127.0.0.1, is same-origin with the monitor
+    on rebound.test:<port>. Without a token the monitor refuses requests for host names; with one, the page has no
+    cookie and no token. Opened by address, the monitor answers as before."""
+    with running_monitor(mod.app, token=token) as monitor, served(monitor) as base:
+        port = base.rsplit(":", 1)[1]
+        context = chromium.new_context()
+        page = context.new_page()
+        try:
+            response = page.goto(f"http://{REBOUND}:{port}/")
+            assert response is not None and response.status in (401, 403), response and response.status
+            status = page.evaluate("""async () => (await fetch('/api/dead-letters/x/replay', {method: 'POST',
+                headers: {'Content-Type': 'application/json'}, body: '{"all": true}'})).status""")
+            assert status in (401, 403), status
+            for origin in (base, base.replace("127.0.0.1", "localhost")):
+                response = page.goto(f"{origin}/?token={token}" if token else f"{origin}/")
+                assert response is not None and response.status == 200, (origin, response and response.status)
+                assert page.inner_text("#main")
+        finally:
+            context.close()
