@@ -113,6 +113,16 @@ def task_row(record: Record, kind: str, ts: float, received: float | None = None
                 record, attempt, received, started, finished, runtime)
 
 
+def _without_payload(event: list[Any]) -> list[Any]:
+    """``event`` without the arguments and result that ``events_include_args`` adds (``event`` itself if it has
+    none): a task with large ones still gets its events, which would be over the broker's size limit."""
+    extra = event[-1] if len(event) > len(TASK_FIELDS) and isinstance(event[-1], dict) else None
+    if not extra or not {"args", "kwargs", "result"} & extra.keys():
+        return event
+    kept = {k: v for k, v in extra.items() if k not in ("args", "kwargs", "result")}
+    return event[:len(TASK_FIELDS)] + ([kept] if kept else [])
+
+
 def _row(kind: str, ts: float, task_id: str | None, root: str | None, parent: str | None, name: str | None,
          record: Record, attempt: int | None, received: float | None, started: float | None,
          finished: float | None, runtime: float | None) -> list[Any]:
@@ -532,6 +542,11 @@ class EventsHook(Hook):
             self._send_events(partition, events[:half])
             self._send_events(partition, events[half:])
             return
+        if len(value) > MAX_ARRAY_BYTES:  # one event: large arguments or result are left out, the event is sent
+            slim = _without_payload(events[0])
+            if slim is not events[0]:
+                self._send_events(partition, [slim])
+                return
         root = events[0][_ROOT]
         report = self._gate.count(len(events))
         try:

@@ -466,3 +466,24 @@ def test_a_success_event_is_the_same_on_the_fast_path_and_the_general_one(tmp_pa
         "sent": int((now - 1) * 1000) / 1000, "received": now - 0.5, "finished": now + 1, "runtime": 0.25,
         "worker": "w1"}
     app.close()
+
+
+def test_an_event_too_large_with_its_arguments_is_sent_without_them(tmp_path: Path) -> None:
+    """With ``events_include_args`` a task of 600 KB arguments (1.2 MB with its result) still gets every event."""
+    app = Taskq("evbig", local_path=str(tmp_path / "q.db"), events_include_args=True, events_coalesce=0)
+
+    @app.task(name="ev.echo", key="user")
+    def echo(text: str, user: str = "u1") -> str:
+        return text
+
+    try:
+        with worker_thread(app, concurrency=1):
+            big, small = echo.delay("x" * 600_000, user="u1"), echo.delay("y", user="u1")
+            assert big.get(timeout=30) == "x" * 600_000 and small.get(timeout=30) == "y"
+        events = {(e["id"], e["type"]): e for e in read_events(app, 0.0) if "id" in e}
+        done = events[(big.id, TASK_SUCCEEDED)]
+        assert done["key"] == "u1" and not {"args", "kwargs", "result"} & set(done)
+        assert (big.id, TASK_RECEIVED) in events
+        assert events[(small.id, TASK_SUCCEEDED)]["args"] == ["y"]  # small ones keep them
+    finally:
+        app.close()
