@@ -2,8 +2,8 @@
 
 One ``State`` is fed by one event-consumer thread (``apply``) and read by web threads (``tasks``,
 ``task``, ``workers``...): a lock guards both. Memory is bounded: at most ``max_tasks`` tasks are
-kept, the least recently updated one is dropped first, and every task keeps at most
-``TIMELINE_CAP`` timeline entries.
+kept, the least recently updated one is dropped first, every task keeps at most ``TIMELINE_CAP``
+timeline entries, and arguments or a result over ``PAYLOAD_CAP`` bytes of JSON only as their beginning.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import orjson
+
 from taskq.events import STATES as EVENT_STATES
 
 TIMELINE_CAP = 50
+PAYLOAD_CAP = 8192  # bytes of JSON kept of a task's args, kwargs or result (events_include_args)
+PAYLOAD_FIELDS = frozenset({"args", "kwargs", "result"})
 SERIES_SECONDS = 3600  # throughput history kept for the overview chart (one bucket a second)
 
 #: event type -> the state a task is in after it (taskq.events owns the mapping; task-dead is a FAILURE)
@@ -180,7 +184,11 @@ class State:
         for name in TASK_FIELDS:
             value = _field(e, name)
             if value is not None:
-                setattr(task, name, value if name != "key" else str(value))
+                if name == "key":
+                    value = str(value)
+                elif name in PAYLOAD_FIELDS:
+                    value = _capped(value)
+                setattr(task, name, value)
         new_state = STATE_OF.get(kind)
         if kind == "task-skipped":  # redelivered after it finished: the state its finished run stored
             stored = _field(e, "state")
@@ -309,6 +317,17 @@ def _ids(node: dict[str, Any]) -> set[str]:
     for child in node["children"]:
         out |= _ids(child)
     return out
+
+
+def _capped(value: Any) -> Any:
+    """``value``, or where its JSON is over ``PAYLOAD_CAP`` bytes, ``{"truncated": <bytes>, "preview": <its start>}``:
+    ``max_tasks`` tasks of megabyte arguments would otherwise hold gigabytes."""
+    if isinstance(value, (int, float, bool)):
+        return value
+    text = orjson.dumps(value, default=str)
+    if len(text) <= PAYLOAD_CAP:
+        return value
+    return {"truncated": len(text), "preview": text[:PAYLOAD_CAP].decode(errors="ignore")}
 
 
 def _field(e: dict[str, Any], name: str) -> Any:

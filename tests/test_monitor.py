@@ -106,6 +106,24 @@ def test_memory_stays_bounded_over_a_long_run() -> None:
     assert after_24k < after_8k * 1.2 + 200_000, (after_8k, after_24k)
 
 
+
+def test_large_arguments_and_results_are_kept_only_as_their_beginning() -> None:
+    """With events_include_args, max_tasks tasks of 200 KB arguments and results would hold gigabytes."""
+    s = State(max_tasks=1000)
+    tracemalloc.start()
+    try:
+        for i in range(300):
+            s.apply(task_event("task-received", f"t{i}", 1000.0 + i, args=["a" * 200_000, i], kwargs={"k": "v"}))
+            s.apply(task_event("task-succeeded", f"t{i}", 1000.5 + i, result="r" * 200_000))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 20_000_000, held  # 300 x 400 KB would be 120 MB
+    t = s.task("t299")
+    assert t is not None and t.kwargs == {"k": "v"} and t.state == "SUCCESS"
+    assert t.args["truncated"] == len('["' + "a" * 200_000 + '",299]') and t.args["preview"].startswith('["aaa')
+    assert t.result["truncated"] == 200_002 and len(t.result["preview"]) == 8192
+
 def test_since_parsing() -> None:
     assert parse_since("all") == 0.0
     assert parse_since("15m", now=10_000.0) == 10_000.0 - 900
