@@ -114,3 +114,21 @@ def test_a_bad_url_is_named_without_its_password() -> None:
         with pytest.raises(ConfigError) as info:
             Taskq("bad", broker=broker, backend=backend).backend  # noqa: B018
         assert "hunter2" not in str(info.value) and "u:***@h:1" in str(info.value)
+
+
+def test_a_kafka_url_with_a_password_before_the_host_is_refused_without_showing_it() -> None:
+    """``kafka://user:password@host`` names no SASL credentials: librdkafka took ``user:password@host`` for a
+    host, printed it in every connection error, and so did ``cannot reach Kafka at ...`` (``taskq inspect``,
+    ``taskq monitor``). The URL is refused at once, its password hidden."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    env = {**os.environ, "TASKQ_BROKER_URL": "kafka://alice:hunter2@127.0.0.1:1", "TASKQ_CONNECT_TIMEOUT": "2"}
+    out = subprocess.run([sys.executable, "-m", "taskq.cli", "inspect", "workers"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "hunter2" not in out.stdout + out.stderr, out.stderr[-2000:]
+    assert "alice:***@127.0.0.1:1" in out.stderr and "sasl.password=" in out.stderr, out.stderr[-2000:]

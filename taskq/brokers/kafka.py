@@ -97,6 +97,10 @@ def parse_kafka_url(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme != "kafka" or not parts.netloc:
         raise ConfigError(f"bad Kafka URL {redact_url(url)!r}: expected kafka://host:port[,host:port][?option=value]")
+    if "@" in parts.netloc:  # librdkafka would take the user and password for a host name, and log them
+        raise ConfigError(f"bad Kafka URL {redact_url(url)!r}: give credentials as options, not before the host: "
+                          "kafka://host:port?security.protocol=SASL_SSL&sasl.mechanism=PLAIN&sasl.username=...&"
+                          "sasl.password=...")
     config: dict[str, Any] = {"bootstrap.servers": parts.netloc}
     config.update(parse_qsl(parts.query))
     return config
