@@ -46,7 +46,10 @@ def monitor(app_path: str | None, host: str, port: int, token: str | None, since
     except TaskqError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"taskq monitor on http://{host}:{port}/ reading {redact_url(app.broker_url)}", err=True)
-    serve(app, config, host, port)
+    try:
+        serve(app, config, host, port)
+    except TaskqError as exc:  # the broker unreachable at start, a bad broker option
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command()

@@ -298,3 +298,18 @@ def test_waiting_tasks_of_an_unknown_topic_is_a_page_not_a_server_error(client: 
     r = client.get("/tasks", params={"topic": "taskq.gone", "partition": "0", "waiting": "1"})
     assert r.status_code == 200, r.text[:300]
     assert 'id="unreadable"' in r.text and "taskq.gone" in r.text
+
+
+def test_taskq_monitor_says_why_it_cannot_start_without_a_traceback() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    env = {**os.environ, "TASKQ_BROKER_URL": "kafka://127.0.0.1:1", "TASKQ_CONNECT_TIMEOUT": "1",
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "taskq.cli", "monitor", "-A", APP, "--port", "1"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "Error: cannot reach Kafka at 127.0.0.1:1" in out.stderr, out.stderr[-2000:]
