@@ -21,6 +21,12 @@ STATIC = Path(__file__).parent / "static"
 COOKIE = "taskq_monitor_token"
 OPEN_PATHS = ("/static/",)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: on every answer: no page of another origin frames ours (a framed "Replay all" button can be clicked by a user
+#: who thinks they click something else), and the browser runs nothing but our own script file
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; "
+                               "object-src 'none'",
+    "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 Handler = Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]
 
 
@@ -45,7 +51,14 @@ def create_app(monitor: Monitor) -> FastAPI:
     else:
         web.middleware("http")(_addressed_by_ip_or_localhost)
     web.middleware("http")(_same_origin_writes)
+    web.middleware("http")(_security_headers)
     return web
+
+
+async def _security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    response = await call_next(request)
+    response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 async def _same_origin_writes(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -250,3 +250,36 @@ def test_a_host_name_pointed_at_loopback_reads_nothing(mod: ModuleType, chromium
                 assert page.inner_text("#main")
         finally:
             context.close()
+
+
+def test_a_page_of_another_origin_cannot_frame_the_monitor(mod: ModuleType, chromium: Any, tmp_path: Path) -> None:
+    """Clickjacking: a page of another origin frames the dead-letter page (its POST would then be same-origin) and
+    gets the user to click "Replay all". The browser refuses to show the monitor in the frame."""
+    app = mod.app
+    with running_monitor(app) as monitor, served(monitor) as base, \
+            worker_thread(app, tasks=[mod.fragile.name], concurrency=1, name=WORKER):
+        mod.fragile.delay(1, user="bob")
+        wait_until(lambda: len(dead_letters(app, mod.fragile.name)) == 1, 60, "the dead letter")
+        before = sum(hi for _lo, hi in app.broker.watermarks(mod.fragile.topic).values())
+        www = tmp_path / "www"
+        www.mkdir()
+        (www / "frame.html").write_text(f'<iframe src="{base}/dead-letters/{mod.fragile.name}" width="800" '
+                                        'height="600"></iframe>')
+        other = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", free_port()), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www)))
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        context = chromium.new_context()
+        page = context.new_page()
+        try:
+            with page.expect_response(lambda r: r.url.startswith(base)) as framed:
+                page.goto(f"http://127.0.0.1:{other.server_address[1]}/frame.html")
+            page.wait_for_timeout(500)
+            buttons = sum(f.locator("#replay-all").count() for f in page.frames if f is not page.main_frame)
+            assert buttons == 0, "the monitor's page is shown inside another origin's frame"
+            assert "frame-ancestors 'none'" in (framed.value.headers.get("content-security-policy") or "")
+            assert sum(hi for _lo, hi in app.broker.watermarks(mod.fragile.topic).values()) == before
+            page.goto(f"{base}/dead-letters/{mod.fragile.name}")  # on its own, the page works as before
+            assert page.locator("#replay-all").count() == 1
+        finally:
+            context.close()
+            other.shutdown()
