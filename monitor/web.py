@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from taskq.monitor import api, pages
 from taskq.monitor.core import Monitor
+from taskq.errors import TaskqError
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "taskq_monitor_token"
@@ -41,6 +42,11 @@ def create_app(monitor: Monitor) -> FastAPI:
     web.include_router(api.router(monitor))
     web.include_router(pages.router(monitor))
     web.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @web.exception_handler(TaskqError)
+    def unavailable(_request: Request, exc: TaskqError) -> Response:
+        """A page that reads the broker or result backend while it is down (the API says so on its own)."""
+        return JSONResponse({"detail": f"broker or result backend unavailable: {exc}"}, status_code=503)
 
     @web.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -313,3 +313,19 @@ def test_taskq_monitor_says_why_it_cannot_start_without_a_traceback() -> None:
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and "Error: cannot reach Kafka at 127.0.0.1:1" in out.stderr, out.stderr[-2000:]
+
+
+def test_pages_say_503_when_the_result_backend_is_down(tmp_path: Path) -> None:
+    from taskq import Taskq
+
+    app = Taskq("down", local_path=str(tmp_path / "q.db"), backend="redis://:hunter2@127.0.0.1:1/0",
+                connect_timeout=0.5)  # nothing listens there
+    try:
+        with running_monitor(app) as monitor, TestClient(create_app(monitor), base_url=LOCAL) as c:
+            for url in ("/tasks/abc", "/tasks?id=abc", "/api/tasks/abc"):
+                r = c.get(url)
+                assert r.status_code == 503 and "unavailable" in r.json()["detail"], (url, r.status_code, r.text)
+                assert "hunter2" not in r.text and ":***@127.0.0.1:1" in r.text
+            assert c.get("/tasks").status_code == 200
+    finally:
+        app.close()
