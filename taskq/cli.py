@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -185,7 +186,7 @@ def dlq_ls(app_path: str, task: str) -> None:
     table.add_column("dead at", no_wrap=True)
     for d in letters:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.dead_at)) if d.dead_at else ""
-        table.add_row(d.id, d.reason, d.error[:80], str(d.attempts), when)
+        table.add_row(_cell(d.id), _cell(d.reason), _cell(d.error[:80]), str(d.attempts), when)
     Console().print(table)
 
 
@@ -200,10 +201,12 @@ def dlq_show(app_path: str, task: str, task_id: str) -> None:
     for d in dead_letters(_app(app_path), task):
         if d.id == task_id:
             r = d.record
-            click.echo(f"id: {d.id}\ntask: {d.task}\nreason: {d.reason}\nerror: {d.error}\nattempts: {d.attempts}")
-            click.echo(f"original: {d.original_topic} key={r.key!r}\nlocation: {r.topic}[{r.partition}]@{r.offset}")
-            click.echo(f"value: {(r.value or b'').decode(errors='replace')[:2000]}")
-            click.echo(f"traceback:\n{d.traceback}")
+            click.echo(_safe(f"id: {d.id}\ntask: {d.task}\nreason: {d.reason}\nerror: {d.error}\n"
+                             f"attempts: {d.attempts}"))
+            click.echo(_safe(f"original: {d.original_topic} key={r.key!r}\n"
+                             f"location: {r.topic}[{r.partition}]@{r.offset}"))
+            click.echo(_safe(f"value: {(r.value or b'').decode(errors='replace')[:2000]}"))
+            click.echo(_safe(f"traceback:\n{d.traceback}"))
             return
     raise click.ClickException(f"no dead letter {task_id!r} for {task}")
 
@@ -334,11 +337,11 @@ class _EventsTable:
             table.add_column(column, no_wrap=column in ("time", "id"))
         for e in self.rows.values():
             runtime = e.get("runtime")
-            table.add_row(time.strftime("%H:%M:%S", time.localtime(float(e["ts"]))), str(e["type"]),
-                          str(e.get("task") or ""), str(e.get("id") or ""), str(e.get("key") or ""),
-                          str(e.get("worker") or ""), str(e.get("attempt") or ""),
+            table.add_row(time.strftime("%H:%M:%S", time.localtime(float(e["ts"]))), _cell(e["type"]),
+                          _cell(e.get("task") or ""), _cell(e.get("id") or ""), _cell(e.get("key") or ""),
+                          _cell(e.get("worker") or ""), _cell(e.get("attempt") or ""),
                           f"{runtime:.3f}" if isinstance(runtime, float) else "",
-                          str(e.get("exc_type") or ""))
+                          _cell(e.get("exc_type") or ""))
         return table
 
 
@@ -427,8 +430,25 @@ def _table(title: str, columns: list[str], rows: list[list[object]]) -> None:
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(_cell(v) for v in row))
     Console().print(table)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _safe(value: object) -> str:
+    """``value`` fit for a terminal: control characters (escape sequences that clear the screen, retitle the
+    window or colour text) shown as ``\\x1b``; newlines and tabs kept. Events, dead letters and task names are
+    anyone's input."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def _cell(value: object) -> Any:
+    """A table cell of ``value`` as plain text: control characters shown, ``[markup]`` not interpreted."""
+    from rich.text import Text
+
+    return Text("" if value is None else _safe(value))
 
 
 @main.group(invoke_without_command=True)
@@ -491,7 +511,7 @@ def usage(app_path: str, by: str, since: str | None, limit: int, as_json: bool) 
     for column in (by, "requests", "input tokens", "output tokens", "cost $", "mean latency s"):
         table.add_column(column, justify="left" if column == by else "right")
     for r in rows:
-        table.add_row(r["name"], str(r["requests"]), str(r["input_tokens"]), str(r["output_tokens"]),
+        table.add_row(_cell(r["name"]), str(r["requests"]), str(r["input_tokens"]), str(r["output_tokens"]),
                       f"{r['cost']:.6f}", f"{r['latency']:.3f}")
     Console().print(table)
 

@@ -63,3 +63,20 @@ def test_replay_needs_ids_or_all_and_names_unknown_ids(dlqapp: ModuleType) -> No
     assert result.exit_code != 0 and "--id" in result.output
     result = runner.invoke(main, ["dlq", "replay", "-A", APP, TASK, "--id", "nope"])
     assert result.exit_code != 0 and "nope" in result.output
+
+
+def test_what_a_task_was_given_cannot_drive_the_terminal(dlqapp: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task's argument ends in its error message: escape sequences (clear the screen, retitle the window) and
+    rich markup reach ``dlq ls`` and ``dlq show`` as visible text, not as commands to the terminal."""
+    evil = "\x1b[2J\x1b]0;pwned\x07[bold]x[/bold]"
+    with worker_thread(dlqapp.app, concurrency=1):
+        failed = dlqapp.flaky.delay(evil, user="\x1b[31mred")
+        with pytest.raises(ValueError):
+            failed.get(timeout=20)
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapping in the table
+    listing = cli("dlq", "ls", "-A", APP, TASK)
+    shown = cli("dlq", "show", "-A", APP, TASK, failed.id)
+    for out in (listing, shown):
+        assert "\x1b" not in out and "\x07" not in out, repr(out)
+    assert "not yet: \\x1b[2J\\x1b]0;pwned\\x07[bold]x[/bold]" in shown
+    assert "not yet: \\x1b[2J\\x1b]0;pwned\\x07[bold]x[/bold]" in listing

@@ -487,3 +487,26 @@ def test_an_event_too_large_with_its_arguments_is_sent_without_them(tmp_path: Pa
         assert events[(small.id, TASK_SUCCEEDED)]["args"] == ["y"]  # small ones keep them
     finally:
         app.close()
+
+
+def test_inspect_shows_escape_sequences_and_markup_in_events_as_text(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone can write the events topic: a worker name that clears the screen or a pool in rich markup is
+    printed by ``taskq inspect workers`` as visible text."""
+    from click.testing import CliRunner
+
+    from taskq.cli import main
+    from tests.monitor_support import produce_events
+
+    monkeypatch.setenv("TASKQ_LOCAL_PATH", str(tmp_path / "q.db"))
+    monkeypatch.delenv("TASKQ_BROKER_URL", raising=False)
+    monkeypatch.setenv("COLUMNS", "300")
+    app = Taskq("evterm")
+    try:
+        produce_events(app, [{"v": 1, "type": "worker-heartbeat", "ts": time.time(), "worker": "w\x1b[2J\x1b]0;t\x07",
+                              "pool": "[bold]threads[/bold]", "concurrency": 1, "partitions": [], "freq": 2.0}])
+    finally:
+        app.close()
+    out = CliRunner().invoke(main, ["inspect", "workers"], catch_exceptions=False).output
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    assert "w\\x1b[2J\\x1b]0;t\\x07" in out and "[bold]threads[/bold]" in out, out
