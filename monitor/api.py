@@ -172,9 +172,11 @@ def router(monitor: Monitor) -> APIRouter:
         return [{"topic": t.name, "task": dlq_origin(t.name).removeprefix(app.settings.topic_prefix),
                  "letters": t.messages} for t in monitor.sampler.topics if t.kind == "dead-letter"]
 
-    @api.get("/dead-letters/{task}", summary="Dead letters of a task", responses={404: {"description": "Unknown"}})
-    def dlq_list(task: str) -> list[dict[str, Any]]:
-        return [letter_dict(d) for d in letters_of(monitor, task)]
+    @api.get("/dead-letters/{task}", summary="Dead letters of a task, oldest first",
+             responses={404: {"description": "Unknown"}})
+    def dlq_list(task: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                 offset: Annotated[int, Query(ge=0)] = 0) -> list[dict[str, Any]]:
+        return [letter_dict(d) for d in letters_of(monitor, task)[offset:offset + limit]]
 
     @api.post("/dead-letters/{task}/replay", response_model=Replayed, summary="Replay dead letters",
               responses={404: {"description": "Unknown task or id"}, 422: {"description": "Nothing chosen"}})

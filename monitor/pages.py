@@ -23,6 +23,7 @@ from taskq.monitor.topics import waiting as waiting_in_partition
 from taskq.errors import TaskqError
 
 TEMPLATES = Path(__file__).parent / "templates"
+PAGE = 100  # rows a page shows (tasks, dead letters)
 
 
 def _ts(value: float | None) -> str:
@@ -95,7 +96,7 @@ def router(monitor: Monitor) -> APIRouter:
         flt = task_filter(monitor, name, state, key, _local_time(since), _local_time(until), topic, part,
                           bool(waiting_), root_id, worker)
         page = max(0, page)
-        total, shown = monitor.state.tasks(flt, 100, page * 100)
+        total, shown = monitor.state.tasks(flt, PAGE, page * PAGE)
         query = {k: v for k, v in request.query_params.items() if k not in ("page", "partial")}
         queued, unreadable = [], None
         if waiting_ and topic and part is not None:
@@ -130,10 +131,12 @@ def router(monitor: Monitor) -> APIRouter:
         return render(request, "dead_letters.html", topics=topics, prefix=monitor.app.settings.topic_prefix)
 
     @pages.get("/dead-letters/{task}", response_class=HTMLResponse)
-    def dead_letter_list(request: Request, task: str, replayed: str = "") -> HTMLResponse:
-        letters = [letter_dict(d) for d in letters_of(monitor, task)]
-        return render(request, "dead_letter_list.html", task=task, letters=letters,
-                      replayed=[i for i in replayed.split(",") if i])
+    def dead_letter_list(request: Request, task: str, replayed: str = "", page: int = 0) -> HTMLResponse:
+        found = letters_of(monitor, task)
+        page = max(0, page)
+        letters = [letter_dict(d) for d in found[page * PAGE:(page + 1) * PAGE]]
+        return render(request, "dead_letter_list.html", task=task, letters=letters, total=len(found), page_no=page,
+                      per_page=PAGE, replayed=[i for i in replayed.split(",") if i])
 
     @pages.post("/dead-letters/{task}/replay")
     def dead_letter_replay(task: str, id: str = Form(""), all: str = Form("")) -> Response:
