@@ -283,3 +283,35 @@ def test_a_page_of_another_origin_cannot_frame_the_monitor(mod: ModuleType, chro
         finally:
             context.close()
             other.shutdown()
+
+
+def test_markup_in_events_is_shown_never_run(mod: ModuleType, chromium: Any) -> None:
+    """Task names, keys, workers, errors, arguments and results come from anyone who writes the events topic:
+    HTML in them is shown as text on every page and after a live update, and runs nothing."""
+    from tests.monitor_support import produce_events, task_event
+
+    evil = '<img src=x onerror="window.pwned=(window.pwned||0)+1">'
+    ts = time.time()
+    events = [task_event("task-failed", "evil-1", ts, name=evil, key=evil, worker=evil, topic=evil, exc_type=evil,
+                         exc_message=evil, args=[evil], kwargs={"k": evil}, result=evil),
+              {"v": 1, "type": "worker-online", "ts": ts, "worker": evil, "hostname": evil, "pool": evil,
+               "concurrency": 1, "partitions": [[evil, 0]], "freq": 2.0}]
+    with running_monitor(mod.app) as monitor, served(monitor) as base:
+        produce_events(mod.app, events)
+        wait_until(lambda: monitor.state.task("evil-1") is not None and monitor.state.workers(), 30, "the events")
+        context = chromium.new_context()
+        page = context.new_page()
+        try:
+            for path in ("/", "/tasks", "/tasks/evil-1", "/workers", f"/tasks?worker={evil}"):
+                page.goto(base + path)
+                page.wait_for_load_state("load")
+                assert evil in page.inner_text("body"), path
+                assert page.locator("img").count() == 0 and page.evaluate("window.pwned") is None, path
+            page.goto(base + "/tasks")
+            page.wait_for_function("document.getElementById('live').className === 'live on'")
+            produce_events(mod.app, [task_event("task-sent", "evil-2", time.time(), name=evil, root_id="evil-2")])
+            page.wait_for_selector("a[href='/tasks/evil-2']", timeout=30_000)
+            page.wait_for_timeout(300)
+            assert page.locator("img").count() == 0 and page.evaluate("window.pwned") is None
+        finally:
+            context.close()
