@@ -7,6 +7,7 @@ pickle is registered but refused by workers until accepted, since it runs code o
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -29,9 +30,38 @@ class Serializer:
 
 
 def _json_dumps(obj: Any) -> bytes:
-    if orjson is not None:
-        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """Compact JSON; ValueError for NaN and infinite floats, which orjson would write as null."""
+    return json_dumps_within(obj, obj)
+
+
+def json_dumps_within(obj: Any, *user_values: Any) -> bytes:
+    """Compact JSON of ``obj``, refusing NaN and infinite floats found in ``user_values`` (the parts of
+    ``obj`` that can hold them: a result record checks its result and meta, not its own fields)."""
+    if orjson is None:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    data = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+    if b"null" in data:  # a null can hide one
+        for value in user_values:
+            if value and _has_non_finite(value):
+                raise ValueError("NaN and infinite floats have no JSON form (they would arrive as None)")
+    return data
+
+
+def _has_non_finite(obj: Any) -> bool:
+    """Whether ``obj`` holds a NaN or infinite float (loops, not generators: results pass here)."""
+    kind = type(obj)
+    if kind is dict:
+        obj = obj.values()
+    elif kind is not list and kind is not tuple:
+        return isinstance(obj, float) and not math.isfinite(obj)
+    for value in obj:
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                return True
+        elif kind is not str and kind is not int and value is not None and _has_non_finite(value):
+            return True
+    return False
 
 
 def json_dumps_str_keys(obj: Any) -> bytes:

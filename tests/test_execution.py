@@ -128,3 +128,13 @@ def test_run_unserializable_return_value_fails(app: Taskq) -> None:
     assert outcome.error_type == "taskq.errors.SerializationError"
     assert "u.weird" in outcome.error_message
     outcome.result.encode()  # the FAILURE record itself must be storable
+
+
+def test_run_non_finite_return_value_fails_instead_of_storing_null(app: Taskq) -> None:
+    @app.task(name="u.nan")
+    def nan() -> object:
+        return {"score": float("nan")}
+
+    outcome = run(app, encoded(TaskMessage("id9", "u.nan", [], {}, b"k")), "w")
+    assert outcome.kind is Kind.DEAD and outcome.error_type == "taskq.errors.SerializationError"
+    assert "NaN and infinite floats" in outcome.error_message

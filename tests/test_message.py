@@ -98,6 +98,15 @@ def test_encode_unserializable_raises_serialization_error() -> None:
         TaskMessage("i", "t").encode(JSON_ONLY, "yaml")
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1, {"x": (None, -float("inf"))}]])
+def test_non_finite_floats_are_refused_not_sent_as_null(value: object) -> None:
+    """JSON has no NaN or Infinity; orjson writes them as null, which would reach the task as None."""
+    with pytest.raises(SerializationError, match="NaN and infinite floats"):
+        TaskMessage("i", "t", [value], {}).encode(JSON_ONLY)
+    value_, _ = TaskMessage("i", "t", [None, 1.5, [None]], {"k": None}).encode(JSON_ONLY)
+    assert value_ == b'[[null,1.5,[null]],{"k":null}]'
+
+
 def test_retried_bumps_attempts_and_keeps_first_failure() -> None:
     msg = TaskMessage("i", "t", [1], {}, b"k")
     once = msg.retried(100.0, 105.0)

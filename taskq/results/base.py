@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskq.serialization import JSON
+from taskq.serialization import JSON, json_dumps_within
 
 PENDING = "PENDING"
 STARTED = "STARTED"
@@ -68,12 +68,12 @@ class ResultRecord:
     def encode(self) -> bytes:
         """JSON bytes, computed once (the worker encodes where the task ran, the backend reuses it)."""
         if self.encoded is None:
-            self.encoded = JSON.dumps({
+            self.encoded = json_dumps_within({
                 "id": self.id, "status": self.status, "result": self.result, "error": self.error,
                 "traceback": self.traceback, "task": self.task, "worker": self.worker,
                 "attempts": self.attempts, "date_done": self.date_done, "meta": self.meta,
                 "root_id": self.root_id, "parent_id": self.parent_id,
-            })
+            }, self.result, self.meta)
         return self.encoded
 
     @classmethod
