@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from taskq import AsyncResult, SerializationError, TaskFailed, Taskq
+from taskq import AsyncResult, ConfigError, SerializationError, TaskFailed, Taskq
 from taskq.result import rebuild_exception
 from taskq.results.base import FAILURE, SUCCESS, ResultRecord
 from tests.unit_support import app, CustomError  # noqa: F401 - app is a fixture
@@ -50,3 +50,17 @@ def test_async_result_get_raises_rebuilt_exception(app: Taskq) -> None:
     assert isinstance(result.get(timeout=1, propagate=False), ZeroDivisionError)
     assert result.failed() and result.ready() and not result.successful()
     assert result.traceback == "Traceback: remote"
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("redis", marks=pytest.mark.redis)])
+def test_nan_timeout_is_refused_not_waited_for_ever(app: Taskq, backend: str, request: pytest.FixtureRequest) -> None:
+    if backend == "redis":
+        app = Taskq("nan", broker="kafka://127.0.0.1:1", backend=request.getfixturevalue("redis_url"))
+    result = app.AsyncResult("never-sent")
+    with pytest.raises(ConfigError, match="timeout is NaN"):
+        result.get(timeout=float("nan"))
+    with pytest.raises(ConfigError, match="timeout is NaN"):
+        next(iter(result.stream(timeout=float("nan"))))
+    with pytest.raises(TimeoutError):
+        result.get(timeout=-1)  # a negative timeout is a wait that has already ended
+    app.close()

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskq.errors import ConfigError
 from taskq.serialization import JSON, json_dumps_within
 
 PENDING = "PENDING"
@@ -189,4 +190,9 @@ class ResultBackend(ABC):
 
     @staticmethod
     def _deadline(timeout: float | None) -> float:
-        return float("inf") if timeout is None else time.monotonic() + timeout
+        """The monotonic time a wait of ``timeout`` seconds ends (None: never; NaN would never end either)."""
+        if timeout is None:
+            return float("inf")
+        if timeout != timeout:
+            raise ConfigError("timeout is NaN: give a number of seconds, or None to wait without a limit")
+        return time.monotonic() + timeout
