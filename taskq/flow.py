@@ -232,6 +232,15 @@ class Expander:
     def _chord(self, chord: dict[str, Any], prefix: Sequence[Any], cont: Continuation, root: str,
                parent: str | None) -> None:
         chord_id = chord["id"]
+        if not chord["header"]:  # an empty group waited on: no header task will report, so it is done now
+            self._child(parent, chord_id)
+            self.plan.records.append(ResultRecord(chord_id, SUCCESS, [], task="chord", date_done=time.time(),
+                                                  root_id=root, parent_id=parent))
+            if chord.get("body") is not None:
+                self.expand(chord["body"], ([],), cont, root, chord_id)
+            else:
+                self.proceed(cont, [], root, chord_id)
+            return
         self.plan.chords.append({
             "id": chord_id, "size": len(chord["header"]), "body": chord.get("body"),
             "then": {k: v for k, v in (("chain", cont.get("chain")), ("chord", cont.get("chord"))) if v},

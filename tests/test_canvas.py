@@ -147,6 +147,14 @@ def test_group_inside_a_chain_becomes_a_chord(app: Taskq, worker: None) -> None:
     assert nested.apply_async().get(timeout=TIMEOUT) == [3, [4, 6]]
 
 
+def test_an_empty_group_that_something_waits_for_is_done_at_once(app: Taskq, worker: None) -> None:
+    """No header task reports for an empty group, so what follows it used to wait for ever."""
+    add, tsum, collect = t(app, "add"), t(app, "tsum"), t(app, "collect")
+    assert chain(add.s(1, 1), group([], app=app), tsum.s(5)).apply_async().get(timeout=TIMEOUT) == 5
+    assert chain(group([], app=app), tsum.s()).apply_async().get(timeout=TIMEOUT) == 0
+    assert chord([group([], app=app), add.s(1, 1)], collect.s()).apply_async().get(timeout=TIMEOUT) == [[], 2]
+
+
 def test_chord_header_failure_fails_the_chord_and_runs_error_callbacks_once(
         app: Taskq, worker: None, journal: str) -> None:
     """Celery #8211: the failing header task's own errback runs, the chord's errback runs once,
