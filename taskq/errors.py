@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import math
 
 
 class TaskqError(Exception):
@@ -56,6 +57,9 @@ class Retry(TaskqError):
     """Raised by ``Task.retry`` to ask the worker to run the task again later."""
 
     def __init__(self, exc: BaseException | None = None, countdown: float | None = None) -> None:
+        if countdown is not None and (isinstance(countdown, bool) or not isinstance(countdown, (int, float))
+                                      or not math.isfinite(countdown)):  # inf: a retry never due
+            raise ConfigError(f"retry countdown must be a finite number of seconds, not {countdown!r}")
         super().__init__(exc, countdown)
         self.exc = exc
         self.countdown = countdown

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import inspect
+import math
 import time
 import random
 from collections.abc import Callable
@@ -172,7 +173,7 @@ class Task:
         serializer: str | None = None,
         root_id: str | None = None,
         parent_id: str | None = None,
-        priority: int = 0,
+        priority: int | None = 0,
         link: Any = None,
         link_error: Any = None,
     ) -> AsyncResult:
@@ -193,10 +194,10 @@ class Task:
                                          ("link_error", link_error)) if v is not None}
             sig = Signature(self.name, tuple(args), dict(kwargs or {}), options, app=self.app)
             return sig.apply_async(root_id=root_id, parent_id=parent_id)
-        kwargs = kwargs or {}
+        args, kwargs = _call_arguments(args, kwargs)
         message = self.message(args, kwargs, key=key, task_id=task_id, headers=headers, countdown=countdown,
                                eta=eta, root_id=root_id, parent_id=parent_id)
-        topic = self.topic_of(priority)
+        topic = self.topic_of(priority or 0)
         claim = self._unique_claim(args, kwargs) if self.unique_for else None
         if claim is not None:
             holder = self.app.backend.claim(claim, message.id, self.unique_for or 0)
@@ -230,8 +231,17 @@ class Task:
         parent_id: str | None = None,
         canvas: str | None = None,
     ) -> TaskMessage:
-        """The message :meth:`apply_async` would send (key from ``key=`` or the task's key argument)."""
-        kwargs = kwargs or {}
+        """The message :meth:`apply_async` would send (key from ``key=`` or the task's key argument).
+
+        Options of the wrong type are refused here, at the call, with the option named (a worker
+        would otherwise dead-letter the message, or the send fail deep in the client)."""
+        args, kwargs = _call_arguments(args, kwargs)
+        if task_id is not None and not isinstance(task_id, str):
+            raise ConfigError(f"task_id must be a str, not {type(task_id).__name__}")
+        for name, value in (headers or {}).items():
+            if not (isinstance(name, str) and isinstance(value, str)):
+                raise ConfigError(f"header {name!r}: headers travel as text, so names and values must be str, "
+                                  f"not {type(value if isinstance(name, str) else name).__name__}")
         task_id = task_id or new_task_id()
         if key is None and self.key is not None:
             if self.key in kwargs:
@@ -240,6 +250,8 @@ class Task:
                 key = str(args[self._key_position])
         for check in self.send_checks:
             check(self, key.decode(errors="replace") if isinstance(key, bytes) else key)
+        if key is not None and not isinstance(key, (str, bytes)):
+            key = str(key)  # as a key taken from the task's key argument
         raw_key = key.encode() if isinstance(key, str) else (key or task_id.encode())
         when = _eta(countdown, eta)
         if parent_id is None and (current := self.app.current_request.get()) is not None:
@@ -298,14 +310,36 @@ def new_task_id() -> str:
     return "%032x" % random.getrandbits(128)
 
 
+def _call_arguments(args: Any, kwargs: Any) -> tuple[list[Any] | tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` of a call, None for none (as in Celery); other types are refused."""
+    if args is None:
+        args = ()
+    elif not isinstance(args, (list, tuple)):
+        raise ConfigError(f"task args must be a list or tuple, not {type(args).__name__}")
+    if kwargs is None:
+        kwargs = {}
+    elif not isinstance(kwargs, dict):
+        raise ConfigError(f"task kwargs must be a dict, not {type(kwargs).__name__}")
+    return args, kwargs
+
+
 def _eta(countdown: float | None, eta: datetime | float | None) -> float | None:
+    """The send's due time (epoch seconds), or None for now; a naive ``eta`` is local time."""
     if countdown is not None and eta is not None:
         raise ConfigError("give countdown or eta, not both")
     if countdown is not None:
-        return time.time() + countdown if countdown > 0 else None
+        return time.time() + countdown if _seconds("countdown", countdown) > 0 else None
     if isinstance(eta, datetime):
         return eta.timestamp()
-    return eta
+    return None if eta is None else _seconds("eta", eta)
+
+
+def _seconds(option: str, value: Any) -> float:
+    """``value`` if it is a finite number, else ConfigError naming ``option``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{option} must be a finite number of seconds{' or a datetime' if option == 'eta' else ''}, "
+                          f"not {value!r}")
+    return value
 
 
 def _position_of(fn: Callable[..., Any], param: str | None, bind: bool) -> int | None:

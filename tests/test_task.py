@@ -137,3 +137,56 @@ def test_apply_async_countdown_goes_to_delay_tier(app: Taskq) -> None:
     assert record.header("id") == result.id.encode()
     with pytest.raises(ConfigError):
         later.apply_async(countdown=1, eta=time.time() + 1)
+
+
+@pytest.mark.parametrize("options,fragment", [
+    ({"countdown": float("nan")}, "countdown must be a finite number"),
+    ({"countdown": float("inf")}, "countdown must be a finite number"),
+    ({"countdown": "5"}, "countdown must be a finite number"),
+    ({"eta": float("nan")}, "eta must be a finite number"),
+    ({"eta": float("inf")}, "eta must be a finite number"),
+    ({"eta": "2030-01-01"}, "eta must be a finite number of seconds or a datetime"),
+    ({"headers": {"retries": 3}}, "header 'retries'"),
+    ({"headers": {"trace": None}}, "header 'trace'"),
+    ({"headers": {1: "x"}}, "header 1"),
+    ({"task_id": 7}, "task_id must be a str"),
+    ({"args": "abc"}, "args must be a list or tuple, not str"),
+    ({"kwargs": [1]}, "kwargs must be a dict, not list"),
+])
+def test_apply_async_refuses_bad_options_at_the_call(app: Taskq, options: dict, fragment: str) -> None:
+    """Each used to be sent (NaN: at once; inf: never due; wrong kwargs: dead-lettered by the worker) or
+    to fail deep in the client with an AttributeError or TypeError."""
+    @app.task(name="u.opts")
+    def opts(*args: object, **kwargs: object) -> None: ...
+
+    with pytest.raises(ConfigError, match=fragment):
+        opts.apply_async(**options)
+    if "args" not in options and "kwargs" not in options:  # the same options on a signature, and in a chain
+        with pytest.raises(ConfigError, match=fragment):
+            opts.s().set(**options).apply_async()
+        with pytest.raises(ConfigError, match=fragment):
+            opts.s().set(**options, link=opts.s()).apply_async()
+    app.flush()
+    assert read_records(app, opts.topic, 1, timeout=0.5) == []
+
+
+def test_apply_async_accepts_what_celery_callers_pass(app: Taskq) -> None:
+    """None for args, kwargs and priority (Celery's defaults), an int key, a countdown in the past."""
+    @app.task(name="u.lenient")
+    def lenient(*args: object, **kwargs: object) -> None: ...
+
+    sent = [lenient.apply_async(None, None, priority=None, key=42), lenient.apply_async(countdown=-5),
+            lenient.apply_async((1,), eta=0.0)]
+    app.flush()
+    records = {r.header("id"): r for r in read_records(app, lenient.topic, 3)}
+    assert records[sent[0].id.encode()].key == b"42"
+    assert set(records) == {r.id.encode() for r in sent}
+
+
+def test_a_retry_countdown_that_never_comes_is_refused() -> None:
+    from taskq.errors import Retry
+
+    for countdown in (float("inf"), float("nan"), "soon"):
+        with pytest.raises(ConfigError, match="retry countdown must be a finite number"):
+            Retry(None, countdown)  # type: ignore[arg-type]
+    assert Retry(None, 2.5).countdown == 2.5
