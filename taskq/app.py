@@ -25,7 +25,7 @@ from taskq.retry import RetryPolicy
 from taskq.schedules import Periodic
 from taskq.serialization import Registry
 from taskq.task import Request, Task
-from taskq.topics import dlq_topic, events_topic, is_legal, task_topic, tier_topic, tier_topics
+from taskq.topics import collision_key, dlq_topic, events_topic, is_legal, task_topic, tier_topic, tier_topics
 
 log = logging.getLogger("taskq")
 
@@ -43,6 +43,7 @@ class Taskq:
         self.name = name
         self.settings = Settings.build({"broker_url": broker, "result_backend": backend, **settings})
         self.tasks: dict[str, Task] = {}
+        self._topic_owners: dict[str, str] = {}  # collision key of each registered task topic -> task name
         self.schedules: dict[str, Periodic] = {}
         self.serializers = Registry(self.settings.accept_content)
         self.group = self.settings.group or f"taskq.{name}"
@@ -87,6 +88,12 @@ class Taskq:
         task = Task(self, fn, name, retry=RetryPolicy(**retry_fields), **options)
         if name in self.tasks and self.tasks[name].fn is not fn:
             raise ConfigError(f"task name {name!r} is registered twice")
+        for topic in task.topics:
+            owner = self._topic_owners.get(collision_key(topic), name)
+            if owner != name:
+                raise ConfigError(f"task {name!r} and task {owner!r} would share a Kafka topic ({topic!r}; Kafka "
+                                  "reads '.' and '_' in topic names as the same): rename one of them")
+        self._topic_owners.update((collision_key(topic), name) for topic in task.topics)
         self.tasks[name] = task
         return task
 

@@ -38,11 +38,20 @@ def check_topic(name: str) -> str:
 
 
 def task_topic(prefix: str, task_name: str) -> str:
-    """The topic of task ``task_name``."""
+    """The topic of task ``task_name``; its dead-letter topic must be a legal name too."""
     topic = prefix + task_name
     if not is_legal(topic):
         raise ConfigError(f"task name {task_name!r} gives an invalid Kafka topic {topic!r} ({RULE})")
+    if not is_legal(dlq_topic(topic)):
+        raise ConfigError(f"task name {task_name!r} is too long: its dead-letter topic {dlq_topic(topic)!r} "
+                          f"would be longer than {MAX_LENGTH} characters")
     return topic
+
+
+def collision_key(topic: str) -> str:
+    """Kafka refuses a topic whose name equals an existing one's once '.' is read as '_' (their metric
+    names would be the same): topics with one collision key cannot both exist."""
+    return topic.replace(".", "_")
 
 
 def task_topics(prefix: str, task_name: str, priorities: int = 1) -> list[str]:

@@ -190,3 +190,23 @@ def test_a_retry_countdown_that_never_comes_is_refused() -> None:
         with pytest.raises(ConfigError, match="retry countdown must be a finite number"):
             Retry(None, countdown)  # type: ignore[arg-type]
     assert Retry(None, 2.5).countdown == 2.5
+
+
+@pytest.mark.parametrize("first,second,priorities", [("u.a_b", "u.a.b", 1), ("u.a.b", "u_a_b", 1),
+                                                      ("u.level", "u.level.p1", 2)])
+def test_task_names_that_would_share_a_topic_are_refused(app: Taskq, first: str, second: str, priorities: int) -> None:
+    """Kafka refuses a topic that differs from an existing one only in '.' against '_' (or creates both
+    when asked in one request); a priority level's topic can equal another task's."""
+    app.task(name=first, priorities=priorities)(_module_level_fn)
+    with pytest.raises(ConfigError, match=f"task {second!r} and task {first!r} would share a Kafka topic"):
+        app.task(name=second)(_module_level_fn)
+    assert second not in app.tasks
+    assert app.task(name=first, priorities=priorities)(_module_level_fn).name == first  # the same again is fine
+
+
+def test_task_name_whose_dead_letter_topic_is_too_long(app: Taskq) -> None:
+    """The topic fits in Kafka's 249 characters but '<topic>.dlq' does not: the worker could not start."""
+    longest = "n" * (249 - len("taskq.") - len(".dlq"))
+    assert app.task(name=longest)(_module_level_fn).topic == f"taskq.{longest}"
+    with pytest.raises(ConfigError, match="dead-letter topic .* longer than 249"):
+        app.task(name=longest + "n")(_module_level_fn)
