@@ -161,8 +161,14 @@ class ThreadPool(Pool):
         self._overdue: set[threading.Thread] = set()  # past their hard limit, replaced, not yet returned
         self._stopping = threading.Event()
         self._limited = any(t.time_limit or t.soft_time_limit for t in self.app.tasks.values())
-        for _ in range(self.concurrency):
-            self._spawn()
+        try:
+            for _ in range(self.concurrency):
+                self._spawn()
+        except RuntimeError as exc:  # "can't start new thread": the system's limit, reached part way
+            self._threads = {t for t in self._threads if t.is_alive()}
+            self.stop()  # the started threads return, rather than die at exit without the resources to unwind
+            raise ConfigError(f"the threads pool started {len(self._threads)} of {self.concurrency} threads "
+                              f"before the system refused more ({exc}): lower -c/--concurrency") from None
         if self._limited:
             threading.Thread(target=self._watch, name="taskq-watchdog", daemon=True).start()
 

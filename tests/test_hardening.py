@@ -7,6 +7,9 @@ broker's or the backend's; pool tests run the worker in this process so a task c
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -559,3 +562,22 @@ def test_a_result_write_redis_refuses_is_not_retried_forever(kafka_url: str, red
         client.config_set("maxmemory", old)
         client.close()
         app.close()
+
+
+def test_more_threads_than_the_system_allows_is_a_one_line_error(tmp_path: Path) -> None:
+    """-c beyond what the system can start (here: an address-space limit that thread stacks exhaust) used
+    to end in a traceback and an abort at exit; the worker says what to change and exits 1."""
+    (tmp_path / "manythreads.py").write_text(
+        f"from taskq import Taskq\napp = Taskq('many', local_path={str(tmp_path / 'q.db')!r})\n"
+        "@app.task(name='many.echo')\ndef echo(x):\n    return x\n")
+    script = ("import resource, sys\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))\n"
+              "from taskq.cli import main\n"
+              "sys.argv = ['taskq', 'worker', '-A', 'manythreads', '-c', '2000']\n"
+              "main()\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "of 2000 threads" in errors[0] and "lower -c/--concurrency" in errors[0]
+    assert "Traceback" not in done.stderr
