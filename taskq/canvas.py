@@ -343,14 +343,16 @@ class GroupResult:
         """How many tasks of the group succeeded."""
         return sum(r.successful() for r in self.results)
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
-        """Every result in call order; the first failure is raised (``propagate``) or returned in place."""
+    def get(self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True,
+            ) -> list[Any]:
+        """Every result in call order; the first failure is raised (``propagate``) or returned in place.
+        Refused inside a running task unless ``disable_sync_subtasks=False`` (see :meth:`AsyncResult.get`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         values = []
         for r in self.results:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                values.append(r.get(timeout=left, propagate=propagate))
+                values.append(r.get(left, propagate, disable_sync_subtasks))
             except TimeoutError:
                 raise TimeoutError(f"group {self.id}: {self.completed_count()} of {len(self.results)} done "
                                    f"after {timeout} s") from None

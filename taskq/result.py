@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from taskq.app import Taskq
 
 
+SYNC_SUBTASK = ("never call result.get() within a task: it holds the task's pool slot while it waits, so it can "
+                "wait for ever; chain the tasks instead (or pass disable_sync_subtasks=False)")
+
+
 class AsyncResult:
     """State and outcome of task ``id``, read from the app's result backend."""
 
@@ -67,8 +71,15 @@ class AsyncResult:
         """The full stored record (worker, attempts, timestamps, meta)."""
         return self._fetch()
 
-    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
-        """Wait for the outcome: return the value, re-raise the task's error, or raise TimeoutError."""
+    def get(self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True) -> Any:
+        """Wait for the outcome: return the value, re-raise the task's error, or raise TimeoutError.
+
+        Inside a running task this is refused, as in Celery (``disable_sync_subtasks=False`` allows it):
+        the waiting task holds a pool slot (or, in the asyncio pool, the whole event loop) that the task
+        it waits for may need, so with every slot waiting nothing runs again.
+        """
+        if disable_sync_subtasks and self.app.current_request.get() is not None:
+            raise RuntimeError(SYNC_SUBTASK)
         record = self._record if self._record is not None and self._record.ready else None
         if record is None:
             record = self.app.backend.wait(self.id, timeout)
@@ -82,8 +93,8 @@ class AsyncResult:
             return exc
         return record.result
 
-    def wait(self, timeout: float | None = None, propagate: bool = True) -> Any:
-        return self.get(timeout, propagate)
+    def wait(self, timeout: float | None = None, propagate: bool = True, disable_sync_subtasks: bool = True) -> Any:
+        return self.get(timeout, propagate, disable_sync_subtasks)
 
     def stream(self, timeout: float | None = None) -> Iterator[Any]:
         """Partial results (e.g. LLM tokens) as the task publishes them; ends when it is done."""

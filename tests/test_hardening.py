@@ -581,3 +581,30 @@ def test_more_threads_than_the_system_allows_is_a_one_line_error(tmp_path: Path)
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "of 2000 threads" in errors[0] and "lower -c/--concurrency" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("pool", ["threads", "asyncio"])
+def test_result_get_inside_a_task_is_refused_as_in_celery(tmp_path: Path, unique: str, pool: str) -> None:
+    """With -c 1 the waiting task held the only slot (in the asyncio pool, the event loop) that the task
+    it waited for needed: it waited out its timeout, or for ever without one."""
+    app = make_app("local", None, tmp_path, unique)  # type: ignore[arg-type]
+
+    @app.task(name="hard.echo")
+    def echo(value: int) -> int:
+        return value
+
+    @app.task(name="hard.waits", max_retries=0)
+    def waits(allow: bool) -> int:
+        return echo.delay(5).get(timeout=20, disable_sync_subtasks=not allow)
+
+    @app.task(name="hard.awaits", max_retries=0)
+    async def awaits() -> int:
+        return echo.delay(6).get(timeout=20)
+
+    with worker_thread(app, concurrency=1, pool=pool):
+        for result in (waits.delay(False), awaits.delay()):
+            error = result.get(timeout=20, propagate=False)
+            assert isinstance(error, RuntimeError) and "never call result.get() within a task" in str(error)
+    with worker_thread(app, concurrency=2, pool="threads"):
+        assert waits.delay(True).get(timeout=30) == 5  # allowed when asked for, with a slot to spare
+    app.close()
