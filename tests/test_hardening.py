@@ -449,6 +449,35 @@ def test_far_future_eta_does_not_block_its_delay_tier(kind: str, request: pytest
         app.close()
 
 
+@pytest.mark.parametrize("eta", [b"nan", b"inf"])
+def test_a_delayed_record_with_a_non_finite_eta_blocks_no_other(kind: str, request: pytest.FixtureRequest,
+                                                                 tmp_path: Path, unique: str, eta: bytes) -> None:
+    """An outside client's record in a delay tier with eta "nan" sat at the top of the forwarder's due-time
+    heap for ever, and no retry or countdown of the group was forwarded again. Now it runs at once."""
+    from taskq.message import H_ETA, H_ORIGIN, TaskMessage
+
+    app = make_app(kind, request, tmp_path, unique, retry_tiers=(0.5, 30.0))
+
+    @app.task(name="hard.later", key="key")
+    def later(key: str, label: str) -> str:
+        return label
+
+    try:
+        app.ensure_topic(later.topic, later.partitions)
+        app.ensure_topics({t: later.partitions for t in app.delay_topics})
+        value, headers = TaskMessage(f"odd{unique}", later.name, ["k", "odd"], {}, b"k").encode(app.serializers)
+        producer = app.broker.producer()
+        producer.produce(app.delay_topic(0.5), b"k", value, [*headers, (H_ETA, eta), (H_ORIGIN, later.topic.encode())])
+        assert producer.flush(30) == 0
+        with worker_thread(app, concurrency=2):
+            wait_until(lambda: app.AsyncResult(f"odd{unique}").ready(), 30, "the odd-eta task ran")
+            soon = later.apply_async(("k", "soon"), countdown=0.5)
+            assert soon.get(timeout=30) == "soon"
+        assert app.AsyncResult(f"odd{unique}").get(timeout=1) == "odd"
+    finally:
+        app.close()
+
+
 # --------------------------------------------------------------------------- 7. heartbeats while waiting at revoke
 
 

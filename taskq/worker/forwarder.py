@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -197,8 +198,10 @@ class _Tiers:
 
 
 def due_at(record: Record) -> float:
-    """When a delayed record is due; at once when its eta header is missing or unreadable."""
+    """When a delayed record is due; at once when its eta header is missing, unreadable or not finite
+    (a NaN at the top of the due-time heap would never be due, and nothing under it either)."""
     try:
-        return float(record.header(H_ETA) or 0)
+        due = float(record.header(H_ETA) or 0)
     except ValueError:
         return 0.0
+    return due if math.isfinite(due) else 0.0
