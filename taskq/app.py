@@ -46,6 +46,7 @@ class Taskq:
         self._topic_owners: dict[str, str] = {}  # collision key of each registered task topic -> task name
         self.schedules: dict[str, Periodic] = {}
         self.serializers = Registry(self.settings.accept_content)
+        self.serializers.check_accepted(self.settings.serializer, f"app {name!r}")
         self.group = self.settings.group or f"taskq.{name}"
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from taskq.errors import SerializationError
+from taskq.errors import ConfigError, SerializationError
 
 try:
     import orjson
@@ -86,7 +86,7 @@ class Registry:
         self._by_type: dict[str, Serializer] = {}
         for serializer in (JSON, PICKLE):
             self.register(serializer)
-        self.accept = frozenset(self._by_name[name].content_type for name in accept)
+        self.accept = frozenset(self.get(name).content_type for name in accept)
 
     def register(self, serializer: Serializer) -> None:
         self._by_name[serializer.name] = serializer
@@ -97,6 +97,13 @@ class Registry:
             return self._by_name[name]
         except KeyError:
             raise SerializationError(f"unknown serializer {name!r}; registered: {sorted(self._by_name)}") from None
+
+    def check_accepted(self, name: str, what: str) -> None:
+        """ConfigError unless ``name`` is a registered serializer this app's workers accept: ``what``
+        (a task, the app) would send messages that its own workers dead-letter."""
+        if self.get(name).content_type not in self.accept:
+            raise ConfigError(f"{what} sends with serializer {name!r}, which accept_content does not list, so "
+                              f"workers would refuse its messages: add {name!r} to accept_content")
 
     def dumps(self, obj: Any, name: str = "json") -> tuple[str, bytes]:
         """(content type, payload); a clear error names what could not be encoded."""

@@ -84,6 +84,7 @@ class Task:
         self.partitions = partitions or app.settings.default_partitions
         self.bind = bind
         self.serializer = serializer or app.settings.serializer
+        app.serializers.check_accepted(self.serializer, f"task {name!r}")
         self.time_limit = time_limit
         self.soft_time_limit = soft_time_limit
         self.retry_policy = retry or RetryPolicy(max_retries=app.settings.default_max_retries)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from taskq import ConfigError, Taskq
+from taskq import ConfigError, SerializationError, Taskq
 from taskq.errors import NotRegistered
 from taskq.message import TaskMessage
 from taskq.retry import RetryPolicy
@@ -210,3 +211,19 @@ def test_task_name_whose_dead_letter_topic_is_too_long(app: Taskq) -> None:
     assert app.task(name=longest)(_module_level_fn).topic == f"taskq.{longest}"
     with pytest.raises(ConfigError, match="dead-letter topic .* longer than 249"):
         app.task(name=longest + "n")(_module_level_fn)
+
+
+def test_a_serializer_the_apps_workers_refuse_is_a_config_error(tmp_path: Path) -> None:
+    """Every message of such a task, or app, was dead-lettered by the app's own workers; an unknown name in
+    accept_content was a bare KeyError."""
+    app = Taskq("ser", local_path=str(tmp_path / "q.db"))
+    with pytest.raises(ConfigError, match="task 'u.pickled' sends with serializer 'pickle'.*add 'pickle' to accept"):
+        app.task(name="u.pickled", serializer="pickle")(_module_level_fn)
+    assert "u.pickled" not in app.tasks
+    with pytest.raises(ConfigError, match="app 'ser' sends with serializer 'pickle'"):
+        Taskq("ser", local_path=str(tmp_path / "q.db"), serializer="pickle")
+    for settings in ({"serializer": "yaml"}, {"accept_content": ["json", "yaml"]}):
+        with pytest.raises(SerializationError, match="unknown serializer 'yaml'"):
+            Taskq("ser", local_path=str(tmp_path / "q.db"), **settings)
+    both = Taskq("ser", local_path=str(tmp_path / "q.db"), serializer="pickle", accept_content=["json", "pickle"])
+    assert both.task(name="u.pickled")(_module_level_fn).serializer == "pickle"
