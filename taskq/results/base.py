@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -193,6 +194,6 @@ class ResultBackend(ABC):
         """The monotonic time a wait of ``timeout`` seconds ends (None: never; NaN would never end either)."""
         if timeout is None:
             return float("inf")
-        if timeout != timeout:
+        if math.isnan(timeout):
             raise ConfigError("timeout is NaN: give a number of seconds, or None to wait without a limit")
         return time.monotonic() + timeout
