@@ -50,6 +50,10 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     # first request waited out the default's 50 ms, and a worker's start paid it for its topic check and
     # again for its group join. Back-off after failures still doubles up to reconnect.backoff.max.ms.
     "reconnect.backoff.ms": 20,
+    # partitions an operator adds (kafka-topics --alter) are seen within this long: by a worker's consumer,
+    # which otherwise left tasks in them unread, and by producers, which place keys over them; the
+    # default refresh is every 5 minutes
+    "topic.metadata.refresh.interval.ms": 10000,
 }
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",

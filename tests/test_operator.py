@@ -1,0 +1,62 @@
+"""Operator actions on a running worker with Kafka's own tools (the Java ones in ``.cache/kafka/libs``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from taskq import Taskq
+from taskq.partitioner import partition_for
+from tests.support import worker_thread
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def kafka_tool(kafka_url: str, tool: str, *args: str) -> str:
+    """Run one of Kafka's Java command-line tools (``org.apache.kafka.tools.<tool>``); its stdout."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from services import KAFKA_LIBS, fetch_kafka, java_binary
+
+    fetch_kafka()
+    out = subprocess.run([java_binary(), "-cp", f"{KAFKA_LIBS}/*", f"org.apache.kafka.tools.{tool}",
+                          "--bootstrap-server", kafka_url.removeprefix("kafka://"), *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_partitions_added_by_kafka_topics_are_consumed_soon(kafka_url: str, redis_url: str, unique: str) -> None:
+    """``kafka-topics --alter --partitions`` on a task topic while a worker runs: tasks sent to the new
+    partitions run within seconds (librdkafka's default metadata refresh left them waiting 5 minutes)."""
+    def make_app() -> Taskq:
+        app = Taskq(f"op{unique}", broker=kafka_url, backend=redis_url, topic_prefix=f"op{unique}.")
+
+        @app.task(name="op.echo", key="key")
+        def echo(key: str) -> str:
+            return key
+
+        return app
+
+    app = make_app()
+    echo = app.tasks["op.echo"]
+    app.ensure_topic(echo.topic, 2)
+    try:
+        with worker_thread(app, concurrency=2, forward_delayed=False):
+            assert echo.delay("first").get(timeout=60) == "first"  # the worker has its partitions
+            kafka_tool(kafka_url, "TopicCommand", "--alter", "--topic", echo.topic, "--partitions", "4")
+            sender = make_app()  # a client started after the change places keys on all four partitions
+            try:
+                keys = [k for k in (f"k{i}" for i in range(100)) if partition_for(k.encode(), 4) >= 2][:4]
+                started = time.monotonic()
+                results = [sender.tasks["op.echo"].delay(k) for k in keys]
+                assert [r.get(timeout=45) for r in results] == keys
+                assert time.monotonic() - started < 45
+            finally:
+                sender.close()
+    finally:
+        app.close()
