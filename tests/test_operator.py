@@ -60,3 +60,41 @@ def test_partitions_added_by_kafka_topics_are_consumed_soon(kafka_url: str, redi
                 sender.close()
     finally:
         app.close()
+
+
+def test_a_deleted_task_topic_stops_nothing_else_and_loses_nothing_when_it_returns(
+        kafka_url: str, redis_url: str, unique: str) -> None:
+    """``kafka-topics --delete`` on one task topic while a worker runs: the worker keeps running the other
+    tasks (it used to exit with "Subscribed topic not available"), and once a client creates the topic
+    again every task sent to it runs."""
+    def make_app() -> Taskq:
+        app = Taskq(f"op{unique}", broker=kafka_url, backend=redis_url, topic_prefix=f"op{unique}.")
+
+        @app.task(name="op.kept", partitions=1)
+        def kept(n: int) -> int:
+            return n
+
+        @app.task(name="op.doomed", partitions=1)
+        def doomed(n: int) -> int:
+            return n
+
+        return app
+
+    app = make_app()
+    kept, doomed = app.tasks["op.kept"], app.tasks["op.doomed"]
+    app.ensure_topics({kept.topic: 1, doomed.topic: 1})
+    try:
+        with worker_thread(app, concurrency=2, forward_delayed=False) as (_, thread):
+            assert [r.get(timeout=60) for r in [doomed.delay(n) for n in range(30)]] == list(range(30))
+            kafka_tool(kafka_url, "TopicCommand", "--delete", "--topic", doomed.topic)
+            time.sleep(12)  # the worker's consumer refreshes its metadata and finds the topic gone
+            assert thread.is_alive()
+            assert kept.delay(1).get(timeout=30) == 1
+            sender = make_app()  # its first send creates the topic again, with one partition
+            try:
+                again = [sender.tasks["op.doomed"].delay(n) for n in range(40)]
+                assert [r.get(timeout=60) for r in again] == list(range(40))
+            finally:
+                sender.close()
+    finally:
+        app.close()

@@ -8,6 +8,7 @@ so that Java clients agree on placement. Consumers never auto-commit; the worker
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -110,6 +111,9 @@ def parse_kafka_url(url: str) -> dict[str, Any]:
     return config
 
 
+log = logging.getLogger("taskq.brokers.kafka")
+#: a subscribed topic that is not there (deleted by an operator, or not created yet): the consumer goes on
+GONE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION})
 TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, getattr(KafkaError, "RECORD_LIST_TOO_LARGE", -1)})
 
 
@@ -218,8 +222,11 @@ class KafkaConsumer(Consumer):
                        or "cooperative" in str(full.get("partition.assignment.strategy", "")))
         reset = RESET_TO.get(str(full.get("auto.offset.reset", "")).lower())
 
+        self._gone: set[str] = set()  # topics reported missing, until assigned again
+
         def assigned(consumer: _RdConsumer, tps: list[_RdTopicPartition]) -> None:
             got = [(tp.topic, tp.partition) for tp in tps]
+            self._gone.difference_update(tp.topic for tp in tps)
             self._assigned.update(got)
             with self._lock:
                 self._generation += 1
@@ -255,6 +262,9 @@ class KafkaConsumer(Consumer):
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
+                if err.code() in GONE and not err.fatal():
+                    self._topic_gone(msg.topic(), err)
+                    continue
                 if err.fatal() or not err.retriable():
                     raise BrokerError(f"Kafka consumer: {err.str()}")
                 continue
@@ -264,6 +274,14 @@ class KafkaConsumer(Consumer):
 
     def unseen_from(self) -> Mapping[TopicPartition, int]:
         return self._unseen_from
+
+    def _topic_gone(self, topic: str | None, err: KafkaError) -> None:
+        """Warn once that a subscribed topic is missing; the other topics are consumed on."""
+        name = topic or "a subscribed topic"
+        if name not in self._gone:
+            self._gone.add(name)
+            log.warning("%s: %s; its tasks run again once it exists (a worker's start or a client's first send "
+                        "creates it)", name, err.str())
 
     def failed_commits(self) -> list[TopicPartition]:
         failed, self._failed_commits = self._failed_commits, set()
