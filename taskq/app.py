@@ -311,6 +311,12 @@ class Taskq:
             self.broker.ensure_topics(missing, self.settings.replication_factor)
             self._ensured.update(missing)
 
+    def recreate_topic(self, topic: str, partitions: int) -> None:
+        """Create ``topic`` again when it was deleted after this app ensured it."""
+        self._ensured.discard(topic)
+        self.broker.forget_topic(topic)
+        self.ensure_topics({topic: partitions})
+
     def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
         return AsyncResult(task_id, self)
 

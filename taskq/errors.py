@@ -22,6 +22,10 @@ class MessageTooLarge(BrokerError):
     """The broker refuses a message over its size limit; no retry can send it as it is."""
 
 
+class TopicMissing(BrokerError):
+    """The topic does not exist (deleted while in use): sending again needs it created again."""
+
+
 class BackendError(TaskqError):
     """The result backend could not be reached or refused a write."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -96,5 +97,43 @@ def test_a_deleted_task_topic_stops_nothing_else_and_loses_nothing_when_it_retur
                 assert [r.get(timeout=60) for r in again] == list(range(40))
             finally:
                 sender.close()
+    finally:
+        app.close()
+
+
+def test_dead_letter_and_delay_topics_deleted_while_a_worker_runs_are_created_again(
+        kafka_url: str, redis_url: str, unique: str) -> None:
+    """``kafka-topics --delete`` on a task's dead-letter topic and on a delay tier while a worker runs: the
+    next dead letter and retry create them again (the worker used to retry its send until outage_timeout,
+    holding every result back, and then stop)."""
+    from taskq.dlq import dead_letters
+
+    app = Taskq(f"op{unique}", broker=kafka_url, backend=redis_url, topic_prefix=f"op{unique}.",
+                retry_tiers=(1.0,))
+    tries: list[int] = []
+
+    @app.task(name="op.fails", max_retries=0)
+    def fails(n: int) -> None:
+        raise ValueError(f"bad {n}")
+
+    @app.task(name="op.flaky", max_retries=1, autoretry_for=(ValueError,), default_retry_delay=0.5)
+    def flaky(n: int) -> int:
+        tries.append(n)
+        if len(tries) == 1:
+            raise ValueError("once")
+        return n
+
+    try:
+        with worker_thread(app, concurrency=2):
+            with pytest.raises(ValueError, match="bad 1"):
+                fails.delay(1).get(timeout=60)
+            doomed = (app.dlq_topic(fails.topic), *app.delay_topics)
+            kafka_tool(kafka_url, "TopicCommand", "--delete", "--topic", "|".join(re.escape(t) for t in doomed))
+            failed, retried = fails.delay(2), flaky.delay(7)
+            # a message queued before the producer saw its topic go waits topic.metadata.propagation.max.ms (30 s)
+            with pytest.raises(ValueError, match="bad 2"):
+                failed.get(timeout=90)
+            assert retried.get(timeout=90) == 7
+        assert [d.error for d in dead_letters(app, "op.fails")] == ["ValueError: bad 2"]  # the topic is new
     finally:
         app.close()

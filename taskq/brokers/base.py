@@ -162,6 +162,9 @@ class Broker(ABC):
     def ensure_topics(self, topics: dict[str, int], replication: int = 1) -> None:
         """Create the topics that are missing, with the given partition counts."""
 
+    def forget_topic(self, topic: str) -> None:
+        """Drop what this client remembers of ``topic``: the next :meth:`ensure_topics` asks the broker."""
+
     @abstractmethod
     def list_topics(self) -> dict[str, int]:
         """Topic name -> partition count."""

@@ -42,7 +42,7 @@ from taskq.brokers.base import (
     TopicPartition,
 )
 from taskq.config import redact_url
-from taskq.errors import BrokerError, ConfigError, MessageTooLarge
+from taskq.errors import BrokerError, ConfigError, MessageTooLarge, TopicMissing
 
 MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes, below the broker's default limit
 CLIENT_DEFAULTS: dict[str, Any] = {
@@ -125,6 +125,8 @@ def _error(err: KafkaError | KafkaException | None) -> BrokerError | None:
     if isinstance(err, KafkaError) and err.code() in TOO_LARGE:  # refused by the broker: never sendable as is
         return MessageTooLarge(f"Kafka: {err.str()} (the topic's max.message.bytes or the broker's "
                                "message.max.bytes is lower than this message)")
+    if isinstance(err, KafkaError) and err.code() in GONE:
+        return TopicMissing(f"Kafka: {err.str()} (deleted while in use?)")
     return BrokerError(f"Kafka: {err.str() if isinstance(err, KafkaError) else err}")
 
 
@@ -156,6 +158,7 @@ class KafkaProducer(Producer):
         kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers, "on_delivery": callback}
         if partition is not None:
             kwargs["partition"] = partition
+        looked = False
         while True:
             try:
                 self._producer.produce(topic, **kwargs)
@@ -163,6 +166,11 @@ class KafkaProducer(Producer):
             except BufferError:  # local queue full: serve deliveries, then try again
                 self._producer.poll(0.05)
             except KafkaException as exc:
+                if exc.args[0].code() in GONE and not looked:  # created again since the last metadata refresh?
+                    looked = True
+                    with contextlib.suppress(KafkaException):
+                        self._producer.list_topics(topic, timeout=5.0)
+                    continue
                 if exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
                     size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())
                     raise MessageTooLarge(
@@ -371,6 +379,9 @@ class KafkaBroker(Broker):
                 f"{exc.args[0]}; is the broker running?"
             ) from exc
         return {name: len(t.partitions) for name, t in meta.topics.items() if not t.error}
+
+    def forget_topic(self, topic: str) -> None:
+        self._known.pop(topic, None)
 
     def partition_count(self, topic: str) -> int:
         """From the topic checks of this client when they saw the topic (the worker's start-up checks the

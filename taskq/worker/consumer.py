@@ -45,7 +45,7 @@ from taskq.worker.forwarder import Forwarder
 from taskq.worker.offsets import OffsetTracker
 from taskq.worker.priority import PriorityScheduler
 from taskq.topic_admin import check_members
-from taskq.topics import DLQ_PARTITIONS
+from taskq.topics import DLQ_PARTITIONS, is_dlq
 from taskq.worker.revoke import IdleCheck, RevokeGate
 from taskq.worker.sender import Sender, retrying
 from taskq.worker.heartbeat import Heartbeat
@@ -151,15 +151,9 @@ class Worker:
         if not self.topics:
             raise BrokerError("no tasks to consume: register tasks or name them with -Q")
         app = self.app
-        partitions = {topic: t.partitions for t in self.tasks for topic in t.topics}
-        # one CreateTopics for the task topics, their dead letters, the delay tiers and the events topic
-        topics = {**partitions, **{app.dlq_topic(t): DLQ_PARTITIONS for t in partitions},
-                  **{t: app.settings.default_partitions for t in app.delay_topics}}
-        if app.settings.events:
-            topics[app.events_topic] = app.settings.default_partitions
         # the result backend's client library loads while the topic check waits on the broker
         threading.Thread(target=self._load_backend, name="taskq-load-backend", daemon=True).start()
-        app.ensure_topics(topics)
+        app.ensure_topics(self._own_topics())
         # Join the group first: librdkafka joins in the background while the rest starts up, and the
         # first poll of the consume loop serves the assignment.
         consumer = self._consumer = app.broker.consumer(app.group, self.topics, self._on_assign, self._on_revoke,
@@ -171,6 +165,24 @@ class Worker:
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    def _own_topics(self) -> dict[str, int]:
+        """The topics this worker needs and their partition counts, made in one CreateTopics: the task
+        topics, their dead letters, the delay tiers and the events topic."""
+        app = self.app
+        partitions = {topic: t.partitions for t in self.tasks for topic in t.topics}
+        topics = {**partitions, **{app.dlq_topic(t): DLQ_PARTITIONS for t in partitions},
+                  **{t: app.settings.default_partitions for t in app.delay_topics}}
+        if app.settings.events:
+            topics[app.events_topic] = app.settings.default_partitions
+        return topics
+
+    def _recreate_topic(self, topic: str) -> None:
+        """Create again a topic deleted while the worker runs (its sends of retries, dead letters and
+        follow-ups would otherwise fail until the worker stopped with OutageTooLong)."""
+        app = self.app
+        partitions = self._own_topics().get(topic) or app.task_topics().get(topic)
+        app.recreate_topic(topic, partitions or (DLQ_PARTITIONS if is_dlq(topic) else app.settings.default_partitions))
 
     def _load_backend(self) -> None:
         """Make the result backend (importing its client library) and open its connections, off the
@@ -223,7 +235,7 @@ class Worker:
         app = self.app
         app.backend  # noqa: B018 - fails fast on a bad backend URL (made by _load_backend meanwhile)
         producer = app.broker.producer(**app.settings.producer_options)
-        sender = Sender(producer, app.settings.outage_timeout)
+        sender = Sender(producer, app.settings.outage_timeout, self._recreate_topic)
         hooks: list[Hook] = [StatsHook(self.stats), *app.hooks]
         events = None
         if app.settings.track_started:

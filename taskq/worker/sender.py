@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from taskq.brokers.base import Headers, Producer, Record
-from taskq.errors import BackendError, BrokerError, MessageTooLarge, OutageTooLong
+from taskq.errors import BackendError, BrokerError, MessageTooLarge, OutageTooLong, TopicMissing
 
 log = logging.getLogger("taskq.worker")
 T = TypeVar("T")
@@ -54,11 +54,16 @@ def outage(what: str, bound: float, cause: object) -> OutageTooLong:
 
 class Sender:
     """Produces batches through ``producer`` and returns once all of them are acknowledged, waiting out
-    an outage for at most ``outage_timeout`` seconds (then :class:`~taskq.errors.OutageTooLong`)."""
+    an outage for at most ``outage_timeout`` seconds (then :class:`~taskq.errors.OutageTooLong`).
 
-    def __init__(self, producer: Producer, outage_timeout: float) -> None:
+    A topic deleted while in use (:class:`~taskq.errors.TopicMissing`) is created again by ``recreate``
+    before the message is sent again."""
+
+    def __init__(self, producer: Producer, outage_timeout: float,
+                 recreate: Callable[[str], None] | None = None) -> None:
         self.producer = producer
         self.outage_timeout = outage_timeout
+        self.recreate = recreate
 
     def send_all(self, messages: list[Outgoing]) -> list[Outgoing]:
         """Produce and wait for every acknowledgement; returns the messages the broker refused for good."""
@@ -122,8 +127,16 @@ class Sender:
         """Queue one message, waiting out a full local queue or an outage; MessageTooLarge is raised."""
         topic, key, value, headers = message
         producer = self.producer
-        retrying("produce", lambda: producer.produce(topic, key, value, headers, report), self.outage_timeout,
-                 MessageTooLarge)
+
+        def produce() -> None:
+            try:
+                producer.produce(topic, key, value, headers, report)
+            except TopicMissing:
+                if self.recreate is not None:
+                    self.recreate(topic)
+                raise  # sent again after a pause, once the producer's metadata shows the topic
+
+        retrying("produce", produce, self.outage_timeout, MessageTooLarge)
 
     def flush(self, timeout: float) -> None:
         self.producer.flush(timeout)
