@@ -94,8 +94,13 @@ class TaskMessage:
             canvas = meta[H_CANVAS].decode() if H_CANVAS in meta else None
         except KeyError as exc:
             raise MalformedMessage(f"missing header {exc.args[0]!r}") from None
-        except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
+        except (AttributeError, TypeError):  # None.decode(), int(None): a header sent without a value
+            unset = ", ".join(repr(name) for name, raw in record.headers if raw is None)
+            raise MalformedMessage(f"bad header: no value in {unset}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
             raise MalformedMessage(f"bad header: {exc}") from None
+        if not task_id:
+            raise MalformedMessage("header 'id' is empty")
         if record.value is None:
             raise MalformedMessage("empty message value")
         body = registry.loads(record.value, content_type)

@@ -47,6 +47,21 @@ def test_message_bad_attempts_header(attempts: bytes) -> None:
         TaskMessage.decode(as_record(value, headers + [("attempts", attempts)]), JSON_ONLY)
 
 
+@pytest.mark.parametrize("name", ["id", "task", "attempts", "x-trace"])
+def test_message_header_without_a_value_is_named(name: str) -> None:
+    """A header sent without a value (kcat ``-H id``, a null header from a Java client)."""
+    value, headers = TaskMessage("i", "t").encode(JSON_ONLY)
+    with pytest.raises(MalformedMessage, match=f"bad header: no value in '{name}'"):
+        TaskMessage.decode(as_record(value, [(h, v) for h, v in headers if h != name] + [(name, None)]), JSON_ONLY)
+
+
+def test_message_empty_id_is_refused() -> None:
+    """An empty id would store its result under no id: refused, as a missing one is."""
+    value, headers = TaskMessage("i", "t").encode(JSON_ONLY)
+    with pytest.raises(MalformedMessage, match="header 'id' is empty"):
+        TaskMessage.decode(as_record(value, [(h, b"" if h == "id" else v) for h, v in headers]), JSON_ONLY)
+
+
 def test_message_bad_eta_header() -> None:
     value, headers = TaskMessage("i", "t").encode(JSON_ONLY)
     with pytest.raises(MalformedMessage):
