@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 
 from taskq.app import Taskq
-from taskq.brokers.base import Record
+from taskq.brokers.base import Headers, Record
 from taskq.deadletter import DeadLetter
 from taskq.errors import BrokerError, TaskqError
 
@@ -47,38 +47,44 @@ def replay(app: Taskq, letters: Iterable[DeadLetter], dry_run: bool = False) -> 
     chosen = list(letters)
     if dry_run or not chosen:
         return chosen
-    values = [_value(app, letter) for letter in chosen]  # before anything is forgotten or sent
+    sends = [_resend(app, letter) for letter in chosen]  # before anything is forgotten or sent
     app.backend.forget([d.id for d in chosen])
     producer = app.producer
-    for letter, value in zip(chosen, values):
-        producer.produce(letter.original_topic, letter.record.key, value, letter.replay_headers())
+    for letter, (value, headers) in zip(chosen, sends):
+        producer.produce(letter.original_topic, letter.record.key, value, headers)
     app.flush()
     return chosen
 
 
-def _value(app: Taskq, letter: DeadLetter) -> bytes | None:
-    """The letter's value; for a letter that left it out (too large), the original's, read where it was."""
-    ref = letter.value_ref
-    if ref is None:
-        return letter.record.value
+def _resend(app: Taskq, letter: DeadLetter) -> tuple[bytes | None, Headers]:
+    """Value and headers to send again: the letter's; for a letter that left its value and long headers
+    out (too large), the original's, read where it was."""
+    if letter.value_ref is None:
+        return letter.record.value, letter.replay_headers()
+    original = _original(app, letter.value_ref, letter.id)
+    return original.value, DeadLetter(original).replay_headers()
+
+
+def _original(app: Taskq, ref: tuple[str, int, int], letter_id: str) -> Record:
+    """The record a dead letter by reference names, read where it was."""
     topic, partition, offset = ref
     try:
         reader = app.broker.reader(topic, {partition: offset})
     except BrokerError:  # a broker that reads only in a group (the embedded one): scan the topic
         found = next((r for r in read_topic(app, topic) if (r.partition, r.offset) == (partition, offset)), None)
         if found is not None:
-            return found.value
+            return found
     else:
         deadline = time.monotonic() + 10.0
         try:
             while time.monotonic() < deadline:
                 for record in reader.read(1, 1.0):
                     if record.partition == partition and record.offset == offset:
-                        return record.value
+                        return record
                     deadline = 0.0  # the reader moved past it: gone
         finally:
             reader.close()
-    raise TaskqError(f"dead letter {letter.id} left its value out and its original {topic}[{partition}]@{offset} "
+    raise TaskqError(f"dead letter {letter_id} left its value out and its original {topic}[{partition}]@{offset} "
                      "is no longer in the topic (retention): it cannot be replayed")
 
 

@@ -335,7 +335,31 @@ def test_too_large_dead_letters_and_retries_are_shrunk_and_the_worker_moves_on(b
     assert f"key-{unique}" not in letters
     # a letter by reference is replayed with the original value, read from the task topic
     app.backend.forget([f"retry-{unique}"])
-    assert dlq._value(app, DeadLetter(by_ref.record)) is not None
+    assert dlq._resend(app, DeadLetter(by_ref.record))[0] is not None
+
+
+def test_a_dead_letter_by_reference_is_replayed_with_the_original_headers(big_app: Taskq, unique: str) -> None:
+    """An original whose long header (from a client other than taskq) makes its dead letter too large: the
+    letter leaves the value and that header out, and the replay sends both again, read from the task topic."""
+    from taskq import dlq
+    from taskq.message import TaskMessage
+
+    app = big_app
+    quote = app.tasks["hard.quote"]
+    app.ensure_topic(quote.topic, quote.partitions)
+    task_id = f"hdr-{unique}"
+    value, headers = TaskMessage(task_id, "hard.quote", ["same", "x"], {}, b"same").encode(app.serializers)
+    size = 4 + len(value) + sum(len(n) + len(v) for n, v in headers) + len("x-big")
+    big = b"b" * (999_940 - size)  # the original fits; with the error's headers added it does not
+    produce_raw(app, quote.topic, [(b"same", value, [*headers, ("x-big", big)])])
+    with worker_thread(app, concurrency=2):
+        with pytest.raises(ValueError, match="cannot parse 'x'"):
+            app.AsyncResult(task_id).get(timeout=60)
+    [letter] = [d for d in dlq.dead_letters(app, "hard.quote") if d.id == task_id]
+    assert letter.value_ref is not None and letter.record.header("x-big") is None
+    dlq.replay(app, [letter])
+    sent = [r for r in dlq.read_topic(app, quote.topic) if r.header("id") == task_id.encode()]
+    assert len(sent) == 2 and sent[1].value == value and sent[1].header("x-big") == big
 
 
 # --------------------------------------------------------------------------- 8. rejected messages resolve get()
