@@ -60,3 +60,21 @@ def test_offset_tracker_abandoned_blocks_commit_but_is_not_waited_for() -> None:
     tracker.abandon(tp, 7)  # after a revoke: ignored
     tracker.take(tp, 1)
     assert tracker.unfinished([tp]) == 1
+
+
+def test_offset_tracker_skips_to_the_position_only_when_nothing_is_unfinished() -> None:
+    """A transactional producer's marker follows its last record: the consumer's position is past it, and
+    the commit point follows once every record taken is finished, never past an unfinished one."""
+    tp = ("t", 0)
+    tracker = OffsetTracker()
+    tracker.take(tp, 0)
+    tracker.take(tp, 1)
+    tracker.finish(tp, 1)
+    tracker.skip_to(tp, 3)  # offset 2 is a marker; 0 still runs
+    assert tracker.to_commit() == {}
+    tracker.finish(tp, 0)
+    assert tracker.to_commit() == {tp: 2}
+    tracker.skip_to(tp, 3)
+    assert tracker.to_commit() == {tp: 3}
+    tracker.skip_to(tp, 2)  # never backwards
+    assert tracker.to_commit() == {}

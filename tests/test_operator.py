@@ -1,4 +1,5 @@
-"""Operator actions on a running worker with Kafka's own tools (the Java ones in ``.cache/kafka/libs``)."""
+"""A running worker under operators and Kafka clients outside taskq: Kafka's own tools (the Java ones in
+``.cache/kafka/libs``) and a transactional producer."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from taskq import Taskq
 from taskq.partitioner import partition_for
-from tests.support import worker_thread
+from tests.support import wait_until, worker_thread
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,5 +136,39 @@ def test_dead_letter_and_delay_topics_deleted_while_a_worker_runs_are_created_ag
                 failed.get(timeout=90)
             assert retried.get(timeout=90) == 7
         assert [d.error for d in dead_letters(app, "op.fails")] == ["ValueError: bad 2"]  # the topic is new
+    finally:
+        app.close()
+
+
+def test_tasks_from_a_transactional_producer_are_committed_to_the_end(kafka_url: str, redis_url: str,
+                                                                      unique: str) -> None:
+    """Each transaction ends with a marker offset that holds no record: once the worker has nothing left to
+    run, it commits past it, so the group's lag is 0 (it stayed 1 per partition: a KEDA scaler never
+    scaled to zero)."""
+    from confluent_kafka import Producer
+
+    app = Taskq(f"op{unique}", broker=kafka_url, backend=redis_url, topic_prefix=f"op{unique}.")
+
+    @app.task(name="op.echo", key="key", partitions=2)
+    def echo(key: str, n: int) -> int:
+        return n
+
+    app.ensure_topic(echo.topic, 2)
+    producer = Producer({"bootstrap.servers": kafka_url.removeprefix("kafka://"), "partitioner": "murmur2_random",
+                         "transactional.id": f"op{unique}"})
+    producer.init_transactions(30)
+    ids = []
+    for batch in range(3):
+        producer.begin_transaction()
+        for i in range(4):
+            ids.append(f"txn-{unique}-{batch}-{i}")
+            producer.produce(echo.topic, key=f"k{i}".encode(), value=f'[["k{i}", {batch}], {{}}]'.encode(),
+                             headers=[("id", ids[-1].encode()), ("task", b"op.echo")])
+        producer.commit_transaction(30)
+    try:
+        with worker_thread(app, concurrency=2, forward_delayed=False):
+            assert [app.AsyncResult(i).get(timeout=60) for i in ids] == [b for b in range(3) for _ in range(4)]
+            ends = {p: hi for p, (_lo, hi) in app.broker.watermarks(echo.topic).items()}
+            wait_until(lambda: app.broker.committed(app.group, echo.topic) == ends, 10, "commits past the markers")
     finally:
         app.close()

@@ -110,6 +110,11 @@ class Consumer(ABC):
         its records: the partition's end when it was assigned here. Partitions left out may have been."""
         return {}
 
+    def positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The next offset to read of each partition, past what :meth:`consume` returned and past offsets
+        that hold no record (Kafka's transaction markers); partitions left out are not known."""
+        return {}
+
     @abstractmethod
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop returning records from these partitions until resumed."""

@@ -291,6 +291,13 @@ class KafkaConsumer(Consumer):
             log.warning("%s: %s; its tasks run again once it exists (a worker's start or a client's first send "
                         "creates it)", name, err.str())
 
+    def positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        try:
+            tps = self._consumer.position([_RdTopicPartition(t, p) for t, p in partitions])
+        except KafkaException:  # not known now: the next look may tell
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in tps if tp.error is None and tp.offset >= 0}
+
     def failed_commits(self) -> list[TopicPartition]:
         failed, self._failed_commits = self._failed_commits, set()
         return list(failed)

@@ -58,6 +58,7 @@ PAUSE_AFTER = 10.0  # seconds with prefetch full before partitions are paused
 RESENT_HEADERS = (H_ETA, H_ATTEMPTS, H_PARENT_ID)  # set on the sends a crash of the sender can repeat
 BACKEND_CONNECTIONS = 2  # opened ahead: one for the consumer thread's checks, one for the finisher
 COMMIT_INTERVAL = 0.2  # seconds between asynchronous commits of finished work
+SKIP_INTERVAL = 1.0  # s between looks, while idle, for offsets past the last record (transaction markers)
 IDLE_COMMIT_INTERVAL = 0.02  # s between them once all work taken is finished (a drained backlog commits at once)
 PREFETCH_BYTES = 64 * 1024 * 1024  # payload bytes taken but unfinished at most (librdkafka's queue holds as much)
 
@@ -134,6 +135,7 @@ class Worker:
         self._left = False  # the consumer was closed (the group left)
         self._holder: RetryHolder | None = None
         self._last_commit = 0.0
+        self._last_skip = 0.0
         self.ready = threading.Event()  # set once the consumer has joined the group
         self._idle_check = IdleCheck(app, self.name, self.topics, check_members)
 
@@ -440,6 +442,10 @@ class Worker:
         if not sync and now - self._last_commit < interval:
             return
         self._last_commit = now
+        if not sync and self._in_flight == 0 and now - self._last_skip >= SKIP_INTERVAL:
+            self._last_skip = now  # idle: move past transaction markers, which hold no record to finish
+            for tp, offset in consumer.positions(consumer.assignment()).items():
+                self._offsets.skip_to(tp, offset)
         for tp in consumer.failed_commits():  # e.g. refused during a rebalance: nothing else would resend it
             self._offsets.commit_failed(tp)
         offsets = self._offsets.to_commit(partitions, every=sync)

@@ -41,6 +41,12 @@ class OffsetTracker:
             finished.discard(done)
             self._commit_point[tp] = done + 1
 
+    def skip_to(self, tp: TopicPartition, offset: int) -> None:
+        """The consumer's position is ``offset``: when nothing taken from ``tp`` is unfinished, the offsets
+        before it hold no record to run (transaction markers) and the commit point moves there."""
+        if not self._taken.get(tp) and offset > self._commit_point.get(tp, -1):
+            self._commit_point[tp] = offset
+
     def to_commit(self, partitions: Iterable[TopicPartition] | None = None, every: bool = False,
                   ) -> dict[TopicPartition, int]:
         """Commit points that moved since the last call (``every``: all of them), for ``partitions`` or all.
