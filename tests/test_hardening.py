@@ -352,9 +352,8 @@ def test_a_dead_letter_by_reference_is_replayed_with_the_original_headers(big_ap
     size = 4 + len(value) + sum(len(n) + len(v) for n, v in headers) + len("x-big")
     big = b"b" * (999_940 - size)  # the original fits; with the error's headers added it does not
     produce_raw(app, quote.topic, [(b"same", value, [*headers, ("x-big", big)])])
-    with worker_thread(app, concurrency=2):
-        with pytest.raises(ValueError, match="cannot parse 'x'"):
-            app.AsyncResult(task_id).get(timeout=60)
+    with worker_thread(app, concurrency=2), pytest.raises(ValueError, match="cannot parse 'x'"):
+        app.AsyncResult(task_id).get(timeout=60)
     [letter] = [d for d in dlq.dead_letters(app, "hard.quote") if d.id == task_id]
     assert letter.value_ref is not None and letter.record.header("x-big") is None
     dlq.replay(app, [letter])

@@ -8,6 +8,7 @@ they are also copied to ``docs/screenshots/`` for the README.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
@@ -185,6 +186,21 @@ def test_every_page_in_a_browser(mod: ModuleType, chromium: Any, tmp_path: Path)
     print(f"\nMONITOR screenshots in {SHOTS}: " + ", ".join(sorted(p.name for p in SHOTS.glob('*.png'))))
 
 
+@contextlib.contextmanager
+def page_of_another_origin(tmp_path: Path, html: str) -> Iterator[str]:
+    """Serve ``html`` from another port of 127.0.0.1 (another origin, the same site); yields its URL."""
+    www = tmp_path / "www"
+    www.mkdir(exist_ok=True)
+    (www / "page.html").write_text(html)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", free_port()), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/page.html"
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.parametrize("token", [None, "s3cret"])
 def test_a_page_of_another_origin_cannot_replay_dead_letters(mod: ModuleType, chromium: Any, tmp_path: Path,
                                                             token: str | None) -> None:
@@ -193,29 +209,24 @@ def test_a_page_of_another_origin_cannot_replay_dead_letters(mod: ModuleType, ch
     still replays."""
     app = mod.app
     with running_monitor(app, token=token) as monitor, served(monitor) as base, \
-            worker_thread(app, tasks=[mod.fragile.name], concurrency=1, name=WORKER):
+            worker_thread(app, tasks=[mod.fragile.name], concurrency=1, name=WORKER), contextlib.ExitStack() as stack:
         dead = mod.fragile.delay(1, user="bob")
         wait_until(lambda: len(dead_letters(app, mod.fragile.name)) == 1, 60, "the dead letter")
 
         def sent() -> int:
             return sum(hi for _lo, hi in app.broker.watermarks(mod.fragile.topic).values())
         before = sent()
-        www = tmp_path / "www"
-        www.mkdir()
-        (www / "attack.html").write_text(
-            f'<form id="f" method="post" action="{base}/dead-letters/{mod.fragile.name}/replay" target="out">'
-            '<input name="all" value="1"></form><iframe name="out"></iframe>'
-            "<script>document.getElementById('f').submit()</script>")
-        other = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", free_port()), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www)))
-        threading.Thread(target=other.serve_forever, daemon=True).start()
+        attack = (f'<form id="f" method="post" action="{base}/dead-letters/{mod.fragile.name}/replay" target="out">'
+                  '<input name="all" value="1"></form><iframe name="out"></iframe>'
+                  "<script>document.getElementById('f').submit()</script>")
+        other = stack.enter_context(page_of_another_origin(tmp_path, attack))
         context = chromium.new_context()
         page = context.new_page()
         try:
             if token:  # the user has opened the monitor: its cookie is set
                 page.goto(f"{base}/?token={token}")
             with page.expect_response(lambda r: r.request.method == "POST") as posted:
-                page.goto(f"http://127.0.0.1:{other.server_address[1]}/attack.html")
+                page.goto(other)
             assert posted.value.status == 403, posted.value.status
             time.sleep(1)
             assert sent() == before, "the other origin's form replayed the dead letter"
@@ -226,7 +237,6 @@ def test_a_page_of_another_origin_cannot_replay_dead_letters(mod: ModuleType, ch
             assert sent() == before + 1
         finally:
             context.close()
-            other.shutdown()
 
 
 @pytest.mark.parametrize("token", [None, "s3cret"])
@@ -257,22 +267,17 @@ def test_a_page_of_another_origin_cannot_frame_the_monitor(mod: ModuleType, chro
     gets the user to click "Replay all". The browser refuses to show the monitor in the frame."""
     app = mod.app
     with running_monitor(app) as monitor, served(monitor) as base, \
-            worker_thread(app, tasks=[mod.fragile.name], concurrency=1, name=WORKER):
+            worker_thread(app, tasks=[mod.fragile.name], concurrency=1, name=WORKER), contextlib.ExitStack() as stack:
         mod.fragile.delay(1, user="bob")
         wait_until(lambda: len(dead_letters(app, mod.fragile.name)) == 1, 60, "the dead letter")
         before = sum(hi for _lo, hi in app.broker.watermarks(mod.fragile.topic).values())
-        www = tmp_path / "www"
-        www.mkdir()
-        (www / "frame.html").write_text(f'<iframe src="{base}/dead-letters/{mod.fragile.name}" width="800" '
-                                        'height="600"></iframe>')
-        other = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", free_port()), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www)))
-        threading.Thread(target=other.serve_forever, daemon=True).start()
+        frame = f'<iframe src="{base}/dead-letters/{mod.fragile.name}" width="800" height="600"></iframe>'
+        other = stack.enter_context(page_of_another_origin(tmp_path, frame))
         context = chromium.new_context()
         page = context.new_page()
         try:
             with page.expect_response(lambda r: r.url.startswith(base)) as framed:
-                page.goto(f"http://127.0.0.1:{other.server_address[1]}/frame.html")
+                page.goto(other)
             page.wait_for_timeout(500)
             buttons = sum(f.locator("#replay-all").count() for f in page.frames if f is not page.main_frame)
             assert buttons == 0, "the monitor's page is shown inside another origin's frame"
@@ -282,7 +287,6 @@ def test_a_page_of_another_origin_cannot_frame_the_monitor(mod: ModuleType, chro
             assert page.locator("#replay-all").count() == 1
         finally:
             context.close()
-            other.shutdown()
 
 
 def test_markup_in_events_is_shown_never_run(mod: ModuleType, chromium: Any) -> None:
