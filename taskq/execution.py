@@ -154,8 +154,9 @@ def time_limits(app: Taskq, record: Record) -> tuple[float | None, float | None]
 def run(app: Taskq, record: Record, worker: str) -> Outcome:
     """Run one record's task in this thread.
 
-    Whatever the task raises ends it as an outcome, ``SystemExit`` included; only ``KeyboardInterrupt``
-    propagates (the pool leaves the record uncommitted and the worker stops, as on Ctrl-C).
+    Whatever the task raises ends it as an outcome, ``SystemExit`` and ``KeyboardInterrupt`` included: a
+    worker stops on SIGINT and SIGTERM through its handlers (pool processes ignore both), so Ctrl-C never
+    raises in a task, and a ``KeyboardInterrupt`` there is the task's own.
     """
     prepared = prepare(app, record)
     if isinstance(prepared, Outcome):
@@ -172,8 +173,6 @@ def run(app: Taskq, record: Record, worker: str) -> Outcome:
             *message.args, **message.kwargs)
         if task.is_async:  # a coroutine task outside the asyncio pool: this thread's own loop runs it
             value = _thread_loop().run_until_complete(value)
-    except KeyboardInterrupt:
-        raise
     except BaseException as exc:  # noqa: BLE001 - every task error (SystemExit too) becomes an outcome
         return conclude(task, message, record, worker, started, exc=exc, meta=request.meta)
     finally:
@@ -229,8 +228,6 @@ def _run_batch(task: Task, items: list[tuple[TaskMessage, Record]], worker: str)
         values = list(values)
         if len(values) != len(requests):
             raise TypeError(f"batch task {task.name} returned {len(values)} results for {len(requests)} requests")
-    except KeyboardInterrupt:
-        raise
     except BaseException as exc:  # noqa: BLE001 - every task error (SystemExit too) becomes an outcome
         return [conclude(task, m, r, worker, started, exc=exc) for m, r in items]
     return [conclude(task, m, r, worker, started, v) for (m, r), v in zip(items, values)]
@@ -259,8 +256,6 @@ async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
         if current is not None and current.cancelling():
             raise  # the pool cancels this run (time limit): it reports the outcome
         return conclude(task, message, record, worker, started, exc=exc, meta=request.meta)  # the task's own
-    except KeyboardInterrupt:
-        raise
     except BaseException as exc:  # noqa: BLE001 - every task error becomes an outcome
         return conclude(task, message, record, worker, started, exc=exc, meta=request.meta)
     return conclude(task, message, record, worker, started, value, meta=request.meta)

@@ -50,12 +50,11 @@ class Pool:
         self.concurrency = concurrency
         self.worker_name = worker_name
         self.app_path = app_path
-        self._interrupted = threading.Event()
 
     def start(self, done: Done, runnable: Runnable, done_many: DoneMany | None = None) -> None:
         self.done = done
         self.done_many: DoneMany = done_many or self._each_done
-        self.runnable = lambda record: not self._interrupted.is_set() and runnable(record)
+        self.runnable = runnable
 
     def _each_done(self, pairs: list[tuple[Record, execution.Outcome | None]]) -> None:
         for record, outcome in pairs:
@@ -84,11 +83,6 @@ class Pool:
         outcomes: list[execution.Outcome | None] = []
         try:
             outcomes = list(run())
-        except KeyboardInterrupt:
-            log.warning("a batch task raised KeyboardInterrupt: stopping the worker; its records will be redelivered")
-            self._interrupted.set()
-            signal.raise_signal(signal.SIGINT)
-            return [None] * len(records)
         except BaseException as exc:  # noqa: BLE001 - a pool never loses a record without an outcome
             log.exception("running a batch of %d records of %s failed outside the task", len(records),
                           records[0].topic)
@@ -109,19 +103,9 @@ class Pool:
 
     def _guarded(self, record: Record, run: Callable[[], execution.Outcome], started: float,
                  ) -> execution.Outcome | None:
-        """``run()``'s outcome; a failure outcome if the pool's own code around the task raised.
-
-        A task raising ``KeyboardInterrupt`` stops the worker as Ctrl-C would (SIGINT to this
-        process); its record is reported abandoned (None), so it is redelivered, not lost.
-        """
+        """``run()``'s outcome; a failure outcome if the pool's own code around the task raised."""
         try:
             return run()
-        except KeyboardInterrupt:
-            log.warning("a task raised KeyboardInterrupt: stopping the worker; %s[%d]@%d will be redelivered",
-                        record.topic, record.partition, record.offset)
-            self._interrupted.set()
-            signal.raise_signal(signal.SIGINT)
-            return None
         except BaseException as exc:  # noqa: BLE001 - a pool never loses a record without an outcome
             log.exception("running %s[%d]@%d failed outside the task", record.topic, record.partition,
                           record.offset)
@@ -333,8 +317,6 @@ class AsyncioPool(Pool):
             except asyncio.CancelledError as exc:  # terminated by a revoke, or the task's own
                 outcome = (execution.revoked(record, self.worker_name, task_id, terminated=True)
                            if task_id in self._terminated else self._guarded(record, _reraise(exc), started))
-            except KeyboardInterrupt:
-                outcome = self._guarded(record, _reraise(KeyboardInterrupt()), started)
             except BaseException as exc:  # noqa: BLE001 - a pool never loses a record without an outcome
                 outcome = self._guarded(record, _reraise(exc), started)
             finally:

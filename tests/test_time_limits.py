@@ -1,4 +1,5 @@
-"""Soft and hard time limits end tasks in every pool, and the partition moves on."""
+"""Soft and hard time limits end tasks in every pool, and the partition moves on; so does a task's own
+KeyboardInterrupt."""
 
 from __future__ import annotations
 
@@ -45,3 +46,15 @@ def test_hard_limit_cancels_a_coroutine(limits: ModuleType) -> None:
         with pytest.raises(taskq.TimeLimitExceeded):
             limits.slow_coroutine.delay(30).get(timeout=20)
         assert limits.slow_coroutine.delay(0.01).get(timeout=20) == "finished"
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes", "asyncio"])
+def test_a_tasks_own_keyboard_interrupt_is_its_failure(limits: ModuleType, pool: str) -> None:
+    """A KeyboardInterrupt raised by task code ends that task as a failure, as SystemExit does, and the
+    worker goes on: stopping every worker that takes its message again would never end."""
+    task = limits.interrupted_coroutine if pool == "asyncio" else limits.interrupted
+    with run_worker(limits, pool):  # on exit: the worker stopped cleanly
+        for i in range(2):
+            with pytest.raises(taskq.TaskFailed, match=f"KeyboardInterrupt.*raised by the (task|coroutine) {i}"):
+                task.delay(i).get(timeout=20)
+        assert limits.quick.delay(21).get(timeout=20) == 42

@@ -1,4 +1,5 @@
-"""Tasks that overrun their time limits (configured by TASKQ_* environment variables)."""
+"""Tasks that overrun their time limits, or raise what stops a process (configured by TASKQ_* environment
+variables)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,14 @@ async def slow_coroutine(seconds: float) -> str:
 @app.task
 def quick(x: int) -> int:
     return x * 2
+
+
+@app.task(max_retries=0)
+def interrupted(x: int) -> None:
+    """Raises KeyboardInterrupt itself (Ctrl-C never reaches a task: the worker handles SIGINT)."""
+    raise KeyboardInterrupt(f"raised by the task {x}")
+
+
+@app.task(max_retries=0)
+async def interrupted_coroutine(x: int) -> None:
+    raise KeyboardInterrupt(f"raised by the coroutine {x}")
