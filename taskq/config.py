@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from taskq.errors import ConfigError
 
@@ -84,11 +84,11 @@ class Settings:
                               f"not {self.result_expires}")
         if any(not 0 < tier < float("inf") for tier in self.retry_tiers):
             raise ConfigError(f"retry_tiers must be positive delays in seconds, not {self.retry_tiers}")
-        broker = urlsplit(self.broker_url)
+        broker = _split(self.broker_url, "broker URL")
         if self.broker_url and (broker.scheme not in BROKER_SCHEMES or not (broker.netloc or broker.path)):
             raise ConfigError(f"bad broker URL {redact_url(self.broker_url)!r}: use kafka://host:port[,host:port] "
                               "or local:///path/to/file.db")
-        backend = urlsplit(self.result_backend)
+        backend = _split(self.result_backend, "result backend URL")
         if self.result_backend and (backend.scheme not in BACKEND_SCHEMES or not (backend.netloc or backend.path)):
             raise ConfigError(f"bad result backend URL {redact_url(self.result_backend)!r}: use redis://host:port/db "
                               "or local:///path/to/file.db")
@@ -128,7 +128,12 @@ SECRET_WORDS = ("password", "secret", "token", "credential", "key")  # in option
 
 def redact_url(url: str) -> str:
     """``url`` fit for logs and pages: its password and the values of secret-looking options are ``***``."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL Python can split (a '[' in the password): keep only scheme and path
+        scheme, _, rest = url.partition("://")
+        path = rest.rpartition("@")[2].partition("/")[2].partition("?")[0]
+        return f"{scheme}://***/{path}" if path else f"{scheme}://***"
     options = parse_qsl(parts.query, keep_blank_values=True)
     secret = [any(word in name.lower() for word in SECRET_WORDS) for name, _ in options]
     if parts.password is None and not any(secret):
@@ -136,6 +141,15 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc if parts.password is None else parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     query = urlencode([(name, "***" if hide else value) for (name, value), hide in zip(options, secret)], safe="*")
     return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _split(url: str, what: str) -> SplitResult:
+    """``urlsplit(url)``, or a ConfigError naming ``what`` for a URL Python cannot split."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"bad {what} {redact_url(url)!r}: {exc} (percent-encode a '[', ']' or '@' in a "
+                          "password: %5B, %5D, %40)") from None
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

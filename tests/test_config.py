@@ -89,6 +89,8 @@ def test_settings_env_invalid_after_parse() -> None:
      "kafka://h:1?ssl.key.password=***&sasl.oauthbearer.client.secret=***"),
     ("kafka://h:1,h:2?linger.ms=5", "kafka://h:1,h:2?linger.ms=5"),
     ("local:///tmp/q.db", "local:///tmp/q.db"),
+    ("redis://u:p[w@h:1/0", "redis://***/0"),  # Python cannot split these: only scheme and path are shown
+    ("redis://u:p[/w@h:1", "redis://***"),
 ])
 def test_urls_are_shown_without_their_secrets(url: str, shown: str) -> None:
     assert redact_url(url) == shown
@@ -132,3 +134,11 @@ def test_a_kafka_url_with_a_password_before_the_host_is_refused_without_showing_
     assert out.returncode != 0
     assert "hunter2" not in out.stdout + out.stderr, out.stderr[-2000:]
     assert "alice:***@127.0.0.1:1" in out.stderr and "sasl.password=" in out.stderr, out.stderr[-2000:]
+
+
+def test_a_url_python_cannot_split_is_a_config_error_without_its_password() -> None:
+    from taskq import Taskq
+
+    with pytest.raises(ConfigError, match=r"bad result backend URL 'redis://\*\*\*/0'.*percent-encode") as caught:
+        Taskq("x", broker="kafka://127.0.0.1:9092", backend="redis://u:p[w@h:1/0")
+    assert "p[w" not in str(caught.value)

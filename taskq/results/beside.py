@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from taskq.config import redact_url
 from taskq.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -26,4 +27,4 @@ def beside_results(app: Taskq, what: str, namespace: str, on_redis: Callable[[An
         return on_redis(backend.client, f"{namespace}:{app.name}:")
     if isinstance(backend, LocalBackend):
         return on_local(backend.path)
-    raise ConfigError(f"no {what} for result backend {backend.url!r}: use Redis or the embedded store")
+    raise ConfigError(f"no {what} for result backend {redact_url(backend.url)!r}: use Redis or the embedded store")
