@@ -101,6 +101,8 @@ class TaskMessage:
             raise MalformedMessage(f"bad header: {exc}") from None
         if not task_id:
             raise MalformedMessage("header 'id' is empty")
+        if attempts < 0:  # would grant a task more retries than its max_retries
+            raise MalformedMessage(f"header 'attempts' is negative: {attempts}")
         if record.value is None:
             raise MalformedMessage("empty message value")
         body = registry.loads(record.value, content_type)

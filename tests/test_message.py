@@ -62,6 +62,13 @@ def test_message_empty_id_is_refused() -> None:
         TaskMessage.decode(as_record(value, [(h, b"" if h == "id" else v) for h, v in headers]), JSON_ONLY)
 
 
+def test_message_negative_attempts_is_refused() -> None:
+    """An outside client's ``attempts: -5`` would grant the task five more retries than max_retries."""
+    value, headers = TaskMessage("i", "t").encode(JSON_ONLY)
+    with pytest.raises(MalformedMessage, match="'attempts' is negative: -5"):
+        TaskMessage.decode(as_record(value, [*headers, ("attempts", b"-5")]), JSON_ONLY)
+
+
 def test_message_bad_eta_header() -> None:
     value, headers = TaskMessage("i", "t").encode(JSON_ONLY)
     with pytest.raises(MalformedMessage):
