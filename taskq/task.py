@@ -114,6 +114,7 @@ class Task:
         #: the key's later tasks run after it (README: "Order per key")
         self.strict_order = strict_order
         self._key_position = _position_of(fn, key, bind)
+        self._arity = None if self.is_batch else Arity.of(fn, bind)
         self._request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(f"taskq.request.{name}", default=None)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -237,6 +238,8 @@ class Task:
         Options of the wrong type are refused here, at the call, with the option named (a worker
         would otherwise dead-letter the message, or the send fail deep in the client)."""
         args, kwargs = _call_arguments(args, kwargs)
+        if self._arity is not None and not self._arity.fits(args, kwargs):
+            self._arity.refuse(self.name, args, kwargs)
         if task_id is not None and not isinstance(task_id, str):
             raise ConfigError(f"task_id must be a str, not {type(task_id).__name__}")
         for name, value in (headers or {}).items():
@@ -341,6 +344,60 @@ def _seconds(option: str, value: Any) -> float:
         raise ConfigError(f"{option} must be a finite number of seconds{' or a datetime' if option == 'eta' else ''}, "
                           f"not {value!r}")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Arity:
+    """The arguments a task function takes, checked at each send as Celery does: a call that does not fit
+    fails at the call with Python's own TypeError, not later in a worker."""
+
+    signature: inspect.Signature
+    bind: bool
+    most: int | None  # positional arguments at most (None: it takes *args)
+    names: frozenset[str] | None  # keyword names it takes (None: it takes **kwargs)
+    positional: tuple[str, ...]  # positional-or-keyword parameters, in order
+    required: tuple[str, ...]  # the ones of them without a default
+    required_keywords: frozenset[str]  # keyword-only parameters without a default
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any], bind: bool) -> Arity | None:
+        """None when Python cannot read the signature (some builtins)."""
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None
+        params = list(signature.parameters.values())[1 if bind else 0:]
+        kinds = {p.kind for p in params}
+        positional = tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+        if inspect.Parameter.POSITIONAL_ONLY in kinds:  # rare: leave the call to Python's own check
+            return None
+        return cls(signature, bind,
+                   None if inspect.Parameter.VAR_POSITIONAL in kinds else len(positional),
+                   None if inspect.Parameter.VAR_KEYWORD in kinds else frozenset(
+                       p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)),
+                   positional,
+                   tuple(p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD and p.default is p.empty),
+                   frozenset(p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty))
+
+    def fits(self, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> bool:
+        """Whether ``fn(*args, **kwargs)`` binds (a few comparisons: this runs at every send)."""
+        n = len(args)
+        if self.most is not None and n > self.most:
+            return False
+        if not kwargs:
+            return n >= len(self.required) and not self.required_keywords
+        keys = kwargs.keys()
+        if (self.names is not None and not keys <= self.names) or not self.required_keywords <= keys:
+            return False
+        return all(map(kwargs.__contains__, self.required[n:])) and keys.isdisjoint(self.positional[:n])
+
+    def refuse(self, task: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any]) -> None:
+        """Raise Python's TypeError for this call, naming the task."""
+        try:
+            self.signature.bind(*([None] if self.bind else []), *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {task!r}: {exc} (signature {self.signature})") from None
+        raise TypeError(f"task {task!r}: these arguments do not fit its signature {self.signature}")
 
 
 def _position_of(fn: Callable[..., Any], param: str | None, bind: bool) -> int | None:

@@ -227,3 +227,45 @@ def test_a_serializer_the_apps_workers_refuse_is_a_config_error(tmp_path: Path) 
             Taskq("ser", local_path=str(tmp_path / "q.db"), **settings)
     both = Taskq("ser", local_path=str(tmp_path / "q.db"), serializer="pickle", accept_content=["json", "pickle"])
     assert both.task(name="u.pickled")(_module_level_fn).serializer == "pickle"
+
+
+@pytest.mark.parametrize(("args", "kwargs", "error"), [
+    ((1, 2, 3), {}, "too many positional arguments"),
+    ((1,), {}, "missing a required argument: 'y'"),
+    ((1,), {"x": 2}, "multiple values for argument 'x'"),
+    ((1, 2), {"z": 3}, "got an unexpected keyword argument 'z'"),
+])
+def test_arguments_that_do_not_fit_are_refused_at_the_call(app: Taskq, args: tuple, kwargs: dict, error: str) -> None:
+    """As in Celery: a call that does not fit the task's signature is Python's TypeError at the call, and
+    nothing is sent (a worker would only fail it later); through a signature too."""
+    from taskq.canvas import chain
+
+    @app.task(name="u.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    for send in (lambda: add.apply_async(args, kwargs), lambda: add.s(*args, **kwargs).delay()):
+        with pytest.raises(TypeError, match=f"task 'u.add': {error}"):
+            send()
+    add.delay(1, y=2)
+    chain(add.s(1, 2), add.s(3)).delay()  # a partial signature still chains: its first argument comes later
+    app.flush()
+    records = read_records(app, add.topic, 3, timeout=1.0)  # only the two good calls were sent
+    sent = [TaskMessage.decode(r, app.serializers) for r in records]
+    assert [(m.args, m.kwargs) for m in sent] == [([1], {"y": 2}), ([1, 2], {})]
+
+
+def test_arguments_of_bound_keyword_only_and_variadic_tasks(app: Taskq) -> None:
+    @app.task(name="u.bound", bind=True)
+    def bound(self: object, x: int, *, flag: bool, scale: int = 1) -> int:
+        return x
+
+    @app.task(name="u.any")
+    def anything(*args: object, **kwargs: object) -> None: ...
+
+    bound.delay(1, flag=True)
+    anything.delay(1, 2, 3, a=4)
+    with pytest.raises(TypeError, match="missing a required argument: 'flag'"):
+        bound.delay(1)
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        bound.delay(1, 2, flag=True)
