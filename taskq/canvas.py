@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from taskq.errors import ConfigError, TimeoutError
 from taskq.result import AsyncResult
 from taskq.serialization import JSON
-from taskq.task import new_task_id
+from taskq.task import epoch_of, new_task_id
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
@@ -112,7 +112,7 @@ class Signature(Canvas):
             if name in ("link", "link_error"):
                 self.options[name] = [*self.options.get(name, []), *_callbacks(value, self.app)]
             elif name == "eta" and isinstance(value, datetime):
-                self.options[name] = value.timestamp()  # JSON: signatures travel in message headers
+                self.options[name] = epoch_of(value)  # JSON: signatures travel in message headers
             elif name in SEND_OPTIONS:
                 self.options[name] = value
             else:

@@ -10,7 +10,7 @@ import time
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from taskq.errors import ConfigError, Replace, Retry
@@ -328,14 +328,20 @@ def _call_arguments(args: Any, kwargs: Any) -> tuple[list[Any] | tuple[Any, ...]
 
 
 def _eta(countdown: float | None, eta: datetime | float | None) -> float | None:
-    """The send's due time (epoch seconds), or None for now; a naive ``eta`` is local time."""
+    """The send's due time (epoch seconds), or None for now."""
     if countdown is not None and eta is not None:
         raise ConfigError("give countdown or eta, not both")
     if countdown is not None:
         return time.time() + countdown if _seconds("countdown", countdown) > 0 else None
     if isinstance(eta, datetime):
-        return eta.timestamp()
+        return epoch_of(eta)
     return None if eta is None else _seconds("eta", eta)
+
+
+def epoch_of(eta: datetime) -> float:
+    """``eta`` in epoch seconds; a naive datetime is UTC, as in Celery (``datetime.utcnow() + ...`` is due
+    then on every machine, whatever its local time zone)."""
+    return (eta if eta.tzinfo is not None else eta.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _seconds(option: str, value: Any) -> float:

@@ -269,3 +269,23 @@ def test_arguments_of_bound_keyword_only_and_variadic_tasks(app: Taskq) -> None:
         bound.delay(1)
     with pytest.raises(TypeError, match="too many positional arguments"):
         bound.delay(1, 2, flag=True)
+
+
+def test_a_naive_eta_is_utc_as_in_celery(app: Taskq, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``eta=datetime.utcnow() + ...`` (Celery's idiom) is due then on a machine of any time zone; an aware
+    eta is taken as it is, on a task and on a signature."""
+    from datetime import datetime, timedelta, timezone
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        @app.task(name="u.later")
+        def later() -> None: ...
+
+        due = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=5)
+        for eta in (due.replace(tzinfo=None), due, due.astimezone(timezone(timedelta(hours=9)))):
+            assert later.message(eta=eta).eta == due.timestamp()
+            assert later.s().set(eta=eta).options["eta"] == due.timestamp()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
