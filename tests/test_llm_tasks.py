@@ -120,6 +120,18 @@ def test_stream_is_live_and_marks_a_restart(llm: Any) -> None:
     assert "".join(result.stream(timeout=5)) == value["text"]
 
 
+def test_redelivered_attempt_replaces_a_dead_workers_tokens(llm: Any) -> None:
+    """A worker killed mid-answer leaves its tokens; the redelivered message runs with the same attempt
+    number, and stream() must show only the new attempt's tokens (not the dead one's, then all again)."""
+    app, infer, clients, server = llm
+    task_id = uuid.uuid4().hex
+    app.backend.append_chunks([(task_id, "tokens of "), (task_id, "a killed worker ")])  # as a SIGKILL leaves them
+    result = infer.apply_async((prompt("again"),), {"user_id": "u-redelivered"}, task_id=task_id)
+    value = result.get(timeout=60)
+    assert result.record.attempts == 1
+    assert "".join(result.stream(timeout=5)) == value["text"]
+
+
 def test_one_client_per_worker_process(llm: Any) -> None:
     app, infer, clients, server = llm
     results = [infer.delay(prompt("many"), user_id=f"u{i}") for i in range(40)]

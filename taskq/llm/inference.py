@@ -44,8 +44,9 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
     guard = llm.guard
     guard.check_budget(user_id)
     writes = llm.writes()
-    if request.attempts:
-        writes.restart(request.id)  # callers watching stream() drop the failed attempt's text
+    # callers watching stream() drop an earlier attempt's text: a failed one, or one whose worker died
+    # mid-answer (its redelivery runs again with the same attempt number, so every attempt marks a restart)
+    writes.restart(request.id)
     params: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                               "messages": [{"role": "user", "content": prompt}]}
     if system is not None:
