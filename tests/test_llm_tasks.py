@@ -66,6 +66,16 @@ def test_429_waits_for_retry_after(llm: Any) -> None:
     assert 3.0 <= gap < 3.0 + 2.5, f"retried {gap:.2f} s after a 429 with retry-after: 3"
 
 
+@pytest.mark.parametrize("retry_after", ["100000", "inf"])
+def test_an_absurd_retry_after_is_capped_by_the_backoff_max(llm: Any, retry_after: str) -> None:
+    """A retry-after of a day (or ``inf``) would park the task that long (or fail it with a ConfigError)."""
+    app, infer, clients, server = llm
+    result = infer.delay(prompt(f"wait forever [[fault:rate_limit times=1 retry_after={retry_after}]]"),
+                         user_id="u-retry-after")
+    assert result.get(timeout=30)["text"]  # retry_backoff_max=5.0 in the test app
+    assert result.record.attempts == 2
+
+
 @pytest.mark.parametrize("fault", ["overloaded times=2", "server_error times=1",
                                    "mid_stream_overloaded times=1 after=2", "cut times=1 after=2",
                                    "stall times=1 seconds=40", "stall_mid times=1 seconds=40 after=2"])

@@ -2,12 +2,14 @@
 
 * retried: 408, 409, 429, 5xx and 529 answers; an ``error`` event in the middle of a stream
   (``overloaded_error``, ``api_error``, ``rate_limit_error``); timeouts; refused or dropped connections.
-  A ``retry-after`` (or ``retry-after-ms``) header is the countdown of the next attempt.
+  A ``retry-after`` (or ``retry-after-ms``) header is the countdown of the next attempt (the caller caps it:
+  a provider or proxy asking for a day, or for ``inf``, must not park the task that long).
 * not retried (dead letter): other 4xx, with the API's error type and message in the error.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +68,9 @@ def retry_after(response: Any) -> float | None:
         value = headers.get(name)
         if value:
             try:
-                return max(0.0, float(value) * scale)
+                seconds = float(value) * scale
             except ValueError:
                 continue
+            if math.isfinite(seconds):
+                return max(0.0, seconds)
     return None

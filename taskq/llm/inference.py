@@ -36,8 +36,8 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
 
     Returns ``{"text", "stop_reason", "usage": {"input_tokens", "output_tokens"}, "model", "latency",
     "cost", "user_id"}`` and puts the same accounting in ``task.request.meta["llm"]``. Provider failures
-    become ``task.retry(...)`` (countdown = the provider's ``retry-after`` when given) or a
-    :class:`~taskq.llm.failures.ProviderRejected` dead letter. A user over budget fails with
+    become ``task.retry(...)`` (countdown = the provider's ``retry-after`` when given, at most the task's
+    ``retry_backoff_max``) or a :class:`~taskq.llm.failures.ProviderRejected` dead letter. A user over budget fails with
     :class:`~taskq.errors.BudgetExceeded`; the provider key's RPM/TPM limits make the call wait its turn.
     """
     request = task.request
@@ -75,7 +75,7 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
             if failure is None:
                 raise
             if failure.retry:
-                raise task.retry(failure.error, countdown=failure.retry_after) from exc
+                raise task.retry(failure.error, countdown=retry_countdown(task, failure.retry_after)) from exc
             raise failure.error from exc
         latency = round(time.perf_counter() - started, 4)
         usage = {"input_tokens": final.usage.input_tokens, "output_tokens": final.usage.output_tokens}
@@ -90,6 +90,11 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
         writes.forget(task_id)
     return {"text": "".join(parts), "stop_reason": final.stop_reason, "usage": usage, "model": final.model,
             "latency": latency, "cost": price, "user_id": user_id}
+
+
+def retry_countdown(task: Task, retry_after: float | None) -> float | None:
+    """The provider's ``retry-after``, at most the task's ``retry_backoff_max`` (None: the task's backoff)."""
+    return None if retry_after is None else min(retry_after, task.retry_policy.retry_backoff_max)
 
 
 def estimate_tokens(prompt: str, system: str | None = None) -> int:

@@ -23,7 +23,7 @@ def build(name: str = "llmapp", config: LLMConfig | None = None, max_retries: in
     llm = LLM(app, config, limits)
 
     @app.task(name="tests.apps.llmapp.infer", key="user_id", bind=True, max_retries=max_retries,
-              retry_backoff=0.1, retry_backoff_max=1.0, time_limit=time_limit)
+              retry_backoff=0.1, retry_backoff_max=5.0, time_limit=time_limit)
     async def infer(self: Any, prompt: str, user_id: str = "anonymous", model: str = MODEL,
                     max_tokens: int = 256, system: str | None = None, temperature: float | None = None,
                     ) -> dict[str, Any]:
