@@ -28,7 +28,8 @@ Errors on demand, two ways (both documented in the README):
 Faults (:data:`FAULTS`): ``rate_limit`` (429 ``rate_limit_error`` with ``retry-after``, default 1 s),
 ``overloaded`` (529 ``overloaded_error``), ``server_error`` (500 ``api_error``), ``invalid_request``
 (400 ``invalid_request_error``), ``mid_stream_overloaded`` (an ``error`` event after ``after`` deltas),
-``cut`` (the connection is closed after ``after`` deltas), ``stall`` (nothing for ``seconds`` before the
+``cut`` (the connection is closed after ``after`` deltas), ``end_early`` (the response ends cleanly after
+``after`` deltas, with no ``message_delta`` or ``message_stop``, as a proxy cutting it short would), ``stall`` (nothing for ``seconds`` before the
 response), ``stall_mid`` (nothing for ``seconds`` after ``after`` deltas).
 
 Scripted answers: ``POST /_control/replies`` with ``{"text": ..., "match": "text", "times": N}`` makes the
@@ -69,10 +70,11 @@ FAULTS = {
     "invalid_request": (400, "invalid_request_error", "prompt is malformed (requested by a fault marker)"),
     "mid_stream_overloaded": (529, "overloaded_error", "Overloaded"),
     "cut": (0, "", ""),
+    "end_early": (0, "", ""),
     "stall": (0, "", ""),
     "stall_mid": (0, "", ""),
 }
-MID_STREAM = frozenset({"mid_stream_overloaded", "cut", "stall_mid"})
+MID_STREAM = frozenset({"mid_stream_overloaded", "cut", "end_early", "stall_mid"})
 WORDS = ("Kafka", "keeps", "each", "user's", "tasks", "in", "order", "while", "workers", "share", "partitions",
          "and", "results", "land", "in", "the", "store", "quickly", "tokens", "stream", "to", "callers")
 MARKER = re.compile(r"\[\[(fault:\w+|latency|tps|tokens)((?:\s*[=\s]\s*[\w.=]+)*)\s*\]\]")
@@ -392,6 +394,9 @@ class StandIn:
         if fault.fault == "stall_mid":
             await asyncio.sleep(fault.seconds)
         entry["status"] = 0
+        if fault.fault == "end_early":
+            await response.write_eof()
+            return response
         _cut(request)
         return response
 

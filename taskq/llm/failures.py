@@ -1,7 +1,8 @@
 """Which provider failures are worth another attempt, and after how long.
 
 * retried: 408, 409, 429, 5xx and 529 answers; an ``error`` event in the middle of a stream
-  (``overloaded_error``, ``api_error``, ``rate_limit_error``); timeouts; refused or dropped connections.
+  (``overloaded_error``, ``api_error``, ``rate_limit_error``); timeouts; refused or dropped connections; a
+  stream that ends before its ``stop_reason``.
   A ``retry-after`` (or ``retry-after-ms``) header is the countdown of the next attempt (the caller caps it:
   a provider or proxy asking for a day, or for ``inf``, must not park the task that long).
 * not retried (dead letter): other 4xx, with the API's error type and message in the error.
@@ -44,6 +45,8 @@ def classify(exc: BaseException) -> Failure | None:
     import anthropic
 
     httpx = http_module()
+    if isinstance(exc, ProviderUnavailable):
+        return Failure(exc, True)
     if isinstance(exc, anthropic.APIStatusError):
         status, kind = exc.status_code, exc.type or ""
         message = exc.api_message or str(exc)

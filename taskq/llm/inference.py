@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from taskq.errors import Retry
-from taskq.llm.failures import classify
+from taskq.llm.failures import ProviderUnavailable, classify
 from taskq.llm.pricing import cost
 from taskq.llm.usage import Usage
 from taskq.task import Task
@@ -69,6 +69,9 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
                     parts.append(text)
                     writes.text(task_id, text)  # published with the loop's next batch (<= 20 ms)
                 final = await stream.get_final_message()
+            if final.stop_reason is None:  # the response ended cleanly but unfinished (a proxy, a restart)
+                raise ProviderUnavailable(f"the model provider's stream ended after {len(parts)} text deltas, "
+                                          f"before the answer did (no stop_reason)")
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not a provider failure
             await writes.flush()  # this attempt's chunks are stored before its retry can mark a restart
             failure = classify(exc)
