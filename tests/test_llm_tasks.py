@@ -78,7 +78,7 @@ def test_an_absurd_retry_after_is_capped_by_the_backoff_max(llm: Any, retry_afte
 
 @pytest.mark.parametrize("fault", ["overloaded times=2", "server_error times=1",
                                    "mid_stream_overloaded times=1 after=2", "cut times=1 after=2",
-                                   "end_early times=1 after=2",
+                                   "end_early times=1 after=2", "malformed times=1 after=2",
                                    "stall times=1 seconds=40", "stall_mid times=1 seconds=40 after=2"])
 def test_transient_failures_are_retried_to_success(llm: Any, fault: str) -> None:
     app, infer, clients, server = llm

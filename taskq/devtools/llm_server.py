@@ -29,7 +29,8 @@ Faults (:data:`FAULTS`): ``rate_limit`` (429 ``rate_limit_error`` with ``retry-a
 ``overloaded`` (529 ``overloaded_error``), ``server_error`` (500 ``api_error``), ``invalid_request``
 (400 ``invalid_request_error``), ``mid_stream_overloaded`` (an ``error`` event after ``after`` deltas),
 ``cut`` (the connection is closed after ``after`` deltas), ``end_early`` (the response ends cleanly after
-``after`` deltas, with no ``message_delta`` or ``message_stop``, as a proxy cutting it short would), ``stall`` (nothing for ``seconds`` before the
+``after`` deltas, with no ``message_delta`` or ``message_stop``, as a proxy cutting it short would), ``malformed`` (an event whose data is not JSON after
+``after`` deltas), ``stall`` (nothing for ``seconds`` before the
 response), ``stall_mid`` (nothing for ``seconds`` after ``after`` deltas).
 
 Scripted answers: ``POST /_control/replies`` with ``{"text": ..., "match": "text", "times": N}`` makes the
@@ -71,10 +72,11 @@ FAULTS = {
     "mid_stream_overloaded": (529, "overloaded_error", "Overloaded"),
     "cut": (0, "", ""),
     "end_early": (0, "", ""),
+    "malformed": (0, "", ""),
     "stall": (0, "", ""),
     "stall_mid": (0, "", ""),
 }
-MID_STREAM = frozenset({"mid_stream_overloaded", "cut", "end_early", "stall_mid"})
+MID_STREAM = frozenset({"mid_stream_overloaded", "cut", "end_early", "malformed", "stall_mid"})
 WORDS = ("Kafka", "keeps", "each", "user's", "tasks", "in", "order", "while", "workers", "share", "partitions",
          "and", "results", "land", "in", "the", "store", "quickly", "tokens", "stream", "to", "callers")
 MARKER = re.compile(r"\[\[(fault:\w+|latency|tps|tokens)((?:\s*[=\s]\s*[\w.=]+)*)\s*\]\]")
@@ -394,7 +396,9 @@ class StandIn:
         if fault.fault == "stall_mid":
             await asyncio.sleep(fault.seconds)
         entry["status"] = 0
-        if fault.fault == "end_early":
+        if fault.fault == "malformed":
+            await response.write(b"event: content_block_delta\ndata: {not json\n\n")
+        if fault.fault in ("end_early", "malformed"):
             await response.write_eof()
             return response
         _cut(request)

@@ -2,7 +2,7 @@
 
 * retried: 408, 409, 429, 5xx and 529 answers; an ``error`` event in the middle of a stream
   (``overloaded_error``, ``api_error``, ``rate_limit_error``); timeouts; refused or dropped connections; a
-  stream that ends before its ``stop_reason``.
+  stream that ends before its ``stop_reason``, or with an event that is not JSON.
   A ``retry-after`` (or ``retry-after-ms``) header is the countdown of the next attempt (the caller caps it:
   a provider or proxy asking for a day, or for ``inf``, must not park the task that long).
 * not retried (dead letter): other 4xx, with the API's error type and message in the error.
@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,8 @@ def classify(exc: BaseException) -> Failure | None:
     httpx = http_module()
     if isinstance(exc, ProviderUnavailable):
         return Failure(exc, True)
+    if isinstance(exc, json.JSONDecodeError):  # raised by the SDK reading an event (a broken proxy, a bad gateway)
+        return Failure(ProviderUnavailable(f"the model provider sent an event that is not JSON: {exc}"), True)
     if isinstance(exc, anthropic.APIStatusError):
         status, kind = exc.status_code, exc.type or ""
         message = exc.api_message or str(exc)
