@@ -15,7 +15,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from taskq.brokers.base import Record
-from taskq.errors import MessageRejected, NotRegistered, Reject, Replace, Retry, SerializationError
+from taskq.errors import MessageRejected, NotRegistered, Reject, Replace, Retry, SerializationError, TimeLimitExceeded
 from taskq.message import H_ID, H_TASK, TaskMessage
 from taskq.results.base import FAILURE, REVOKED, SUCCESS, ResultRecord
 from taskq.task import Request, Task
@@ -233,11 +233,12 @@ def _run_batch(task: Task, items: list[tuple[TaskMessage, Record]], worker: str)
     return [conclude(task, m, r, worker, started, v) for (m, r), v in zip(items, values)]
 
 
-async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
-    """Run one record's coroutine task on the running event loop.
+async def run_async(app: Taskq, record: Record, worker: str, time_limit: float | None = None) -> Outcome:
+    """Run one record's coroutine task on the running event loop, cancelled past ``time_limit`` seconds.
 
-    A ``CancelledError`` raised by the task's own code is a failure like any other; a cancellation of
-    this run from outside (the pool's time limit) propagates.
+    The time limit starts once the task's rate-limit turn has come (a run waiting its turn is delayed,
+    not failed). A ``CancelledError`` raised by the task's own code is a failure like any other; a
+    cancellation of this run from outside (``terminate``) propagates.
     """
     prepared = prepare(app, record)
     if isinstance(prepared, Outcome):
@@ -245,19 +246,24 @@ async def run_async(app: Taskq, record: Record, worker: str) -> Outcome:
     message, task = prepared
     started = time.perf_counter()
     request = bind_request(task, message, record)
+    limit: asyncio.Timeout | None = None
     try:
         if task.rate is not None:
             await task.limiter.wait_async(task.rate_limit_name(message.key), task.rate)
         coro = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
             *message.args, **message.kwargs)
-        value = await coro
+        limit = asyncio.timeout(time_limit)  # its deadline counts from now
+        async with limit:
+            value = await coro
     except asyncio.CancelledError as exc:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
-            raise  # the pool cancels this run (time limit): it reports the outcome
+            raise  # the pool cancels this run (terminate): it reports the outcome
         return conclude(task, message, record, worker, started, exc=exc, meta=request.meta)  # the task's own
     except BaseException as exc:  # noqa: BLE001 - every task error becomes an outcome
-        return conclude(task, message, record, worker, started, exc=exc, meta=request.meta)
+        error = exc if limit is None or not limit.expired() else TimeLimitExceeded(
+            f"task ran past its time limit of {time_limit:g} s and was cancelled")
+        return conclude(task, message, record, worker, started, exc=error, meta=request.meta)
     return conclude(task, message, record, worker, started, value, meta=request.meta)
 
 

@@ -338,12 +338,7 @@ class AsyncioPool(Pool):
         if not isinstance(prepared, execution.Outcome) and not prepared[1].is_async:
             return await self._loop.run_in_executor(None, execution.run, self.app, record, self.worker_name)
         _soft, hard = execution.time_limits(self.app, record)
-        started = time.perf_counter()
-        try:
-            return await asyncio.wait_for(execution.run_async(self.app, record, self.worker_name), hard)
-        except asyncio.TimeoutError:
-            exc = TimeLimitExceeded(f"task ran past its time limit of {hard:g} s and was cancelled")
-            return self._ended(record, exc, started)
+        return await execution.run_async(self.app, record, self.worker_name, hard)
 
     def stop(self) -> None:
         async def drain() -> None:

@@ -58,3 +58,13 @@ def test_a_tasks_own_keyboard_interrupt_is_its_failure(limits: ModuleType, pool:
             with pytest.raises(taskq.TaskFailed, match=f"KeyboardInterrupt.*raised by the (task|coroutine) {i}"):
                 task.delay(i).get(timeout=20)
         assert limits.quick.delay(21).get(timeout=20) == 42
+
+
+def test_waiting_for_a_rate_limit_turn_is_not_part_of_the_time_limit(limits: ModuleType) -> None:
+    """Ten runs at four a second: the last waits over 2 s for its turn, twice its 1 s time limit; rate
+    limits delay work, they never fail it."""
+    with run_worker(limits, "asyncio", concurrency=20):
+        results = [limits.rate_limited_coroutine.delay(i) for i in range(10)]
+        assert [r.get(timeout=30) for r in results] == list(range(10))
+        with pytest.raises(taskq.TimeLimitExceeded):  # the limit still ends a run that overruns it
+            limits.slow_coroutine.delay(30).get(timeout=20)

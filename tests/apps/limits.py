@@ -38,6 +38,13 @@ async def slow_coroutine(seconds: float) -> str:
     return "finished"
 
 
+@app.task(time_limit=1.0, rate_limit="240/m", max_retries=0)
+async def rate_limited_coroutine(i: int) -> int:
+    """Four runs a second, each well within its time limit (however long its turn takes to come)."""
+    await asyncio.sleep(0.01)
+    return i
+
+
 @app.task
 def quick(x: int) -> int:
     return x * 2
