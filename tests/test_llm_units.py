@@ -21,6 +21,8 @@ def test_config_names_the_variables_when_nothing_is_set() -> None:
     assert config.read_timeout == 7.0 and config.api_key  # a placeholder key for a keyless stand-in
     secret = LLMConfig.from_env({"ANTHROPIC_API_KEY": "sk-secret"})
     assert "sk-secret" not in repr(secret)
+    gateway = LLMConfig.from_env({"TASKQ_LLM_BASE_URL": "https://team:gw-secret@gateway.example/?api_key=k2"})
+    assert "gw-secret" not in repr(gateway) and "k2" not in repr(gateway) and "gateway.example" in repr(gateway)
     with pytest.raises(ConfigError, match="TASKQ_LLM_READ_TIMEOUT"):
         LLMConfig.from_env({"ANTHROPIC_API_KEY": "k", "TASKQ_LLM_READ_TIMEOUT": "soon"})
 

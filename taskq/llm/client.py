@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from taskq.config import redact_url
 from taskq.errors import ConfigError
 from taskq.llm.transport import shard_count, sharded_transport
 
@@ -39,8 +40,9 @@ class LLMConfig:
     read_timeout: float = 60.0  # longest silence between two bytes of an answer
     max_connections: int = 1000
 
-    def __repr__(self) -> str:  # never show the key
-        return f"LLMConfig(base_url={self.base_url!r}, connect_timeout={self.connect_timeout}, " \
+    def __repr__(self) -> str:  # never show the key, nor a password in the URL (a gateway's)
+        base_url = None if self.base_url is None else redact_url(self.base_url)
+        return f"LLMConfig(base_url={base_url!r}, connect_timeout={self.connect_timeout}, " \
                f"read_timeout={self.read_timeout}, max_connections={self.max_connections})"
 
     @classmethod
