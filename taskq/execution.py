@@ -7,6 +7,7 @@ which keeps this easy to test and lets thread, process and asyncio pools share i
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 import traceback
@@ -253,6 +254,7 @@ async def run_async(app: Taskq, record: Record, worker: str, time_limit: float |
         coro = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
             *message.args, **message.kwargs)
         limit = asyncio.timeout(time_limit)  # its deadline counts from now
+        _time_limit.set(limit)
         async with limit:
             value = await coro
     except asyncio.CancelledError as exc:
@@ -265,6 +267,20 @@ async def run_async(app: Taskq, record: Record, worker: str, time_limit: float |
             f"task ran past its time limit of {time_limit:g} s and was cancelled")
         return conclude(task, message, record, worker, started, exc=error, meta=request.meta)
     return conclude(task, message, record, worker, started, value, meta=request.meta)
+
+
+_time_limit: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar("taskq_time_limit",
+                                                                                    default=None)
+
+
+async def sleep_outside_time_limit(seconds: float) -> None:
+    """Sleep without counting the time against the running coroutine task's time limit: a wait for a
+    rate-limit turn (a provider's RPM/TPM) delays a run, it must not fail it."""
+    limit = _time_limit.get()
+    deadline = None if limit is None else limit.when()
+    if limit is not None and deadline is not None and not limit.expired():
+        limit.reschedule(deadline + seconds)
+    await asyncio.sleep(seconds)
 
 
 def qualname(exc: BaseException) -> str:

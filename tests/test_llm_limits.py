@@ -102,6 +102,25 @@ def test_provider_rpm_and_tpm_across_two_workers(two_workers: Any, llm_server: L
     assert abs(measured - expected) / expected <= 0.10
 
 
+def test_calls_waiting_their_provider_turn_are_not_timed_out(kafka_url: str, redis_clean: str,
+                                                            llm_server: LLMServerClient, unique: str) -> None:
+    """600 tokens a minute (10/s) and six calls of about 25 tokens: the last waits 12 s for its turn, more
+    than twice its 5 s time limit. Calls wait their turn instead of failing."""
+    from tests.support import worker_thread
+
+    config = LLMConfig("k", llm_server.url, connect_timeout=2.0, read_timeout=5.0)
+    app, infer, _ = build(f"tpm{unique}", config, time_limit=5.0, limits=Limits(tpm=600), broker=kafka_url,
+                          backend=redis_clean, topic_prefix=f"tpm{unique}.", group=f"tpm{unique}.group")
+    app.ensure_topics({infer.topic: 2})
+    try:
+        with worker_thread(app, pool="asyncio", concurrency=20):
+            results = [infer.delay(f"wait {i} {unique}", user_id=f"tpm-{i}", max_tokens=20) for i in range(6)]
+            assert all(r.get(timeout=60)["text"] for r in results)
+            assert all(r.record.attempts == 1 for r in results)
+    finally:
+        app.close()
+
+
 def test_tumbling_window_violations_block_users(kafka_url: str, redis_clean: str, llm_server: LLMServerClient,
                                                 unique: str) -> None:
     app, infer, llm = build(f"viol{unique}", LLMConfig("k", llm_server.url), limits=Limits(),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskq.brokers.local.store import ThreadConnections
 from taskq.errors import BackendError, BudgetExceeded, ConfigError, RateLimited
+from taskq.execution import sleep_outside_time_limit
 from taskq.llm.usage import UsageStore, usage_store
 from taskq.ratelimit import Rate, RateLimiter, rate_limiter
 from taskq.results.beside import beside_results
@@ -124,9 +125,7 @@ class Guard:
             waits.append(self.limiter.reserve(name + ":tpm", Rate(self.limits.tpm, 60.0, burst=1.0), tokens))
         delay = max(waits, default=0.0)
         if delay > 0:
-            import asyncio
-
-            await asyncio.sleep(delay)
+            await sleep_outside_time_limit(delay)  # a call waiting its turn is delayed, not timed out
         return delay
 
     def settle(self, api_key: str, estimated: int, used: int) -> None:
