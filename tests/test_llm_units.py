@@ -9,6 +9,7 @@ import pytest
 
 from taskq.errors import ConfigError
 from taskq.llm.client import LLMConfig
+from taskq.llm.guard import Limits
 from taskq.llm.pricing import cost, price_of
 from taskq.results.base import SUCCESS, ResultRecord, StreamRestart
 from taskq.results.local import LocalBackend
@@ -25,6 +26,17 @@ def test_config_names_the_variables_when_nothing_is_set() -> None:
     assert "gw-secret" not in repr(gateway) and "k2" not in repr(gateway) and "gateway.example" in repr(gateway)
     with pytest.raises(ConfigError, match="TASKQ_LLM_READ_TIMEOUT"):
         LLMConfig.from_env({"ANTHROPIC_API_KEY": "k", "TASKQ_LLM_READ_TIMEOUT": "soon"})
+
+
+@pytest.mark.parametrize("var, raw", [("TASKQ_LLM_DAILY_COST", "nan"), ("TASKQ_LLM_DAILY_COST", "inf"),
+                                      ("TASKQ_LLM_DAILY_TOKENS", "-5"), ("TASKQ_LLM_RPM", "0"),
+                                      ("TASKQ_LLM_TPM", "-100"), ("TASKQ_LLM_RPM", "nan")])
+def test_limits_refuse_what_would_silently_disable_or_break_them(var: str, raw: str) -> None:
+    """A NaN budget was never reached (no budget at all), an RPM of 0 meant no limit, a negative one a
+    bucket running backwards."""
+    with pytest.raises(ConfigError, match=var):
+        Limits.from_env({var: raw})
+    assert Limits.from_env({"TASKQ_LLM_DAILY_TOKENS": "0", "TASKQ_LLM_RPM": "0.5"}) == Limits(0, None, 0.5)
 
 
 def test_prices() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
@@ -55,6 +56,10 @@ class Limits:
                     values[field] = kind(raw)
                 except ValueError:
                     raise ConfigError(f"{var}={raw!r} is not a number") from None
+                value, budget = values[field], field.startswith("daily")  # a budget of 0 refuses every call
+                if not math.isfinite(value) or value < 0 or (value == 0 and not budget):
+                    raise ConfigError(f"{var}={raw!r}: must be a finite number, {'0 or more' if budget else 'over 0'}"
+                                      f" (unset it for no limit)")
         return cls(**values)
 
 
