@@ -24,8 +24,11 @@ def test_config_names_the_variables_when_nothing_is_set() -> None:
     assert "sk-secret" not in repr(secret)
     gateway = LLMConfig.from_env({"TASKQ_LLM_BASE_URL": "https://team:gw-secret@gateway.example/?api_key=k2"})
     assert "gw-secret" not in repr(gateway) and "k2" not in repr(gateway) and "gateway.example" in repr(gateway)
-    with pytest.raises(ConfigError, match="TASKQ_LLM_READ_TIMEOUT"):
-        LLMConfig.from_env({"ANTHROPIC_API_KEY": "k", "TASKQ_LLM_READ_TIMEOUT": "soon"})
+    for raw in ("soon", "nan", "inf", "0", "-1"):  # a stalled provider must be cut off, and a live one not at once
+        with pytest.raises(ConfigError, match="TASKQ_LLM_READ_TIMEOUT"):
+            LLMConfig.from_env({"ANTHROPIC_API_KEY": "k", "TASKQ_LLM_READ_TIMEOUT": raw})
+    with pytest.raises(ConfigError, match="TASKQ_LLM_MAX_CONNECTIONS"):
+        LLMConfig.from_env({"ANTHROPIC_API_KEY": "k", "TASKQ_LLM_MAX_CONNECTIONS": "0"})
 
 
 @pytest.mark.parametrize("var, raw", [("TASKQ_LLM_DAILY_COST", "nan"), ("TASKQ_LLM_DAILY_COST", "inf"),

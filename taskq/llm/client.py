@@ -9,6 +9,7 @@ inside the worker holding a slot, with their own count and backoff, invisible to
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 import urllib.request
@@ -58,11 +59,16 @@ class LLMConfig:
             raise ConfigError(f"no LLM provider configured: set {API_KEY} (the Anthropic API) or {BASE_URL} "
                               f"(a Messages API server, e.g. `taskq llm-server` at http://127.0.0.1:8765)")
         try:
-            return cls(key or PLACEHOLDER_KEY, base_url, float(env.get(CONNECT_TIMEOUT, 5.0)),
-                       float(env.get(READ_TIMEOUT, 60.0)), int(env.get(MAX_CONNECTIONS, 1000)))
+            config = cls(key or PLACEHOLDER_KEY, base_url, float(env.get(CONNECT_TIMEOUT, 5.0)),
+                         float(env.get(READ_TIMEOUT, 60.0)), int(env.get(MAX_CONNECTIONS, 1000)))
         except ValueError as exc:
             raise ConfigError(f"bad LLM timeout or connection setting: {exc} "
                               f"(check {CONNECT_TIMEOUT}, {READ_TIMEOUT}, {MAX_CONNECTIONS})") from exc
+        for var, value in ((CONNECT_TIMEOUT, config.connect_timeout), (READ_TIMEOUT, config.read_timeout),
+                           (MAX_CONNECTIONS, config.max_connections)):
+            if not (math.isfinite(value) and value > 0):  # 0: every call times out; inf or NaN: a stall never does
+                raise ConfigError(f"{var}={env.get(var)!r}: must be a finite number over 0")
+        return config
 
 
 class LLMClients:
