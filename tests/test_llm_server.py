@@ -124,6 +124,16 @@ def test_stall_hits_the_read_timeout(llm_server: LLMServerClient) -> None:
     assert time.monotonic() - start < 4
 
 
+@pytest.mark.parametrize("marker", ["[[latency=nan]]", "[[tps=inf]]", "[[fault:stall seconds=nan]]",
+                                    "[[fault:stall_mid seconds=inf]]"])
+def test_a_sleep_that_never_ends_is_a_bad_marker(llm_server: LLMServerClient, marker: str) -> None:
+    """The server would sleep forever (NaN, infinity) on these; it answers 400 at once instead."""
+    start = time.monotonic()
+    with pytest.raises(anthropic.BadRequestError, match="bad stand-in marker"):
+        client(llm_server.url, read=5.0).messages.create(model=MODEL, max_tokens=5, messages=ask(f"hi {marker}"))
+    assert time.monotonic() - start < 2
+
+
 def test_times_counts_per_prompt_and_control_faults_match(llm_server: LLMServerClient) -> None:
     c = client(llm_server.url)
     prompt = f"twice {uuid.uuid4().hex} [[fault:overloaded times=2]]"

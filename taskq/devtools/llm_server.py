@@ -48,6 +48,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import math
 import random
 import re
 import socket
@@ -104,7 +105,7 @@ class Fault:
             raise ValueError(f"unknown fault option(s) {sorted(unknown)}")
         fault = cls(**spec)
         fault.times = None if fault.times is None else int(fault.times)
-        fault.retry_after, fault.seconds = float(fault.retry_after), float(fault.seconds)
+        fault.retry_after, fault.seconds = float(fault.retry_after), seconds("seconds", fault.seconds)
         fault.after = int(fault.after)
         return fault
 
@@ -152,8 +153,16 @@ def parse_prompt(body: dict[str, Any]) -> Prompt:
             if name == "tokens":
                 prompt.tokens = int(value)
             else:
-                setattr(prompt, name, float(value))
+                setattr(prompt, name, seconds(name, value))
     return prompt
+
+
+def seconds(name: str, value: Any) -> float:
+    """A marker's or fault's number that the server sleeps by: NaN or infinity would hang the request."""
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{name}={value} must be a finite number >= 0")
+    return number
 
 
 def count_tokens(text: str) -> int:
@@ -451,7 +460,7 @@ class StandIn:
         spec = await request.json()
         for name in ("latency", "tokens_per_second", "ping_every"):
             if name in spec:
-                setattr(self, name, type(getattr(self, name))(spec[name]))
+                setattr(self, name, type(getattr(self, name))(seconds(name, spec[name])))
         return web.json_response({"latency": self.latency, "tokens_per_second": self.tokens_per_second,
                                   "ping_every": self.ping_every})
 
