@@ -42,6 +42,21 @@ def test_limits_refuse_what_would_silently_disable_or_break_them(var: str, raw: 
     assert Limits.from_env({"TASKQ_LLM_DAILY_TOKENS": "0", "TASKQ_LLM_RPM": "0.5"}) == Limits(0, None, 0.5)
 
 
+def test_a_call_without_user_id_is_checked_as_the_user_it_runs_for(tmp_path: Path) -> None:
+    """``infer.delay(prompt)`` runs as user "anonymous": an anonymous caller over budget is refused at the send,
+    as a named one is, instead of failing in the worker."""
+    from taskq.errors import BudgetExceeded
+    from tests.apps.llmapp import build
+
+    app, infer, _ = build("anon", LLMConfig("k", "http://127.0.0.1:1"), limits=Limits(daily_tokens=0),
+                          local_path=str(tmp_path / "anon.db"))
+    with pytest.raises(BudgetExceeded, match="user 'u1'"):
+        infer.delay("hi", user_id="u1")
+    with pytest.raises(BudgetExceeded, match="user 'anonymous'"):
+        infer.delay("hi")
+    app.close()
+
+
 def test_prices() -> None:
     assert cost("claude-sonnet-4-6", 1_000_000, 1_000_000) == 18.0
     assert price_of("claude-haiku-4-5-20251001") == price_of("claude-haiku-4-5")

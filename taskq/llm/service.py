@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,14 @@ from taskq.llm.writes import LoopWrites
 if TYPE_CHECKING:
     from taskq.app import Taskq
     from taskq.task import Task
+
+
+def default_user(task: Task) -> str | None:
+    """The default of ``task``'s key argument (``user_id="anonymous"``), or None."""
+    parameter = inspect.signature(task.fn).parameters.get(task.key) if isinstance(task.key, str) else None
+    if parameter is None or not isinstance(parameter.default, str):
+        return None
+    return parameter.default
 
 
 class LLM:
@@ -47,7 +56,9 @@ class LLM:
         self.clients.check()
 
     def send_check(self, task: Task, key: str | None) -> None:
-        self.guard.send_check(task, key)
+        """Budgets and blocks of the user the call will run for: the key, else the key argument's default
+        (a call without ``user_id`` runs, and is accounted, as ``"anonymous"``)."""
+        self.guard.send_check(task, key if key is not None else default_user(task))
 
     def install(self, *tasks: Task) -> None:
         self.app.add_startup_check(self.check, [t.name for t in tasks])
