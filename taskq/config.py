@@ -77,11 +77,13 @@ class Settings:
         if self.default_max_retries < 0:
             raise ConfigError(f"default_max_retries must be 0 or more, not {self.default_max_retries}")
         for name in ("connect_timeout", "send_timeout", "outage_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, not {getattr(self, name)}")
-        if not MIN_EXPIRY <= self.result_expires < float("inf"):
-            raise ConfigError(f"result_expires must be at least {MIN_EXPIRY:g} s (results are kept in milliseconds), "
-                              f"not {self.result_expires}")
+            if not 0 < getattr(self, name) < float("inf"):  # NaN too: a deadline of NaN is never reached
+                raise ConfigError(f"{name} must be a positive number of seconds, not {getattr(self, name)}")
+        if not 0 <= self.strict_order_max_hold < float("inf"):
+            raise ConfigError(f"strict_order_max_hold must be 0 or more seconds, not {self.strict_order_max_hold}")
+        if not MIN_EXPIRY <= self.result_expires <= MAX_EXPIRY:
+            raise ConfigError(f"result_expires must be {MIN_EXPIRY:g} to {MAX_EXPIRY:g} s (results are kept in "
+                              f"milliseconds), not {self.result_expires}")
         if any(not 0 < tier < float("inf") for tier in self.retry_tiers):
             raise ConfigError(f"retry_tiers must be positive delays in seconds, not {self.retry_tiers}")
         broker = _split(self.broker_url, "broker URL")
@@ -123,6 +125,7 @@ class Settings:
 
 
 MIN_EXPIRY = 0.001  # seconds: result expiry is written in milliseconds
+MAX_EXPIRY = 1e12  # seconds (~31,700 years): Redis refuses an expiry past 2**63 ms from now
 SECRET_WORDS = ("password", "secret", "token", "credential", "key")  # in option names, e.g. sasl.password
 
 

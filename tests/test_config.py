@@ -64,6 +64,15 @@ def test_settings_env_bad_values(name: str, raw: str) -> None:
     assert f"TASKQ_{name}" in str(info.value)
 
 
+@pytest.mark.parametrize("name,raw", [("OUTAGE_TIMEOUT", "nan"), ("SEND_TIMEOUT", "inf"), ("CONNECT_TIMEOUT", "-nan"),
+                                      ("STRICT_ORDER_MAX_HOLD", "-5"), ("RESULT_EXPIRES", "1e17")])
+def test_settings_env_numbers_out_of_range_name_the_setting(name: str, raw: str) -> None:
+    """A NaN timeout would make a deadline that is never reached: refused, in one line naming it."""
+    with pytest.raises(ConfigError) as info:
+        Settings.build({}, environ={f"TASKQ_{name}": raw})
+    assert name.lower() in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("override,fragment", [({"default_partitions": 0}, "default_partitions"),
                                                ({"replication_factor": 0}, "replication_factor"),
                                                ({"connect_timeout": 0}, "connect_timeout"),

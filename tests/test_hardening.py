@@ -233,7 +233,11 @@ def test_sigterm_while_importing_the_app_stops_cleanly(kind: str, request: pytes
 
 
 @pytest.mark.parametrize("setting,value,message", [
-    ("result_expires", 0.0001, "at least 0.001"),
+    ("result_expires", 0.0001, "0.001 to"),
+    ("result_expires", 1e16, "result_expires must be 0.001 to 1e\\+12 s"),  # past what Redis's PX takes
+    ("outage_timeout", float("nan"), "outage_timeout must be a positive number"),  # a deadline never reached
+    ("connect_timeout", float("inf"), "connect_timeout must be a positive number"),
+    ("strict_order_max_hold", float("nan"), "strict_order_max_hold must be 0 or more"),
     ("result_expires", "soon", "of type float"),
     ("default_partitions", 2.5, "of type int"),
     ("skip_finished", 1, "of type bool"),
