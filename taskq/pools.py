@@ -39,6 +39,7 @@ DoneMany = Callable[[list[tuple[Record, "execution.Outcome | None"]]], None]
 Runnable = Callable[[Record], bool]
 WATCH_INTERVAL = 0.05
 CHILD_START_TIMEOUT = 60.0
+CHILD_EXIT_WAIT = 1.0  # s to reap a child whose pipe closed, for its exit code
 READY = "ready"
 
 
@@ -381,6 +382,12 @@ def _child_main(app_path: str, conn: Connection, worker_name: str) -> None:
             conn.send(execution.run(app, record, name))
 
 
+def _lost(process: BaseProcess, what: str) -> WorkerLostError:
+    """The error of a child that died running ``what``, with its exit code (-9: killed, as by the OOM killer)."""
+    process.join(CHILD_EXIT_WAIT)  # a child that just died is reaped at once; its exit code says how it ended
+    return WorkerLostError(f"pool process {process.pid} died (exit code {process.exitcode}) running {what}")
+
+
 class ProcessPool(Pool):
     """``concurrency`` child processes, each importing the app; for CPU-bound tasks.
 
@@ -487,8 +494,7 @@ class ProcessPool(Pool):
                 if not process.is_alive():
                     raise EOFError
         except (EOFError, OSError):
-            exc = WorkerLostError(f"pool process {process.pid} died (exit code {process.exitcode}) running the task")
-            return self._ended(record, exc, clock), True
+            return self._ended(record, _lost(process, "the task"), clock), True
 
     def terminate(self, task_id: str) -> bool:
         """Kill the child process running ``task_id``; its slot starts a new child."""
@@ -515,7 +521,7 @@ class ProcessPool(Pool):
                 if not process.is_alive():
                     raise EOFError
         except (EOFError, OSError):
-            exc = WorkerLostError(f"pool process {process.pid} died (exit code {process.exitcode}) running a batch")
+            exc = _lost(process, "a batch")
             return [self._ended(r, exc, clock) for r in records], True
 
     def stop(self) -> None:
