@@ -373,13 +373,14 @@ def _child_main(app_path: str, conn: Connection, worker_name: str) -> None:
     from taskq.app import load_app
 
     app = load_app(app_path)
-    name = f"{worker_name}/{os.getpid()}"
+    pid = os.getpid()
+    name = f"{worker_name}/{pid}"
     conn.send(READY)  # the parent starts the clock on a task only once the child can run it
     while (record := conn.recv()) is not None:
-        if isinstance(record, list):
-            conn.send(execution.run_batch(app, record, name))
-        else:
-            conn.send(execution.run(app, record, name))
+        outcome = execution.run_batch(app, record, name) if isinstance(record, list) else execution.run(app, record, name)
+        if os.getpid() != pid:  # a copy forked by the task returned from it: the pipe is the child's alone
+            os._exit(0)
+        conn.send(outcome)
 
 
 def _lost(process: BaseProcess, what: str) -> WorkerLostError:

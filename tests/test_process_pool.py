@@ -1,4 +1,4 @@
-"""The processes pool when a task ends its child process."""
+"""The processes pool when a task ends its child process or forks it."""
 
 from __future__ import annotations
 
@@ -32,3 +32,10 @@ def test_a_child_that_dies_fails_its_task_with_its_exit_code(crashy: ModuleType,
             crashy.die.delay(how).get(timeout=30)
         assert [crashy.echo.delay(i).get(timeout=30) for i in range(3)] == [0, 1, 2]
 
+
+def test_a_forked_copy_returning_from_the_task_does_not_answer_for_the_child(crashy: ModuleType) -> None:
+    """The copy of a child forked by its task returns from the task as well: it must exit, not send its
+    result over the child's pipe and read the next tasks from it (the child then waited for it forever)."""
+    with run_worker(crashy):
+        assert crashy.forks.delay().get(timeout=30) == "parent"
+        assert [crashy.echo.delay(i).get(timeout=30) for i in range(3)] == [0, 1, 2]

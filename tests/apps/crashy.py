@@ -1,4 +1,4 @@
-"""Tasks that end their pool process, for the processes pool's tests."""
+"""Tasks that end their pool process, or fork it, for the processes pool's tests."""
 
 from __future__ import annotations
 
@@ -22,6 +22,17 @@ def die(how: str) -> str:
     if how == "segv":
         ctypes.string_at(0)
     return "alive"
+
+
+@app.task(max_retries=0)
+def forks() -> str:
+    """Fork; the copy returns from the task too (as code that forks without exec can), a little later."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(0.3)
+        return "copy"
+    os.waitpid(pid, 0)
+    return "parent"
 
 
 @app.task(max_retries=0)
