@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from taskq import execution
 from taskq.brokers.base import Record
-from taskq.errors import ConfigError, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
+from taskq.errors import ConfigError, SoftTimeLimitExceeded, TaskqError, TimeLimitExceeded, WorkerLostError
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -51,6 +51,8 @@ class Pool:
         self.concurrency = concurrency
         self.worker_name = worker_name
         self.app_path = app_path
+        #: told when the pool cannot go on (a pool process that cannot be started); the worker stops
+        self.on_fatal: Callable[[TaskqError], None] = lambda error: log.error("%s", error)
 
     def start(self, done: Done, runnable: Runnable, done_many: DoneMany | None = None) -> None:
         self.done = done
@@ -421,10 +423,24 @@ class ProcessPool(Pool):
         except (EOFError, OSError):
             started = False
         if not started:
+            process.join(CHILD_EXIT_WAIT)  # one whose import failed has exited: say so, with its exit code
+            code = process.exitcode
             process.kill()
-            raise WorkerLostError(f"pool process did not start within {CHILD_START_TIMEOUT:g} s "
-                                  f"(cannot import {self.app_path!r}?)")
+            how = f"did not start within {CHILD_START_TIMEOUT:g} s" if code is None else f"exited ({code}) at start"
+            raise WorkerLostError(f"pool process {how} (cannot import {self.app_path!r}?)")
         return process, parent
+
+    def _replace_child(self, process: BaseProcess | None) -> tuple[BaseProcess, Connection] | None:
+        """A new child in place of ``process`` (killed first); None when it cannot start: the worker is
+        told to stop (non-zero exit), rather than run on with a slot less and its records stuck."""
+        if process is not None:
+            process.kill()
+            process.join()
+        try:
+            return self._spawn_child()
+        except WorkerLostError as exc:
+            self.on_fatal(exc)
+            return None
 
     def submit(self, record: Record) -> None:
         self._queue.put(record)
@@ -434,7 +450,9 @@ class ProcessPool(Pool):
         self._queue.put(list(records))
 
     def _slot(self) -> None:
-        process, conn = self._spawn_child()
+        if (child := self._replace_child(None)) is None:
+            return
+        process, conn = child
         while (record := self._queue.get()) is not None:
             if isinstance(record, list):
                 runnable = [r for r in record if self.runnable(r)]
@@ -442,12 +460,12 @@ class ProcessPool(Pool):
                                                                        if r not in runnable]
                 if runnable:
                     outcomes, replace = self._run_batch_in_child(process, conn, runnable)
-                    if replace:
-                        process.kill()
-                        process.join()
-                        process, conn = self._spawn_child()
                     pairs += zip(runnable, outcomes)
                 self.done_many(pairs)
+                if runnable and replace:
+                    if (child := self._replace_child(process)) is None:
+                        return
+                    process, conn = child
                 continue
             if not self.runnable(record):
                 self.done(record, None)
@@ -465,9 +483,9 @@ class ProcessPool(Pool):
                 replace = True
             self.done(record, outcome)  # before a replacement child starts: that takes an app import
             if replace:
-                process.kill()
-                process.join()
-                process, conn = self._spawn_child()
+                if (child := self._replace_child(process)) is None:
+                    return
+                process, conn = child
         try:
             conn.send(None)
         except OSError:

@@ -8,7 +8,7 @@ from types import ModuleType
 import pytest
 
 import taskq
-from tests.support import local_app_module, worker_thread
+from tests.support import WorkerProcess, local_app_module, worker_thread
 
 
 @pytest.fixture
@@ -39,3 +39,31 @@ def test_a_forked_copy_returning_from_the_task_does_not_answer_for_the_child(cra
     with run_worker(crashy):
         assert crashy.forks.delay().get(timeout=30) == "parent"
         assert [crashy.echo.delay(i).get(timeout=30) for i in range(3)] == [0, 1, 2]
+
+
+def test_a_child_that_cannot_be_replaced_stops_the_worker_and_loses_nothing(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The app no longer imports when a dead child is replaced: the worker used to run on with no pool
+    process, holding its partitions with the next task never run. It stops with a one-line reason and a
+    non-zero exit; the task it could not run is left uncommitted and the next worker runs it."""
+    mark = tmp_path / "mark"
+    env = {"TASKQ_LOCAL_PATH": str(tmp_path / "brittle.db"), "BRITTLE_MARK": str(mark)}
+    brittle = local_app_module("tests.apps.brittle", env["TASKQ_LOCAL_PATH"], monkeypatch, BRITTLE_MARK=str(mark))
+    worker = WorkerProcess("tests.apps.brittle", env, "--pool", "processes", "-c", "1")
+    try:
+        worker.wait_for("assigned")
+        with pytest.raises(taskq.WorkerLostError):
+            brittle.break_imports.apply_async(key="k").get(timeout=30)
+        waiting = brittle.echo.apply_async((7,), key="k")
+        assert worker.proc.wait(60) != 0
+        last = worker.log.strip().splitlines()[-1]
+        assert last == "Error: pool process exited (1) at start (cannot import 'tests.apps.brittle'?)", worker.log
+        assert waiting.status == "PENDING"
+        mark.unlink()
+        second = WorkerProcess("tests.apps.brittle", env, "--pool", "processes", "-c", "1", name="second")
+        try:
+            assert waiting.get(timeout=60) == 7
+        finally:
+            second.stop()
+    finally:
+        worker.stop()
+        brittle.app.close()

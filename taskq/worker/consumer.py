@@ -30,7 +30,7 @@ from functools import partial
 
 from taskq.app import Taskq
 from taskq.brokers.base import Consumer, Record, TopicPartition
-from taskq.errors import BrokerError, NotRegistered, OutageTooLong
+from taskq.errors import BrokerError, NotRegistered, OutageTooLong, TaskqError
 from taskq.events import HEARTBEAT_INTERVAL, EventsHook
 from taskq.hooks import Hook, HookSet, WorkerInfo
 from taskq.message import H_ATTEMPTS, H_ETA, H_ID, H_PARENT_ID
@@ -103,10 +103,11 @@ class Worker:
         self.stats = WorkerStats()
         self.pool_kind = pool
         self.pool = make_pool(pool, app, concurrency, self.name, app_path)
+        self.pool.on_fatal = self._fail
         self.hooks = HookSet([StatsHook(self.stats)])  # until run() adds the app's, events, track_started
         self._assignment: tuple[TopicPartition, ...] = ()
         self._stopping = threading.Event()
-        self._fatal: OutageTooLong | None = None  # set by a thread that gave up waiting out an outage
+        self._fatal: TaskqError | None = None  # set by a thread that gave up (an outage, a pool that cannot go on)
         self._finished: deque[tuple[Record, bool]] = deque()  # (record, offset may be committed)
         # finished records go to _finished through this: with events on, once their events are acknowledged
         self._after_events: Callable[[Finished], None] = self._to_offsets
@@ -149,7 +150,8 @@ class Worker:
         """Work until :meth:`stop`; returns the counters.
 
         Raises :class:`~taskq.errors.OutageTooLong` once the broker or the result backend stayed unreachable
-        for ``outage_timeout`` seconds (the work not made durable stays uncommitted and is redelivered)."""
+        for ``outage_timeout`` seconds (the work not made durable stays uncommitted and is redelivered), and
+        :class:`~taskq.errors.WorkerLostError` when the processes pool cannot start a child."""
         if not self.topics:
             raise BrokerError("no tasks to consume: register tasks or name them with -Q")
         app = self.app
@@ -509,8 +511,9 @@ class Worker:
 
     # -- finisher thread --------------------------------------------------------------------------
 
-    def _fail(self, error: OutageTooLong) -> None:
-        """From the finisher or the forwarder: an outage outlasted its bound; stop, and raise it from run()."""
+    def _fail(self, error: TaskqError) -> None:
+        """From the finisher or the forwarder (an outage outlasted its bound) or the pool (it cannot go on):
+        stop, and raise it from run()."""
         if self._fatal is None:
             self._fatal = error
         self._stopping.set()
