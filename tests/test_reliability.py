@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import shutil
 import signal
 import time
@@ -519,5 +520,43 @@ def test_three_brokers_leader_killed_mid_run_then_two_down(kafka_cluster3, redis
             w.stop()
         for node in killed:
             cluster.restart(node)
+        app.close()
+        store.close()
+
+
+def test_delayed_task_due_while_kafka_is_unreachable_is_forwarded_once_it_is_back(kafka_cluster3, redis_clean: str,
+                                                                                   unique: str) -> None:
+    """Every broker stops answering (SIGSTOP) for longer than ``connect_timeout`` just as a countdown task
+    falls due: the forwarder's look-up of the task topics used to raise out of its thread, which ended,
+    so no delayed task of the group came back while the worker ran on. It waits the outage out."""
+    env = env_for(kafka_cluster3.url, redis_clean, f"fw{unique}")
+    env["TASKQ_CONNECT_TIMEOUT"] = "2"
+    app, tasks = reliable_client(env)
+    stamp = tasks["stamp"]
+    app.ensure_topic(stamp.topic, stamp.partitions)
+    store = redis.Redis.from_url(redis_clean)
+    worker = WorkerProcess(RELIABLE, env, "-c", "2")
+    pids = kafka_cluster3.pids
+    try:
+        worker.wait_for("assigned")
+        late = stamp.apply_async(("k-late",), countdown=3)
+        app.flush()
+        time.sleep(1.0)  # the forwarder holds it now, due in 2 s
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(7)  # past the due time and connect_timeout; within the session timeout
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        record = wait_results(app, [late.id], timeout=60)[0]
+        lost = int(record is None or record.status != SUCCESS)
+        runs = int(store.get(f"{env['RECORDER_PREFIX']}:executions") or 0)
+        fault_line("kafka-unreachable-when-a-delayed-task-is-due", 1, 1 - lost, lost, runs - 1)
+        assert not lost, worker.log[-3000:]
+        assert "Exception in thread" not in worker.log, worker.log[-3000:]
+        assert worker.proc.poll() is None and worker.terminate() == 0, worker.log[-3000:]
+    finally:
+        worker.stop()
         app.close()
         store.close()

@@ -7,7 +7,8 @@ partition's commit point is its first record not sent yet: a record not due that
 once later ones went out is re-queued (sent again to the tier for its remaining delay, which may be
 a smaller tier) so the commit point moves on. Offsets are committed once the sends are acknowledged.
 Hand-offs: ``stopping`` (an event set by the worker) ends it; ``on_forwarded(records)`` reports each
-batch sent; ``on_fatal(error)`` reports an outage that outlasted ``outage_timeout`` (the thread ends).
+batch sent; ``on_fatal(error)`` reports an outage that outlasted ``outage_timeout`` or another error the
+thread cannot go on after (the thread ends, the worker stops).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from collections.abc import Callable
 from taskq.app import Taskq
 from taskq.brokers.base import Record, TopicPartition
 from taskq.deadletter import dead_letter_forms
-from taskq.errors import BrokerError, OutageTooLong
+from taskq.errors import BrokerError, TaskqError
 from taskq.message import H_ETA, H_ORIGIN
 from taskq.topics import delay_group
-from taskq.worker.sender import Outgoing, Sender
+from taskq.worker.sender import Outgoing, Sender, retrying
 
 log = logging.getLogger("taskq.worker")
 MAX_HELD = 10_000  # records held per tier partition before it is paused
@@ -37,7 +38,7 @@ class Forwarder:
 
     def __init__(self, app: Taskq, sender: Sender, stopping: threading.Event,
                  on_forwarded: Callable[[list[Record]], None],
-                 on_fatal: Callable[[OutageTooLong], None] | None = None) -> None:
+                 on_fatal: Callable[[TaskqError], None] | None = None) -> None:
         self.app = app
         self.sender = sender
         self._stopping = stopping
@@ -55,7 +56,7 @@ class Forwarder:
     def _loop(self) -> None:
         try:
             self._forward()
-        except OutageTooLong as exc:  # the records not sent stay uncommitted in their tiers
+        except TaskqError as exc:  # the records not sent stay uncommitted in their tiers; the worker stops
             log.error("%s", exc)
             if self._on_fatal is not None:
                 self._on_fatal(exc)
@@ -71,8 +72,10 @@ class Forwarder:
                 for record in consumer.consume(500, 0.2):
                     tiers.add(record)
                 due = tiers.due(time.time())
-                if due:
-                    self.sender.send_first([self._forms(r) for r in due])
+                if due:  # finding their topics asks the broker: an outage is waited out as for the sends
+                    forms = retrying("find the topics of delayed tasks", lambda: [self._forms(r) for r in due],
+                                     app.settings.outage_timeout)
+                    self.sender.send_first(forms)
                     self._on_forwarded(due)
                     tiers.sent(due)
                     self._requeue(tiers, tiers.blocking())
