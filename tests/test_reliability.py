@@ -560,3 +560,43 @@ def test_delayed_task_due_while_kafka_is_unreachable_is_forwarded_once_it_is_bac
         worker.stop()
         app.close()
         store.close()
+
+
+def test_chain_step_finished_while_kafka_is_unreachable_sends_the_next_step_once_it_is_back(
+        kafka_cluster3, redis_clean: str, unique: str) -> None:
+    """A chain's first step ends while every broker stops answering (SIGSTOP) for longer than
+    ``connect_timeout``; its worker runs only that step, so the next step's topic is one it has not
+    checked yet. That check used to raise out of the finisher's thread, which ended: the worker ran on
+    with nothing ever stored or committed again. It waits the outage out and the chain completes."""
+    from taskq.canvas import chain
+    from tests.apps.canvasapp import build_app
+
+    env = env_for(kafka_cluster3.url, redis_clean, f"ch{unique}")
+    env["TASKQ_CONNECT_TIMEOUT"] = "2"
+    app = build_app(broker=env["TASKQ_BROKER_URL"], backend=env["TASKQ_RESULT_BACKEND"],
+                    topic_prefix=env["TASKQ_TOPIC_PREFIX"], group=env["TASKQ_GROUP"])
+    nap, add = app.tasks["canvas.nap"], app.tasks["canvas.add"]
+    app.ensure_topics(app.task_topics())
+    naps = WorkerProcess("tests.apps.canvasapp", env, "-c", "2", "-Q", "canvas.nap", name="naps")
+    adds = WorkerProcess("tests.apps.canvasapp", env, "-c", "2", "-Q", "canvas.add", name="adds")
+    pids = kafka_cluster3.pids
+    try:
+        naps.wait_for("assigned")
+        adds.wait_for("assigned")
+        result = chain(nap.s(1, 2.5), add.s(10)).delay()
+        app.flush()
+        time.sleep(1.0)  # the nap runs; it ends during the outage
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(7)  # past connect_timeout; within the session timeout
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        assert result.get(timeout=60) == 11, naps.log[-3000:]
+        assert "Exception in thread" not in naps.log, naps.log[-3000:]
+        assert naps.terminate() == 0 and adds.terminate() == 0, naps.log[-3000:] + adds.log[-3000:]
+    finally:
+        naps.stop()
+        adds.stop()
+        app.close()

@@ -206,8 +206,10 @@ class Finisher:
 
     def _deliver(self, messages: list[flow.Outgoing]) -> None:
         """Send canvas follow-ups and wait for their acknowledgement."""
-        refused = self.sender.send_all([self.app.outgoing(m, topic, partitions, serializer)
-                                        for m, topic, partitions, serializer in messages])
+        # making the messages ensures their topics, an admin call: an outage is waited out as for the send
+        outgoing = self._retrying("create the topics of canvas follow-ups", lambda: [
+            self.app.outgoing(m, topic, partitions, serializer) for m, topic, partitions, serializer in messages])
+        refused = self.sender.send_all(outgoing)
         for topic, _key, _value, headers in refused:
             task_id = dict(headers).get("id", b"?").decode(errors="replace")
             log.error("canvas follow-up %s for %s is too large to send; it was dropped", task_id, topic)
