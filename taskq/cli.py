@@ -66,7 +66,7 @@ def main(ctx: click.Context, log_level: str) -> None:
 @click.option("-c", "--concurrency", type=click.IntRange(1), default=None, help="Tasks run at once [default: 8].")
 @click.option("--pool", type=click.Choice(sorted(POOLS)), default=None, help="[default: threads]")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Records fetched per poll [default: 1000].")
-@click.option("--prefetch", type=int, default=None, help="Records taken but unfinished at most.")
+@click.option("--prefetch", type=click.IntRange(1), default=None, help="Records taken but unfinished at most.")
 @click.option("--task-batch-size", type=click.IntRange(1), default=None,
               help="Records per call of batch tasks (overrides @app.task(batch_size=...)).")
 @click.option("--task-batch-wait", type=click.FloatRange(0), default=None,

@@ -69,3 +69,12 @@ def test_agent_pools_have_their_own_consumer_groups() -> None:
         assert worker_options(profile).group == profile.group
         groups.add(profile.group)
     assert len(groups) == 4
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_worker_command_refuses_a_prefetch_below_one(value: str) -> None:
+    """A prefetch below 1 used to be taken: -1 made the fetch bound negative, so the worker joined its
+    group, held its partitions and never fetched a record. As in a profile, it must be positive."""
+    result = CliRunner().invoke(main, ["worker", "-A", "tests.apps.limits", "--prefetch", value])
+    assert result.exit_code == 2
+    assert "Invalid value for '--prefetch'" in result.output
