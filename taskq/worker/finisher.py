@@ -207,7 +207,7 @@ class Finisher:
     def _deliver(self, messages: list[flow.Outgoing]) -> None:
         """Send canvas follow-ups and wait for their acknowledgement."""
         # making the messages ensures their topics, an admin call: an outage is waited out as for the send
-        outgoing = self._retrying("create the topics of canvas follow-ups", lambda: [
+        outgoing: list[Outgoing] = self._retrying("create the topics of canvas follow-ups", lambda: [
             self.app.outgoing(m, topic, partitions, serializer) for m, topic, partitions, serializer in messages])
         refused = self.sender.send_all(outgoing)
         for topic, _key, _value, headers in refused:
