@@ -73,7 +73,8 @@ class Forwarder:
                     tiers.add(record)
                 due = tiers.due(time.time())
                 if due:  # finding their topics asks the broker: an outage is waited out as for the sends
-                    forms = retrying("find the topics of delayed tasks", lambda records=due: [self._forms(r) for r in records],
+                    forms = retrying("find the topics of delayed tasks",
+                                     lambda: [self._forms(r) for r in due],  # noqa: B023 - called here, at once
                                      app.settings.outage_timeout)
                     self.sender.send_first(forms)
                     self._on_forwarded(due)
