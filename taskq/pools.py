@@ -80,17 +80,15 @@ class Pool:
         self.done_many(pairs)
 
     def _guarded_batch(self, records: list[Record], run: Callable[[], list[execution.Outcome]],
-                       ) -> list[execution.Outcome | None]:
+                       ) -> list[execution.Outcome]:
         """Like :meth:`_guarded`, for a batch: one outcome per record, in order."""
         started = time.perf_counter()
-        outcomes: list[execution.Outcome | None] = []
         try:
-            outcomes = list(run())
+            return list(run())
         except BaseException as exc:  # noqa: BLE001 - a pool never loses a record without an outcome
             log.exception("running a batch of %d records of %s failed outside the task", len(records),
                           records[0].topic)
             return [self._ended(r, exc, started) for r in records]
-        return outcomes
 
     def stop(self) -> None:
         """Stop after the records already started; unstarted ones are reported abandoned."""
@@ -105,7 +103,7 @@ class Pool:
         return execution.ended(self.app, record, self.worker_name, exc, started)
 
     def _guarded(self, record: Record, run: Callable[[], execution.Outcome], started: float,
-                 ) -> execution.Outcome | None:
+                 ) -> execution.Outcome:
         """``run()``'s outcome; a failure outcome if the pool's own code around the task raised."""
         try:
             return run()
