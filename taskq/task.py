@@ -190,17 +190,17 @@ class Task:
         if link is not None or link_error is not None:
             from taskq.canvas import Signature
 
+            args, kwargs = _call_arguments(args, kwargs)
             options = {k: v for k, v in (("key", key), ("task_id", task_id), ("headers", headers),
                                          ("countdown", countdown), ("eta", eta), ("serializer", serializer),
                                          ("priority", priority or None), ("link", link),
                                          ("link_error", link_error)) if v is not None}
-            sig = Signature(self.name, tuple(args), dict(kwargs or {}), options, app=self.app)
+            sig = Signature(self.name, tuple(args), dict(kwargs), options, app=self.app)
             return sig.apply_async(root_id=root_id, parent_id=parent_id)
-        args, kwargs = _call_arguments(args, kwargs)
         message = self.message(args, kwargs, key=key, task_id=task_id, headers=headers, countdown=countdown,
-                               eta=eta, root_id=root_id, parent_id=parent_id)
+                               eta=eta, root_id=root_id, parent_id=parent_id)  # checks args and kwargs
         topic = self.topic_of(priority or 0)
-        claim = self._unique_claim(args, kwargs) if self.unique_for else None
+        claim = self._unique_claim(message.args, message.kwargs) if self.unique_for else None
         if claim is not None:
             holder = self.app.backend.claim(claim, message.id, self.unique_for or 0)
             if holder is not None:  # sent inside the window already: the first call's result
