@@ -32,23 +32,15 @@ class Serializer:
 NON_FINITE = "NaN and infinite floats have no JSON form (they would arrive as None)"
 
 
-def _json_dumps(obj: Any) -> bytes:
-    """Compact JSON; ValueError for NaN and infinite floats, which orjson would write as null."""
+def json_dumps(obj: Any, within: tuple[Any, ...] | None = None) -> bytes:
+    """Compact JSON; ValueError for NaN and infinite floats, which orjson would write as null. They are
+    looked for in ``within`` (the parts of ``obj`` that can hold them: a result record's result and meta,
+    not its own fields), by default in all of ``obj``."""
     if orjson is None:
         return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
     data = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
-    if data.find(b"null") != -1 and _has_non_finite(obj):  # only a null can hide one (find: 2x faster than in)
-        raise ValueError(NON_FINITE)
-    return data
-
-
-def json_dumps_within(obj: Any, *user_values: Any) -> bytes:
-    """Compact JSON of ``obj``, refusing NaN and infinite floats found in ``user_values`` (the parts of
-    ``obj`` that can hold them: a result record checks its result and meta, not its own fields)."""
-    if orjson is None:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-    data = orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
-    if data.find(b"null") != -1 and any(value and _has_non_finite(value) for value in user_values):
+    # only a null can hide one (find: half the cost of 'in' on a short body)
+    if data.find(b"null") != -1 and any(value and _has_non_finite(value) for value in within or (obj,)):
         raise ValueError(NON_FINITE)
     return data
 
@@ -73,14 +65,14 @@ def _has_non_finite(obj: Any) -> bool:
 def json_dumps_str_keys(obj: Any) -> bytes:
     """Compact JSON of values whose dict keys are all strings (events): 40 % faster than ``JSON.dumps``,
     which also takes other keys."""
-    return orjson.dumps(obj) if orjson is not None else _json_dumps(obj)
+    return orjson.dumps(obj) if orjson is not None else json_dumps(obj)
 
 
 def _json_loads(data: bytes) -> Any:
     return orjson.loads(data) if orjson is not None else json.loads(data)
 
 
-JSON = Serializer("json", "application/json", _json_dumps, _json_loads)
+JSON = Serializer("json", "application/json", json_dumps, _json_loads)
 PICKLE = Serializer("pickle", "application/x-python-serialize", pickle.dumps, pickle.loads)
 
 

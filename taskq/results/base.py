@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskq.errors import ConfigError
-from taskq.serialization import JSON, json_dumps_within
+from taskq.serialization import JSON, json_dumps
 
 PENDING = "PENDING"
 STARTED = "STARTED"
@@ -70,12 +70,12 @@ class ResultRecord:
     def encode(self) -> bytes:
         """JSON bytes, computed once (the worker encodes where the task ran, the backend reuses it)."""
         if self.encoded is None:
-            self.encoded = json_dumps_within({
+            self.encoded = json_dumps({
                 "id": self.id, "status": self.status, "result": self.result, "error": self.error,
                 "traceback": self.traceback, "task": self.task, "worker": self.worker,
                 "attempts": self.attempts, "date_done": self.date_done, "meta": self.meta,
                 "root_id": self.root_id, "parent_id": self.parent_id,
-            }, self.result, self.meta)
+            }, (self.result, self.meta))
         return self.encoded
 
     @classmethod
