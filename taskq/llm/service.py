@@ -38,6 +38,7 @@ class LLM:
         self._limits = limits
         self._guard: Guard | None = None
         self._writes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopWrites] = weakref.WeakKeyDictionary()
+        self._default_users: dict[str, str | None] = {}  # per installed task, read once from its signature
 
     @property
     def limits(self) -> Limits:
@@ -58,11 +59,12 @@ class LLM:
     def send_check(self, task: Task, key: str | None) -> None:
         """Budgets and blocks of the user the call will run for: the key, else the key argument's default
         (a call without ``user_id`` runs, and is accounted, as ``"anonymous"``)."""
-        self.guard.send_check(task, key if key is not None else default_user(task))
+        self.guard.send_check(task, key if key is not None else self._default_users.get(task.name))
 
     def install(self, *tasks: Task) -> None:
         self.app.add_startup_check(self.check, [t.name for t in tasks])
         for task in tasks:
+            self._default_users[task.name] = default_user(task)
             task.add_send_check(self.send_check)
 
     def client(self) -> Any:
