@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import gc
 import json
+import math
 import logging
 import os
 import re
@@ -56,6 +57,13 @@ def main(ctx: click.Context, log_level: str) -> None:
         sys.path.insert(0, "")
 
 
+def _number(_ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Refuse NaN, which click's FloatRange lets through (every comparison with it is false)."""
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("must be a number, not NaN", param=param)
+    return value
+
+
 @main.command()
 @click.option("-A", "--app", "app_path", required=True, help="The app: module, module.attribute or module:attribute.")
 @click.option("-Q", "--queues", multiple=True,
@@ -69,8 +77,11 @@ def main(ctx: click.Context, log_level: str) -> None:
 @click.option("--prefetch", type=click.IntRange(1), default=None, help="Records taken but unfinished at most.")
 @click.option("--task-batch-size", type=click.IntRange(1), default=None,
               help="Records per call of batch tasks (overrides @app.task(batch_size=...)).")
-@click.option("--task-batch-wait", type=click.FloatRange(0), default=None,
+@click.option("--task-batch-wait", type=click.FloatRange(0), default=None, callback=_number,
               help="Seconds to wait to fill a batch (overrides batch_wait).")
+@click.option("--stop-timeout", type=click.FloatRange(0), default=30.0, show_default=True, callback=_number,
+              help="At SIGTERM/SIGINT, seconds to wait for running tasks; those still running then (or at a second "
+                   "signal) are left uncommitted and delivered again.")
 @click.option("-n", "--name", default=None, help="Worker name (default host:pid).")
 @click.option("--processes", type=click.IntRange(1), default=None,
               help="Run N worker processes (group members) under a supervisor that restarts dead ones.")
@@ -78,7 +89,8 @@ def main(ctx: click.Context, log_level: str) -> None:
 @click.pass_context
 def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], profile: str | None, concurrency: int | None,
            pool: str | None, batch_size: int | None, prefetch: int | None, task_batch_size: int | None,
-           task_batch_wait: float | None, name: str | None, processes: int | None, with_beat: bool) -> None:
+           task_batch_wait: float | None, stop_timeout: float, name: str | None, processes: int | None,
+           with_beat: bool) -> None:
     """Consume task topics and run tasks until SIGTERM or SIGINT."""
     from taskq.profiles import load_profile, worker_options
 
@@ -95,12 +107,19 @@ def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], profile: 
     stopping: list[int] = []  # signals received; one before the Worker exists stops it before it starts
 
     def stop(signum: int, _frame: object) -> None:
-        logging.getLogger("taskq").warning("signal %d: finishing in-flight tasks, then leaving", signum)
         stopping.append(signum)
+        if len(stopping) == 1:
+            logging.getLogger("taskq").warning("signal %d: finishing running tasks (up to %g s), then leaving; "
+                                               "send it again to leave at once", signum, stop_timeout)
+        else:
+            logging.getLogger("taskq").warning("signal %d again: leaving at once", signum)
         for running in workers:
-            running.stop()
+            running.stop(now=len(stopping) > 1)
+        for thread in beats:
+            thread.stop()
 
-    workers: list[Worker | BeatThread] = []  # what a signal stops: the worker, and a --beat thread
+    workers: list[Worker] = []  # what a signal stops: the worker, and a --beat thread
+    beats: list[BeatThread] = []
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     from taskq.worker import Worker
@@ -111,8 +130,10 @@ def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], profile: 
         args = ["-A", app_path, *[a for q in queues for a in ("-Q", q)], "-c", str(concurrency), "--pool", pool,
                 "--batch-size", str(batch_size), *(["--prefetch", str(prefetch)] if prefetch else []),
                 *(["--task-batch-size", str(opts.task_batch_size)] if opts.task_batch_size else []),
-                *(["--task-batch-wait", str(opts.task_batch_wait)] if opts.task_batch_wait is not None else [])]
-        sys.exit(run_supervised(args, processes, name, ctx.obj["log_level"], app_path if with_beat else None))
+                *(["--task-batch-wait", str(opts.task_batch_wait)] if opts.task_batch_wait is not None else []),
+                "--stop-timeout", str(stop_timeout)]
+        sys.exit(run_supervised(args, processes, name, ctx.obj["log_level"], app_path if with_beat else None,
+                                stop_timeout))
     try:
         app = load_app(app_path)
         from taskq.profiles import expand_queues
@@ -120,7 +141,7 @@ def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], profile: 
         selected = expand_queues(list(app.tasks), [t.topic for t in app.tasks.values()], queues) if queues else None
         w = Worker(app, selected, concurrency=concurrency, pool=pool, batch_size=batch_size,
                    prefetch=prefetch, name=name, app_path=app_path, task_batch_size=opts.task_batch_size,
-                   task_batch_wait=opts.task_batch_wait)
+                   task_batch_wait=opts.task_batch_wait, stop_timeout=stop_timeout)
         app.run_startup_checks([t.name for t in w.tasks])
     except (TaskqError, KeyError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -135,7 +156,7 @@ def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], profile: 
         from taskq.cli_control import start_beat_thread
 
         beat = start_beat_thread(app)
-        workers.append(beat)
+        beats.append(beat)
     click.echo(f"taskq worker {w.name}: {len(w.topics)} topic(s) on {redact_url(app.broker_url)}, "
                f"pool {pool} x{concurrency}", err=True)
     # What is loaded by now lives as long as the process: keep it out of the cyclic collector, whose full
@@ -151,6 +172,10 @@ def worker(ctx: click.Context, app_path: str, queues: tuple[str, ...], profile: 
             beat.join(30)
         app.close()
     click.echo(f"taskq worker {w.name} stopped: {stats}", err=True)
+    if w.left_running:  # their threads (or an asyncio pool's executor) would hold the exit until they end
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _app(app_path: str):  # noqa: ANN202 - Taskq, imported lazily

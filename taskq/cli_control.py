@@ -15,6 +15,7 @@ from taskq.errors import TaskqError
 from taskq.app import load_app
 
 APP_OPTION = click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
+STOP_MARGIN = 30.0  # s a worker gets past its stop_timeout to commit and leave its group before it is killed
 
 
 def _app(app_path: str) -> Taskq:
@@ -84,13 +85,15 @@ def beat(app_path: str, lease: float, name: str | None) -> None:
 
 
 def run_supervised(worker_args: Sequence[str], count: int, name: str | None, log_level: str,
-                   beat_app: str | None) -> int:
-    """``taskq worker --processes N``: the supervisor's exit status."""
+                   beat_app: str | None, stop_timeout: float) -> int:
+    """``taskq worker --processes N``: the supervisor's exit status. A worker that has not exited
+    ``STOP_MARGIN`` seconds after its own ``stop_timeout`` is killed."""
     import socket
 
     from taskq.supervisor import Supervisor
 
-    supervisor = Supervisor(worker_args, count, name or socket.gethostname(), log_level)
+    supervisor = Supervisor(worker_args, count, name or socket.gethostname(), log_level,
+                            stop_timeout=stop_timeout + STOP_MARGIN)
     beat_thread = start_beat_thread(_app(beat_app)) if beat_app else None
 
     def stop(signum: int, _frame: object) -> None:

@@ -90,8 +90,10 @@ class Pool:
                           records[0].topic)
             return [self._ended(r, exc, started) for r in records]
 
-    def stop(self) -> None:
-        """Stop after the records already started; unstarted ones are reported abandoned."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the records already started, waiting at most ``timeout`` s for them (None: until
+        they end); unstarted ones are reported abandoned. A record still running then gets no outcome:
+        it stays uncommitted and is delivered again."""
 
     def terminate(self, task_id: str) -> bool:
         """End task ``task_id`` if it runs here now (its outcome: REVOKED); whether it was found."""
@@ -249,13 +251,14 @@ class ThreadPool(Pool):
             for _ in range(replace):
                 self._spawn()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         self._stopping.set()
         threads = list(self._threads)
         for _ in threads:
             self._queue.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in threads:
-            thread.join()
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         # overdue threads are not waited for: their records have no outcome and stay uncommitted
 
 
@@ -341,12 +344,15 @@ class AsyncioPool(Pool):
         _soft, hard = execution.time_limits(self.app, record)
         return await execution.run_async(self.app, record, self.worker_name, hard)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         async def drain() -> None:
             while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-        asyncio.run_coroutine_threadsafe(drain(), self._loop).result()
+        try:
+            asyncio.run_coroutine_threadsafe(drain(), self._loop).result(timeout)
+        except TimeoutError:
+            return  # the loop's thread is a daemon: it ends with the process, its runs uncommitted
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
 
@@ -405,6 +411,7 @@ class ProcessPool(Pool):
         self._queue: queue.SimpleQueue[Record | list[Record] | None] = queue.SimpleQueue()
         self._by_id: dict[str, BaseProcess] = {}  # running, by task id (for terminate)
         self._terminated: set[str] = set()
+        self._children: set[BaseProcess] = set()  # alive, for a stop that does not wait for them
         self._slots = [threading.Thread(target=self._slot, name=f"taskq-proc-{i}", daemon=True)
                        for i in range(self.concurrency)]
         for slot in self._slots:
@@ -415,6 +422,7 @@ class ProcessPool(Pool):
         process = self._context.Process(target=_child_main, args=(self.app_path, child, self.worker_name),
                                         daemon=True)
         process.start()
+        self._children.add(process)
         child.close()
         try:
             started = parent.poll(CHILD_START_TIMEOUT) and parent.recv() == READY
@@ -424,6 +432,7 @@ class ProcessPool(Pool):
             process.join(CHILD_EXIT_WAIT)  # one whose import failed has exited: say so, with its exit code
             code = process.exitcode
             process.kill()
+            self._children.discard(process)
             how = f"did not start within {CHILD_START_TIMEOUT:g} s" if code is None else f"exited ({code}) at start"
             raise WorkerLostError(f"pool process {how} (cannot import {self.app_path!r}?)")
         return process, parent
@@ -434,6 +443,7 @@ class ProcessPool(Pool):
         if process is not None:
             process.kill()
             process.join()
+            self._children.discard(process)
         try:
             return self._spawn_child()
         except WorkerLostError as exc:
@@ -489,6 +499,7 @@ class ProcessPool(Pool):
         except OSError:
             pass
         process.join(timeout=10)
+        self._children.discard(process)
 
     def _run_in_child(self, process: BaseProcess, conn: Connection, record: Record,
                       ) -> tuple[execution.Outcome, bool]:
@@ -541,11 +552,14 @@ class ProcessPool(Pool):
             exc = _lost(process, "a batch")
             return [self._ended(r, exc, clock) for r in records], True
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         for _ in self._slots:
             self._queue.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for slot in self._slots:
-            slot.join()
+            slot.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for process in list(self._children):  # still running a task past the timeout
+            process.kill()
 
 
 POOLS: dict[str, type[Pool]] = {"threads": ThreadPool, "processes": ProcessPool, "asyncio": AsyncioPool}

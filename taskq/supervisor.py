@@ -44,6 +44,7 @@ class Supervisor:
         self.stop_timeout = stop_timeout
         self._stopping = threading.Event()
         self._signal = signal.SIGTERM
+        self._forwarded = False  # the stop signal went to the children
 
     def command(self, child: Child) -> list[str]:
         return [sys.executable, "-m", "taskq.cli", "--log-level", self.log_level, "worker",
@@ -54,9 +55,18 @@ class Supervisor:
         log.warning("supervisor: started %s (pid %d)", child.name, child.proc.pid)
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
-        """Forward ``signum`` to every child and stop restarting them (safe from a signal handler)."""
+        """Forward ``signum`` to every child and stop restarting them (safe from a signal handler); once
+        they have it, forward it again at once (a worker's second signal: leave without waiting)."""
         self._signal = signal.Signals(signum)
+        if self._forwarded:
+            self._forward()
         self._stopping.set()
+
+    def _forward(self) -> None:
+        self._forwarded = True
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(self._signal)
 
     def run(self) -> int:
         """Supervise until stopped or a child keeps dying; the exit status for the command."""
@@ -85,9 +95,7 @@ class Supervisor:
 
     def _shutdown(self) -> int:
         """Forward the stop signal, wait for every child; non-zero if any did not stop cleanly."""
-        for child in self.children:
-            if child.proc is not None and child.proc.poll() is None:
-                child.proc.send_signal(self._signal)
+        self._forward()
         deadline = time.monotonic() + self.stop_timeout
         status = 0
         for child in self.children:

@@ -323,6 +323,39 @@ def test_processes_supervisor_restarts_a_dead_member_forwards_sigterm_with_beat(
     assert text().count("stopped:") == 2  # each child finished cleanly
 
 
+def test_second_sigterm_leaves_the_group_at_once_and_the_next_worker_runs_the_task(env: dict[str, str],
+                                                                                   app: Taskq) -> None:
+    """Cold shutdown on Kafka: the running task's offset stays uncommitted, so the next member runs it."""
+    name = "tests.apps.control.slow"
+
+    def slow(self, key: str, seconds: float) -> str:
+        raise AssertionError("runs in the worker")
+
+    task = app.task(slow, name=name, key="key", bind=True)
+    app.ensure_topic(task.topic, 1)
+    store = redis.Redis.from_url(env["TASKQ_RESULT_BACKEND"])
+    first = WorkerProcess(APP, env, "-Q", name, "-c", "1", name="cold-1")
+    try:
+        first.wait_for("assigned")
+        running = task.delay("a", 5)
+        app.flush()
+        wait_until(lambda: started(store, env, running.id), 60, "the task to start")
+        first.proc.send_signal(signal.SIGTERM)
+        first.wait_for("finishing running tasks")  # two signals at once would be handled as one
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(20) == 0, first.log
+    finally:
+        first.stop()
+    assert "1 task(s) still running when told to stop at once" in first.log
+    assert app.backend.get(running.id) is None
+    second = WorkerProcess(APP, env, "-Q", name, "-c", "1", name="cold-2")
+    try:
+        assert running.get(timeout=60) == "a"
+        assert app.backend.get(running.id).worker == "cold-2"  # type: ignore[union-attr]
+    finally:
+        second.stop()
+
+
 # --------------------------------------------------------------------------- revoke
 
 

@@ -7,6 +7,8 @@ This module is also the app module of the worker subprocess (``-A tests.test_loc
 from __future__ import annotations
 
 import os
+import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +18,8 @@ import pytest
 import taskq
 from taskq import Taskq
 from taskq.message import TaskMessage
-from taskq.results.base import FAILURE, SUCCESS
-from tests.support import WorkerProcess, read_records, wait_results, worker_thread
+from taskq.results.base import FAILURE, STARTED, SUCCESS
+from tests.support import WorkerProcess, read_records, wait_results, wait_until, worker_thread
 
 APP_PATH = "tests.test_local_e2e:sub_app"
 
@@ -268,6 +270,75 @@ def test_sigterm_worker_process_loses_nothing(app: Taskq, process_env: dict[str,
     assert all(r is not None and r.status == SUCCESS for r in records)
     assert sorted(int(x) for x in Path(journal).read_text().split()) == list(range(300))
     assert committed_total(app, nap.topic) == 300
+
+
+def _start_long_task(app: Taskq, process_env: dict[str, str], journal: str, *args: str) -> tuple[WorkerProcess, str]:
+    """A worker process (``args`` added) running ``nap`` for two minutes; the task's id."""
+    worker = WorkerProcess(APP_PATH, {**process_env, "TASKQ_TRACK_STARTED": "true"}, "-c", "2", *args, name="cold-w")
+    worker.wait_for("assigned", timeout=30)
+    result = app.tasks["e2e.nap"].delay(7, 120, journal)
+    wait_until(lambda: result.status == STARTED, 30, "the long task to start")
+    return worker, result.id
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes", "asyncio"])
+def test_second_signal_leaves_at_once_and_the_running_task_stays_uncommitted(
+        app: Taskq, process_env: dict[str, str], tmp_path: Path, pool: str) -> None:
+    """Celery's cold shutdown: the first SIGTERM waits for the running task, a second one does not; the
+    task is neither stored nor committed, so the next worker runs it."""
+    journal = str(tmp_path / "journal.txt")
+    worker, task_id = _start_long_task(app, process_env, journal, "--pool", pool)
+    try:
+        worker.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert worker.proc.poll() is None, f"the first signal did not wait for the running task:\n{worker.log}"
+        started = time.monotonic()
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(20) == 0, worker.log
+        assert time.monotonic() - started < 10, worker.log
+    finally:
+        worker.stop()
+    assert "1 task(s) still running when told to stop at once" in worker.log
+    assert committed_total(app, app.tasks["e2e.nap"].topic) == 0
+    assert app.AsyncResult(task_id).status == STARTED
+    assert not Path(journal).exists()  # the task's process or thread did not run on after the exit
+
+
+def test_stop_timeout_bounds_the_wait_for_running_tasks(app: Taskq, process_env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    journal = str(tmp_path / "journal.txt")
+    worker, task_id = _start_long_task(app, process_env, journal, "--stop-timeout", "1")
+    try:
+        started = time.monotonic()
+        assert worker.terminate(timeout=20) == 0, worker.log
+        assert 1 <= time.monotonic() - started < 10, worker.log
+    finally:
+        worker.stop()
+    assert "1 task(s) still running after stop_timeout (1 s)" in worker.log
+    assert committed_total(app, app.tasks["e2e.nap"].topic) == 0
+    assert app.AsyncResult(task_id).status == STARTED
+
+
+def test_second_signal_to_the_supervisor_reaches_its_workers(app: Taskq, process_env: dict[str, str],
+                                                             tmp_path: Path) -> None:
+    """``taskq worker --processes 2``: the supervisor forwards the second signal too, and every process exits."""
+    journal = str(tmp_path / "journal.txt")
+    worker, _task_id = _start_long_task(app, process_env, journal, "--processes", "2")
+    try:
+        worker.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert worker.proc.poll() is None, worker.log
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(20) == 0, worker.log
+    finally:
+        worker.stop()
+    children = [int(pid) for pid in re.findall(r"started cold-w-\d \(pid (\d+)\)", worker.log)]
+    assert len(children) == 2, worker.log
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert "1 task(s) still running when told to stop at once" in worker.log
+    assert committed_total(app, app.tasks["e2e.nap"].topic) == 0
 
 
 # --------------------------------------------------------------------------- control on the embedded broker

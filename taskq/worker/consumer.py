@@ -70,7 +70,9 @@ class Worker:
     records taken but not finished, and ``prefetch_bytes`` their payload bytes (so that large payloads,
     such as 100 KB documents, waiting for a slow task do not fill memory: one batch may go past it).
     ``task_batch_size`` / ``task_batch_wait`` override the batch size and wait of batch tasks
-    (``@app.task(batch_size=...)``); a batch is one call and one pool slot.
+    (``@app.task(batch_size=...)``); a batch is one call and one pool slot. A stop waits up to
+    ``stop_timeout`` seconds for running tasks (``stop(now=True)``: not at all); those still running then
+    are left uncommitted, to be delivered again.
     """
 
     def __init__(
@@ -107,6 +109,8 @@ class Worker:
         self.hooks = HookSet([StatsHook(self.stats)])  # until run() adds the app's, events, track_started
         self._assignment: tuple[TopicPartition, ...] = ()
         self._stopping = threading.Event()
+        self._stop_now = threading.Event()  # set: nothing waits for running tasks any more
+        self.left_running = 0  # tasks still running when the stop stopped waiting for them
         self._fatal: TaskqError | None = None  # set by a thread that gave up (an outage, a pool that cannot go on)
         self._finished: deque[tuple[Record, bool]] = deque()  # (record, offset may be committed)
         # finished records go to _finished through this: with events on, once their events are acknowledged
@@ -142,8 +146,11 @@ class Worker:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Stop fetching, finish what is running, commit, leave the group (safe from any thread)."""
+    def stop(self, now: bool = False) -> None:
+        """Stop fetching, finish what is running (up to ``stop_timeout``; ``now``: leave it unfinished),
+        commit, leave the group (safe from any thread)."""
+        if now:
+            self._stop_now.set()
         self._stopping.set()
 
     def run(self) -> WorkerStats:
@@ -307,9 +314,17 @@ class Worker:
             self._holder.release()  # held retries: abandoned now (not runnable), redelivered later
         self._abandon(self._dispatcher.drop() + (self._priorities.drop() if self._priorities else [])
                       + self._batcher.drop())
-        self._wait_finished(lambda: self._in_flight <= 0 or self._fatal is not None, self.stop_timeout)
+        self._wait_finished(lambda: self._in_flight <= 0 or self._fatal is not None or self._stop_now.is_set(),
+                            self.stop_timeout)
+        self.left_running = max(self._in_flight, 0)
+        if self.left_running:
+            log.warning("worker %s: %d task(s) still running %s; left unfinished and uncommitted, they are "
+                        "delivered again", self.name, self.left_running,
+                        "when told to stop at once" if self._stop_now.is_set() else
+                        f"after stop_timeout ({self.stop_timeout:g} s)")
+            self._stop_now.set()  # leaving the group (its revoke) does not wait for them either
         self._commit_on_stop(consumer)
-        self.pool.stop()
+        self.pool.stop(0 if self.left_running else None)
         self._take_finished()
         self._commit_on_stop(consumer)
 
@@ -482,7 +497,8 @@ class Worker:
             self._holder.release(lost)
         self._abandon(self._dispatcher.drop(lost) + (self._priorities.drop(lost) if self._priorities else [])
                       + self._batcher.drop(lost))
-        self._wait_finished(lambda: self._offsets.unfinished(lost) == 0 or self._fatal is not None, self.stop_timeout)
+        self._wait_finished(lambda: self._offsets.unfinished(lost) == 0 or self._fatal is not None
+                            or self._stop_now.is_set(), self.stop_timeout)
         if self._consumer is not None:
             try:
                 self._commit(self._consumer, sync=True, partitions=lost)
