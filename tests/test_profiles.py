@@ -78,3 +78,13 @@ def test_worker_command_refuses_a_prefetch_below_one(value: str) -> None:
     result = CliRunner().invoke(main, ["worker", "-A", "tests.apps.limits", "--prefetch", value])
     assert result.exit_code == 2
     assert "Invalid value for '--prefetch'" in result.output
+
+
+@pytest.mark.parametrize("option,value", [("--stop-timeout", "nan"), ("--task-batch-wait", "nan"),
+                                          ("--stop-timeout", "-1")])
+def test_worker_command_refuses_a_wait_that_is_not_a_number_of_seconds(option: str, value: str) -> None:
+    """click's FloatRange lets NaN through (every comparison with it is false): a NaN batch wait made the
+    worker wait for ever to fill a batch."""
+    result = CliRunner().invoke(main, ["worker", "-A", "tests.apps.limits", option, value])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}'" in result.output
