@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 from urllib.parse import urlsplit
 
 from taskq.brokers.base import Broker, Headers, Producer, Record
@@ -22,10 +22,12 @@ from taskq.message import H_ORIGIN, TaskMessage
 from taskq.result import AsyncResult
 from taskq.results.base import ResultBackend
 from taskq.retry import RetryPolicy
-from taskq.schedules import Periodic
 from taskq.serialization import Registry
 from taskq.task import Request, Task
 from taskq.topics import collision_key, dlq_topic, events_topic, is_legal, task_topic, tier_topic, tier_topics
+
+if TYPE_CHECKING:
+    from taskq.schedules import Periodic
 
 log = logging.getLogger("taskq")
 
@@ -119,6 +121,8 @@ class Taskq:
         name = name or task_name
         if name in self.schedules:
             raise ConfigError(f"schedule {name!r} is declared twice; give the second one its own name=")
+        from taskq.schedules import Periodic  # here: a worker without schedules need not import it
+
         schedule = self.schedules[name] = Periodic.build(name, task_name, cron, every, args, kwargs, key)
         return schedule
 

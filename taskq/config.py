@@ -7,7 +7,6 @@ names it (and the closest known one), never silently dropped.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +55,8 @@ class Settings:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for name in overrides:
             if name not in fields:
+                import difflib
+
                 hint = difflib.get_close_matches(name, fields, n=1)
                 raise ConfigError(f"unknown setting {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         values: dict[str, Any] = {}

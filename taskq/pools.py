@@ -11,9 +11,7 @@ pool enforces the task's hard ``time_limit``: the run is ended, its outcome is a
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import multiprocessing
 import os
 import queue
 import signal
@@ -21,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from taskq import execution
@@ -29,6 +26,7 @@ from taskq.brokers.base import Record
 from taskq.errors import ConfigError, SoftTimeLimitExceeded, TaskqError, TimeLimitExceeded, WorkerLostError
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
     from taskq.app import Taskq
@@ -264,6 +262,7 @@ class ThreadPool(Pool):
 
 def _raise_in_thread(ident: int, exc_type: type[BaseException] | None) -> None:
     """Raise ``exc_type`` in thread ``ident`` at its next Python instruction (None: cancel a pending one)."""
+    import ctypes  # here: only time limits and terminate need it
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
                                                None if exc_type is None else ctypes.py_object(exc_type))
 
@@ -407,6 +406,8 @@ class ProcessPool(Pool):
         super().start(done, runnable, done_many)
         if not self.app_path:
             raise ConfigError("the processes pool needs the app's import path (taskq worker -A module:app)")
+        import multiprocessing  # here: only this pool needs it
+
         self._context = multiprocessing.get_context("spawn")
         self._queue: queue.SimpleQueue[Record | list[Record] | None] = queue.SimpleQueue()
         self._by_id: dict[str, BaseProcess] = {}  # running, by task id (for terminate)

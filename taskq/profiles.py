@@ -15,8 +15,6 @@ directory; a path to a ``.toml`` file works too). Options given on the command l
 
 from __future__ import annotations
 
-import difflib
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -58,6 +56,8 @@ def find_profile(name: str, directory: Path = PROFILE_DIR) -> Path:
 
 def load_profile(name: str, directory: Path = PROFILE_DIR) -> Profile:
     """Read and check a profile; an unknown key or a wrong type is an error that names it."""
+    import tomllib  # here, not at the top: `taskq worker` without --profile does not read TOML
+
     path = find_profile(name, directory)
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text())
@@ -66,6 +66,8 @@ def load_profile(name: str, directory: Path = PROFILE_DIR) -> Profile:
     allowed = {f.name: f for f in fields(Profile) if f.name != "name"}
     for key in data:
         if key not in allowed:
+            import difflib
+
             hint = difflib.get_close_matches(key, allowed, n=1)
             raise ConfigError(f"unknown key {key!r} in worker profile {path}"
                               + (f" (did you mean {hint[0]!r}?)" if hint else ""))
