@@ -44,6 +44,13 @@ def test_cron_rejects_bad_expressions(bad: str) -> None:
         Cron.parse(bad)
 
 
+@pytest.mark.parametrize("never", ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6 *"])
+def test_cron_that_never_fires_is_refused_at_declaration(never: str) -> None:
+    """A date no month has would stop the beat (and every other schedule) at its first round."""
+    with pytest.raises(ConfigError, match="never fires"):
+        Cron.parse(never)
+
+
 def test_interval_ticks_are_aligned_and_ids_deterministic() -> None:
     p = Periodic.build("s", "t", every=30)
     now = 1_000_000_045.5
