@@ -63,6 +63,13 @@ def test_interval_ticks_are_aligned_and_ids_deterministic() -> None:
         Periodic.build("s", "t", cron="* * * * *", every=5)
 
 
+@pytest.mark.parametrize("every", [0, -1, float("nan"), float("inf")])
+def test_interval_must_be_a_finite_positive_number(every: float) -> None:
+    """NaN passed the "<= 0" check and stopped the beat at its first round; infinity never ticked."""
+    with pytest.raises(ConfigError, match="every must be"):
+        Periodic.build("s", "t", every=every)
+
+
 def test_local_claims(tmp_path: Path) -> None:
     store = LocalBackend(str(tmp_path / "r.db"))
     assert store.claim("a", "one", 0.3) is None
