@@ -72,6 +72,14 @@ def test_task_retry_options_and_unknown_lookup(app: Taskq) -> None:
         app.get_task("u.missing")
 
 
+@pytest.mark.parametrize("max_retries", [None, -1, 2.5, "3"])
+def test_max_retries_that_is_not_a_count_is_refused_at_the_task(app: Taskq, max_retries: object) -> None:
+    """Celery reads max_retries=None as "retry forever"; here the first failure compared None with an int
+    in the worker's pool thread, which died with it and left the task PENDING and its offset uncommitted."""
+    with pytest.raises(ConfigError, match="max_retries"):
+        app.task(name="u.forever", max_retries=max_retries)(_module_level_fn)
+
+
 def test_apply_async_key_selection(app: Taskq) -> None:
     @app.task(name="u.keyed", key="user_id", partitions=3)
     def keyed(prompt: str, user_id: str | int = "") -> str:
