@@ -45,5 +45,5 @@ class RetryPolicy:
         if not self.retry_backoff:
             return self.default_retry_delay
         factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
-        delay = min(self.retry_backoff_max, factor * (2 ** attempts))
+        delay = min(self.retry_backoff_max, factor * 2.0 ** min(attempts, 64))  # 2.0 ** 1024 overflows
         return random.uniform(0, delay) if self.retry_jitter else delay
