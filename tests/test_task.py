@@ -80,6 +80,13 @@ def test_max_retries_that_is_not_a_count_is_refused_at_the_task(app: Taskq, max_
         app.task(name="u.forever", max_retries=max_retries)(_module_level_fn)
 
 
+@pytest.mark.parametrize("rate", ["0/s", "5/0s", "10/0m", "10/ms", "1e3/s"])
+def test_rate_limit_that_limits_nothing_or_cannot_be_read_is_refused(app: Taskq, rate: str) -> None:
+    """"5/0s" read as five per zero seconds: an interval of 0, no limit at all, silently."""
+    with pytest.raises(ConfigError, match="rate limit"):
+        app.task(name="u.limited", rate_limit=rate)(_module_level_fn)
+
+
 def test_apply_async_key_selection(app: Taskq) -> None:
     @app.task(name="u.keyed", key="user_id", partitions=3)
     def keyed(prompt: str, user_id: str | int = "") -> str:
