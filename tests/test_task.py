@@ -87,6 +87,16 @@ def test_rate_limit_that_limits_nothing_or_cannot_be_read_is_refused(app: Taskq,
         app.task(name="u.limited", rate_limit=rate)(_module_level_fn)
 
 
+@pytest.mark.parametrize("option", ["time_limit", "soft_time_limit"])
+@pytest.mark.parametrize("limit", ["30", 0, -1, float("nan"), float("inf"), True])
+def test_time_limit_that_is_not_a_positive_number_is_refused_at_the_task(app: Taskq, option: str,
+                                                                         limit: object) -> None:
+    """"30" raised TypeError in the threads pool's watchdog thread (no limit held for any task after it) and
+    in the processes pool's feeder; 0 or less ended every run at once; NaN never ended one."""
+    with pytest.raises(ConfigError, match=option):
+        app.task(name="u.limited", **{option: limit})(_module_level_fn)
+
+
 def test_apply_async_key_selection(app: Taskq) -> None:
     @app.task(name="u.keyed", key="user_id", partitions=3)
     def keyed(prompt: str, user_id: str | int = "") -> str:
