@@ -214,9 +214,9 @@ class Task:
 
     def topic_of(self, priority: int = 0) -> str:
         """The topic of priority level ``priority``."""
-        if not 0 <= priority < self.priorities:
+        if not isinstance(priority, int) or not 0 <= priority < self.priorities:
             raise ConfigError(f"task {self.name} has priorities 0-{self.priorities - 1} (higher runs first), "
-                              f"not {priority}; declare more with @app.task(priorities=N)")
+                              f"not {priority!r}; declare more with @app.task(priorities=N)")
         return self.topics[priority]
 
     def message(

@@ -178,6 +178,8 @@ def test_apply_async_countdown_goes_to_delay_tier(app: Taskq) -> None:
     ({"task_id": 7}, "task_id must be a str"),
     ({"args": "abc"}, "args must be a list or tuple, not str"),
     ({"kwargs": [1]}, "kwargs must be a dict, not list"),
+    ({"priority": "0"}, "priorities 0-0 .*not '0'"),
+    ({"priority": 0.5}, "priorities 0-0 .*not 0.5"),
 ])
 def test_apply_async_refuses_bad_options_at_the_call(app: Taskq, options: dict, fragment: str) -> None:
     """Each used to be sent (NaN: at once; inf: never due; wrong kwargs: dead-lettered by the worker) or
