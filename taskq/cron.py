@@ -17,6 +17,7 @@ DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 #: (low, high, names starting at low) per field
 FIELDS = [(0, 59, None), (0, 23, None), (1, 31, None), (1, 12, MONTHS), (0, 7, DAYS)]
 SEARCH_DAYS = 366 * 8  # "30 2 29 2 *" (29 February) is at most 8 years away
+MONTH_DAYS = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]  # the most each month can have
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class Cron:
                               f"e.g. '*/5 * * * *'")
         sets = [_field(part, *spec, expression) for part, spec in zip(parts, FIELDS)]
         weekdays = frozenset(d % 7 for d in sets[4])
+        if parts[4] == "*" and not any(day <= MONTH_DAYS[month - 1] for month in sets[3] for day in sets[2]):
+            raise ConfigError(f"cron {expression!r} never fires: no month it names has such a day")
         return cls(expression, sets[0], sets[1], sets[2], sets[3], weekdays, parts[2] == "*", parts[4] == "*")
 
     def _day_matches(self, day: datetime) -> bool:

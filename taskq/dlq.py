@@ -10,6 +10,7 @@ from taskq.app import Taskq
 from taskq.brokers.base import Headers, Record
 from taskq.deadletter import DeadLetter
 from taskq.errors import BrokerError, TaskqError
+from taskq.results.base import FAILURE
 
 __all__ = ["DeadLetter", "dead_letters", "purge", "read_topic", "replay"]
 
@@ -40,11 +41,15 @@ def dead_letters(app: Taskq, task: str) -> list[DeadLetter]:
 
 
 def replay(app: Taskq, letters: Iterable[DeadLetter], dry_run: bool = False) -> list[DeadLetter]:
-    """Send the letters back to their task topics with their original id and key.
+    """Send the letters back to their task topics with their original id and key; returns those sent.
 
-    The stored FAILURE result is removed first, so the worker does not skip the task as finished.
+    The stored FAILURE result is removed first, so the worker does not skip the task as finished. Letters
+    stay after a replay: one whose task has another state now (succeeded, revoked, or running after an
+    earlier replay) is left out, so replaying twice does not run a task twice.
     """
-    chosen = list(letters)
+    letters = list(letters)
+    current = app.backend.get_many([d.id for d in letters])
+    chosen = [d for d, record in zip(letters, current) if record is None or record.status == FAILURE]
     if dry_run or not chosen:
         return chosen
     sends = [_resend(app, letter) for letter in chosen]  # before anything is forgotten or sent

@@ -56,7 +56,7 @@ class Rate:
     def parse(cls, text: str, burst: float = 1.0) -> Rate:
         """``"10/m"``, ``"100/s"``, ``"5/10s"``, ``"1000/h"``."""
         match = RATE.match(text)
-        if not match or float(match.group(1)) <= 0:
+        if not match or float(match.group(1)) <= 0 or float(match.group(2) or 1) <= 0:
             raise ConfigError(f"rate limit {text!r}: write it as <count>/<unit>, e.g. 10/m, 100/s, 5/10s, 1000/h")
         period = float(match.group(2) or 1) * PERIODS[match.group(3)]
         return cls(float(match.group(1)), period, burst)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from taskq.errors import ConfigError
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -23,6 +25,12 @@ class RetryPolicy:
     retry_backoff: bool | float = False
     retry_backoff_max: float = 600.0
     retry_jitter: bool = True
+
+    def __post_init__(self) -> None:
+        count = self.max_retries
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"max_retries must be a whole number of retries, 0 or more, not {count!r} (taskq "
+                              "never retries forever: give a bound, then the task is dead-lettered)")
 
     def should_retry(self, exc: BaseException, attempts: int) -> bool:
         """Whether a failure of attempt number ``attempts`` (0 = first run) is retried."""
@@ -37,5 +45,5 @@ class RetryPolicy:
         if not self.retry_backoff:
             return self.default_retry_delay
         factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
-        delay = min(self.retry_backoff_max, factor * (2 ** attempts))
+        delay = min(self.retry_backoff_max, factor * 2.0 ** min(attempts, 64))  # 2.0 ** 1024 overflows
         return random.uniform(0, delay) if self.retry_jitter else delay

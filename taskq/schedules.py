@@ -36,8 +36,8 @@ class Periodic:
         if (cron is None) == (every is None):
             raise ConfigError(f"periodic task {name!r}: give cron='*/5 * * * *' or every=timedelta(...), one of them")
         seconds = every.total_seconds() if isinstance(every, timedelta) else every
-        if seconds is not None and seconds <= 0:
-            raise ConfigError(f"periodic task {name!r}: every must be positive, not {every}")
+        if seconds is not None and not (0 < seconds < math.inf):
+            raise ConfigError(f"periodic task {name!r}: every must be a positive number of seconds, not {every}")
         return cls(name, task, Cron.parse(cron) if cron else None, seconds, tuple(args), dict(kwargs or {}), key)
 
     def last_tick(self, now: float) -> float:

@@ -85,8 +85,8 @@ class Task:
         self.bind = bind
         self.serializer = serializer or app.settings.serializer
         app.serializers.check_accepted(self.serializer, f"task {name!r}")
-        self.time_limit = time_limit
-        self.soft_time_limit = soft_time_limit
+        self.time_limit = _limit(name, "time_limit", time_limit)
+        self.soft_time_limit = _limit(name, "soft_time_limit", soft_time_limit)
         self.retry_policy = retry or RetryPolicy(max_retries=app.settings.default_max_retries)
         if unique_key is not None and not unique_for:
             raise ConfigError(f"task {name}: unique_key needs unique_for=<seconds> (how long a key stays taken)")
@@ -214,9 +214,9 @@ class Task:
 
     def topic_of(self, priority: int = 0) -> str:
         """The topic of priority level ``priority``."""
-        if not 0 <= priority < self.priorities:
+        if not isinstance(priority, int) or not 0 <= priority < self.priorities:
             raise ConfigError(f"task {self.name} has priorities 0-{self.priorities - 1} (higher runs first), "
-                              f"not {priority}; declare more with @app.task(priorities=N)")
+                              f"not {priority!r}; declare more with @app.task(priorities=N)")
         return self.topics[priority]
 
     def message(
@@ -349,6 +349,14 @@ def _seconds(option: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{option} must be a finite number of seconds{' or a datetime' if option == 'eta' else ''}, "
                           f"not {value!r}")
+    return value
+
+
+def _limit(task: str, option: str, value: float | None) -> float | None:
+    """A time limit: None (no limit) or a positive, finite number of seconds; else ConfigError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 < value < math.inf):
+        raise ConfigError(f"task {task!r}: {option} must be a positive number of seconds, not {value!r}")
     return value
 
 

@@ -438,3 +438,34 @@ def test_local_url_forms(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyP
     assert absolute.list_topics() == {"a": 1}
     rel.close()
     absolute.close()
+
+
+def test_local_close_that_cannot_write_leaves_by_session_expiry(tmp_path: os.PathLike[str]) -> None:
+    """A leave the file refuses (disk full, a lock held too long) raised sqlite3's own error from close(): it
+    escaped the forwarder's TaskqError handling, so that thread died without stopping its worker."""
+    import sqlite3
+
+    from taskq.brokers.local import LocalBroker
+
+    path = f"{tmp_path}/leave.db"
+    broker = LocalBroker(f"local://{path}")
+    t, g = name("leave"), name("g")
+    broker.ensure_topics({t: 1})
+    c = broker.consumer(g, [t], session_timeout=1.0)
+    c.consume(10, 0.5)
+    assert c.assignment() == [(t, 0)]
+    c._conn.execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        c.close()  # must not raise sqlite3.OperationalError: database is locked
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    other = broker.consumer(g, [t], session_timeout=1.0)
+    deadline = time.monotonic() + LOCAL_PATIENCE
+    while other.assignment() != [(t, 0)] and time.monotonic() < deadline:
+        other.consume(10, 0.2)
+    assert other.assignment() == [(t, 0)]  # the member that could not leave expired
+    other.close()
+    broker.close()

@@ -44,6 +44,13 @@ def test_cron_rejects_bad_expressions(bad: str) -> None:
         Cron.parse(bad)
 
 
+@pytest.mark.parametrize("never", ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6 *"])
+def test_cron_that_never_fires_is_refused_at_declaration(never: str) -> None:
+    """A date no month has would stop the beat (and every other schedule) at its first round."""
+    with pytest.raises(ConfigError, match="never fires"):
+        Cron.parse(never)
+
+
 def test_interval_ticks_are_aligned_and_ids_deterministic() -> None:
     p = Periodic.build("s", "t", every=30)
     now = 1_000_000_045.5
@@ -54,6 +61,13 @@ def test_interval_ticks_are_aligned_and_ids_deterministic() -> None:
         Periodic.build("s", "t")
     with pytest.raises(ConfigError):
         Periodic.build("s", "t", cron="* * * * *", every=5)
+
+
+@pytest.mark.parametrize("every", [0, -1, float("nan"), float("inf")])
+def test_interval_must_be_a_finite_positive_number(every: float) -> None:
+    """NaN passed the "<= 0" check and stopped the beat at its first round; infinity never ticked."""
+    with pytest.raises(ConfigError, match="every must be"):
+        Periodic.build("s", "t", every=every)
 
 
 def test_local_claims(tmp_path: Path) -> None:

@@ -57,6 +57,22 @@ def test_list_show_replay_purge(dlqapp: ModuleType, tmp_path: Path) -> None:
     assert not re.findall(r"[0-9a-f]{32}", cli("dlq", "ls", "-A", APP, TASK))
 
 
+def test_a_letter_whose_task_has_since_succeeded_is_not_replayed_again(dlqapp: ModuleType, tmp_path: Path) -> None:
+    """Dead letters stay after a replay: a second ``replay --all`` (or a second click in the monitor) removed the
+    SUCCESS of every task replayed before and ran each of them again."""
+    app, flaky = dlqapp.app, dlqapp.flaky
+    with worker_thread(app, concurrency=2):
+        failed = flaky.delay(4, user="ann")
+        with pytest.raises(ValueError):
+            failed.get(timeout=20)
+        (tmp_path / "ready").touch()
+        assert "replayed 1" in cli("dlq", "replay", "-A", APP, TASK, "--all")
+        assert app.AsyncResult(failed.id).get(timeout=20) == 40
+    out = cli("dlq", "replay", "-A", APP, TASK, "--all")
+    assert "replayed 0" in out and "left 1 already succeeded or in progress" in out
+    assert app.AsyncResult(failed.id).status == "SUCCESS"  # kept, so no worker runs it again
+
+
 def test_replay_needs_ids_or_all_and_names_unknown_ids(dlqapp: ModuleType) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["dlq", "replay", "-A", APP, TASK])

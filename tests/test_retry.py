@@ -26,6 +26,13 @@ def test_retry_backoff_without_jitter_is_exponential_and_capped() -> None:
     assert [factor3.delay(n) for n in range(3)] == [3.0, 6.0, 12.0]
 
 
+def test_retry_backoff_after_a_thousand_attempts_stays_at_its_max() -> None:
+    """2 ** 1024 is too large for a float: the 1,025th retry of a task with a large max_retries raised
+    OverflowError in the worker instead of waiting retry_backoff_max."""
+    policy = RetryPolicy(max_retries=5000, retry_backoff=True, retry_jitter=False, retry_backoff_max=30.0)
+    assert [policy.delay(n) for n in (1023, 1024, 4999)] == [30.0, 30.0, 30.0]
+
+
 def test_retry_backoff_with_jitter_stays_in_bounds() -> None:
     policy = RetryPolicy(retry_backoff=2, retry_jitter=True, retry_backoff_max=50.0)
     for attempts in range(8):

@@ -72,6 +72,31 @@ def test_task_retry_options_and_unknown_lookup(app: Taskq) -> None:
         app.get_task("u.missing")
 
 
+@pytest.mark.parametrize("max_retries", [None, -1, 2.5, "3"])
+def test_max_retries_that_is_not_a_count_is_refused_at_the_task(app: Taskq, max_retries: object) -> None:
+    """Celery reads max_retries=None as "retry forever"; here the first failure compared None with an int
+    in the worker's pool thread, which died with it and left the task PENDING and its offset uncommitted."""
+    with pytest.raises(ConfigError, match="max_retries"):
+        app.task(name="u.forever", max_retries=max_retries)(_module_level_fn)
+
+
+@pytest.mark.parametrize("rate", ["0/s", "5/0s", "10/0m", "10/ms", "1e3/s"])
+def test_rate_limit_that_limits_nothing_or_cannot_be_read_is_refused(app: Taskq, rate: str) -> None:
+    """"5/0s" read as five per zero seconds: an interval of 0, no limit at all, silently."""
+    with pytest.raises(ConfigError, match="rate limit"):
+        app.task(name="u.limited", rate_limit=rate)(_module_level_fn)
+
+
+@pytest.mark.parametrize("option", ["time_limit", "soft_time_limit"])
+@pytest.mark.parametrize("limit", ["30", 0, -1, float("nan"), float("inf"), True])
+def test_time_limit_that_is_not_a_positive_number_is_refused_at_the_task(app: Taskq, option: str,
+                                                                         limit: object) -> None:
+    """"30" raised TypeError in the threads pool's watchdog thread (no limit held for any task after it) and
+    in the processes pool's feeder; 0 or less ended every run at once; NaN never ended one."""
+    with pytest.raises(ConfigError, match=option):
+        app.task(name="u.limited", **{option: limit})(_module_level_fn)
+
+
 def test_apply_async_key_selection(app: Taskq) -> None:
     @app.task(name="u.keyed", key="user_id", partitions=3)
     def keyed(prompt: str, user_id: str | int = "") -> str:
@@ -153,6 +178,8 @@ def test_apply_async_countdown_goes_to_delay_tier(app: Taskq) -> None:
     ({"task_id": 7}, "task_id must be a str"),
     ({"args": "abc"}, "args must be a list or tuple, not str"),
     ({"kwargs": [1]}, "kwargs must be a dict, not list"),
+    ({"priority": "0"}, "priorities 0-0 .*not '0'"),
+    ({"priority": 0.5}, "priorities 0-0 .*not 0.5"),
 ])
 def test_apply_async_refuses_bad_options_at_the_call(app: Taskq, options: dict, fragment: str) -> None:
     """Each used to be sent (NaN: at once; inf: never due; wrong kwargs: dead-lettered by the worker) or

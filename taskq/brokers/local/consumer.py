@@ -187,6 +187,9 @@ class LocalConsumer(GroupMembership, Consumer):
                             c.execute("DELETE FROM owners WHERE grp=? AND member=?", (self._group, self.member_id))
                             c.execute("DELETE FROM members WHERE grp=? AND member=?", (self._group, self.member_id))
                             c.execute("UPDATE groups SET generation=generation+1 WHERE name=?", (self._group,))
+                except sqlite3.Error as exc:  # as a killed member does, it leaves when its session expires
+                    log.warning("member %s of group %s could not leave (%s); it leaves when its session of "
+                                "%.1f s expires", self.member_id, self._group, exc, self._session_timeout)
                 finally:
                     self._owned.clear()
                     self._conn.close()
