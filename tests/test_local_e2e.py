@@ -219,6 +219,36 @@ def _wait_for_done(app: Taskq, ids: list[str], at_least: int, timeout: float) ->
         time.sleep(0.02)
 
 
+def test_a_full_last_tier_partition_does_not_hold_back_a_task_due_sooner(db: str, monkeypatch: pytest.MonkeyPatch
+                                                                        ) -> None:
+    """Delays beyond the last tier share it with tasks due sooner. Once a tier partition held MAX_HELD
+    records it was no longer read, so a task due in seconds waited for tasks due in an hour. Records
+    not due within the tier's span that were read a span ago now go back to its end (so a record is sent
+    again at most once per span), and the partition is read on."""
+    import taskq.worker.forwarder as forwarder
+
+    monkeypatch.setattr(forwarder, "MAX_HELD", 5)
+    app = Taskq("tiers", local_path=db, retry_tiers=(1.0, 3.0))
+
+    @app.task(name="tiers.t", key="k")
+    def t(k: str, i: int) -> int:
+        return i
+
+    try:
+        with worker_thread(app, concurrency=2):
+            far = [t.apply_async(("u", i), countdown=3600) for i in range(8)]
+            time.sleep(1.0)  # the forwarder holds five of them and stops reading the partition
+            near = t.apply_async(("u", 99), countdown=2)
+            assert near.get(timeout=15) == 99
+            time.sleep(6.0)
+            tier = app.delay_topic(3600)
+            written = sum(hi for _, hi in app.broker.watermarks(tier).values())
+        assert all(r.status == "PENDING" for r in far)
+        assert written <= 9 + 8 * 4, written  # each far record sent again at most once per 3 s span
+    finally:
+        app.close()
+
+
 # --------------------------------------------------------------------------- worker in another process
 
 

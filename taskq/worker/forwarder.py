@@ -5,7 +5,9 @@ each is sent back through the :class:`~taskq.worker.sender.Sender` when its own 
 whatever sits before it in its tier partition (no delayed message waits on one due later). A tier
 partition's commit point is its first record not sent yet: a record not due that holds it back
 once later ones went out is re-queued (sent again to the tier for its remaining delay, which may be
-a smaller tier) so the commit point moves on. Offsets are committed once the sends are acknowledged.
+a smaller tier) so the commit point moves on. A tier partition holding ``MAX_HELD`` records is not read
+until they go; delays beyond the last tier are sent back to its end once per tier span meanwhile.
+Offsets are committed once the sends are acknowledged.
 Hand-offs: ``stopping`` (an event set by the worker) ends it; ``on_forwarded(records)`` reports each
 batch sent; ``on_fatal(error)`` reports an outage that outlasted ``outage_timeout`` or another error the
 thread cannot go on after (the thread ends, the worker stops).
@@ -66,12 +68,15 @@ class Forwarder:
         tiers = _Tiers()
         consumer = app.broker.consumer(delay_group(app.group), app.delay_topics, None, tiers.forget,
                                        **app.settings.consumer_options)
+        spans = dict(zip(app.delay_topics, app.settings.retry_tiers))
         paused: set[TopicPartition] = set()
         try:
             while not self._stopping.is_set():
-                for record in consumer.consume(500, 0.2):
-                    tiers.add(record)
-                due = tiers.due(time.time())
+                records = consumer.consume(500, 0.2)
+                now = time.time()
+                for record in records:
+                    tiers.add(record, now)
+                due = tiers.due(now)
                 if due:  # finding their topics asks the broker: an outage is waited out as for the sends
                     forms = retrying("find the topics of delayed tasks",
                                      lambda: [self._forms(r) for r in due],  # noqa: B023 - called here, at once
@@ -80,6 +85,11 @@ class Forwarder:
                     self._on_forwarded(due)
                     tiers.sent(due)
                     self._requeue(tiers, tiers.blocking())
+                # A tier partition holding MAX_HELD records is not read (memory). Those not due within the
+                # tier's span and read a span ago (delays beyond the last tier) go back to its end, so that
+                # a record due sooner behind them waits about a span at most, not until they are due.
+                for tp in paused | {tp for tp in tiers.partitions() if tiers.held(tp) >= MAX_HELD}:
+                    self._requeue(tiers, tiers.overstaying(tp, now, spans[tp[0]]))
                 commits = tiers.commit_points()
                 if commits:
                     try:
@@ -87,7 +97,6 @@ class Forwarder:
                     except BrokerError as exc:  # e.g. the group moved on while this process was paused
                         log.warning("delay-tier commit failed (the next owner forwards those records "
                                     "again; a forwarded copy of a finished task is skipped): %s", exc)
-                # bound memory: stop reading a tier partition holding MAX_HELD records not yet due
                 full = {tp for tp in tiers.partitions() if tiers.held(tp) >= MAX_HELD} - paused
                 drained = {tp for tp in paused if tiers.held(tp) < MAX_HELD // 2}
                 if full:
@@ -145,13 +154,15 @@ class _Tiers:
 
     def __init__(self) -> None:
         self._records: dict[TopicPartition, deque[Record]] = {}  # read, not yet committed, offset order
+        self._read_at: dict[TopicPartition, deque[float]] = {}  # when each of those was read (time.time())
         self._pending: dict[TopicPartition, set[int]] = {}  # offsets of those not sent yet
         self._heap: list[tuple[float, int, Record]] = []  # (due, seq, record); stale entries skipped
         self._seq = 0
 
-    def add(self, record: Record) -> None:
+    def add(self, record: Record, now: float) -> None:
         tp = (record.topic, record.partition)
         self._records.setdefault(tp, deque()).append(record)
+        self._read_at.setdefault(tp, deque()).append(now)
         self._pending.setdefault(tp, set()).add(record.offset)
         self._seq += 1
         heapq.heappush(self._heap, (due_at(record), self._seq, record))
@@ -160,6 +171,7 @@ class _Tiers:
         """The partitions were revoked: their records are another forwarder's now."""
         for tp in partitions:
             self._records.pop(tp, None)
+            self._read_at.pop(tp, None)
             self._pending.pop(tp, None)
 
     def due(self, now: float) -> list[Record]:
@@ -190,9 +202,17 @@ class _Tiers:
         points: dict[TopicPartition, int] = {}
         for tp, records in self._records.items():
             pending = self._pending[tp]
+            read_at = self._read_at[tp]
             while records and records[0].offset not in pending:
                 points[tp] = records.popleft().offset + 1
+                read_at.popleft()
         return points
+
+    def overstaying(self, tp: TopicPartition, now: float, span: float) -> list[Record]:
+        """Records of ``tp`` not sent yet, not due within ``span`` seconds and read ``span`` ago or more."""
+        pending = self._pending.get(tp, set())
+        return [r for r, read in zip(self._records.get(tp, ()), self._read_at.get(tp, ()))
+                if read + span <= now and r.offset in pending and due_at(r) > now + span]
 
     def partitions(self) -> list[TopicPartition]:
         return list(self._records)
