@@ -16,6 +16,7 @@ backlog or outage never holds up another's. Agents know nothing of each other, o
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,8 +28,10 @@ from taskq.serialization import JSON
 from tasks.app import app
 from tasks.llm import DEFAULT_MODEL, llm
 
+log = logging.getLogger("tasks.agents")
 RESULTS_TOPIC = "agent-results"  # after the app's topic prefix
 KINDS = ("research", "code", "review")
+MAX_SUBTASKS = 8  # agents one plan starts at most: a plan is model output, and 85 lines would be 85 model calls
 PLANNER_SYSTEM = ("You are the planner agent. Break the user's request into subtasks, one per line, each as "
                   "'<kind>: <instruction>' where kind is research, code or review. No other text.")
 SYSTEMS = {
@@ -126,14 +129,19 @@ async def plan(self: Task, request: str, user_id: str = "anonymous") -> None:
     source = "model"
     if not subtasks:
         subtasks, source = plan_from_request(request), "request"
+    dropped = max(0, len(subtasks) - MAX_SUBTASKS)
+    if dropped:
+        log.warning("plan %s: %d subtasks, the first %d run (MAX_SUBTASKS)", self.request.id, len(subtasks),
+                    MAX_SUBTASKS)
+        subtasks = subtasks[:MAX_SUBTASKS]
     header = [AGENTS[s.kind].s(s.instruction, request=request, user_id=user_id) for s in subtasks]
-    raise self.replace(chord(header, gather.s(request=request, user_id=user_id,
-                                             plan=[asdict(s) for s in subtasks], plan_source=source)))
+    raise self.replace(chord(header, gather.s(request=request, user_id=user_id, plan=[asdict(s) for s in subtasks],
+                                             plan_source=source, plan_dropped=dropped)))
 
 
 @app.task(name="tasks.agents.gather", **{**AGENT_OPTIONS, "key": None})
 async def gather(self: Task, outputs: list[dict[str, Any]], request: str, user_id: str, plan: list[dict[str, str]],
-           plan_source: str) -> dict[str, Any]:
+           plan_source: str, plan_dropped: int = 0) -> dict[str, Any]:
     """The chord body: one answer from every agent's output (kept verbatim, in plan order).
 
     Published to ``<prefix>agent-results`` keyed by the root task id (at least once: a consumer that
@@ -143,6 +151,7 @@ async def gather(self: Task, outputs: list[dict[str, Any]], request: str, user_i
     summary = await ask_model(self, SYSTEMS["gather"], f"Request: {request}\n\n{parts}", user_id)
     root = self.request.root
     final = {"root_id": root, "request": request, "user_id": user_id, "plan": plan, "plan_source": plan_source,
+             "plan_dropped": plan_dropped,
              "summary": summary["text"], "outputs": outputs,
              "answer": f"{summary['text']}\n\n{parts}"}
     topic = app.settings.topic_prefix + RESULTS_TOPIC

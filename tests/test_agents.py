@@ -108,6 +108,21 @@ def test_the_models_plan_routes_each_subtask_to_its_agent(agents: Agents, llm_se
         (p["kind"], p["instruction"]) for p in final["plan"]]
 
 
+def test_a_plan_of_many_lines_starts_at_most_max_subtasks_agents(agents: Agents, llm_server: Any) -> None:
+    """A plan is model output: one of 20 lines used to start 20 agents (20 more model calls)."""
+    from tasks.agents import MAX_SUBTASKS
+
+    request = f"survey every broker metric ({agents.prefix})"
+    lines = "\n".join(f"research: metric {i}" for i in range(20))
+    llm_server.add_reply(lines, match=request, times=1)
+    root = agents.plan.delay(request, user_id="u5")
+    final = root.get(timeout=TIMEOUT)
+    assert final["plan"] == [{"kind": "research", "instruction": f"metric {i}"} for i in range(MAX_SUBTASKS)]
+    assert final["plan_dropped"] == 20 - MAX_SUBTASKS
+    assert len(final["outputs"]) == MAX_SUBTASKS
+    assert len(root.children[0].children) == MAX_SUBTASKS + 1  # the agents and the gather
+
+
 def test_killing_an_agent_worker_mid_run_still_ends_with_one_final_result(agents: Agents, llm_server: Any) -> None:
     """The coder's model call stalls; its worker is killed (-9) meanwhile; a new coder worker in the
     same group re-runs the task after the session timeout, and the request ends with one answer."""
