@@ -121,6 +121,28 @@ def test_calls_waiting_their_provider_turn_are_not_timed_out(kafka_url: str, red
         app.close()
 
 
+def test_a_refused_attempt_gives_back_its_token_reservation(kafka_url: str, redis_clean: str,
+                                                            llm_server: LLMServerClient, unique: str) -> None:
+    """600 tokens a minute (10/s). Each attempt reserves its estimate (prompt and max_tokens, ~160 here),
+    and only an answer settled it to what the provider reported: each attempt refused with 429 kept its
+    ~160, so the next attempt of the same call waited ~16 s for its turn (33 s for two refusals)."""
+    from tests.support import worker_thread
+
+    config = LLMConfig("k", llm_server.url, connect_timeout=2.0, read_timeout=5.0)
+    app, infer, _ = build(f"give{unique}", config, limits=Limits(tpm=600), broker=kafka_url, backend=redis_clean,
+                          topic_prefix=f"give{unique}.", group=f"give{unique}.group")
+    app.ensure_topics({infer.topic: 1})
+    try:
+        with worker_thread(app, pool="asyncio", concurrency=4):
+            started = time.monotonic()
+            flaky = infer.delay(f"busy {unique} [[fault:rate_limit times=2 retry_after=0.1]]", user_id="give-1",
+                                max_tokens=150)
+            assert flaky.get(timeout=60)["text"] and flaky.record.attempts == 3
+            assert time.monotonic() - started < 10, "the refused attempts' reservations were kept"
+    finally:
+        app.close()
+
+
 def test_tumbling_window_violations_block_users(kafka_url: str, redis_clean: str, llm_server: LLMServerClient,
                                                 unique: str) -> None:
     app, infer, llm = build(f"viol{unique}", LLMConfig("k", llm_server.url), limits=Limits(),

@@ -62,6 +62,7 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
     started = time.perf_counter()
     parts: list[str] = []
     task_id = request.id
+    stream: Any = None
     try:
         try:
             async with client.messages.stream(**params) as stream:
@@ -74,6 +75,7 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
                                           f"before the answer did (no stop_reason)")
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not a provider failure
             await writes.flush()  # this attempt's chunks are stored before its retry can mark a restart
+            guard.settle(api_key, estimate, reported_tokens(stream))  # its retry reserves again
             failure = classify(exc)
             if failure is None:
                 raise
@@ -93,6 +95,15 @@ async def complete(task: Task, llm: LLM, prompt: str, *, model: str, user_id: st
         writes.forget(task_id)
     return {"text": "".join(parts), "stop_reason": final.stop_reason, "usage": usage, "model": final.model,
             "latency": latency, "cost": price, "user_id": user_id}
+
+
+def reported_tokens(stream: Any) -> int:
+    """The tokens the provider reported for a stream that failed: 0 when its answer never began."""
+    try:
+        usage = stream.current_message_snapshot.usage
+    except (AssertionError, AttributeError):  # no stream, or no message_start yet
+        return 0
+    return int(usage.input_tokens or 0) + int(usage.output_tokens or 0)
 
 
 def retry_countdown(task: Task, retry_after: float | None) -> float | None:
