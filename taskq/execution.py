@@ -7,10 +7,12 @@ which keeps this easy to test and lets thread, process and asyncio pools share i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -169,7 +171,10 @@ def run(app: Taskq, record: Record, worker: str) -> Outcome:
     started = time.perf_counter()
     try:
         if task.rate is not None:  # delayed, not dropped: wait for this run's turn across all workers
-            task.limiter.wait(task.rate_limit_name(message.key), task.rate)
+            delay = task.limiter.reserve(task.rate_limit_name(message.key), task.rate)
+            if delay > 0:
+                with outside_time_limit():
+                    time.sleep(delay)
         value = task.fn(task, *message.args, **message.kwargs) if task.bind else task.fn(
             *message.args, **message.kwargs)
         if task.is_async:  # a coroutine task outside the asyncio pool: this thread's own loop runs it
@@ -273,14 +278,34 @@ _time_limit: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.Contex
                                                                                     default=None)
 
 
+#: Set by the threads and processes pools around a run they time: told True when the run starts waiting
+#: for a rate-limit turn and False when the turn comes, so that they leave the wait out of its time limit.
+turn_waits: contextvars.ContextVar[Callable[[bool], None] | None] = contextvars.ContextVar("taskq_turn_waits",
+                                                                                       default=None)
+
+
+@contextlib.contextmanager
+def outside_time_limit() -> Iterator[None]:
+    """A wait for a rate-limit turn inside a run timed by the threads or processes pool: not counted."""
+    report = turn_waits.get()
+    if report is not None:
+        report(True)
+    try:
+        yield
+    finally:
+        if report is not None:
+            report(False)
+
+
 async def sleep_outside_time_limit(seconds: float) -> None:
-    """Sleep without counting the time against the running coroutine task's time limit: a wait for a
-    rate-limit turn (a provider's RPM/TPM) delays a run, it must not fail it."""
+    """Sleep without counting the time against the running task's time limit, in every pool: a wait for
+    a rate-limit turn (a provider's RPM/TPM) delays a run, it must not fail it."""
     limit = _time_limit.get()
     deadline = None if limit is None else limit.when()
     if limit is not None and deadline is not None and not limit.expired():
         limit.reschedule(deadline + seconds)
-    await asyncio.sleep(seconds)
+    with outside_time_limit():
+        await asyncio.sleep(seconds)
 
 
 def qualname(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskq import execution
 from taskq.brokers.base import Record
@@ -39,6 +39,7 @@ WATCH_INTERVAL = 0.05
 CHILD_START_TIMEOUT = 60.0
 CHILD_EXIT_WAIT = 1.0  # s to reap a child whose pipe closed, for its exit code
 READY = "ready"
+WAITING, TURN = "waiting", "turn"  # from a child: its run waits for a rate-limit turn / got it
 
 
 class Pool:
@@ -123,6 +124,20 @@ class _Run:
     soft_sent: bool = False
     ended: bool = False  # past the hard limit: the watchdog interrupts it until its thread returns
     last_raise: float = 0.0  # time.monotonic() of the last TimeLimitExceeded raised in its thread
+    paused_at: float | None = None  # time.monotonic() when it began waiting for a rate-limit turn
+
+    def elapsed(self, now: float) -> float:
+        """The seconds counted against its limits (waits for a rate-limit turn left out)."""
+        return (now if self.paused_at is None else self.paused_at) - self.started
+
+    def waiting(self, waiting: bool) -> None:
+        """From the run's thread (:data:`execution.turn_waits`): it begins or ends waiting for its turn."""
+        now = time.monotonic()
+        if waiting:
+            self.paused_at = now
+        elif self.paused_at is not None:
+            self.started += now - self.paused_at
+            self.paused_at = None
 
 
 class ThreadPool(Pool):
@@ -196,7 +211,7 @@ class ThreadPool(Pool):
             outcome = self._limited_run(record, run)
             if run.ended:
                 exc = TimeLimitExceeded(f"task ran past its time limit of {run.hard:g} s and was interrupted "
-                                        f"after {time.monotonic() - run.started:.1f} s")
+                                        f"after {run.elapsed(time.monotonic()):.1f} s")
                 done(record, self._ended(record, exc, run.clock))
                 with self._lock:
                     self._overdue.discard(threading.current_thread())
@@ -207,11 +222,13 @@ class ThreadPool(Pool):
         """Run under the watchdog; afterwards nothing more is raised in this thread."""
         ident = threading.get_ident()
         outcome: execution.Outcome | None = None
+        waits = execution.turn_waits.set(run.waiting)
         try:
             outcome = self._guarded(record, lambda: execution.run(self.app, record, self.worker_name), run.clock)
         except (TimeLimitExceeded, SoftTimeLimitExceeded):  # raised between the task and here
             pass
         finally:
+            execution.turn_waits.reset(waits)
             while True:
                 try:
                     with self._lock:
@@ -228,7 +245,7 @@ class ThreadPool(Pool):
             replace = 0
             with self._lock:
                 for ident, run in self._running.items():
-                    elapsed = now - run.started
+                    elapsed = run.elapsed(now)
                     if run.hard is not None and elapsed > run.hard:
                         if not run.ended:
                             run.ended = True
@@ -380,12 +397,26 @@ def _child_main(app_path: str, conn: Connection, worker_name: str) -> None:
     app = load_app(app_path)
     pid = os.getpid()
     name = f"{worker_name}/{pid}"
+    execution.turn_waits.set(lambda waiting: conn.send(WAITING if waiting else TURN))  # the parent times the run
+    for task in app.tasks.values():  # made now, not within the time limit of a first run (it may import redis-py)
+        if task.rate is not None:
+            task.limiter  # noqa: B018
     conn.send(READY)  # the parent starts the clock on a task only once the child can run it
     while (record := conn.recv()) is not None:
         outcome = execution.run_batch(app, record, name) if isinstance(record, list) else execution.run(app, record, name)
         if os.getpid() != pid:  # a copy forked by the task returned from it: the pipe is the child's alone
             os._exit(0)
         conn.send(outcome)
+
+
+def _receive(conn: Connection, run: _Run) -> Any:
+    """What the child sent: its outcome(s), or None for a report that its run waits for a rate-limit turn
+    (WAITING) or got it (TURN), noted in ``run``."""
+    message = conn.recv()
+    if isinstance(message, str) and message in (WAITING, TURN):
+        run.waiting(message == WAITING)
+        return None
+    return message
 
 
 def _lost(process: BaseProcess, what: str) -> WorkerLostError:
@@ -506,14 +537,15 @@ class ProcessPool(Pool):
                       ) -> tuple[execution.Outcome, bool]:
         """(outcome, whether the child must be replaced)."""
         soft, hard = execution.time_limits(self.app, record)
-        started, clock = time.monotonic(), time.perf_counter()
+        run = _Run(record, time.monotonic(), time.perf_counter(), soft, hard)
+        clock = run.clock
         soft_sent = False
         try:
             conn.send(record)
             while True:
-                if conn.poll(WATCH_INTERVAL * 4):
-                    return conn.recv(), False
-                elapsed = time.monotonic() - started
+                if conn.poll(WATCH_INTERVAL * 4) and (outcome := _receive(conn, run)) is not None:
+                    return outcome, False
+                elapsed = run.elapsed(time.monotonic())
                 if hard is not None and elapsed > hard:
                     exc: Exception = TimeLimitExceeded(f"task ran past its time limit of {hard:g} s; process killed")
                     return self._ended(record, exc, clock), True
@@ -538,13 +570,14 @@ class ProcessPool(Pool):
                             ) -> tuple[list[execution.Outcome], bool]:
         """(one outcome per record, whether the child must be replaced)."""
         _soft, hard = execution.time_limits(self.app, records[0])
-        started, clock = time.monotonic(), time.perf_counter()
+        run = _Run(records[0], time.monotonic(), time.perf_counter(), None, hard)
+        clock = run.clock
         try:
             conn.send(records)
             while True:
-                if conn.poll(WATCH_INTERVAL * 4):
-                    return conn.recv(), False
-                if hard is not None and time.monotonic() - started > hard:
+                if conn.poll(WATCH_INTERVAL * 4) and (outcomes := _receive(conn, run)) is not None:
+                    return outcomes, False
+                if hard is not None and run.elapsed(time.monotonic()) > hard:
                     exc: Exception = TimeLimitExceeded(f"batch ran past its time limit of {hard:g} s; process killed")
                     return [self._ended(r, exc, clock) for r in records], True
                 if not process.is_alive():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -129,3 +131,12 @@ def test_priority_scheduler_shares_slots_credit_and_pauses() -> None:
     assert len(dropped) == 10 and all(r.partition == 1 for r in dropped)
     pause, resume = s2.pauses(owned)
     assert pause == [] and resume == [("t.p2", 0), ("t.p2", 1)]  # p2 drained to 3/4 of the limit
+
+
+def test_the_embedded_stores_rate_limiter_does_not_import_redis_py(tmp_path: Path) -> None:
+    """Its look-up of the backend's kind imported the Redis backend (and redis-py, ~0.1 s) to compare with."""
+    code = ("import sys; from taskq import Taskq; app = Taskq('r', local_path=sys.argv[1]); "
+            "t = app.task(lambda: None, name='r.t', rate_limit='5/s'); t.limiter; print('redis' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r.db")], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

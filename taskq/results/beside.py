@@ -20,11 +20,12 @@ def beside_results(app: Taskq, what: str, namespace: str, on_redis: Callable[[An
     """``on_redis(client, "<namespace>:<app name>:")`` for a Redis backend, ``on_local(path)`` for the
     embedded file; any other backend is a ConfigError naming ``what``."""
     from taskq.results.local import LocalBackend
-    from taskq.results.redis import RedisBackend
 
     backend = app.backend
-    if isinstance(backend, RedisBackend):
-        return on_redis(backend.client, f"{namespace}:{app.name}:")
     if isinstance(backend, LocalBackend):
         return on_local(backend.path)
+    from taskq.results.redis import RedisBackend  # after: it imports redis-py, which local users need not have
+
+    if isinstance(backend, RedisBackend):
+        return on_redis(backend.client, f"{namespace}:{app.name}:")
     raise ConfigError(f"no {what} for result backend {redact_url(backend.url)!r}: use Redis or the embedded store")

@@ -45,6 +45,13 @@ async def rate_limited_coroutine(i: int) -> int:
     return i
 
 
+@app.task(time_limit=1.0, soft_time_limit=0.8, rate_limit="240/m", max_retries=0)
+def rate_limited(i: int) -> int:
+    """The plain-function version of ``rate_limited_coroutine``, for the threads and processes pools."""
+    time.sleep(0.01)
+    return i
+
+
 @app.task
 def quick(x: int) -> int:
     return x * 2
