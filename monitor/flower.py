@@ -12,6 +12,7 @@ both over a Redis broker that Flower reads (``celery --broker=redis://... flower
   heard from, from what its heartbeats and task events said: ``reserved`` is what it received and has
   not started, ``active`` what it runs, ``revoked`` the latest ids it skipped as revoked.
   ``scheduled`` stays empty: eta tasks wait in the delay-tier topics, not in a worker's reserve.
+  Flower's ``revoke`` (with ``terminate``) is a taskq revocation (:func:`taskq.revocations.revoke`).
 
 Each thread owns its own kombu connection (kombu connections are not thread-safe); ``Bridge`` state
 shared between them is guarded by one lock.
@@ -36,6 +37,7 @@ from taskq.config import redact_url
 log = logging.getLogger("taskq.flower")
 PREFIX = "taskq@"
 REVOKED_KEPT = 10_000  # revoked ids remembered per worker for ``inspect revoked``
+REVOKE_REPEAT = 10.0  # seconds a revoke broadcast (one copy per node) is acted on once
 
 
 def celery_name(worker: str) -> str:
@@ -78,6 +80,7 @@ class FlowerBridge:
         self.nodes: dict[str, NodeInfo] = {}
         self.published = 0
         self._lock = threading.Lock()
+        self._revokes: dict[tuple[tuple[str, ...], bool], float] = {}  # recent revoke broadcasts
         self._events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=100_000)
         self._stop = threading.Event()
         self.consumer = EventConsumer(app, [self._enqueue], since=since)
@@ -255,7 +258,23 @@ class FlowerBridge:
         handlers["reserved"] = lambda state, **kw: self.reserved(name)
         handlers["revoked"] = lambda state, **kw: self.revoked(name)
         handlers["active_queues"] = lambda state, **kw: self.active_queues(name)
+        handlers["revoke"] = lambda state, task_id, terminate=False, **kw: self.revoke(task_id, terminate)
         return handlers
+
+    def revoke(self, task_id: str | list[str], terminate: bool = False) -> dict[str, str]:
+        """Flower's revoke as a taskq revocation. A broadcast reaches every node the bridge answers for:
+        the copies that follow the first within ``REVOKE_REPEAT`` s are not acted on again."""
+        from taskq.revocations import revoke
+
+        ids = tuple([task_id] if isinstance(task_id, str) else task_id)
+        now = time.monotonic()
+        with self._lock:
+            self._revokes = {k: t for k, t in self._revokes.items() if now - t < REVOKE_REPEAT}
+            repeat = (ids, bool(terminate)) in self._revokes
+            self._revokes[(ids, bool(terminate))] = now
+        if not repeat:
+            revoke(self.app, ids, bool(terminate))
+        return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
 
     def stats(self, name: str) -> dict[str, Any]:
         with self._lock:

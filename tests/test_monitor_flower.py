@@ -125,3 +125,26 @@ def celery_events(wire: Any) -> list[dict[str, Any]]:
             body = base64.b64decode(body)
         events.append(json.loads(body))
     return events
+
+
+def post(url: str) -> Any:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read().decode())
+
+
+def test_flower_revoke_revokes_the_taskq_task(mod: ModuleType, flower_server: Any) -> None:
+    """Flower's revoke (a broadcast it sends without waiting for a reply) really revokes the task."""
+    app = mod.app
+    bridge = FlowerBridge(app, flower_server.broker_url).start()
+    try:
+        with worker_thread(app, concurrency=1, name=WORKER):
+            wait_until(lambda: get(f"{flower_server.url}/api/workers?refresh=1").get(NODE) is not None, 60,
+                       "Flower to list the taskq worker", interval=0.5)
+            busy = mod.work.delay(1, user="ann", sleep=5.0)
+            waiting = mod.work.delay(2, user="ann")  # same key: waits until ``busy`` is done
+            assert post(f"{flower_server.url}/api/task/revoke/{waiting.id}") == {"message": f"Revoked '{waiting.id}'"}
+            assert busy.get(timeout=30) == 2
+            wait_until(lambda: waiting.status == "REVOKED", 10, "the task revoked through Flower to be REVOKED")
+    finally:
+        bridge.stop()
