@@ -151,7 +151,7 @@ class FlowerBridge:
                           "task-skipped"):
                 node.tasks.pop(str(e.get("id")), None)
                 node.started.discard(str(e.get("id")))
-                if kind == "task-revoked":
+                if _revoked(e):
                     node.revoked.append(str(e.get("id")))
                 if kind in ("task-succeeded", "task-failed") and e.get("task"):
                     node.total[e["task"]] += 1
@@ -333,7 +333,7 @@ class FlowerBridge:
 
 def to_celery(e: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]] | None:
     """(Celery event type, hostname, pid, fields) for a taskq event; None for events Celery has no twin of."""
-    kind = e.get("type")
+    kind = "task-revoked" if _revoked(e) else e.get("type")
     worker = e.get("worker")
     ts = float(e.get("ts") or time.time())
     if kind in ("worker-online", "worker-heartbeat", "worker-offline"):
@@ -379,6 +379,11 @@ def to_celery(e: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]] | None:
         return None
     pid = 0
     return str(kind), hostname, pid, fields
+
+
+def _revoked(e: dict[str, Any]) -> bool:
+    """A task-revoked event, or a task-skipped one for a task revoked before a worker took it."""
+    return e.get("type") == "task-revoked" or (e.get("type") == "task-skipped" and e.get("state") == "REVOKED")
 
 
 def _repr(value: Any, empty: str) -> str:

@@ -146,5 +146,17 @@ def test_flower_revoke_revokes_the_taskq_task(mod: ModuleType, flower_server: An
             assert post(f"{flower_server.url}/api/task/revoke/{waiting.id}") == {"message": f"Revoked '{waiting.id}'"}
             assert busy.get(timeout=30) == 2
             wait_until(lambda: waiting.status == "REVOKED", 10, "the task revoked through Flower to be REVOKED")
+            wait_until(lambda: get(f"{flower_server.url}/api/tasks").get(waiting.id, {}).get("state") == "REVOKED",
+                       30, "Flower to show the task REVOKED", interval=0.5)
     finally:
         bridge.stop()
+
+
+def test_task_skipped_as_revoked_is_revoked_in_flower(mod: ModuleType) -> None:
+    """A task revoked before a worker took it is skipped by its stored REVOKED state: Flower hears task-revoked."""
+    kind, _host, _pid, fields = to_celery(task_event("task-skipped", "x", 5.0, state="REVOKED"))  # type: ignore[misc]
+    assert (kind, fields["uuid"], fields["terminated"]) == ("task-revoked", "x", False)
+    assert to_celery(task_event("task-skipped", "x", 5.0, state="SUCCESS")) is None  # a redelivered duplicate
+    bridge = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")
+    bridge._track(task_event("task-skipped", "x", 5.0, state="REVOKED"))
+    assert bridge.revoked("taskq@host:1") == ["x"]
