@@ -6,7 +6,8 @@ both over a Redis broker that Flower reads (``celery --broker=redis://... flower
 
 - the events thread reads taskq's events topic and republishes each event as the Celery event Flower
   expects, through Celery's own ``EventDispatcher`` (one per worker, so every event carries that
-  worker's hostname, timestamp, utcoffset, pid and Lamport clock; heartbeats carry ``freq``);
+  worker's hostname, timestamp, utcoffset, pid and Lamport clock; heartbeats carry ``freq``; a
+  failure or retry carries the traceback stored in the result backend, since events have none);
 - the pidbox thread answers ``inspect`` broadcasts (ping, stats with ``total`` and ``broker``,
   registered, active, active_queues, conf, scheduled, reserved, revoked) on behalf of every worker
   heard from, from what its heartbeats and task events said: ``reserved`` is what it received and has
@@ -168,6 +169,8 @@ class FlowerBridge:
             if converted is None:
                 continue
             kind, hostname, pid, fields = converted
+            if "traceback" in fields:
+                fields["traceback"] = self._traceback(fields["uuid"])
             try:
                 if connection is None:
                     connection = self.capp.connection_for_write()
@@ -192,6 +195,15 @@ class FlowerBridge:
             _quiet(d.close)
         if connection is not None:
             _quiet(connection.release)
+
+    def _traceback(self, task_id: str) -> str:
+        """The traceback stored with a task's failure or retry (events carry none), else ''."""
+        try:
+            record = self.app.backend.get(task_id)
+        except Exception as exc:  # noqa: BLE001 - the event goes on without its traceback
+            log.debug("no traceback for %s: %s", task_id, exc)
+            return ""
+        return (record.traceback if record is not None else None) or ""
 
     # -- pidbox: Flower's inspect calls -------------------------------------------------------------
 

@@ -160,3 +160,19 @@ def test_task_skipped_as_revoked_is_revoked_in_flower(mod: ModuleType) -> None:
     bridge = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")
     bridge._track(task_event("task-skipped", "x", 5.0, state="REVOKED"))
     assert bridge.revoked("taskq@host:1") == ["x"]
+
+
+def test_flower_shows_the_traceback_of_a_failed_task(mod: ModuleType, flower_server: Any) -> None:
+    """Events carry no traceback: the bridge gives Flower the one stored with the failure."""
+    bridge = FlowerBridge(mod.app, flower_server.broker_url).start()
+    try:
+        with worker_thread(mod.app, concurrency=1, name=WORKER):
+            failed = mod.fragile.delay(7, user="tb")
+            with pytest.raises(ValueError):
+                failed.get(timeout=30)
+            wait_until(lambda: get(f"{flower_server.url}/api/tasks").get(failed.id, {}).get("state") == "FAILURE",
+                       30, "Flower to show the task FAILURE", interval=0.5)
+            task = get(f"{flower_server.url}/api/task/info/{failed.id}")
+            assert task["traceback"] == failed.traceback and "marker missing for 7" in task["traceback"], task
+    finally:
+        bridge.stop()
