@@ -38,6 +38,7 @@ from taskq.config import redact_url
 log = logging.getLogger("taskq.flower")
 PREFIX = "taskq@"
 REVOKED_KEPT = 10_000  # revoked ids remembered per worker for ``inspect revoked``
+RAN = ("task-started", "task-succeeded", "task-failed", "task-retried")  # events of a task that began running
 REVOKE_REPEAT = 10.0  # seconds a revoke broadcast (one copy per node) is acted on once
 
 
@@ -115,16 +116,22 @@ class FlowerBridge:
     # -- events: taskq -> Celery --------------------------------------------------------------------
 
     def _enqueue(self, event: dict[str, Any]) -> None:
-        self._track(event)
+        # a worker coalesces a quick task's received and started events into its next one
+        # (events_coalesce); Flower counts and times each, as a Celery worker sends them all
+        for kind in self._track(event):
+            at = event.get("received" if kind == "task-received" else "started")
+            self._events.put({**event, "type": kind, "ts": at or event.get("ts")})
         self._events.put(event)  # blocks the reader when Redis is slow: back-pressure, not loss
 
-    def _track(self, e: dict[str, Any]) -> None:
-        """Keep what inspect replies need: per worker, totals by task name and the tasks running now."""
+    def _track(self, e: dict[str, Any]) -> list[str]:
+        """Keep what inspect replies need: per worker, totals by task name and the tasks running now.
+        Returns the earlier events of the task that this worker's events did not tell (coalesced)."""
         worker = e.get("worker")
         if not isinstance(worker, str):
-            return
+            return []
         name = celery_name(worker)
         kind = e.get("type", "")
+        untold = []
         with self._lock:
             node = self.nodes.setdefault(name, NodeInfo(name))
             node.last_seen = max(node.last_seen, float(e.get("ts") or 0))
@@ -138,7 +145,12 @@ class FlowerBridge:
                 node.offline = kind == "worker-offline"
                 if kind == "worker-online":
                     node.online_since = float(e.get("ts") or time.time())
-            elif kind in ("task-received", "task-started"):
+            if kind in RAN and isinstance(e.get("id"), str):
+                if e["id"] not in node.tasks:
+                    untold.append("task-received")
+                if kind != "task-started" and e["id"] not in node.started:
+                    untold.append("task-started")
+            if kind in ("task-received", "task-started"):
                 if kind == "task-started":
                     node.started.add(e["id"])
                 node.tasks[e["id"]] = {
@@ -156,6 +168,7 @@ class FlowerBridge:
                     node.revoked.append(str(e.get("id")))
                 if kind in ("task-succeeded", "task-failed") and e.get("task"):
                     node.total[e["task"]] += 1
+        return untold
 
     def _publish_loop(self) -> None:
         dispatchers: dict[str, Any] = {}

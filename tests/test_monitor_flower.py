@@ -176,3 +176,30 @@ def test_flower_shows_the_traceback_of_a_failed_task(mod: ModuleType, flower_ser
             assert task["traceback"] == failed.traceback and "marker missing for 7" in task["traceback"], task
     finally:
         bridge.stop()
+
+
+def test_flower_counts_and_times_coalesced_tasks(mod: ModuleType, flower_server: Any) -> None:
+    """A quick task's received and started events are coalesced into its outcome (events_coalesce): Flower
+    still gets received, started and succeeded for it, as from a Celery worker (its Processed column counts
+    task-received), and a task running longer than the coalescing delay is listed with its name."""
+    name = "flower-count"
+    bridge = FlowerBridge(mod.app, flower_server.broker_url).start()
+    try:
+        with worker_thread(mod.app, concurrency=2, name=name):
+            quick = [mod.work.delay(i, user=f"q{i}") for i in range(5)]
+            slow = mod.work.delay(9, user="slow", sleep=4.0)
+            assert [r.get(timeout=30) for r in quick] == [0, 2, 4, 6, 8]
+            wait_until(lambda: get(f"{flower_server.url}/api/tasks").get(slow.id, {}).get("state") == "STARTED", 30,
+                       "Flower to show the slow task running", interval=0.2)
+            assert get(f"{flower_server.url}/api/tasks")[slow.id]["name"] == f"{APP}.work"
+            assert slow.get(timeout=30) == 18
+            ids = [r.id for r in quick] + [slow.id]
+            wait_until(lambda: all(get(f"{flower_server.url}/api/tasks").get(i, {}).get("state") == "SUCCESS"
+                                   for i in ids), 30, "Flower to show the tasks SUCCESS", interval=0.5)
+            tasks = get(f"{flower_server.url}/api/tasks")
+            for i in ids:
+                assert tasks[i]["received"] and tasks[i]["received"] <= tasks[i]["started"] <= tasks[i]["succeeded"]
+            counts = {w["hostname"]: w for w in get(f"{flower_server.url}/workers?json=1")["data"]}[f"taskq@{name}"]
+            assert (counts["task-received"], counts["task-started"], counts["task-succeeded"]) == (6, 6, 6), counts
+    finally:
+        bridge.stop()
