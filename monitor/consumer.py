@@ -2,8 +2,8 @@
 
 The consumer thread owns its reader. Where the broker reads outside a group (``Broker.reader``) it
 starts at the offsets whose timestamps are at or after ``since``; otherwise it joins a fresh group and
-reads from the beginning. Either way a restarted monitor rebuilds its view from history (events older than ``since``
-are skipped), and while it runs it sees every event the topic keeps: nothing is sampled or dropped,
+reads from the beginning. Either way a restarted monitor rebuilds its view from history (events of the history
+present at start older than ``since`` are skipped; later ones are shown whatever their time), and while it runs it sees every event the topic keeps: nothing is sampled or dropped,
 unlike Celery's transient event queue. Nothing is committed.
 """
 
@@ -93,7 +93,9 @@ class EventConsumer:
                     continue
                 self.error = None
                 for record in records:
-                    self._handle(record.value)
+                    # --since picks where history starts: an event arriving now is shown whatever its
+                    # time says (its worker's clock may be behind)
+                    self._handle(record.value, history=record.partition in ends)
                     if ends and record.offset + 1 >= ends.get(record.partition, 0):
                         ends.pop(record.partition, None)
                         if not ends:
@@ -101,19 +103,19 @@ class EventConsumer:
         finally:
             close()
 
-    def _handle(self, value: bytes | None) -> None:
+    def _handle(self, value: bytes | None, history: bool = True) -> None:
         events = decode_all(value)  # taskq.events owns the format: one event or an array of them
         if not events:
             self.undecodable += 1
             return
         for event in events:
-            self._handle_event(event)
+            self._handle_event(event, history)
 
-    def _handle_event(self, event: dict[str, Any]) -> None:
+    def _handle_event(self, event: dict[str, Any], history: bool = True) -> None:
         if not isinstance(event.get("ts", 0), (int, float)):
             self.undecodable += 1
             return
-        if float(event.get("ts") or 0) < self.since:
+        if history and float(event.get("ts") or 0) < self.since:
             self.skipped_old += 1
             return
         self.received += 1
