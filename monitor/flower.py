@@ -256,15 +256,15 @@ class FlowerBridge:
                     _quiet(c.cancel)
 
     def handlers(self) -> dict[str, Any]:
-        """Remote-control commands that every node answers alike."""
-        return {"ping": lambda state, **kw: {"ok": "pong"},
+        """Remote-control commands that every node answers alike; any other is refused with a reason."""
+        return _Unsupported({"ping": lambda state, **kw: {"ok": "pong"},
                 "conf": lambda state, **kw: self._conf(),
                 "scheduled": lambda state, **kw: [],
                 "clock": lambda state, **kw: {"clock": self.capp.clock.value},
                 # taskq workers always publish events: Flower's periodic enable_events is acknowledged
                 "enable_events": lambda state, **kw: {"ok": "task events enabled"},
                 "disable_events": lambda state, **kw: {"ok": "taskq workers always publish events"},
-                "report": lambda state, **kw: {"ok": "taskq worker (via taskq flower)"}}
+                "report": lambda state, **kw: {"ok": "taskq worker (via taskq flower)"}})
 
     def _conf(self) -> dict[str, Any]:
         s = self.app.settings
@@ -404,6 +404,18 @@ def to_celery(e: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]] | None:
         return None
     pid = 0
     return str(kind), hostname, pid, fields
+
+
+class _Unsupported(dict[str, Any]):
+    """Pidbox handlers whose missing commands (pool grow/shrink, autoscale, shutdown, rate limit, time limits,
+    queues) reply with what to do instead: Flower shows a call's reply as the reason it failed."""
+
+    def __missing__(self, method: str) -> Any:
+        def refuse(state: Any, **kw: Any) -> dict[str, str]:
+            log.warning("Flower asked for %s: taskq workers do not take it from Flower", method)
+            return {"error": f"taskq workers do not support {method} from Flower: concurrency, pools, rate and "
+                             "time limits are set where the worker starts (taskq worker -c/--pool, @app.task)"}
+        return refuse
 
 
 def _revoked(e: dict[str, Any]) -> bool:

@@ -203,3 +203,14 @@ def test_flower_counts_and_times_coalesced_tasks(mod: ModuleType, flower_server:
             assert (counts["task-received"], counts["task-started"], counts["task-succeeded"]) == (6, 6, 6), counts
     finally:
         bridge.stop()
+
+
+def test_control_commands_taskq_cannot_do_fail_with_a_reason(mod: ModuleType) -> None:
+    """Flower's pool grow, autoscale, shutdown, ... are not taskq operations: the reply says so (Flower shows
+    it as the failure's reason) instead of a KeyError from kombu."""
+    bridge = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")
+    handlers = bridge.node_handlers("taskq@host:1")
+    reply = handlers["pool_grow"](None, n=2)
+    assert "taskq" in reply["error"] and "pool_grow" in reply["error"] and "concurrency" in reply["error"]
+    assert "shutdown" in handlers["shutdown"](None)["error"]
+    assert handlers["ping"](None) == {"ok": "pong"}
