@@ -39,6 +39,7 @@ log = logging.getLogger("taskq.flower")
 PREFIX = "taskq@"
 REVOKED_KEPT = 10_000  # revoked ids remembered per worker for ``inspect revoked``
 RAN = ("task-started", "task-succeeded", "task-failed", "task-retried")  # events of a task that began running
+TRACEBACK_KEPT = 64 * 1024  # characters of a traceback sent to Flower, which keeps each task's in memory
 REVOKE_REPEAT = 10.0  # seconds a revoke broadcast (one copy per node) is acted on once
 
 
@@ -216,7 +217,11 @@ class FlowerBridge:
         except Exception as exc:  # noqa: BLE001 - the event goes on without its traceback
             log.debug("no traceback for %s: %s", task_id, exc)
             return ""
-        return (record.traceback if record is not None else None) or ""
+        tb = (record.traceback if record is not None else None) or ""
+        if len(tb) <= TRACEBACK_KEPT:
+            return tb
+        half = TRACEBACK_KEPT // 2
+        return f"{tb[:half]}\n... ({len(tb) - 2 * half} characters left out) ...\n{tb[-half:]}"
 
     # -- pidbox: Flower's inspect calls -------------------------------------------------------------
 

@@ -214,3 +214,14 @@ def test_control_commands_taskq_cannot_do_fail_with_a_reason(mod: ModuleType) ->
     assert "taskq" in reply["error"] and "pool_grow" in reply["error"] and "concurrency" in reply["error"]
     assert "shutdown" in handlers["shutdown"](None)["error"]
     assert handlers["ping"](None) == {"ok": "pong"}
+
+
+def test_a_huge_traceback_reaches_flower_cut_to_its_ends(mod: ModuleType) -> None:
+    """Flower keeps every task's traceback in memory: one of megabytes goes as its beginning and end."""
+    from taskq.results.base import FAILURE, ResultRecord
+
+    tb = "Traceback (most recent call last):\n" + "  frame\n" * 500_000 + "ValueError: the end"
+    mod.app.backend.store_many([ResultRecord("big", FAILURE, None, "ValueError: the end", tb, date_done=1.0)])
+    sent = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")._traceback("big")
+    assert len(sent) < 70_000 and sent.startswith("Traceback (most recent") and sent.endswith("ValueError: the end")
+    assert "characters left out" in sent
