@@ -21,6 +21,8 @@ shared between them is guarded by one lock.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import platform
 import queue
@@ -37,6 +39,7 @@ from taskq.config import redact_url
 
 log = logging.getLogger("taskq.flower")
 PREFIX = "taskq@"
+POSITION_KEPT = 7 * 86400  # seconds the bridge's position is kept in Flower's Redis
 REVOKED_KEPT = 10_000  # revoked ids remembered per worker for ``inspect revoked``
 RAN = ("task-started", "task-succeeded", "task-failed", "task-retried")  # events of a task that began running
 TRACEBACK_KEPT = 64 * 1024  # characters of a traceback sent to Flower, which keeps each task's in memory
@@ -74,19 +77,29 @@ class NodeInfo:
 class FlowerBridge:
     """Republish taskq events as Celery events and answer Flower's inspect calls."""
 
-    def __init__(self, app: Taskq, broker_url: str, since: float = 0.0) -> None:
+    def __init__(self, app: Taskq, broker_url: str, since: float | None = None) -> None:
+        """``since``: republish the events from then on; None resumes where the last bridge for this
+        Redis stopped (Flower counts every event it is sent), or starts an hour back the first time."""
         from celery import Celery
 
         self.app = app
         self.capp = Celery("taskq-flower", broker=broker_url, set_as_current=False)
         self.capp.conf.broker_connection_retry_on_startup = True
+        # one position per events topic of one broker (the URL itself may hold a password)
+        where = hashlib.sha256(f"{app.broker_url} {app.events_topic}".encode()).hexdigest()[:16]
+        self._position_key = f"taskq-flower:position:{where}"
+        self._sent_up_to: dict[int, int] = {}  # per events-topic partition: the next offset to send
+        start = self._saved_position() if since is None else {}
+        if since is None:
+            since = 0.0 if start else time.time() - 3600
         self.nodes: dict[str, NodeInfo] = {}
         self.published = 0
         self._lock = threading.Lock()
         self._revokes: dict[tuple[tuple[str, ...], bool], float] = {}  # recent revoke broadcasts
-        self._events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=100_000)
+        self._events: queue.Queue[dict[str, Any] | tuple[int, int]] = queue.Queue(maxsize=100_000)
         self._stop = threading.Event()
-        self.consumer = EventConsumer(app, [self._enqueue], since=since)
+        self.consumer = EventConsumer(app, [self._enqueue], since=since, start=start,
+                                      on_record=lambda p, o: self._events.put((p, o)))
         self._threads = [threading.Thread(target=self._publish_loop, name="taskq-flower-events", daemon=True),
                          threading.Thread(target=self._pidbox_loop, name="taskq-flower-pidbox", daemon=True)]
 
@@ -103,6 +116,30 @@ class FlowerBridge:
         self._stop.set()
         for t in self._threads:
             t.join(timeout)
+        self._save_position()
+
+    # -- where to resume: the events sent to Flower, kept in its Redis --------------------------------
+
+    def _redis(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.capp.conf.broker_url, socket_timeout=5)
+
+    def _saved_position(self) -> dict[int, int]:
+        try:
+            raw = self._redis().get(self._position_key)
+            return {int(p): int(o) for p, o in json.loads(raw).items()} if raw else {}
+        except Exception as exc:  # noqa: BLE001 - then the bridge starts an hour back
+            log.warning("cannot read where the last bridge stopped (%s); starting an hour back", exc)
+            return {}
+
+    def _save_position(self) -> None:
+        if not self._sent_up_to:
+            return
+        try:
+            self._redis().set(self._position_key, json.dumps(self._sent_up_to), ex=POSITION_KEPT)
+        except Exception as exc:  # noqa: BLE001 - saved again a second later
+            log.warning("cannot save the bridge's position: %s", exc)
 
     def run_forever(self) -> None:
         self.start()
@@ -174,10 +211,17 @@ class FlowerBridge:
     def _publish_loop(self) -> None:
         dispatchers: dict[str, Any] = {}
         connection = None
+        saved = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - saved >= 1.0:
+                saved = time.monotonic()
+                self._save_position()
             try:
                 event = self._events.get(timeout=0.2)
             except queue.Empty:
+                continue
+            if isinstance(event, tuple):  # every event of this record was sent (or had no Celery twin)
+                self._sent_up_to[event[0]] = event[1] + 1
                 continue
             converted = to_celery(event)
             if converted is None:

@@ -7,6 +7,7 @@ taskq events topic and speaks Celery events and the pidbox protocol over that Re
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,3 +226,36 @@ def test_a_huge_traceback_reaches_flower_cut_to_its_ends(mod: ModuleType) -> Non
     sent = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")._traceback("big")
     assert len(sent) < 70_000 and sent.startswith("Traceback (most recent") and sent.endswith("ValueError: the end")
     assert "characters left out" in sent
+
+
+def test_a_restarted_bridge_resumes_without_counting_twice(mod: ModuleType, flower_server: Any) -> None:
+    """Flower counts every event it is sent: a restarted bridge resumes where the last one stopped (its
+    position is kept in Flower's Redis) instead of replaying the last hour, so nothing is counted twice and
+    what came while it was down is sent."""
+    from tests.monitor_support import lifecycle, produce_events
+
+    worker, node = "restart-w:1", "taskq@restart-w:1"
+
+    def run(task_id: str) -> list[dict[str, Any]]:
+        beat = {"v": 3, "type": "worker-heartbeat", "ts": time.time(), "worker": worker, "pid": 1, "freq": 2.0}
+        return [beat] + [dict(e, worker=worker) for e in lifecycle(task_id, time.time())[1:]]
+
+    def succeeded() -> int | None:
+        rows = {w["hostname"]: w for w in get(f"{flower_server.url}/workers?json=1")["data"]}
+        return rows.get(node, {}).get("task-succeeded")
+
+    produce_events(mod.app, run("r1") + run("r2"))
+    first = FlowerBridge(mod.app, flower_server.broker_url, since=time.time() - 60).start()
+    try:
+        wait_until(lambda: succeeded() == 2, 30, "Flower to count 2 successes", interval=0.3)
+    finally:
+        first.stop()
+    produce_events(mod.app, run("r3"))  # while no bridge runs
+    second = FlowerBridge(mod.app, flower_server.broker_url).start()
+    try:
+        wait_until(lambda: succeeded() == 3, 30, "Flower to count the success sent while the bridge was down",
+                   interval=0.3)
+        time.sleep(2)
+        assert succeeded() == 3
+    finally:
+        second.stop()
