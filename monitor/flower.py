@@ -183,7 +183,9 @@ class FlowerBridge:
                 node.offline = kind == "worker-offline"
                 if kind == "worker-online":
                     node.online_since = float(e.get("ts") or time.time())
-            if kind in RAN and isinstance(e.get("id"), str):
+            if kind.startswith("task-") and not isinstance(e.get("id"), str):
+                return []  # a message with no id (dead-lettered as rejected): no task to list or count
+            if kind in RAN:
                 if e["id"] not in node.tasks:
                     untold.append("task-received")
                 if kind != "task-started" and e["id"] not in node.started:

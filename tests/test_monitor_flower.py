@@ -259,3 +259,12 @@ def test_a_restarted_bridge_resumes_without_counting_twice(mod: ModuleType, flow
         assert succeeded() == 3
     finally:
         second.stop()
+
+
+def test_a_message_without_an_id_leaves_no_phantom_reserved_task(mod: ModuleType) -> None:
+    """A message with no id header is rejected; with events_coalesce=0 it was also received. Flower's
+    inspect reserved must not list it forever."""
+    bridge = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")
+    bridge._track(task_event("task-received", None, 1.0))  # type: ignore[arg-type]
+    bridge._track(task_event("task-rejected", None, 1.1))  # type: ignore[arg-type]
+    assert bridge.reserved("taskq@host:1") == [] and bridge.active("taskq@host:1") == []
