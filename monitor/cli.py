@@ -56,7 +56,9 @@ def monitor(app_path: str | None, host: str, port: int, token: str | None, since
 @click.option("-A", "--app", "app_path", default=None, help=APP_HELP)
 @click.option("--broker", "celery_broker", envvar="TASKQ_FLOWER_BROKER", required=True,
               help="Redis URL that Flower reads (celery --broker=...), e.g. redis://127.0.0.1:6379/1.")
-@click.option("--since", default="1h", show_default=True, help="Republish events from: all, 15m, 6h, epoch, ISO.")
+@click.option("--since", default=None,
+              help="Republish events from: all, 15m, 6h, epoch, ISO [default: where the last bridge for this Redis "
+                   "stopped, else 1h].")
 def flower(app_path: str | None, celery_broker: str, since: str) -> None:
     """Let the real Flower show taskq: republish events as Celery events and answer inspect calls."""
     try:
@@ -66,7 +68,7 @@ def flower(app_path: str | None, celery_broker: str, since: str) -> None:
         raise _missing(exc, "flower") from exc
     try:
         app = _load(app_path)
-        bridge = FlowerBridge(app, celery_broker, since=parse_since(since))
+        bridge = FlowerBridge(app, celery_broker, since=None if since is None else parse_since(since))
     except TaskqError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"taskq flower bridge: {redact_url(app.broker_url)} -> {redact_url(celery_broker)} "

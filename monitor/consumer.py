@@ -2,8 +2,8 @@
 
 The consumer thread owns its reader. Where the broker reads outside a group (``Broker.reader``) it
 starts at the offsets whose timestamps are at or after ``since``; otherwise it joins a fresh group and
-reads from the beginning. Either way a restarted monitor rebuilds its view from history (events older than ``since``
-are skipped), and while it runs it sees every event the topic keeps: nothing is sampled or dropped,
+reads from the beginning. Either way a restarted monitor rebuilds its view from history (events of the history
+present at start older than ``since`` are skipped; later ones are shown whatever their time), and while it runs it sees every event the topic keeps: nothing is sampled or dropped,
 unlike Celery's transient event queue. Nothing is committed.
 """
 
@@ -33,11 +33,14 @@ def events_topic(app: Taskq) -> str:
 class EventConsumer:
     """A thread that replays the events topic from ``since`` and then follows it."""
 
-    def __init__(self, app: Taskq, listeners: list[Listener], since: float = 0.0, batch: int = 2000) -> None:
+    def __init__(self, app: Taskq, listeners: list[Listener], since: float = 0.0, batch: int = 2000,
+                 start: dict[int, int] | None = None, on_record: Callable[[int, int], None] | None = None) -> None:
         self.app = app
         self.topic = events_topic(app)
         self.listeners = listeners
         self.since = since
+        self.start_at = start or {}  # offsets to read from by partition (resuming), before ``since``
+        self.on_record = on_record  # (partition, offset) once a record's events were handed over
         self.batch = batch
         self.group = f"taskq-monitor-{uuid.uuid4().hex[:12]}"
         self.caught_up = threading.Event()  # set once the history present at start is read
@@ -66,6 +69,7 @@ class EventConsumer:
         try:
             start = broker.offsets_for_time(self.topic, self.since) if self.since > 0 else {
                 p: lo for p, (lo, _hi) in marks.items()}
+            start.update({p: min(max(o, marks[p][0]), marks[p][1]) for p, o in self.start_at.items() if p in marks})
             reader = broker.reader(self.topic, start)
             self.mode = "reader"
             ends = {p: hi for p, (_lo, hi) in marks.items() if hi > start.get(p, hi)}
@@ -93,7 +97,11 @@ class EventConsumer:
                     continue
                 self.error = None
                 for record in records:
-                    self._handle(record.value)
+                    # --since picks where history starts: an event arriving now is shown whatever its
+                    # time says (its worker's clock may be behind)
+                    self._handle(record.value, history=record.partition in ends)
+                    if self.on_record is not None:
+                        self.on_record(record.partition, record.offset)
                     if ends and record.offset + 1 >= ends.get(record.partition, 0):
                         ends.pop(record.partition, None)
                         if not ends:
@@ -101,19 +109,19 @@ class EventConsumer:
         finally:
             close()
 
-    def _handle(self, value: bytes | None) -> None:
+    def _handle(self, value: bytes | None, history: bool = True) -> None:
         events = decode_all(value)  # taskq.events owns the format: one event or an array of them
         if not events:
             self.undecodable += 1
             return
         for event in events:
-            self._handle_event(event)
+            self._handle_event(event, history)
 
-    def _handle_event(self, event: dict[str, Any]) -> None:
+    def _handle_event(self, event: dict[str, Any], history: bool = True) -> None:
         if not isinstance(event.get("ts", 0), (int, float)):
             self.undecodable += 1
             return
-        if float(event.get("ts") or 0) < self.since:
+        if history and float(event.get("ts") or 0) < self.since:
             self.skipped_old += 1
             return
         self.received += 1

@@ -6,12 +6,14 @@ both over a Redis broker that Flower reads (``celery --broker=redis://... flower
 
 - the events thread reads taskq's events topic and republishes each event as the Celery event Flower
   expects, through Celery's own ``EventDispatcher`` (one per worker, so every event carries that
-  worker's hostname, timestamp, utcoffset, pid and Lamport clock; heartbeats carry ``freq``);
+  worker's hostname, timestamp, utcoffset, pid and Lamport clock; heartbeats carry ``freq``; a
+  failure or retry carries the traceback stored in the result backend, since events have none);
 - the pidbox thread answers ``inspect`` broadcasts (ping, stats with ``total`` and ``broker``,
   registered, active, active_queues, conf, scheduled, reserved, revoked) on behalf of every worker
   heard from, from what its heartbeats and task events said: ``reserved`` is what it received and has
   not started, ``active`` what it runs, ``revoked`` the latest ids it skipped as revoked.
   ``scheduled`` stays empty: eta tasks wait in the delay-tier topics, not in a worker's reserve.
+  Flower's ``revoke`` (with ``terminate``) is a taskq revocation (:func:`taskq.revocations.revoke`).
 
 Each thread owns its own kombu connection (kombu connections are not thread-safe); ``Bridge`` state
 shared between them is guarded by one lock.
@@ -19,6 +21,8 @@ shared between them is guarded by one lock.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import platform
 import queue
@@ -35,7 +39,11 @@ from taskq.config import redact_url
 
 log = logging.getLogger("taskq.flower")
 PREFIX = "taskq@"
+POSITION_KEPT = 7 * 86400  # seconds the bridge's position is kept in Flower's Redis
 REVOKED_KEPT = 10_000  # revoked ids remembered per worker for ``inspect revoked``
+RAN = ("task-started", "task-succeeded", "task-failed", "task-retried")  # events of a task that began running
+TRACEBACK_KEPT = 64 * 1024  # characters of a traceback sent to Flower, which keeps each task's in memory
+REVOKE_REPEAT = 10.0  # seconds a revoke broadcast (one copy per node) is acted on once
 
 
 def celery_name(worker: str) -> str:
@@ -69,18 +77,29 @@ class NodeInfo:
 class FlowerBridge:
     """Republish taskq events as Celery events and answer Flower's inspect calls."""
 
-    def __init__(self, app: Taskq, broker_url: str, since: float = 0.0) -> None:
+    def __init__(self, app: Taskq, broker_url: str, since: float | None = None) -> None:
+        """``since``: republish the events from then on; None resumes where the last bridge for this
+        Redis stopped (Flower counts every event it is sent), or starts an hour back the first time."""
         from celery import Celery
 
         self.app = app
         self.capp = Celery("taskq-flower", broker=broker_url, set_as_current=False)
         self.capp.conf.broker_connection_retry_on_startup = True
+        # one position per events topic of one broker (the URL itself may hold a password)
+        where = hashlib.sha256(f"{app.broker_url} {app.events_topic}".encode()).hexdigest()[:16]
+        self._position_key = f"taskq-flower:position:{where}"
+        self._sent_up_to: dict[int, int] = {}  # per events-topic partition: the next offset to send
+        start = self._saved_position() if since is None else {}
+        if since is None:
+            since = 0.0 if start else time.time() - 3600
         self.nodes: dict[str, NodeInfo] = {}
         self.published = 0
         self._lock = threading.Lock()
-        self._events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=100_000)
+        self._revokes: dict[tuple[tuple[str, ...], bool], float] = {}  # recent revoke broadcasts
+        self._events: queue.Queue[dict[str, Any] | tuple[int, int]] = queue.Queue(maxsize=100_000)
         self._stop = threading.Event()
-        self.consumer = EventConsumer(app, [self._enqueue], since=since)
+        self.consumer = EventConsumer(app, [self._enqueue], since=since, start=start,
+                                      on_record=lambda p, o: self._events.put((p, o)))
         self._threads = [threading.Thread(target=self._publish_loop, name="taskq-flower-events", daemon=True),
                          threading.Thread(target=self._pidbox_loop, name="taskq-flower-pidbox", daemon=True)]
 
@@ -97,6 +116,30 @@ class FlowerBridge:
         self._stop.set()
         for t in self._threads:
             t.join(timeout)
+        self._save_position()
+
+    # -- where to resume: the events sent to Flower, kept in its Redis --------------------------------
+
+    def _redis(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.capp.conf.broker_url, socket_timeout=5)
+
+    def _saved_position(self) -> dict[int, int]:
+        try:
+            raw = self._redis().get(self._position_key)
+            return {int(p): int(o) for p, o in json.loads(raw).items()} if raw else {}
+        except Exception as exc:  # noqa: BLE001 - then the bridge starts an hour back
+            log.warning("cannot read where the last bridge stopped (%s); starting an hour back", exc)
+            return {}
+
+    def _save_position(self) -> None:
+        if not self._sent_up_to:
+            return
+        try:
+            self._redis().set(self._position_key, json.dumps(self._sent_up_to), ex=POSITION_KEPT)
+        except Exception as exc:  # noqa: BLE001 - saved again a second later
+            log.warning("cannot save the bridge's position: %s", exc)
 
     def run_forever(self) -> None:
         self.start()
@@ -111,16 +154,22 @@ class FlowerBridge:
     # -- events: taskq -> Celery --------------------------------------------------------------------
 
     def _enqueue(self, event: dict[str, Any]) -> None:
-        self._track(event)
+        # a worker coalesces a quick task's received and started events into its next one
+        # (events_coalesce); Flower counts and times each, as a Celery worker sends them all
+        for kind in self._track(event):
+            at = event.get("received" if kind == "task-received" else "started")
+            self._events.put({**event, "type": kind, "ts": at or event.get("ts")})
         self._events.put(event)  # blocks the reader when Redis is slow: back-pressure, not loss
 
-    def _track(self, e: dict[str, Any]) -> None:
-        """Keep what inspect replies need: per worker, totals by task name and the tasks running now."""
+    def _track(self, e: dict[str, Any]) -> list[str]:
+        """Keep what inspect replies need: per worker, totals by task name and the tasks running now.
+        Returns the earlier events of the task that this worker's events did not tell (coalesced)."""
         worker = e.get("worker")
         if not isinstance(worker, str):
-            return
+            return []
         name = celery_name(worker)
         kind = e.get("type", "")
+        untold = []
         with self._lock:
             node = self.nodes.setdefault(name, NodeInfo(name))
             node.last_seen = max(node.last_seen, float(e.get("ts") or 0))
@@ -134,7 +183,14 @@ class FlowerBridge:
                 node.offline = kind == "worker-offline"
                 if kind == "worker-online":
                     node.online_since = float(e.get("ts") or time.time())
-            elif kind in ("task-received", "task-started"):
+            if kind.startswith("task-") and not isinstance(e.get("id"), str):
+                return []  # a message with no id (dead-lettered as rejected): no task to list or count
+            if kind in RAN:
+                if e["id"] not in node.tasks:
+                    untold.append("task-received")
+                if kind != "task-started" and e["id"] not in node.started:
+                    untold.append("task-started")
+            if kind in ("task-received", "task-started"):
                 if kind == "task-started":
                     node.started.add(e["id"])
                 node.tasks[e["id"]] = {
@@ -148,23 +204,33 @@ class FlowerBridge:
                           "task-skipped"):
                 node.tasks.pop(str(e.get("id")), None)
                 node.started.discard(str(e.get("id")))
-                if kind == "task-revoked":
+                if _revoked(e):
                     node.revoked.append(str(e.get("id")))
                 if kind in ("task-succeeded", "task-failed") and e.get("task"):
                     node.total[e["task"]] += 1
+        return untold
 
     def _publish_loop(self) -> None:
         dispatchers: dict[str, Any] = {}
         connection = None
+        saved = time.monotonic()
         while not self._stop.is_set():
+            if time.monotonic() - saved >= 1.0:
+                saved = time.monotonic()
+                self._save_position()
             try:
                 event = self._events.get(timeout=0.2)
             except queue.Empty:
+                continue
+            if isinstance(event, tuple):  # every event of this record was sent (or had no Celery twin)
+                self._sent_up_to[event[0]] = event[1] + 1
                 continue
             converted = to_celery(event)
             if converted is None:
                 continue
             kind, hostname, pid, fields = converted
+            if "traceback" in fields:
+                fields["traceback"] = self._traceback(fields["uuid"])
             try:
                 if connection is None:
                     connection = self.capp.connection_for_write()
@@ -189,6 +255,19 @@ class FlowerBridge:
             _quiet(d.close)
         if connection is not None:
             _quiet(connection.release)
+
+    def _traceback(self, task_id: str) -> str:
+        """The traceback stored with a task's failure or retry (events carry none), else ''."""
+        try:
+            record = self.app.backend.get(task_id)
+        except Exception as exc:  # noqa: BLE001 - the event goes on without its traceback
+            log.debug("no traceback for %s: %s", task_id, exc)
+            return ""
+        tb = (record.traceback if record is not None else None) or ""
+        if len(tb) <= TRACEBACK_KEPT:
+            return tb
+        half = TRACEBACK_KEPT // 2
+        return f"{tb[:half]}\n... ({len(tb) - 2 * half} characters left out) ...\n{tb[-half:]}"
 
     # -- pidbox: Flower's inspect calls -------------------------------------------------------------
 
@@ -228,15 +307,15 @@ class FlowerBridge:
                     _quiet(c.cancel)
 
     def handlers(self) -> dict[str, Any]:
-        """Remote-control commands that every node answers alike."""
-        return {"ping": lambda state, **kw: {"ok": "pong"},
+        """Remote-control commands that every node answers alike; any other is refused with a reason."""
+        return _Unsupported({"ping": lambda state, **kw: {"ok": "pong"},
                 "conf": lambda state, **kw: self._conf(),
                 "scheduled": lambda state, **kw: [],
                 "clock": lambda state, **kw: {"clock": self.capp.clock.value},
                 # taskq workers always publish events: Flower's periodic enable_events is acknowledged
                 "enable_events": lambda state, **kw: {"ok": "task events enabled"},
                 "disable_events": lambda state, **kw: {"ok": "taskq workers always publish events"},
-                "report": lambda state, **kw: {"ok": "taskq worker (via taskq flower)"}}
+                "report": lambda state, **kw: {"ok": "taskq worker (via taskq flower)"}})
 
     def _conf(self) -> dict[str, Any]:
         s = self.app.settings
@@ -255,7 +334,23 @@ class FlowerBridge:
         handlers["reserved"] = lambda state, **kw: self.reserved(name)
         handlers["revoked"] = lambda state, **kw: self.revoked(name)
         handlers["active_queues"] = lambda state, **kw: self.active_queues(name)
+        handlers["revoke"] = lambda state, task_id, terminate=False, **kw: self.revoke(task_id, terminate)
         return handlers
+
+    def revoke(self, task_id: str | list[str], terminate: bool = False) -> dict[str, str]:
+        """Flower's revoke as a taskq revocation. A broadcast reaches every node the bridge answers for:
+        the copies that follow the first within ``REVOKE_REPEAT`` s are not acted on again."""
+        from taskq.revocations import revoke
+
+        ids = tuple([task_id] if isinstance(task_id, str) else task_id)
+        now = time.monotonic()
+        with self._lock:
+            self._revokes = {k: t for k, t in self._revokes.items() if now - t < REVOKE_REPEAT}
+            repeat = (ids, bool(terminate)) in self._revokes
+            self._revokes[(ids, bool(terminate))] = now
+        if not repeat:
+            revoke(self.app, ids, bool(terminate))
+        return {"ok": f"tasks {', '.join(ids)} flagged as revoked"}
 
     def stats(self, name: str) -> dict[str, Any]:
         with self._lock:
@@ -314,7 +409,7 @@ class FlowerBridge:
 
 def to_celery(e: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]] | None:
     """(Celery event type, hostname, pid, fields) for a taskq event; None for events Celery has no twin of."""
-    kind = e.get("type")
+    kind = "task-revoked" if _revoked(e) else e.get("type")
     worker = e.get("worker")
     ts = float(e.get("ts") or time.time())
     if kind in ("worker-online", "worker-heartbeat", "worker-offline"):
@@ -360,6 +455,23 @@ def to_celery(e: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]] | None:
         return None
     pid = 0
     return str(kind), hostname, pid, fields
+
+
+class _Unsupported(dict[str, Any]):
+    """Pidbox handlers whose missing commands (pool grow/shrink, autoscale, shutdown, rate limit, time limits,
+    queues) reply with what to do instead: Flower shows a call's reply as the reason it failed."""
+
+    def __missing__(self, method: str) -> Any:
+        def refuse(state: Any, **kw: Any) -> dict[str, str]:
+            log.warning("Flower asked for %s: taskq workers do not take it from Flower", method)
+            return {"error": f"taskq workers do not support {method} from Flower: concurrency, pools, rate and "
+                             "time limits are set where the worker starts (taskq worker -c/--pool, @app.task)"}
+        return refuse
+
+
+def _revoked(e: dict[str, Any]) -> bool:
+    """A task-revoked event, or a task-skipped one for a task revoked before a worker took it."""
+    return e.get("type") == "task-revoked" or (e.get("type") == "task-skipped" and e.get("state") == "REVOKED")
 
 
 def _repr(value: Any, empty: str) -> str:

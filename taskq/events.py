@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from taskq.brokers.base import Producer, Record
 from taskq.delivery import DeliveryGate
+from taskq.errors import TopicMissing
 from taskq.execution import Kind, Outcome
 from taskq.hooks import Hook, WorkerInfo
 from taskq.message import H_ATTEMPTS, H_ID, H_PARENT_ID, H_ROOT_ID, H_TASK
@@ -83,6 +84,8 @@ _OUTCOME_TYPES = {Kind.SUCCESS: TASK_SUCCEEDED, Kind.RETRY: TASK_RETRIED, Kind.D
 _RECEIVED, _FINISHED, _SKIPPED, _ABANDONED, _WORKER, _HOLD = range(6)
 #: seconds a hold waits for its events' acknowledgement before the offsets are committed anyway
 ACK_BOUND = 5.0
+#: seconds between attempts to create again an events topic deleted under the worker
+RECREATE_EVERY = 10.0
 
 
 def task_row(record: Record, kind: str, ts: float, received: float | None = None, started: float | None = None,
@@ -207,8 +210,12 @@ class EventsHook(Hook):
     :meth:`hold` lets the worker commit a record's offset only once its events are acknowledged.
     """
 
-    def __init__(self, app: Taskq, producer: Producer, worker: str) -> None:
+    def __init__(self, app: Taskq, producer: Producer, worker: str,
+                 recreate: Callable[[str], None] | None = None) -> None:
+        self.app = app
         self.topic = app.events_topic
+        self._recreate = recreate  # creates the events topic again when it was deleted under the worker
+        self._next_recreate = 0.0
         self.include_args = app.settings.events_include_args
         # without arguments and results every key is a string: the faster encoder
         self._encode = JSON.dumps if self.include_args else json_dumps_str_keys
@@ -555,6 +562,7 @@ class EventsHook(Hook):
             self.published += len(events)
         except Exception as exc:  # noqa: BLE001 - an event that cannot be queued never affects a task
             report(exc, None)
+            self._topic_gone(exc)
 
     def _send(self, key: bytes | None, value: bytes) -> None:
         """Queue a worker event: no delivery report (nothing waits for it); the idempotent producer
@@ -564,6 +572,22 @@ class EventsHook(Hook):
             self.published += 1
         except Exception as exc:  # noqa: BLE001 - an event that cannot be queued never affects a task
             self._failed(1, exc)
+            self._topic_gone(exc)
+
+    def _topic_gone(self, exc: Exception) -> None:
+        """The events topic was deleted while the worker runs: create it again (at most every
+        ``RECREATE_EVERY`` s), as the worker does for its dead-letter and delay-tier topics; the events
+        that failed meanwhile are counted in ``failed``."""
+        now = time.monotonic()
+        if not isinstance(exc, TopicMissing) or self._recreate is None or now < self._next_recreate:
+            return
+        self._next_recreate = now + RECREATE_EVERY
+        try:
+            self._recreate(self.topic)
+            self._partitions = self._partition_count(self.app)
+            log.warning("events topic %s was deleted; created it again", self.topic)
+        except Exception as error:  # noqa: BLE001 - tried again with a later event
+            log.warning("cannot create the events topic %s again: %s", self.topic, error)
 
     def _failed(self, count: int, exc: Exception) -> None:
         self.failed += count

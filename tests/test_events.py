@@ -510,3 +510,36 @@ def test_inspect_shows_escape_sequences_and_markup_in_events_as_text(tmp_path: P
     out = CliRunner().invoke(main, ["inspect", "workers"], catch_exceptions=False).output
     assert "\x1b" not in out and "\x07" not in out, repr(out)
     assert "w\\x1b[2J\\x1b]0;t\\x07" in out and "[bold]threads[/bold]" in out, out
+
+
+@pytest.mark.kafka
+@pytest.mark.redis
+def test_the_events_topic_deleted_while_a_worker_runs_is_created_again(kafka_url: str, redis_url: str,
+                                                                       unique: str) -> None:
+    """Like a dead-letter topic, the events topic deleted under a running worker comes back with its next
+    events: the worker's tasks and heartbeats are seen again (the monitor, Flower) instead of never."""
+    from confluent_kafka.admin import AdminClient
+
+    app = Taskq("evdel", broker=kafka_url, backend=redis_url, topic_prefix=f"evd{unique}.", group=f"evd{unique}")
+
+    @app.task(name="ev.add")
+    def add(x: int) -> int:
+        return x + 1
+
+    with worker_thread(app, concurrency=2) as (worker, _thread):
+        assert add.delay(1).get(timeout=30) == 2
+        admin = AdminClient({"bootstrap.servers": kafka_url.removeprefix("kafka://")})
+        for future in admin.delete_topics([app.events_topic]).values():
+            future.result(30)
+        deleted = time.time()
+        sent: set[str] = set()
+
+        def seen_again() -> bool:
+            result = add.delay(2)
+            sent.add(result.id)
+            assert result.get(timeout=30) == 3
+            return any(e.get("id") in sent for e in read_events(app, deleted))
+        wait_until(seen_again, 90, "a task's event on the events topic after its deletion", interval=1.0)
+        wait_until(lambda: worker.name in {v.name for v in workers(read_events(app, time.time() - 10))}, 30,
+                   "the worker's heartbeats again")
+    app.close()

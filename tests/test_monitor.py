@@ -157,6 +157,16 @@ def test_restart_rebuilds_the_view_from_the_events_topic(app: Taskq) -> None:
         assert recent.consumer.skipped_old == 200
 
 
+def test_live_events_of_a_worker_with_a_slow_clock_are_not_dropped(app: Taskq) -> None:
+    """``--since`` chooses where history starts: an event that arrives while the monitor runs is shown,
+    even from a worker whose clock is an hour behind."""
+    with running_monitor(app, since=time.time() - 60) as monitor:
+        produce_events(app, lifecycle("skewed", time.time() - 3600))
+        wait_until(lambda: monitor.state.task("skewed") is not None, 15, "the skewed worker's task to be shown")
+        assert monitor.state.task("skewed").state == "SUCCESS"  # type: ignore[union-attr]
+        assert monitor.consumer.skipped_old == 0
+
+
 def test_no_event_is_lost_while_running(app: Taskq) -> None:
     """flower#1127/#1428: under a burst from several producers every task ends in its final state."""
     with running_monitor(app, max_tasks=20_000) as monitor:

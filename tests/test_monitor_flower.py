@@ -7,6 +7,7 @@ taskq events topic and speaks Celery events and the pidbox protocol over that Re
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +126,145 @@ def celery_events(wire: Any) -> list[dict[str, Any]]:
             body = base64.b64decode(body)
         events.append(json.loads(body))
     return events
+
+
+def post(url: str) -> Any:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read().decode())
+
+
+def test_flower_revoke_revokes_the_taskq_task(mod: ModuleType, flower_server: Any) -> None:
+    """Flower's revoke (a broadcast it sends without waiting for a reply) really revokes the task."""
+    app = mod.app
+    bridge = FlowerBridge(app, flower_server.broker_url).start()
+    try:
+        with worker_thread(app, concurrency=1, name=WORKER):
+            wait_until(lambda: get(f"{flower_server.url}/api/workers?refresh=1").get(NODE) is not None, 60,
+                       "Flower to list the taskq worker", interval=0.5)
+            busy = mod.work.delay(1, user="ann", sleep=5.0)
+            waiting = mod.work.delay(2, user="ann")  # same key: waits until ``busy`` is done
+            assert post(f"{flower_server.url}/api/task/revoke/{waiting.id}") == {"message": f"Revoked '{waiting.id}'"}
+            assert busy.get(timeout=30) == 2
+            wait_until(lambda: waiting.status == "REVOKED", 10, "the task revoked through Flower to be REVOKED")
+            wait_until(lambda: get(f"{flower_server.url}/api/tasks").get(waiting.id, {}).get("state") == "REVOKED",
+                       30, "Flower to show the task REVOKED", interval=0.5)
+    finally:
+        bridge.stop()
+
+
+def test_task_skipped_as_revoked_is_revoked_in_flower(mod: ModuleType) -> None:
+    """A task revoked before a worker took it is skipped by its stored REVOKED state: Flower hears task-revoked."""
+    kind, _host, _pid, fields = to_celery(task_event("task-skipped", "x", 5.0, state="REVOKED"))  # type: ignore[misc]
+    assert (kind, fields["uuid"], fields["terminated"]) == ("task-revoked", "x", False)
+    assert to_celery(task_event("task-skipped", "x", 5.0, state="SUCCESS")) is None  # a redelivered duplicate
+    bridge = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")
+    bridge._track(task_event("task-skipped", "x", 5.0, state="REVOKED"))
+    assert bridge.revoked("taskq@host:1") == ["x"]
+
+
+def test_flower_shows_the_traceback_of_a_failed_task(mod: ModuleType, flower_server: Any) -> None:
+    """Events carry no traceback: the bridge gives Flower the one stored with the failure."""
+    bridge = FlowerBridge(mod.app, flower_server.broker_url).start()
+    try:
+        with worker_thread(mod.app, concurrency=1, name=WORKER):
+            failed = mod.fragile.delay(7, user="tb")
+            with pytest.raises(ValueError):
+                failed.get(timeout=30)
+            wait_until(lambda: get(f"{flower_server.url}/api/tasks").get(failed.id, {}).get("state") == "FAILURE",
+                       30, "Flower to show the task FAILURE", interval=0.5)
+            task = get(f"{flower_server.url}/api/task/info/{failed.id}")
+            assert task["traceback"] == failed.traceback and "marker missing for 7" in task["traceback"], task
+    finally:
+        bridge.stop()
+
+
+def test_flower_counts_and_times_coalesced_tasks(mod: ModuleType, flower_server: Any) -> None:
+    """A quick task's received and started events are coalesced into its outcome (events_coalesce): Flower
+    still gets received, started and succeeded for it, as from a Celery worker (its Processed column counts
+    task-received), and a task running longer than the coalescing delay is listed with its name."""
+    name = "flower-count"
+    bridge = FlowerBridge(mod.app, flower_server.broker_url).start()
+    try:
+        with worker_thread(mod.app, concurrency=2, name=name):
+            quick = [mod.work.delay(i, user=f"q{i}") for i in range(5)]
+            slow = mod.work.delay(9, user="slow", sleep=4.0)
+            assert [r.get(timeout=30) for r in quick] == [0, 2, 4, 6, 8]
+            wait_until(lambda: get(f"{flower_server.url}/api/tasks").get(slow.id, {}).get("state") == "STARTED", 30,
+                       "Flower to show the slow task running", interval=0.2)
+            assert get(f"{flower_server.url}/api/tasks")[slow.id]["name"] == f"{APP}.work"
+            assert slow.get(timeout=30) == 18
+            ids = [r.id for r in quick] + [slow.id]
+            wait_until(lambda: all(get(f"{flower_server.url}/api/tasks").get(i, {}).get("state") == "SUCCESS"
+                                   for i in ids), 30, "Flower to show the tasks SUCCESS", interval=0.5)
+            tasks = get(f"{flower_server.url}/api/tasks")
+            for i in ids:
+                assert tasks[i]["received"] and tasks[i]["received"] <= tasks[i]["started"] <= tasks[i]["succeeded"]
+            counts = {w["hostname"]: w for w in get(f"{flower_server.url}/workers?json=1")["data"]}[f"taskq@{name}"]
+            assert (counts["task-received"], counts["task-started"], counts["task-succeeded"]) == (6, 6, 6), counts
+    finally:
+        bridge.stop()
+
+
+def test_control_commands_taskq_cannot_do_fail_with_a_reason(mod: ModuleType) -> None:
+    """Flower's pool grow, autoscale, shutdown, ... are not taskq operations: the reply says so (Flower shows
+    it as the failure's reason) instead of a KeyError from kombu."""
+    bridge = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")
+    handlers = bridge.node_handlers("taskq@host:1")
+    reply = handlers["pool_grow"](None, n=2)
+    assert "taskq" in reply["error"] and "pool_grow" in reply["error"] and "concurrency" in reply["error"]
+    assert "shutdown" in handlers["shutdown"](None)["error"]
+    assert handlers["ping"](None) == {"ok": "pong"}
+
+
+def test_a_huge_traceback_reaches_flower_cut_to_its_ends(mod: ModuleType) -> None:
+    """Flower keeps every task's traceback in memory: one of megabytes goes as its beginning and end."""
+    from taskq.results.base import FAILURE, ResultRecord
+
+    tb = "Traceback (most recent call last):\n" + "  frame\n" * 500_000 + "ValueError: the end"
+    mod.app.backend.store_many([ResultRecord("big", FAILURE, None, "ValueError: the end", tb, date_done=1.0)])
+    sent = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")._traceback("big")
+    assert len(sent) < 70_000 and sent.startswith("Traceback (most recent") and sent.endswith("ValueError: the end")
+    assert "characters left out" in sent
+
+
+def test_a_restarted_bridge_resumes_without_counting_twice(mod: ModuleType, flower_server: Any) -> None:
+    """Flower counts every event it is sent: a restarted bridge resumes where the last one stopped (its
+    position is kept in Flower's Redis) instead of replaying the last hour, so nothing is counted twice and
+    what came while it was down is sent."""
+    from tests.monitor_support import lifecycle, produce_events
+
+    worker, node = "restart-w:1", "taskq@restart-w:1"
+
+    def run(task_id: str) -> list[dict[str, Any]]:
+        beat = {"v": 3, "type": "worker-heartbeat", "ts": time.time(), "worker": worker, "pid": 1, "freq": 2.0}
+        return [beat] + [dict(e, worker=worker) for e in lifecycle(task_id, time.time())[1:]]
+
+    def succeeded() -> int | None:
+        rows = {w["hostname"]: w for w in get(f"{flower_server.url}/workers?json=1")["data"]}
+        return rows.get(node, {}).get("task-succeeded")
+
+    produce_events(mod.app, run("r1") + run("r2"))
+    first = FlowerBridge(mod.app, flower_server.broker_url, since=time.time() - 60).start()
+    try:
+        wait_until(lambda: succeeded() == 2, 30, "Flower to count 2 successes", interval=0.3)
+    finally:
+        first.stop()
+    produce_events(mod.app, run("r3"))  # while no bridge runs
+    second = FlowerBridge(mod.app, flower_server.broker_url).start()
+    try:
+        wait_until(lambda: succeeded() == 3, 30, "Flower to count the success sent while the bridge was down",
+                   interval=0.3)
+        time.sleep(2)
+        assert succeeded() == 3
+    finally:
+        second.stop()
+
+
+def test_a_message_without_an_id_leaves_no_phantom_reserved_task(mod: ModuleType) -> None:
+    """A message with no id header is rejected; with events_coalesce=0 it was also received. Flower's
+    inspect reserved must not list it forever."""
+    bridge = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")
+    bridge._track(task_event("task-received", None, 1.0))  # type: ignore[arg-type]
+    bridge._track(task_event("task-rejected", None, 1.1))  # type: ignore[arg-type]
+    assert bridge.reserved("taskq@host:1") == [] and bridge.active("taskq@host:1") == []

@@ -252,7 +252,7 @@ class Worker:
         if app.settings.track_started:
             hooks.append(TrackStarted(app.backend, self.name))
         if app.settings.events:
-            events = EventsHook(app, producer, self.name)
+            events = EventsHook(app, producer, self.name, self._recreate_topic)
             hooks.append(events)
             self._after_events = partial(events.hold, release=self._to_offsets)
         self.hooks = hook_set = HookSet(hooks)
