@@ -216,7 +216,7 @@ class Expander:
                                    task_id=options.get("task_id"), headers=options.get("headers"),
                                    countdown=options.get("countdown"), eta=options.get("eta"), root_id=root,
                                    parent_id=parent, canvas=JSON.dumps(header).decode() if header else None)
-        except TaskqError as exc:  # e.g. a budget or block check refused the send
+        except (TaskqError, TypeError) as exc:  # a send check refused it, or its arguments do not fit
             if not self.in_worker:
                 raise
             task_id, error = options["task_id"], f"{qualname(exc)}: {exc}"

@@ -232,6 +232,18 @@ def test_a_follow_up_refused_by_a_send_check_fails_the_chain(app: Taskq, worker:
     assert chain(add.s(1, 1), mul.s(2)).apply_async().get(timeout=TIMEOUT) == 4  # the worker carries on
 
 
+def test_a_chain_step_whose_arguments_do_not_fit_fails_the_chain(app: Taskq, worker: None) -> None:
+    """``add.s(1, 2)`` after a step gets three arguments: the step fails with Python's TypeError (as
+    at the call) and the chain stops; the worker's finisher used to die on it, so nothing was stored after."""
+    add = t(app, "add")
+    workflow = chain(add.s(1, 1), add.s(1, 2), add.s(3))
+    result = workflow.apply_async()
+    with pytest.raises(TypeError, match="canvas.add"):
+        result.get(timeout=TIMEOUT)
+    assert app.AsyncResult(workflow.tasks[1].id).status == FAILURE
+    assert chain(add.s(1, 1), add.s(2)).apply_async().get(timeout=TIMEOUT) == 4  # the worker carries on
+
+
 def test_allow_error_chord_runs_its_body_with_the_failures_in_place(app: Taskq, worker: None, journal: str) -> None:
     add, boom, collect, errback = t(app, "add"), t(app, "boom"), t(app, "collect"), t(app, "errback")
     failing = boom.s(3)
