@@ -216,7 +216,10 @@ class Expander:
                                    task_id=options.get("task_id"), headers=options.get("headers"),
                                    countdown=options.get("countdown"), eta=options.get("eta"), root_id=root,
                                    parent_id=parent, canvas=JSON.dumps(header).decode() if header else None)
-        except (TaskqError, TypeError) as exc:  # a send check refused it, or its arguments do not fit
+            topic = task.topic_of(options.get("priority") or 0)
+            serializer = options.get("serializer") or task.serializer
+            app.serializers.get(serializer)  # an unknown one fails this step here, not the worker's send
+        except (TaskqError, TypeError) as exc:  # a send check refused it, or an argument or option is bad
             if not self.in_worker:
                 raise
             task_id, error = options["task_id"], f"{qualname(exc)}: {exc}"
@@ -226,8 +229,7 @@ class Expander:
                       task_id)
             return
         self._child(parent, message.id)
-        self.plan.messages.append((message, task.topic_of(options.get("priority") or 0), task.partitions,
-                                   options.get("serializer") or task.serializer))
+        self.plan.messages.append((message, topic, task.partitions, serializer))
 
     def _chord(self, chord: dict[str, Any], prefix: Sequence[Any], cont: Continuation, root: str,
                parent: str | None) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from taskq import Taskq
 from taskq.canvas import Chord, GroupResult, Signature, chain, chord, from_dict, group, signature
-from taskq.errors import BudgetExceeded, ConfigError
+from taskq.errors import BudgetExceeded, ConfigError, SerializationError
 from taskq.results.base import FAILURE, SUCCESS
 from tests.apps.canvasapp import CanvasError, build_app, read_journal
 from tests.support import wait_until, worker_thread
@@ -241,6 +241,18 @@ def test_a_chain_step_whose_arguments_do_not_fit_fails_the_chain(app: Taskq, wor
     with pytest.raises(TypeError, match="canvas.add"):
         result.get(timeout=TIMEOUT)
     assert app.AsyncResult(workflow.tasks[1].id).status == FAILURE
+    assert chain(add.s(1, 1), add.s(2)).apply_async().get(timeout=TIMEOUT) == 4  # the worker carries on
+
+
+@pytest.mark.parametrize("app", ["local"], indirect=True)
+def test_a_chain_step_with_a_bad_priority_or_serializer_fails_the_chain(app: Taskq, worker: None) -> None:
+    """Refused at the call for a task sent directly; a later step's used to end the finisher's thread."""
+    add = t(app, "add")
+    for option, error in (({"priority": 7}, ConfigError), ({"serializer": "nope"}, SerializationError)):
+        workflow = chain(add.s(1, 1), add.s(2).set(**option), add.s(3))
+        with pytest.raises(error):
+            workflow.apply_async().get(timeout=TIMEOUT)
+        assert app.AsyncResult(workflow.tasks[1].id).status == FAILURE
     assert chain(add.s(1, 1), add.s(2)).apply_async().get(timeout=TIMEOUT) == 4  # the worker carries on
 
 
