@@ -49,7 +49,7 @@ log = logging.getLogger("taskq.canvas")
 Element = dict[str, Any]
 Continuation = dict[str, Any]
 Outgoing = tuple[TaskMessage, str, int, str]  # message, topic, partitions, serializer
-Deliver = Callable[[list[Outgoing]], None]
+Deliver = Callable[[list[Outgoing]], list[Outgoing]]  # sends; returns those refused as too large
 Retrying = Callable[[str, Callable[[], Any]], Any]
 FIRED = "fired"
 FAILED = "failed"
@@ -274,9 +274,10 @@ def send(app: Taskq, element: Element, prefix: Sequence[Any] = (), root_id: str 
     plan = Plan()
     Expander(app, plan, in_worker=False).expand(element, prefix, {}, root_id or first_id(element), parent_id)
 
-    def deliver(messages: list[Outgoing]) -> None:
+    def deliver(messages: list[Outgoing]) -> list[Outgoing]:
         for message, topic, partitions, serializer in messages:
-            app.send(message, topic, partitions, serializer)
+            app.send(message, topic, partitions, serializer)  # raises MessageTooLarge at the call
+        return []
 
     settle(app, plan, deliver)
 
@@ -345,7 +346,9 @@ def settle(app: Taskq, plan: Plan, deliver: Deliver, retrying: Retrying | None =
     """Make ``plan`` durable, then follow its chord reports and failures until nothing is left.
 
     ``deliver`` must return only once every message is acknowledged (the worker's sender); chords
-    are marked fired or failed at the very end, so a crash anywhere before re-runs all of it.
+    are marked fired or failed at the very end, so a crash anywhere before re-runs all of it. A
+    message the broker refuses as too large (a chord body given many large results, say) fails
+    its task: FAILURE stored, its error callbacks run and what follows it fails.
     """
     call: Retrying = retrying or (lambda _what, fn: fn())
     backend = app.backend
@@ -358,16 +361,26 @@ def settle(app: Taskq, plan: Plan, deliver: Deliver, retrying: Retrying | None =
             call("save children", lambda: backend.add_children(current.children))
         if current.records:
             call("store results", lambda: backend.store_many(current.records))
-        if current.messages:
-            deliver(current.messages)
+        refused = deliver(current.messages) if current.messages else []
         plan = Plan()
         expander = Expander(app, plan)
+        for message, *_ in refused:
+            _too_large(app, plan, message)
         for report in current.reports:
             _report(app, expander, report, done, call)
         for failure in current.failures:
             _chord_failed(app, expander, failure, done, call)
     for chord_id, state in done:
         call("mark chords", lambda: backend.chord_set_state(chord_id, state))
+
+
+def _too_large(app: Taskq, plan: Plan, message: TaskMessage) -> None:
+    error = (f"taskq.errors.MessageTooLarge: the message of {message.task} is larger than the broker takes "
+             "(its arguments: pass a reference to large data instead)")
+    root = message.root_id or message.id
+    plan.records.append(ResultRecord(message.id, FAILURE, None, error, None, message.task, date_done=time.time(),
+                                     root_id=root, parent_id=message.parent_id))
+    after_failure(app, plan, message.id, root, message.canvas, error, None)
 
 
 def _report(app: Taskq, expander: Expander, report: Report, done: list[tuple[str, str]], call: Retrying) -> None:
