@@ -150,6 +150,59 @@ def parse(header: bytes | str | None) -> Continuation:
     return data if isinstance(data, dict) else {}
 
 
+def problem(header: bytes | str) -> str | None:
+    """What makes ``header`` no ``canvas`` header a worker can follow, or None. Any Kafka client can
+    send one: the worker rejects a bad one before the run (found after it, it stopped the finisher)."""
+    try:
+        return _continuation_problem(JSON.loads(header if isinstance(header, bytes) else header.encode()))
+    except (ValueError, RecursionError) as exc:  # not JSON, or nested too deep
+        return str(exc) or type(exc).__name__
+
+
+def _continuation_problem(cont: Any) -> str | None:
+    if not isinstance(cont, dict):
+        return "not a JSON object"
+    chord = cont.get("chord")
+    if chord is not None and not (isinstance(chord, dict) and isinstance(chord.get("id"), str)
+                                  and type(chord.get("index")) is int):
+        return "'chord' needs a text 'id' and an integer 'index'"
+    return _elements_problem(cont, ("chain", "link", "link_error"))
+
+
+def _elements_problem(data: dict[str, Any], names: Sequence[str]) -> str | None:
+    """The first problem of the element lists ``data[name]`` (each optional)."""
+    for name in names:
+        items = data.get(name, [])
+        if not isinstance(items, list):
+            return f"{name!r} is not a list"
+        for item in items:
+            if problem := _element_problem(item):
+                return problem
+    return None
+
+
+def _element_problem(el: Any) -> str | None:
+    """What makes ``el`` no canvas element (see :meth:`taskq.canvas.Canvas.to_dict`), or None."""
+    if not isinstance(el, dict):
+        return f"element {el!r} is not an object"
+    if "task" in el:
+        options = el.get("options")
+        if not (isinstance(el["task"], str) and isinstance(el.get("args", []), list)
+                and isinstance(el.get("kwargs") or {}, dict) and isinstance(options, dict)
+                and isinstance(options.get("task_id"), str)):
+            return f"task element {el.get('task')!r} needs a name, a list of args, a dict of kwargs and a task_id"
+        return _elements_problem(options, ("link", "link_error"))
+    if "chain" in el:
+        return _elements_problem(el, ("chain",)) if el["chain"] else "a chain needs at least one task"
+    if "group" in el:
+        return _elements_problem(el, ("group",)) if isinstance(el.get("id"), str) else "a group needs an id"
+    chord = el.get("chord")
+    if not (isinstance(chord, dict) and isinstance(chord.get("id"), str) and "header" in chord):
+        return f"element with keys {sorted(el)} is no task, chain, group or chord with an id and a header"
+    body = chord.get("body")
+    return _elements_problem(chord, ("header", "link_error")) or (_element_problem(body) if body is not None else None)
+
+
 # -- expansion -------------------------------------------------------------------------------------
 
 class Expander:
@@ -448,6 +501,8 @@ def after_outcomes(app: Taskq, outcomes: Sequence[Outcome]) -> Plan:
             continue
         if header is None or outcome.kind is Kind.RETRY:
             continue
+        if outcome.kind is Kind.REJECTED and problem(header) is not None:
+            continue  # rejected for its canvas header: nothing to follow
         result = outcome.result
         if outcome.kind is Kind.SUCCESS and result is not None:
             after_success(app, plan, result.id, result.root_id or result.id, header, result.result)
