@@ -130,6 +130,11 @@ def all_ids(element: Element) -> list[str]:
     return [chord["id"], *(i for e in chord["header"] for i in all_ids(e)), *body]
 
 
+def following_ids(cont: Continuation) -> list[str]:
+    """Every id after a task in its chain: a failure of the task fails them all (a replay forgets them)."""
+    return [i for element in cont.get("chain", []) for i in all_ids(element)]
+
+
 def with_kwargs(element: Element, kwargs: dict[str, Any]) -> Element:
     """``element`` with ``kwargs`` merged into the tasks that run first."""
     if "task" in element:
@@ -246,10 +251,8 @@ class Expander:
              reporter: str) -> None:
         """A failure stops ``cont``: every result after it is that failure; its chord fails."""
         now = time.time()
-        for element in cont.get("chain", []):
-            self.plan.records.extend(
-                ResultRecord(i, FAILURE, None, error, tb, date_done=now, meta={"failed_by": failed_id})
-                for i in all_ids(element))
+        self.plan.records.extend(ResultRecord(i, FAILURE, None, error, tb, date_done=now, meta={"failed_by": failed_id})
+                                 for i in following_ids(cont))
         if cont.get("chord"):
             chord = cont["chord"]
             self.plan.failures.append(ChordFailure(chord["id"], failed_id, error, tb, root, reporter, chord["index"]))
