@@ -256,6 +256,15 @@ def test_a_chain_step_with_a_bad_priority_or_serializer_fails_the_chain(app: Tas
     assert chain(add.s(1, 1), add.s(2)).apply_async().get(timeout=TIMEOUT) == 4  # the worker carries on
 
 
+def test_a_chord_that_outlasts_the_result_expiry_runs_its_body_on_the_embedded_store(tmp_path: Path) -> None:
+    """As on Redis (tests/test_canvas_kafka.py): every report keeps the chord's record alive."""
+    app = build_app(local_path=str(tmp_path / "q.db"), result_expires=3, default_partitions=2)
+    with worker_thread(app, concurrency=1):
+        result = chord([t(app, "nap").s(i, 1.2) for i in range(4)], t(app, "body").s()).apply_async()
+        assert result.get(timeout=TIMEOUT) == [0, 1, 2, 3]
+    app.close()
+
+
 def test_allow_error_chord_runs_its_body_with_the_failures_in_place(app: Taskq, worker: None, journal: str) -> None:
     add, boom, collect, errback = t(app, "add"), t(app, "boom"), t(app, "collect"), t(app, "errback")
     failing = boom.s(3)

@@ -46,6 +46,18 @@ def test_group_and_chord_bookkeeping_expires_with_the_results(kafka_url: str, re
     app.close()
 
 
+def test_a_chord_that_outlasts_the_result_expiry_still_runs_its_body(
+        kafka_url: str, redis_url: str, unique: str) -> None:
+    """Each header result arrives well within the expiry, but the whole chord takes longer: the chord's
+    own record (its body, its size) expired and every later report was dropped, the body never ran."""
+    app = kafka_app(kafka_url, redis_url, f"exp{unique}", result_expires=3, default_partitions=2)
+    nap, body = app.tasks["canvas.nap"], app.tasks["canvas.body"]
+    with worker_thread(app, concurrency=1):  # one at a time: about 5 s in all
+        result = chord([nap.s(i, 1.2) for i in range(4)], body.s(label="slow")).apply_async()
+        assert result.get(timeout=TIMEOUT) == [0, 1, 2, 3]
+    app.close()
+
+
 def test_a_users_chains_run_in_order(kafka_url: str, redis_url: str, unique: str, journal: str) -> None:
     """Per-key order inside canvases: one user's chains, sent back to back, run each step in send order."""
     app = kafka_app(kafka_url, redis_url, f"ord{unique}", default_partitions=3)
