@@ -14,8 +14,8 @@ import pytest
 
 from taskq import Taskq
 from taskq.canvas import Chord, GroupResult, Signature, chain, chord, from_dict, group, signature
-from taskq.errors import BudgetExceeded, ConfigError, SerializationError
-from taskq.results.base import FAILURE, SUCCESS
+from taskq.errors import BudgetExceeded, ConfigError, SerializationError, TaskRevoked
+from taskq.results.base import FAILURE, REVOKED, SUCCESS
 from tests.apps.canvasapp import CanvasError, build_app, read_journal
 from tests.support import wait_until, worker_thread
 
@@ -263,6 +263,23 @@ def test_a_chord_that_outlasts_the_result_expiry_runs_its_body_on_the_embedded_s
         result = chord([t(app, "nap").s(i, 1.2) for i in range(4)], t(app, "body").s()).apply_async()
         assert result.get(timeout=TIMEOUT) == [0, 1, 2, 3]
     app.close()
+
+
+def test_revoking_a_chain_step_or_chord_part_midway_stops_what_follows(app: Taskq, worker: None, journal: str) -> None:
+    """``revoke()`` stores REVOKED at once, and the worker skipped the follow-up as finished: the rest
+    of the chain, and the chord's body, stayed PENDING for ever."""
+    add, nap, body = t(app, "add"), t(app, "nap"), t(app, "body")
+    workflow = chain(nap.s(1, 1.0), add.s(1), add.s(2))
+    result = workflow.apply_async()
+    part = chain(nap.s(2, 1.0), add.s(1))  # its second step is sent a second from now: revoked by then
+    chorded = chord([nap.s(1, 0.1), part], body.s(label="revoked")).apply_async()
+    app.AsyncResult(workflow.tasks[1].id).revoke()
+    app.AsyncResult(part.tasks[1].id).revoke()
+    for revoked in (result, chorded):
+        with pytest.raises(TaskRevoked):
+            revoked.get(timeout=TIMEOUT)
+    assert app.AsyncResult(workflow.tasks[1].id).status == REVOKED
+    assert not any(line.startswith(("add", "body")) for line in read_journal(journal))
 
 
 def test_allow_error_chord_runs_its_body_with_the_failures_in_place(app: Taskq, worker: None, journal: str) -> None:
