@@ -441,12 +441,16 @@ def _too_large(app: Taskq, plan: Plan, message: TaskMessage) -> None:
 
 def _report(app: Taskq, expander: Expander, report: Report, done: list[tuple[str, str]], call: Retrying) -> None:
     backend = app.backend
-    count = call("report to a chord", lambda: backend.chord_report(report.chord_id, report.index,
-                                                                     JSON.dumps(report.value)))
     meta = call("read a chord", lambda: backend.get_chord(report.chord_id))
     if meta is None:
         log.error("chord %s is unknown (expired?): the result of %s is dropped", report.chord_id, report.reporter)
         return
+    if not 0 <= report.index < meta["size"]:  # counted, it would fire the chord with a part missing
+        log.error("chord %s has %d parts, not a part %d: the result of %s is dropped", report.chord_id,
+                  meta["size"], report.index, report.reporter)
+        return
+    count = call("report to a chord", lambda: backend.chord_report(report.chord_id, report.index,
+                                                                     JSON.dumps(report.value)))
     if count < meta["size"]:
         return
     claim = f"firing:{report.reporter}"

@@ -16,6 +16,7 @@ from taskq import Taskq
 from taskq.canvas import Chord, GroupResult, Signature, chain, chord, from_dict, group, signature
 from taskq.errors import BudgetExceeded, ConfigError, SerializationError, TaskRevoked
 from taskq.results.base import FAILURE, REVOKED, SUCCESS
+from taskq.serialization import JSON
 from tests.apps.canvasapp import CanvasError, build_app, read_journal
 from tests.support import wait_until, worker_thread
 
@@ -280,6 +281,20 @@ def test_revoking_a_chain_step_or_chord_part_midway_stops_what_follows(app: Task
             revoked.get(timeout=TIMEOUT)
     assert app.AsyncResult(workflow.tasks[1].id).status == REVOKED
     assert not any(line.startswith(("add", "body")) for line in read_journal(journal))
+
+
+def test_a_report_to_a_chord_at_a_place_it_does_not_have_is_dropped(app: Taskq, worker: None) -> None:
+    """Any Kafka client can send a task claiming to be part 7 of a chord of 2: it was counted, so the chord
+    fired with a part missing and the KeyError ended the finisher's thread."""
+    add, nap, tsum = t(app, "add"), t(app, "nap"), t(app, "tsum")
+    workflow = chord([add.s(1, 1), nap.s(5, 1.0)], tsum.s())
+    result = workflow.apply_async()
+    for index in (7, -1):
+        message = add.message([1, 2], {}, canvas=JSON.dumps({"chord": {"id": workflow.id, "index": index}}).decode())
+        app.producer.produce(add.topic, message.key, *message.encode(app.serializers))
+    app.flush()
+    assert result.get(timeout=TIMEOUT) == 7
+    assert add.delay(2, 2).get(timeout=TIMEOUT) == 4  # the worker carries on
 
 
 def test_allow_error_chord_runs_its_body_with_the_failures_in_place(app: Taskq, worker: None, journal: str) -> None:
