@@ -6,10 +6,12 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 
+from taskq import flow
 from taskq.app import Taskq
 from taskq.brokers.base import Headers, Record
 from taskq.deadletter import DeadLetter
 from taskq.errors import BrokerError, TaskqError
+from taskq.message import H_CANVAS
 from taskq.results.base import FAILURE
 
 __all__ = ["DeadLetter", "dead_letters", "purge", "read_topic", "replay"]
@@ -43,8 +45,9 @@ def dead_letters(app: Taskq, task: str) -> list[DeadLetter]:
 def replay(app: Taskq, letters: Iterable[DeadLetter], dry_run: bool = False) -> list[DeadLetter]:
     """Send the letters back to their task topics with their original id and key; returns those sent.
 
-    The stored FAILURE result is removed first, so the worker does not skip the task as finished. Letters
-    stay after a replay: one whose task has another state now (succeeded, revoked, or running after an
+    The stored FAILURE result is removed first, so the worker does not skip the task as finished, and
+    so are the failures it stored for the rest of its chain, which runs again after it. Letters stay
+    after a replay: one whose task has another state now (succeeded, revoked, or running after an
     earlier replay) is left out, so replaying twice does not run a task twice.
     """
     letters = list(letters)
@@ -53,12 +56,18 @@ def replay(app: Taskq, letters: Iterable[DeadLetter], dry_run: bool = False) -> 
     if dry_run or not chosen:
         return chosen
     sends = [_resend(app, letter) for letter in chosen]  # before anything is forgotten or sent
-    app.backend.forget([d.id for d in chosen])
+    app.backend.forget([i for letter, (_value, headers) in zip(chosen, sends) for i in (letter.id, *_stopped(headers))])
     producer = app.producer
     for letter, (value, headers) in zip(chosen, sends):
         producer.produce(letter.original_topic, letter.record.key, value, headers)
     app.flush()
     return chosen
+
+
+def _stopped(headers: Headers) -> list[str]:
+    """The ids whose results a letter's failure failed: what follows it in its chain."""
+    header = dict(headers).get(H_CANVAS)
+    return [] if header is None or flow.problem(header) is not None else flow.following_ids(flow.parse(header))
 
 
 def _resend(app: Taskq, letter: DeadLetter) -> tuple[bytes | None, Headers]:

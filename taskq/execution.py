@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskq.brokers.base import Record
 from taskq.errors import MessageRejected, NotRegistered, Reject, Replace, Retry, SerializationError, TimeLimitExceeded
-from taskq.message import H_ID, H_TASK, TaskMessage
+from taskq.message import H_ID, H_TASK, MalformedMessage, TaskMessage
 from taskq.results.base import FAILURE, REVOKED, SUCCESS, ResultRecord
 from taskq.task import Request, Task
 
@@ -84,6 +84,11 @@ def prepare(app: Taskq, record: Record) -> tuple[TaskMessage, Task] | Outcome:
     """Decode and look up the task; an :class:`Outcome` (rejected) when that is impossible."""
     try:
         message = TaskMessage.decode(record, app.serializers)
+        if message.canvas is not None:
+            from taskq.flow import problem  # flow imports this module
+
+            if (bad := problem(message.canvas)) is not None:
+                raise MalformedMessage(f"bad header 'canvas': {bad}")
         return message, app.get_task(message.task)
     except (SerializationError, NotRegistered) as exc:
         return reject(record, exc)

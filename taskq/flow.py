@@ -49,7 +49,7 @@ log = logging.getLogger("taskq.canvas")
 Element = dict[str, Any]
 Continuation = dict[str, Any]
 Outgoing = tuple[TaskMessage, str, int, str]  # message, topic, partitions, serializer
-Deliver = Callable[[list[Outgoing]], None]
+Deliver = Callable[[list[Outgoing]], list[Outgoing]]  # sends; returns those refused as too large
 Retrying = Callable[[str, Callable[[], Any]], Any]
 FIRED = "fired"
 FAILED = "failed"
@@ -130,6 +130,11 @@ def all_ids(element: Element) -> list[str]:
     return [chord["id"], *(i for e in chord["header"] for i in all_ids(e)), *body]
 
 
+def following_ids(cont: Continuation) -> list[str]:
+    """Every id after a task in its chain: a failure of the task fails them all (a replay forgets them)."""
+    return [i for element in cont.get("chain", []) for i in all_ids(element)]
+
+
 def with_kwargs(element: Element, kwargs: dict[str, Any]) -> Element:
     """``element`` with ``kwargs`` merged into the tasks that run first."""
     if "task" in element:
@@ -148,6 +153,59 @@ def parse(header: bytes | str | None) -> Continuation:
         return {}
     data = JSON.loads(header if isinstance(header, bytes) else header.encode())
     return data if isinstance(data, dict) else {}
+
+
+def problem(header: bytes | str) -> str | None:
+    """What makes ``header`` no ``canvas`` header a worker can follow, or None. Any Kafka client can
+    send one: the worker rejects a bad one before the run (found after it, it stopped the finisher)."""
+    try:
+        return _continuation_problem(JSON.loads(header if isinstance(header, bytes) else header.encode()))
+    except (ValueError, RecursionError) as exc:  # not JSON, or nested too deep
+        return str(exc) or type(exc).__name__
+
+
+def _continuation_problem(cont: Any) -> str | None:
+    if not isinstance(cont, dict):
+        return "not a JSON object"
+    chord = cont.get("chord")
+    if chord is not None and not (isinstance(chord, dict) and isinstance(chord.get("id"), str)
+                                  and type(chord.get("index")) is int):
+        return "'chord' needs a text 'id' and an integer 'index'"
+    return _elements_problem(cont, ("chain", "link", "link_error"))
+
+
+def _elements_problem(data: dict[str, Any], names: Sequence[str]) -> str | None:
+    """The first problem of the element lists ``data[name]`` (each optional)."""
+    for name in names:
+        items = data.get(name, [])
+        if not isinstance(items, list):
+            return f"{name!r} is not a list"
+        for item in items:
+            if problem := _element_problem(item):
+                return problem
+    return None
+
+
+def _element_problem(el: Any) -> str | None:
+    """What makes ``el`` no canvas element (see :meth:`taskq.canvas.Canvas.to_dict`), or None."""
+    if not isinstance(el, dict):
+        return f"element {el!r} is not an object"
+    if "task" in el:
+        options = el.get("options")
+        if not (isinstance(el["task"], str) and isinstance(el.get("args", []), list)
+                and isinstance(el.get("kwargs") or {}, dict) and isinstance(options, dict)
+                and isinstance(options.get("task_id"), str)):
+            return f"task element {el.get('task')!r} needs a name, a list of args, a dict of kwargs and a task_id"
+        return _elements_problem(options, ("link", "link_error"))
+    if "chain" in el:
+        return _elements_problem(el, ("chain",)) if el["chain"] else "a chain needs at least one task"
+    if "group" in el:
+        return _elements_problem(el, ("group",)) if isinstance(el.get("id"), str) else "a group needs an id"
+    chord = el.get("chord")
+    if not (isinstance(chord, dict) and isinstance(chord.get("id"), str) and "header" in chord):
+        return f"element with keys {sorted(el)} is no task, chain, group or chord with an id and a header"
+    body = chord.get("body")
+    return _elements_problem(chord, ("header", "link_error")) or (_element_problem(body) if body is not None else None)
 
 
 # -- expansion -------------------------------------------------------------------------------------
@@ -193,10 +251,8 @@ class Expander:
              reporter: str) -> None:
         """A failure stops ``cont``: every result after it is that failure; its chord fails."""
         now = time.time()
-        for element in cont.get("chain", []):
-            self.plan.records.extend(
-                ResultRecord(i, FAILURE, None, error, tb, date_done=now, meta={"failed_by": failed_id})
-                for i in all_ids(element))
+        self.plan.records.extend(ResultRecord(i, FAILURE, None, error, tb, date_done=now, meta={"failed_by": failed_id})
+                                 for i in following_ids(cont))
         if cont.get("chord"):
             chord = cont["chord"]
             self.plan.failures.append(ChordFailure(chord["id"], failed_id, error, tb, root, reporter, chord["index"]))
@@ -216,7 +272,10 @@ class Expander:
                                    task_id=options.get("task_id"), headers=options.get("headers"),
                                    countdown=options.get("countdown"), eta=options.get("eta"), root_id=root,
                                    parent_id=parent, canvas=JSON.dumps(header).decode() if header else None)
-        except TaskqError as exc:  # e.g. a budget or block check refused the send
+            topic = task.topic_of(options.get("priority") or 0)
+            serializer = options.get("serializer") or task.serializer
+            app.serializers.get(serializer)  # an unknown one fails this step here, not the worker's send
+        except (TaskqError, TypeError) as exc:  # a send check refused it, or an argument or option is bad
             if not self.in_worker:
                 raise
             task_id, error = options["task_id"], f"{qualname(exc)}: {exc}"
@@ -226,8 +285,7 @@ class Expander:
                       task_id)
             return
         self._child(parent, message.id)
-        self.plan.messages.append((message, task.topic_of(options.get("priority") or 0), task.partitions,
-                                   options.get("serializer") or task.serializer))
+        self.plan.messages.append((message, topic, task.partitions, serializer))
 
     def _chord(self, chord: dict[str, Any], prefix: Sequence[Any], cont: Continuation, root: str,
                parent: str | None) -> None:
@@ -272,9 +330,10 @@ def send(app: Taskq, element: Element, prefix: Sequence[Any] = (), root_id: str 
     plan = Plan()
     Expander(app, plan, in_worker=False).expand(element, prefix, {}, root_id or first_id(element), parent_id)
 
-    def deliver(messages: list[Outgoing]) -> None:
+    def deliver(messages: list[Outgoing]) -> list[Outgoing]:
         for message, topic, partitions, serializer in messages:
-            app.send(message, topic, partitions, serializer)
+            app.send(message, topic, partitions, serializer)  # raises MessageTooLarge at the call
+        return []
 
     settle(app, plan, deliver)
 
@@ -343,7 +402,9 @@ def settle(app: Taskq, plan: Plan, deliver: Deliver, retrying: Retrying | None =
     """Make ``plan`` durable, then follow its chord reports and failures until nothing is left.
 
     ``deliver`` must return only once every message is acknowledged (the worker's sender); chords
-    are marked fired or failed at the very end, so a crash anywhere before re-runs all of it.
+    are marked fired or failed at the very end, so a crash anywhere before re-runs all of it. A
+    message the broker refuses as too large (a chord body given many large results, say) fails
+    its task: FAILURE stored, its error callbacks run and what follows it fails.
     """
     call: Retrying = retrying or (lambda _what, fn: fn())
     backend = app.backend
@@ -356,10 +417,11 @@ def settle(app: Taskq, plan: Plan, deliver: Deliver, retrying: Retrying | None =
             call("save children", lambda: backend.add_children(current.children))
         if current.records:
             call("store results", lambda: backend.store_many(current.records))
-        if current.messages:
-            deliver(current.messages)
+        refused = deliver(current.messages) if current.messages else []
         plan = Plan()
         expander = Expander(app, plan)
+        for message, *_ in refused:
+            _too_large(app, plan, message)
         for report in current.reports:
             _report(app, expander, report, done, call)
         for failure in current.failures:
@@ -368,14 +430,27 @@ def settle(app: Taskq, plan: Plan, deliver: Deliver, retrying: Retrying | None =
         call("mark chords", lambda: backend.chord_set_state(chord_id, state))
 
 
+def _too_large(app: Taskq, plan: Plan, message: TaskMessage) -> None:
+    error = (f"taskq.errors.MessageTooLarge: the message of {message.task} is larger than the broker takes "
+             "(its arguments: pass a reference to large data instead)")
+    root = message.root_id or message.id
+    plan.records.append(ResultRecord(message.id, FAILURE, None, error, None, message.task, date_done=time.time(),
+                                     root_id=root, parent_id=message.parent_id))
+    after_failure(app, plan, message.id, root, message.canvas, error, None)
+
+
 def _report(app: Taskq, expander: Expander, report: Report, done: list[tuple[str, str]], call: Retrying) -> None:
     backend = app.backend
-    count = call("report to a chord", lambda: backend.chord_report(report.chord_id, report.index,
-                                                                     JSON.dumps(report.value)))
     meta = call("read a chord", lambda: backend.get_chord(report.chord_id))
     if meta is None:
         log.error("chord %s is unknown (expired?): the result of %s is dropped", report.chord_id, report.reporter)
         return
+    if not 0 <= report.index < meta["size"]:  # counted, it would fire the chord with a part missing
+        log.error("chord %s has %d parts, not a part %d: the result of %s is dropped", report.chord_id,
+                  meta["size"], report.index, report.reporter)
+        return
+    count = call("report to a chord", lambda: backend.chord_report(report.chord_id, report.index,
+                                                                     JSON.dumps(report.value)))
     if count < meta["size"]:
         return
     claim = f"firing:{report.reporter}"
@@ -433,6 +508,8 @@ def after_outcomes(app: Taskq, outcomes: Sequence[Outcome]) -> Plan:
             continue
         if header is None or outcome.kind is Kind.RETRY:
             continue
+        if outcome.kind is Kind.REJECTED and problem(header) is not None:
+            continue  # rejected for its canvas header: nothing to follow
         result = outcome.result
         if outcome.kind is Kind.SUCCESS and result is not None:
             after_success(app, plan, result.id, result.root_id or result.id, header, result.result)

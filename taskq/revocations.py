@@ -71,6 +71,10 @@ class Revocations:
     def __len__(self) -> int:
         return len(self._expires)
 
+    def add(self, task_id: str) -> None:
+        """Known revoked from elsewhere (its stored REVOKED state), for the result expiry."""
+        self._expires[task_id] = time.time() + self.app.settings.result_expires
+
     def start(self, timeout: float = 10.0) -> bool:
         """Start tailing; wait (up to ``timeout``) until the revocations already stored are read."""
         self.begin()

@@ -102,6 +102,31 @@ def test_unknown_task_is_dead_lettered_and_worker_continues(app: Taskq, kind: st
 # --------------------------------------------------------------------------- (b) malformed
 
 
+BAD_CANVAS = [b"not json", b"[]", b'{"chain": "x"}', b'{"chain": [{"bogus": 1}]}', b'{"chain": [5]}',
+              b'{"chain": [{"task": "t", "args": []}]}', b'{"chord": {"id": "c"}}', b'{"link": [{"chain": []}]}',
+              b'{"chain": [{"chord": {"id": "c", "header": 5, "body": null}}]}', b"[" * 5000 + b"]" * 5000]
+
+
+def test_bad_canvas_headers_are_dead_lettered_and_worker_continues(app: Taskq, kind: str) -> None:
+    """Any Kafka client can send a ``canvas`` header; one the worker cannot follow used to be found
+    after the task ran, in the finisher, whose thread died: nothing was stored or committed after it."""
+    echo = echo_task(app)
+    app.ensure_topic(echo.topic, echo.partitions)
+    poison = []
+    for i, canvas in enumerate(BAD_CANVAS):
+        value, headers = valid_message(app, echo.name, f"poison-canvas-{i}", [i])
+        poison.append((b"k", value, [*headers, ("canvas", canvas)]))
+    produce_raw(app, echo.topic, poison)
+    with worker_thread(app, concurrency=2, forward_delayed=False) as (worker, _):
+        assert echo.apply_async(("still alive",), key="k").get(timeout=WAIT[kind]) == "still alive"
+    assert worker.stats.rejected == len(BAD_CANVAS)
+    for i in range(len(BAD_CANVAS)):
+        with pytest.raises(MessageRejected, match="bad header 'canvas'"):
+            app.AsyncResult(f"poison-canvas-{i}").get(timeout=1)
+
+
+
+
 def test_malformed_messages_are_dead_lettered_and_worker_continues(app: Taskq, kind: str) -> None:
     echo = echo_task(app)
     app.ensure_topic(echo.topic, echo.partitions)

@@ -14,8 +14,9 @@ import pytest
 
 from taskq import Taskq
 from taskq.canvas import Chord, GroupResult, Signature, chain, chord, from_dict, group, signature
-from taskq.errors import BudgetExceeded, ConfigError
-from taskq.results.base import FAILURE, SUCCESS
+from taskq.errors import BudgetExceeded, ConfigError, SerializationError, TaskRevoked
+from taskq.results.base import FAILURE, REVOKED, SUCCESS
+from taskq.serialization import JSON
 from tests.apps.canvasapp import CanvasError, build_app, read_journal
 from tests.support import wait_until, worker_thread
 
@@ -230,6 +231,70 @@ def test_a_follow_up_refused_by_a_send_check_fails_the_chain(app: Taskq, worker:
     with pytest.raises(BudgetExceeded, match="budget spent"):
         result.get(timeout=TIMEOUT)
     assert chain(add.s(1, 1), mul.s(2)).apply_async().get(timeout=TIMEOUT) == 4  # the worker carries on
+
+
+def test_a_chain_step_whose_arguments_do_not_fit_fails_the_chain(app: Taskq, worker: None) -> None:
+    """``add.s(1, 2)`` after a step gets three arguments: the step fails with Python's TypeError (as
+    at the call) and the chain stops; the worker's finisher used to die on it, so nothing was stored after."""
+    add = t(app, "add")
+    workflow = chain(add.s(1, 1), add.s(1, 2), add.s(3))
+    result = workflow.apply_async()
+    with pytest.raises(TypeError, match="canvas.add"):
+        result.get(timeout=TIMEOUT)
+    assert app.AsyncResult(workflow.tasks[1].id).status == FAILURE
+    assert chain(add.s(1, 1), add.s(2)).apply_async().get(timeout=TIMEOUT) == 4  # the worker carries on
+
+
+@pytest.mark.parametrize("app", ["local"], indirect=True)
+def test_a_chain_step_with_a_bad_priority_or_serializer_fails_the_chain(app: Taskq, worker: None) -> None:
+    """Refused at the call for a task sent directly; a later step's used to end the finisher's thread."""
+    add = t(app, "add")
+    for option, error in (({"priority": 7}, ConfigError), ({"serializer": "nope"}, SerializationError)):
+        workflow = chain(add.s(1, 1), add.s(2).set(**option), add.s(3))
+        with pytest.raises(error):
+            workflow.apply_async().get(timeout=TIMEOUT)
+        assert app.AsyncResult(workflow.tasks[1].id).status == FAILURE
+    assert chain(add.s(1, 1), add.s(2)).apply_async().get(timeout=TIMEOUT) == 4  # the worker carries on
+
+
+def test_a_chord_that_outlasts_the_result_expiry_runs_its_body_on_the_embedded_store(tmp_path: Path) -> None:
+    """As on Redis (tests/test_canvas_kafka.py): every report keeps the chord's record alive."""
+    app = build_app(local_path=str(tmp_path / "q.db"), result_expires=3, default_partitions=2)
+    with worker_thread(app, concurrency=1):
+        result = chord([t(app, "nap").s(i, 1.2) for i in range(4)], t(app, "body").s()).apply_async()
+        assert result.get(timeout=TIMEOUT) == [0, 1, 2, 3]
+    app.close()
+
+
+def test_revoking_a_chain_step_or_chord_part_midway_stops_what_follows(app: Taskq, worker: None, journal: str) -> None:
+    """``revoke()`` stores REVOKED at once, and the worker skipped the follow-up as finished: the rest
+    of the chain, and the chord's body, stayed PENDING for ever."""
+    add, nap, body = t(app, "add"), t(app, "nap"), t(app, "body")
+    workflow = chain(nap.s(1, 1.0), add.s(1), add.s(2))
+    result = workflow.apply_async()
+    part = chain(nap.s(2, 1.0), add.s(1))  # its second step is sent a second from now: revoked by then
+    chorded = chord([nap.s(1, 0.1), part], body.s(label="revoked")).apply_async()
+    app.AsyncResult(workflow.tasks[1].id).revoke()
+    app.AsyncResult(part.tasks[1].id).revoke()
+    for revoked in (result, chorded):
+        with pytest.raises(TaskRevoked):
+            revoked.get(timeout=TIMEOUT)
+    assert app.AsyncResult(workflow.tasks[1].id).status == REVOKED
+    assert not any(line.startswith(("add", "body")) for line in read_journal(journal))
+
+
+def test_a_report_to_a_chord_at_a_place_it_does_not_have_is_dropped(app: Taskq, worker: None) -> None:
+    """Any Kafka client can send a task claiming to be part 7 of a chord of 2: it was counted, so the chord
+    fired with a part missing and the KeyError ended the finisher's thread."""
+    add, nap, tsum = t(app, "add"), t(app, "nap"), t(app, "tsum")
+    workflow = chord([add.s(1, 1), nap.s(5, 1.0)], tsum.s())
+    result = workflow.apply_async()
+    for index in (7, -1):
+        message = add.message([1, 2], {}, canvas=JSON.dumps({"chord": {"id": workflow.id, "index": index}}).decode())
+        app.producer.produce(add.topic, message.key, *message.encode(app.serializers))
+    app.flush()
+    assert result.get(timeout=TIMEOUT) == 7
+    assert add.delay(2, 2).get(timeout=TIMEOUT) == 4  # the worker carries on
 
 
 def test_allow_error_chord_runs_its_body_with_the_failures_in_place(app: Taskq, worker: None, journal: str) -> None:

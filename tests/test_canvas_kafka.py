@@ -12,6 +12,7 @@ import redis
 
 from taskq import Taskq
 from taskq.canvas import chain, chord, group
+from taskq.errors import MessageTooLarge
 from taskq.flow import all_ids
 from tests.apps.canvasapp import build_app, read_journal
 from tests.support import WorkerProcess, env_for, fault_line, read_records, wait_until, worker_thread
@@ -45,6 +46,18 @@ def test_group_and_chord_bookkeeping_expires_with_the_results(kafka_url: str, re
     app.close()
 
 
+def test_a_chord_that_outlasts_the_result_expiry_still_runs_its_body(
+        kafka_url: str, redis_url: str, unique: str) -> None:
+    """Each header result arrives well within the expiry, but the whole chord takes longer: the chord's
+    own record (its body, its size) expired and every later report was dropped, the body never ran."""
+    app = kafka_app(kafka_url, redis_url, f"exp{unique}", result_expires=3, default_partitions=2)
+    nap, body = app.tasks["canvas.nap"], app.tasks["canvas.body"]
+    with worker_thread(app, concurrency=1):  # one at a time: about 5 s in all
+        result = chord([nap.s(i, 1.2) for i in range(4)], body.s(label="slow")).apply_async()
+        assert result.get(timeout=TIMEOUT) == [0, 1, 2, 3]
+    app.close()
+
+
 def test_a_users_chains_run_in_order(kafka_url: str, redis_url: str, unique: str, journal: str) -> None:
     """Per-key order inside canvases: one user's chains, sent back to back, run each step in send order."""
     app = kafka_app(kafka_url, redis_url, f"ord{unique}", default_partitions=3)
@@ -68,6 +81,26 @@ def test_a_users_chains_run_in_order(kafka_url: str, redis_url: str, unique: str
             assert [q for q in seqs if q % 10 == s] == [c * 10 + s for c in range(chains)], seqs
         for c in range(chains):  # and each chain's steps in step order
             assert [q for q in seqs if q // 10 == c] == [c * 10 + s for s in range(steps)], seqs
+    app.close()
+
+
+def test_a_chord_body_too_large_to_send_fails_instead_of_waiting_for_ever(
+        kafka_url: str, redis_url: str, unique: str, journal: str) -> None:
+    """Three results of 400 kB make a body message over the broker's 1 MB: the body and what follows
+    it fail with MessageTooLarge and the body's error callback runs; the body used to be dropped with a
+    log line, its result PENDING for ever."""
+    app = kafka_app(kafka_url, redis_url, f"big{unique}", default_partitions=2)
+    mul, body, collect, errback = (app.tasks[f"canvas.{n}"] for n in ("mul", "body", "collect", "errback"))
+    with worker_thread(app, concurrency=4):
+        big_body = body.s().set(link_error=errback.s(label="body"))
+        workflow = chain(chord([mul.s("x" * 400_000, 1) for _ in range(3)], big_body), collect.s())
+        result = workflow.apply_async()
+        with pytest.raises(MessageTooLarge, match="canvas.body"):
+            result.get(timeout=TIMEOUT)
+        assert app.AsyncResult(big_body.id).status == "FAILURE"
+        wait_until(lambda: any(line.startswith(f"errback body {big_body.id}") for line in read_journal(journal)),
+                   TIMEOUT, "the body's error callback")
+        assert not any(line.startswith(("body", "collect")) for line in read_journal(journal))
     app.close()
 
 

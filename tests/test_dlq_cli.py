@@ -96,3 +96,21 @@ def test_what_a_task_was_given_cannot_drive_the_terminal(dlqapp: ModuleType, mon
         assert "\x1b" not in out and "\x07" not in out, repr(out)
     assert "not yet: \\x1b[2J\\x1b]0;pwned\\x07[bold]x[/bold]" in shown
     assert "not yet: \\x1b[2J\\x1b]0;pwned\\x07[bold]x[/bold]" in listing
+
+
+def test_replaying_a_chain_step_runs_the_rest_of_the_chain(dlqapp: ModuleType, tmp_path: Path) -> None:
+    """The dead-lettered step's failure had failed the steps after it; a replay that only forgot the
+    step's own result ran the step, but the next step (same id) was skipped as finished and the chain's
+    result kept the old failure."""
+    from taskq.canvas import chain
+
+    app, flaky = dlqapp.app, dlqapp.flaky
+    with worker_thread(app, concurrency=2):
+        workflow = chain(flaky.si(1, user="ann"), flaky.s(user="ann"))
+        result = workflow.apply_async()
+        for failed in (result, app.AsyncResult(workflow.tasks[0].id)):  # the step's own FAILURE: its letter is out
+            with pytest.raises(ValueError, match="not yet: 1"):
+                failed.get(timeout=20)
+        (tmp_path / "ready").touch()
+        cli("dlq", "replay", "-A", APP, TASK, "--id", workflow.tasks[0].id)
+        assert app.AsyncResult(result.id).get(timeout=20) == 100  # a fresh handle: ``result`` keeps its final record

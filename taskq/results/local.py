@@ -166,8 +166,11 @@ class LocalBackend(ResultBackend):
 
     def chord_report(self, chord_id: str, index: int, value: bytes) -> int:
         def write(db: sqlite3.Connection) -> int:
-            db.execute("INSERT OR REPLACE INTO chord_parts VALUES (?, ?, ?, ?)",
-                       (chord_id, index, value, time.time() + self.expires))
+            now = time.time()
+            db.execute("INSERT OR REPLACE INTO chord_parts VALUES (?, ?, ?, ?)", (chord_id, index, value,
+                                                                              now + self.expires))
+            # a chord outlasting the expiry stays known
+            db.execute("UPDATE chords SET expires = ? WHERE id = ? AND expires > ?", (now + self.expires, chord_id, now))
             return int(db.execute("SELECT count(*) FROM chord_parts WHERE id = ?", (chord_id,)).fetchone()[0])
         return self._write(write)
 

@@ -235,6 +235,7 @@ class RedisBackend(ResultBackend):
             pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: the count includes this part
             pipe.hset(key, str(index), value)
             pipe.pexpire(key, self._px)
+            pipe.pexpire(CHORD_PREFIX + chord_id, self._px)  # a chord outlasting the expiry stays known
             pipe.hlen(key)
             return int(pipe.execute()[-1])
         return self._call("report to a chord", write)

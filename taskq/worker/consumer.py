@@ -33,9 +33,9 @@ from taskq.brokers.base import Consumer, Record, TopicPartition
 from taskq.errors import BrokerError, NotRegistered, OutageTooLong, TaskqError
 from taskq.events import HEARTBEAT_INTERVAL, EventsHook
 from taskq.hooks import Hook, HookSet, WorkerInfo
-from taskq.message import H_ATTEMPTS, H_ETA, H_ID, H_PARENT_ID
+from taskq.message import H_ATTEMPTS, H_CANVAS, H_ETA, H_ID, H_PARENT_ID
 from taskq.pools import make_pool
-from taskq.results.base import ResultRecord
+from taskq.results.base import REVOKED, ResultRecord
 from taskq.task import Task
 from taskq.worker.batching import Batcher
 from taskq.worker.dispatch import KeyedDispatcher
@@ -139,6 +139,7 @@ class Worker:
         self._consumer: Consumer | None = None
         self._left = False  # the consumer was closed (the group left)
         self._holder: RetryHolder | None = None
+        self._gate: RevokeGate | None = None
         self._last_commit = 0.0
         self._last_skip = 0.0
         self.ready = threading.Event()  # set once the consumer has joined the group
@@ -204,7 +205,7 @@ class Worker:
     def _serve(self, consumer: Consumer) -> None:
         """Start the finisher, pool, revoke gate and forwarder, consume until stopped, shut down."""
         app = self.app
-        gate = RevokeGate(app, self.pool, self.name)
+        gate = self._gate = RevokeGate(app, self.pool, self.name)
         gate.start()  # reads the stored revocations while the rest starts up
         try:
             finisher, hook_set, events, sender = self._start_up(gate)
@@ -352,8 +353,12 @@ class Worker:
             # only tasks sent by a task (canvas follow-ups) are checked for a second copy: a follow-up
             # sent again after a crash has its original's id (see taskq.flow)
             task_id = record.header(H_ID) if record.header(H_PARENT_ID) is not None else None
-            if (skip and (record.topic, record.partition, record.offset) in skip) or (
-                    task_id is not None and task_id in running):
+            final = skip.get((record.topic, record.partition, record.offset)) if skip else None
+            if (final is not None and final.status == REVOKED and record.header(H_CANVAS) is not None
+                    and self._gate is not None):
+                self._gate.note(final.id)  # run to its REVOKED outcome, which stops what follows it
+                final = None
+            if final is not None or (task_id is not None and task_id in running):
                 # final already, or a second copy of a follow-up taken here and not finished: not run again
                 skipped.append(record)
             else:

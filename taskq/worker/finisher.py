@@ -204,15 +204,16 @@ class Finisher:
                            if arrived is not None and app.serializers.get(n) is arrived), "json")
         return outcome.message.encode(app.serializers, serializer)
 
-    def _deliver(self, messages: list[flow.Outgoing]) -> None:
-        """Send canvas follow-ups and wait for their acknowledgement."""
+    def _deliver(self, messages: list[flow.Outgoing]) -> list[flow.Outgoing]:
+        """Send canvas follow-ups and wait for their acknowledgement; returns those refused as too large."""
         # making the messages ensures their topics, an admin call: an outage is waited out as for the send
         outgoing: list[Outgoing] = self._retrying("create the topics of canvas follow-ups", lambda: [
             self.app.outgoing(m, topic, partitions, serializer) for m, topic, partitions, serializer in messages])
-        refused = self.sender.send_all(outgoing)
-        for topic, _key, _value, headers in refused:
-            task_id = dict(headers).get("id", b"?").decode(errors="replace")
-            log.error("canvas follow-up %s for %s is too large to send; it was dropped", task_id, topic)
+        sent = self.sender.send_first([[o] for o in outgoing])
+        refused = [m for m, index in zip(messages, sent) if index is None]
+        for message, topic, *_ in refused:
+            log.error("canvas follow-up %s for %s is too large to send; it fails", message.id, topic)
+        return refused
 
     def forms(self, outcome: Outcome) -> list[Outgoing]:
         """What a retry or dead letter may be sent as, fullest first (see :func:`dead_letter_forms`).

@@ -49,6 +49,11 @@ class RevokeGate:
         task_id = raw.decode(errors="replace") if raw else None
         return task_id if task_id is not None and task_id in self.revocations else None
 
+    def note(self, task_id: str) -> None:
+        """``task_id`` is revoked (its stored state says so) though the revocations read so far may not
+        say it yet: the pool will not run it and it gets its REVOKED outcome."""
+        self.revocations.add(task_id)
+
     def runnable(self, record: Record) -> bool:
         return not self.revocations or self._revoked_id(record) is None
 

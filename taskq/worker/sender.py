@@ -65,11 +65,6 @@ class Sender:
         self.outage_timeout = outage_timeout
         self.recreate = recreate
 
-    def send_all(self, messages: list[Outgoing]) -> list[Outgoing]:
-        """Produce and wait for every acknowledgement; returns the messages the broker refused for good."""
-        sent = self.send_first([[m] for m in messages])
-        return [m for m, index in zip(messages, sent) if index is None]
-
     def send_first(self, ladders: list[list[Outgoing]]) -> list[int | None]:
         """Send one form of each message: the first one the broker takes, waiting for every acknowledgement.
 
