@@ -249,6 +249,45 @@ def test_a_full_last_tier_partition_does_not_hold_back_a_task_due_sooner(db: str
         app.close()
 
 
+@pytest.mark.parametrize("part", ["finisher", "forwarder"])
+def test_a_failing_worker_thread_stops_the_worker_and_loses_nothing(app: Taskq, monkeypatch: pytest.MonkeyPatch,
+                                                                    part: str) -> None:
+    """An unexpected error (a bug) in the finisher or the forwarder ended that thread only: the worker ran on,
+    storing and committing nothing more, or never sending a delayed task back. It now stops the worker."""
+    import threading
+
+    from taskq.errors import TaskqError
+    from taskq.worker import Worker
+    from taskq.worker.finisher import Finisher
+    from taskq.worker.forwarder import Forwarder
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(*((Finisher, "_store", broken) if part == "finisher" else (Forwarder, "_forms", broken)))
+    add = app.tasks["e2e.add"]
+    worker = Worker(app, concurrency=2, stop_timeout=5.0)
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: errors.append(_raised(worker.run)), daemon=True)
+    thread.start()
+    result = add.apply_async((1, 2), countdown=0.2 if part == "forwarder" else None)
+    thread.join(30)
+    assert not thread.is_alive(), "the worker ran on"
+    assert isinstance(errors[0], TaskqError) and "RuntimeError('a bug')" in str(errors[0])
+    assert result.status == "PENDING"
+    monkeypatch.undo()
+    with worker_thread(app, concurrency=2):
+        assert result.get(timeout=30) == 3  # left uncommitted: the next worker runs it
+
+
+def _raised(fn: object) -> BaseException | None:
+    try:
+        fn()  # type: ignore[operator]
+    except BaseException as exc:  # noqa: BLE001 - returned to the test
+        return exc
+    return None
+
+
 # --------------------------------------------------------------------------- worker in another process
 
 

@@ -26,7 +26,7 @@ from taskq import flow
 from taskq.app import Taskq
 from taskq.brokers.base import Headers, Record
 from taskq.deadletter import dead_letter_forms
-from taskq.errors import BackendRefused, OutageTooLong
+from taskq.errors import BackendRefused, OutageTooLong, TaskqError
 from taskq.execution import Kind, Outcome
 from taskq.message import H_CONTENT_TYPE, H_ORIGIN
 from taskq.results.base import FAILURE, ResultRecord
@@ -81,6 +81,10 @@ class Finisher:
             log.error("%s", exc)
             if self._on_fatal is not None:
                 self._on_fatal(exc)
+        except Exception as exc:  # a bug: stop the worker, rather than run on storing and committing nothing
+            log.exception("the finisher thread failed")
+            if self._on_fatal is not None:
+                self._on_fatal(TaskqError(f"the finisher thread failed: {exc!r}"))
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         return retrying(what, fn, self.app.settings.outage_timeout)

@@ -62,6 +62,10 @@ class Forwarder:
             log.error("%s", exc)
             if self._on_fatal is not None:
                 self._on_fatal(exc)
+        except Exception as exc:  # a bug: stop the worker, rather than run on with no delayed task coming back
+            log.exception("the forwarder thread failed")
+            if self._on_fatal is not None:
+                self._on_fatal(TaskqError(f"the forwarder thread failed: {exc!r}"))
 
     def _forward(self) -> None:
         app = self.app
