@@ -107,32 +107,39 @@ class Rag:
         return {"doc_id": doc_id, "chars": len(text), "chunk_task": sent.id}
 
     def _chunk(self, doc_id: str, text: str, metadata: dict[str, Any]) -> dict[str, Any]:
-        """Cut by tokens, name each piece; send each to ``embed`` (nothing when already stored as is)."""
+        """Cut by tokens, name each piece; send each to ``embed``, with its vector when the store has it.
+
+        Every version goes through ``embed`` and ``upsert`` in order, even an unchanged one: the store may
+        not have received an earlier, different version still in flight, which this one must replace. A
+        chunk id names its text, so a stored vector is the one the model would give again.
+        """
         pieces = self.embedder.split(text, self.settings.chunk_tokens, self.settings.chunk_overlap)
         ids = [chunk_id(doc_id, p.position, p.text) for p in pieces]
-        if ids and sorted(self.store.doc_chunk_ids(doc_id)) == sorted(ids):
-            return {"doc_id": doc_id, "chunks": len(ids), "unchanged": True}
+        stored = self.store.doc_vectors(doc_id)
         if not pieces:  # an empty document: its chunks go, in order behind any in flight
             self.embed.apply_async(kwargs={"doc_id": doc_id, "chunk": None, "keep": []}, key=doc_id)
         for piece, cid in zip(pieces, ids):
             chunk = {"chunk_id": cid, "position": piece.position, "text": piece.text,
                      "metadata": {**metadata, "start": piece.start, "end": piece.end}}
+            if cid in stored:
+                chunk["vector"] = stored[cid]
             last = piece.position == len(pieces) - 1
             self.embed.apply_async(kwargs={"doc_id": doc_id, "chunk": chunk, "keep": ids if last else None},
                                    key=doc_id)
         self.app.flush()
-        return {"doc_id": doc_id, "chunks": len(ids), "unchanged": False}
+        return {"doc_id": doc_id, "chunks": len(ids), "unchanged": bool(ids) and set(ids) == set(stored)}
 
     def _embed(self, requests: list[Request]) -> list[dict[str, Any]]:
-        """Embed a batch of chunks in one model call; one ``upsert`` per document of the batch."""
-        texts = [r.kwargs["chunk"]["text"] for r in requests if r.kwargs.get("chunk")]
+        """Embed a batch of chunks in one model call (those without a vector); one ``upsert`` per document."""
+        chunks = [r.kwargs["chunk"] for r in requests if r.kwargs.get("chunk")]
+        texts = [c["text"] for c in chunks if "vector" not in c]
         vectors = iter(self.embedder.encode(texts, batch_size=max(len(texts), 1)))
         by_doc: dict[str, dict[str, Any]] = {}
         for r in requests:
             doc_id, chunk, keep = r.kwargs["doc_id"], r.kwargs.get("chunk"), r.kwargs.get("keep")
             entry = by_doc.setdefault(doc_id, {"doc_id": doc_id, "chunks": [], "keep": None})
             if chunk is not None:
-                entry["chunks"].append({**chunk, "vector": next(vectors)})
+                entry["chunks"].append({**chunk, "vector": chunk["vector"] if "vector" in chunk else next(vectors)})
             if keep is not None:
                 entry["keep"] = keep
         for doc_id, entry in by_doc.items():

@@ -83,8 +83,12 @@ class VectorStore(ABC):
         """The ``k`` chunks most similar to ``vector``, best first."""
 
     @abstractmethod
+    def doc_vectors(self, doc_id: str) -> dict[str, list[float]]:
+        """The chunks stored for ``doc_id``: chunk id -> vector."""
+
     def doc_chunk_ids(self, doc_id: str) -> list[str]:
         """The ids of the chunks stored for ``doc_id``."""
+        return list(self.doc_vectors(doc_id))
 
     @abstractmethod
     def chunk_ids(self) -> list[str]:
@@ -159,9 +163,12 @@ class LocalStore(VectorStore):
         with self._lock:
             self._db.executemany(f"INSERT OR REPLACE INTO {self.name} VALUES (?, ?, ?, ?, ?, ?)", rows)
 
-    def doc_chunk_ids(self, doc_id: str) -> list[str]:
+    def doc_vectors(self, doc_id: str) -> dict[str, list[float]]:
+        import numpy as np
+
         with self._lock:
-            return [r[0] for r in self._db.execute(f"SELECT chunk_id FROM {self.name} WHERE doc_id = ?", (doc_id,))]
+            rows = self._db.execute(f"SELECT chunk_id, vector FROM {self.name} WHERE doc_id = ?", (doc_id,)).fetchall()
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32).tolist() for r in rows}
 
     def delete_stale(self, doc_id: str, keep: Collection[str]) -> int:
         wanted = set(keep)
@@ -262,13 +269,14 @@ class WeaviateStore(VectorStore):
             first = next(iter(result.errors.values()))
             raise VectorStoreError(f"Weaviate refused {len(result.errors)} of {len(objects)} chunks: {first}")
 
-    def doc_chunk_ids(self, doc_id: str) -> list[str]:
+    def doc_vectors(self, doc_id: str) -> dict[str, list[float]]:
         from weaviate.classes.query import Filter
 
         with self._lock:
             found = self._collection.query.fetch_objects(filters=Filter.by_property("doc_id").equal(doc_id),
-                                                         limit=10000, return_properties=["chunk_id"])
-        return [o.properties["chunk_id"] for o in found.objects]
+                                                         limit=10000, return_properties=["chunk_id"],
+                                                         include_vector=True)
+        return {o.properties["chunk_id"]: list(o.vector["default"]) for o in found.objects}
 
     def delete_stale(self, doc_id: str, keep: Collection[str]) -> int:
         from weaviate.classes.query import Filter
@@ -352,10 +360,11 @@ class PgVectorStore(VectorStore):
                 "doc_id = EXCLUDED.doc_id, position = EXCLUDED.position, text = EXCLUDED.text, "
                 "metadata = EXCLUDED.metadata, embedding = EXCLUDED.embedding", rows)
 
-    def doc_chunk_ids(self, doc_id: str) -> list[str]:
+    def doc_vectors(self, doc_id: str) -> dict[str, list[float]]:
         with self._lock:
-            return [r[0] for r in self._db.execute(f"SELECT chunk_id FROM {self.name} WHERE doc_id = %s",
-                                                   (doc_id,)).fetchall()]
+            rows = self._db.execute(f"SELECT chunk_id, embedding FROM {self.name} WHERE doc_id = %s",
+                                    (doc_id,)).fetchall()
+        return {r[0]: r[1].to_list() for r in rows}
 
     def delete_stale(self, doc_id: str, keep: Collection[str]) -> int:
         with self._lock:

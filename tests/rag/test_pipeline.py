@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from taskq import Taskq
-from tasks.embedding import Embedder
+from taskq.inspect import lag
+from tasks.embedding import Embedder, chunk_id
 from tasks.rag import Rag, RagSettings
 from tasks.vectorstores import open_store
 from tests.rag.conftest import Doc, expected_ids
@@ -21,14 +24,14 @@ def make_pipeline(kafka_url: str, redis_url: str, store_url: str, unique: str, e
     return Rag(app, RagSettings(store_url=store_url, collection=f"chunks_{unique}", **settings), embedder=embedder)
 
 
-def end_offsets(rag: Rag, topic: str) -> int:
-    consumer = rag.app.broker
-    return sum(high for _, high in consumer.watermarks(topic).values()) if hasattr(consumer, "watermarks") else -1
+def drained(rag: Rag) -> bool:
+    """True when the pipeline's group has committed every message of its four topics."""
+    return lag(rag.app)["total"] == 0
 
 
 def test_pipeline_finds_the_right_document_on_every_store(
         kafka_url: str, redis_url: str, store_url: str, unique: str, embedder: Embedder, corpus: list[Doc],
-        questions: list[dict[str, str]]) -> None:
+        questions: list[dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
     rag = make_pipeline(kafka_url, redis_url, store_url, unique, embedder)
     expected = expected_ids(embedder, corpus)
     every = set().union(*expected.values())
@@ -54,13 +57,19 @@ def test_pipeline_finds_the_right_document_on_every_store(
             chunk_tasks = [r.get(timeout=60)["chunk_task"] for r in sent]
             first = wait_results(rag.app, chunk_tasks, 60)
             assert all(r is not None and r.result["unchanged"] is False for r in first)
-            embeds_before = end_offsets(rag, rag.embed.topic)
+            wait_until(lambda: drained(rag), 60, "the first ingest through every stage", interval=0.5)
             snapshot = sorted(store.chunk_ids())
+            encoded: list[str] = []
+            encode = embedder.encode
+            monkeypatch.setattr(embedder, "encode", lambda texts, batch_size=32: encoded.extend(texts) or encode(
+                texts, batch_size))
             again = [rag.ingest(d.doc_id, d.text, d.metadata) for d in corpus]
             second = wait_results(rag.app, [r.get(timeout=60)["chunk_task"] for r in again], 60)
             assert all(r is not None and r.result["unchanged"] is True for r in second)
-            assert end_offsets(rag, rag.embed.topic) == embeds_before, "no embed message for an unchanged document"
+            wait_until(lambda: drained(rag), 60, "the second ingest through every stage", interval=0.5)
+            assert encoded == [], "no chunk of an unchanged document is embedded again"
             assert sorted(store.chunk_ids()) == snapshot
+            monkeypatch.undo()
 
             # changing a document replaces its chunks; an empty text deletes it
             tides = next(d for d in corpus if d.doc_id == "tides")
@@ -75,6 +84,36 @@ def test_pipeline_finds_the_right_document_on_every_store(
             wait_until(lambda: set(store.chunk_ids()) == want, 60, "stale chunks replaced and a deleted doc gone")
             assert sorted(store.chunk_ids()) == sorted(want)
             assert all(h["doc_id"] != "morse" for h in rag.search("How is SOS sent with dots and dashes?", k=5))
+    finally:
+        store.drop()
+        store.close()
+        rag.close()
+        rag.app.close()
+
+
+def test_a_document_changed_and_changed_back_ends_as_the_last_ingest(
+        kafka_url: str, redis_url: str, tmp_path: Any, unique: str, embedder: Embedder) -> None:
+    """A, then B and A again in quick succession: the store ends with A's chunks, not B's (the
+    "unchanged" check must not compare against a store that has not yet received B)."""
+    store_url = f"local://{tmp_path / 'chunks.db'}"
+    rag = make_pipeline(kafka_url, redis_url, store_url, unique, embedder)
+    text_a = "Lighthouses guide ships with a beam of light that turns at night. " * 3
+    text_b = "Bread rises because yeast makes carbon dioxide in the dough. " * 3
+    ids_a = {chunk_id("doc", p.position, p.text) for p in embedder.split(text_a)}
+    ids_b = {chunk_id("doc", p.position, p.text) for p in embedder.split(text_b)}
+    store = open_store(store_url, embedder.dim, rag.settings.collection)
+    try:
+        with worker_thread(rag.app, tasks=STAGES, concurrency=4):
+            rag.ingest("doc", text_a)
+            rag.app.flush()
+            wait_until(lambda: set(store.chunk_ids()) == ids_a, 60, "the first version stored")
+            rag.ingest("doc", text_b)
+            last = rag.ingest("doc", text_a)
+            rag.app.flush()
+            last.get(timeout=60)
+            wait_until(lambda: drained(rag), 60, "every stage done with the three ingests", interval=0.5)
+            assert set(store.chunk_ids()) == ids_a, "the store holds the last ingested text"
+            assert ids_a != ids_b
     finally:
         store.drop()
         store.close()

@@ -61,6 +61,8 @@ def test_stores_agree_and_upsert_replaces(embedder: Embedder, corpus: list[Doc],
             doc = corpus[0].doc_id
             mine = sorted(store.doc_chunk_ids(doc))
             assert len(mine) >= 2
+            by_id = {c.chunk_id: c.vector for c in chunks}
+            assert all(v == pytest.approx(by_id[cid], abs=1e-6) for cid, v in store.doc_vectors(doc).items())
             assert store.delete_stale(doc, mine[:1]) == len(mine) - 1
             assert sorted(store.doc_chunk_ids(doc)) == mine[:1]
             assert store.count() == len(chunks) - (len(mine) - 1)
