@@ -317,26 +317,26 @@ class WeaviateStore(VectorStore):
 
 
 class PgVectorStore(VectorStore):
-    """A PostgreSQL table with a ``vector(dim)`` column and an HNSW cosine index (pgvector)."""
+    """A PostgreSQL table with a ``vector(dim)`` column and an HNSW cosine index (pgvector).
+
+    A lost connection (PostgreSQL restarted, the backend terminated) is opened again and the statement
+    run once more: every statement here is idempotent.
+    """
 
     def __init__(self, url: str, dsn: str, dim: int, name: str) -> None:
         try:
-            import psycopg
-            from pgvector.psycopg import register_vector
+            import psycopg  # noqa: F401
+            from pgvector.psycopg import register_vector  # noqa: F401
         except ImportError as exc:
             raise ConfigError("the pgvector store needs psycopg and pgvector: pip install -e '.[rag]'") from exc
-        self.url, self.name, self.dim = url, name.lower(), dim
+        self.url, self.name, self.dim, self._dsn = url, name.lower(), dim, dsn
         self._lock = threading.Lock()
-        try:
-            self._db = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise VectorStoreError(f"cannot connect to PostgreSQL at {dsn}: {exc}; start it with "
-                                   "`python scripts/services.py start --rag`") from exc
+        self._connect(register=False)
         with self._lock:
             self._db.execute("SELECT pg_advisory_lock(7426)")  # two workers creating at once
             try:
                 self._db.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                register_vector(self._db)
+                self._register()
                 self._db.execute(f"CREATE TABLE IF NOT EXISTS {self.name} (chunk_id text PRIMARY KEY, "
                                  f"doc_id text NOT NULL, position integer, text text, metadata jsonb, "
                                  f"embedding vector({dim}))")
@@ -346,6 +346,45 @@ class PgVectorStore(VectorStore):
             finally:
                 self._db.execute("SELECT pg_advisory_unlock(7426)")
 
+    def _connect(self, register: bool = True) -> None:
+        import psycopg
+
+        try:
+            self._db = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise VectorStoreError(f"cannot connect to PostgreSQL at {self._dsn}: {exc}; start it with "
+                                   "`python scripts/services.py start --rag`") from exc
+        if register:
+            self._register()
+
+    def _register(self) -> None:
+        from pgvector.psycopg import register_vector
+
+        register_vector(self._db)
+
+    def _run(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> Any:
+        """Rows of a query, or the row count of a write; one reconnect when the connection was lost."""
+        import psycopg
+
+        with self._lock:
+            if self._db.closed:
+                self._connect()
+            try:
+                return self._execute(sql, params, many)
+            except psycopg.OperationalError:
+                if not self._db.closed:
+                    raise
+            self._connect()
+            return self._execute(sql, params, many)
+
+    def _execute(self, sql: str, params: Sequence[Any], many: bool) -> Any:
+        with self._db.cursor() as cur:
+            if many:
+                cur.executemany(sql, params)
+            else:
+                cur.execute(sql, params)
+            return cur.fetchall() if cur.description else cur.rowcount
+
     def upsert(self, chunks: Sequence[Chunk]) -> None:
         import numpy as np
 
@@ -353,42 +392,32 @@ class PgVectorStore(VectorStore):
                  np.asarray(c.vector, dtype=np.float32)) for c in chunks]
         if not rows:
             return
-        with self._lock, self._db.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO {self.name} (chunk_id, doc_id, position, text, metadata, embedding) "
-                "VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (chunk_id) DO UPDATE SET "
-                "doc_id = EXCLUDED.doc_id, position = EXCLUDED.position, text = EXCLUDED.text, "
-                "metadata = EXCLUDED.metadata, embedding = EXCLUDED.embedding", rows)
+        self._run(f"INSERT INTO {self.name} (chunk_id, doc_id, position, text, metadata, embedding) "
+                  "VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (chunk_id) DO UPDATE SET "
+                  "doc_id = EXCLUDED.doc_id, position = EXCLUDED.position, text = EXCLUDED.text, "
+                  "metadata = EXCLUDED.metadata, embedding = EXCLUDED.embedding", rows, many=True)
 
     def doc_vectors(self, doc_id: str) -> dict[str, list[float]]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT chunk_id, embedding FROM {self.name} WHERE doc_id = %s",
-                                    (doc_id,)).fetchall()
+        rows = self._run(f"SELECT chunk_id, embedding FROM {self.name} WHERE doc_id = %s", (doc_id,))
         return {r[0]: r[1].to_list() for r in rows}
 
     def delete_stale(self, doc_id: str, keep: Collection[str]) -> int:
-        with self._lock:
-            cur = self._db.execute(f"DELETE FROM {self.name} WHERE doc_id = %s AND NOT (chunk_id = ANY(%s))",
-                                   (doc_id, list(keep)))
-            return cur.rowcount
+        return int(self._run(f"DELETE FROM {self.name} WHERE doc_id = %s AND NOT (chunk_id = ANY(%s))",
+                             (doc_id, list(keep))))
 
     def search(self, vector: Sequence[float], k: int) -> list[Hit]:
         import numpy as np
 
         query = np.asarray(vector, dtype=np.float32)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT doc_id, chunk_id, text, 1 - (embedding <=> %s) AS score, metadata, position "
-                f"FROM {self.name} ORDER BY embedding <=> %s LIMIT %s", (query, query, k + 8)).fetchall()
+        rows = self._run(f"SELECT doc_id, chunk_id, text, 1 - (embedding <=> %s) AS score, metadata, position "
+                         f"FROM {self.name} ORDER BY embedding <=> %s LIMIT %s", (query, query, k + 8))
         return _rank([Hit(r[0], r[1], r[2], float(r[3]), r[4] or {}, r[5]) for r in rows], k)
 
     def chunk_ids(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute(f"SELECT chunk_id FROM {self.name}").fetchall()]
+        return [r[0] for r in self._run(f"SELECT chunk_id FROM {self.name}")]
 
     def drop(self) -> None:
-        with self._lock:
-            self._db.execute(f"DROP TABLE IF EXISTS {self.name}")
+        self._run(f"DROP TABLE IF EXISTS {self.name}")
 
     def close(self) -> None:
         self._db.close()

@@ -74,3 +74,23 @@ def test_stores_agree_and_upsert_replaces(embedder: Embedder, corpus: list[Doc],
         assert [[cid for cid, _ in r] for r in other] == [[cid for cid, _ in r] for r in local]
         for r_other, r_local in zip(other, local):
             assert [s for _, s in r_other] == pytest.approx([s for _, s in r_local], abs=1e-4)
+
+
+def test_pgvector_store_reconnects_after_its_connection_is_lost(postgres_url: str, unique: str) -> None:
+    """A PostgreSQL restart or a terminated backend costs no write: the store connects again."""
+    import psycopg
+
+    store = open_store(postgres_url, 3, f"lost_{unique}")
+    try:
+        store.upsert([Chunk("a:0:x", "a", 0, "one", [1.0, 0.0, 0.0])])
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            ended = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE pid <> pg_backend_pid() AND datname = current_database() "
+                                  "AND backend_type = 'client backend'").fetchall()
+        assert ended and all(row[0] for row in ended)
+        store.upsert([Chunk("a:1:y", "a", 1, "two", [0.0, 1.0, 0.0])])
+        assert sorted(store.doc_chunk_ids("a")) == ["a:0:x", "a:1:y"]
+        assert [h.chunk_id for h in store.search([0.0, 1.0, 0.0], 1)] == ["a:1:y"]
+    finally:
+        store.drop()
+        store.close()
