@@ -102,6 +102,9 @@ class Rag:
             raise ConfigError(f"text of document {doc_id!r} must be a string, not {type(text).__name__}")
         if metadata is not None and not isinstance(metadata, dict):
             raise ConfigError(f"metadata of document {doc_id!r} must be a JSON object")
+        if _has_nul(text) or _has_nul(metadata):  # PostgreSQL keeps NUL in neither text nor jsonb
+            raise ConfigError(f"document {doc_id!r} has NUL characters (\\x00) in its text or metadata, which "
+                              "not every vector store can keep: remove them")
         sent = self.chunk.apply_async((doc_id, text, metadata or {}), key=doc_id)
         self.app.flush()
         return {"doc_id": doc_id, "chars": len(text), "chunk_task": sent.id}
@@ -165,6 +168,17 @@ class Rag:
     def ingest(self, doc_id: str, text: str, metadata: dict[str, Any] | None = None) -> Any:
         """Queue a document (``ingest_document.delay``); an empty ``text`` deletes it."""
         return self.ingest_document.apply_async((doc_id, text, metadata or {}), key=doc_id)
+
+
+def _has_nul(value: Any) -> bool:
+    """True if a NUL character is in ``value``, a string or JSON value (keys included)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _example_pipeline() -> Rag:

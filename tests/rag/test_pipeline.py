@@ -119,3 +119,20 @@ def test_a_document_changed_and_changed_back_ends_as_the_last_ingest(
         store.close()
         rag.close()
         rag.app.close()
+
+
+def test_a_document_with_nul_characters_is_refused_at_ingest_on_every_store(
+        kafka_url: str, redis_url: str, tmp_path: Any, unique: str, embedder: Embedder) -> None:
+    """PostgreSQL cannot store NUL in text or JSON: rather than a dead letter at ``upsert`` on one store
+    only (after the model's work), ``ingest_document`` refuses such a document, whatever the store."""
+    rag = make_pipeline(kafka_url, redis_url, f"local://{tmp_path / 'chunks.db'}", unique, embedder)
+    try:
+        with worker_thread(rag.app, tasks=STAGES[:1], concurrency=1):
+            for text, metadata in (("binary\x00junk", {}), ("fine", {"title": "a\x00b"})):
+                result = rag.ingest("nul", text, metadata)
+                with pytest.raises(Exception, match="NUL") as info:
+                    result.get(timeout=60)
+                assert "ConfigError" in type(info.value).__name__ + str(result.traceback)
+    finally:
+        rag.close()
+        rag.app.close()
