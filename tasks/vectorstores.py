@@ -362,23 +362,26 @@ class PgVectorStore(VectorStore):
 
         register_vector(self._db)
 
-    def _run(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> Any:
-        """Rows of a query, or the row count of a write; one reconnect when the connection was lost."""
+    def _run(self, sql: str, params: Sequence[Any] = (), many: bool = False, setup: str = "") -> Any:
+        """Rows of a query, or the row count of a write, after the ``setup`` statement if any, on one
+        connection; one reconnect when the connection was lost."""
         import psycopg
 
         with self._lock:
             if self._db.closed:
                 self._connect()
             try:
-                return self._execute(sql, params, many)
+                return self._execute(sql, params, many, setup)
             except psycopg.OperationalError:
                 if not self._db.closed:
                     raise
             self._connect()
-            return self._execute(sql, params, many)
+            return self._execute(sql, params, many, setup)
 
-    def _execute(self, sql: str, params: Sequence[Any], many: bool) -> Any:
+    def _execute(self, sql: str, params: Sequence[Any], many: bool, setup: str) -> Any:
         with self._db.cursor() as cur:
+            if setup:
+                cur.execute(setup)
             if many:
                 cur.executemany(sql, params)
             else:
@@ -409,8 +412,11 @@ class PgVectorStore(VectorStore):
         import numpy as np
 
         query = np.asarray(vector, dtype=np.float32)
+        limit = k + 8
+        # the HNSW scan yields at most hnsw.ef_search rows (40 by default, 1000 at most)
         rows = self._run(f"SELECT doc_id, chunk_id, text, 1 - (embedding <=> %s) AS score, metadata, position "
-                         f"FROM {self.name} ORDER BY embedding <=> %s LIMIT %s", (query, query, k + 8))
+                         f"FROM {self.name} ORDER BY embedding <=> %s LIMIT %s", (query, query, limit),
+                         setup=f"SET hnsw.ef_search = {min(max(limit, 40), 1000)}")
         return _rank([Hit(r[0], r[1], r[2], float(r[3]), r[4] or {}, r[5]) for r in rows], k)
 
     def chunk_ids(self) -> list[str]:

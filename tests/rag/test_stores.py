@@ -94,3 +94,26 @@ def test_pgvector_store_reconnects_after_its_connection_is_lost(postgres_url: st
     finally:
         store.drop()
         store.close()
+
+
+def test_pgvector_search_returns_k_hits_past_the_hnsw_default(postgres_url: str, tmp_path: object,
+                                                              unique: str) -> None:
+    """pgvector's HNSW scan stops at ``hnsw.ef_search`` rows (40 by default): a search for more must still
+    give ``k`` hits, nearly the local store's exact ones."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    chunks = [Chunk(f"d{i % 50}:{i}:x", f"d{i % 50}", i, "t", rng.normal(size=16).tolist()) for i in range(5000)]
+    query = rng.normal(size=16).tolist()
+    found = {}
+    for url in (f"local://{tmp_path}/chunks.db", postgres_url):
+        store = open_store(url, 16, f"many_{unique}")
+        try:
+            store.upsert(chunks)
+            found[url] = [h.chunk_id for h in store.search(query, 100)]
+        finally:
+            store.drop()
+            store.close()
+    exact, approximate = found.values()
+    assert len(exact) == len(approximate) == 100
+    assert len(set(exact) & set(approximate)) >= 90
