@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 from taskq.errors import ConfigError, TaskqError
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+WEAVIATE_PAGE = 10_000  # Weaviate's QUERY_MAXIMUM_RESULTS: most objects one query returns or one delete removes
 UUID_NAMESPACE = uuid.UUID("5b1f7a8e-2f0c-4b8e-9d55-7b7f3f1d6a21")  # chunk_id -> Weaviate object id
 
 
@@ -270,25 +271,39 @@ class WeaviateStore(VectorStore):
             raise VectorStoreError(f"Weaviate refused {len(result.errors)} of {len(objects)} chunks: {first}")
 
     def doc_vectors(self, doc_id: str) -> dict[str, list[float]]:
-        from weaviate.classes.query import Filter
+        """Read in pages by position, since a query answers at most ``WEAVIATE_PAGE`` objects."""
+        from weaviate.classes.query import Filter, Sort
 
-        with self._lock:
-            found = self._collection.query.fetch_objects(filters=Filter.by_property("doc_id").equal(doc_id),
-                                                         limit=10000, return_properties=["chunk_id"],
-                                                         include_vector=True)
-        return {o.properties["chunk_id"]: list(o.vector["default"]) for o in found.objects}
+        vectors: dict[str, list[float]] = {}
+        low = 0
+        while True:
+            where = Filter.by_property("doc_id").equal(doc_id) & Filter.by_property("position").greater_or_equal(low)
+            with self._lock:
+                page = self._collection.query.fetch_objects(
+                    filters=where, sort=Sort.by_property("position"), limit=WEAVIATE_PAGE,
+                    return_properties=["chunk_id", "position"], include_vector=True).objects
+            known = len(vectors)
+            vectors.update({o.properties["chunk_id"]: list(o.vector["default"]) for o in page})
+            if len(page) < WEAVIATE_PAGE or len(vectors) == known:
+                return vectors
+            low = int(page[-1].properties["position"])  # ">=": a chunk of another version may share it
 
     def delete_stale(self, doc_id: str, keep: Collection[str]) -> int:
+        """Delete by filter, again while a request deletes a full ``WEAVIATE_PAGE`` (its bound)."""
         from weaviate.classes.query import Filter
 
-        wanted = {uuid.uuid5(UUID_NAMESPACE, c) for c in keep}
+        where = Filter.by_property("doc_id").equal(doc_id)
+        if keep:
+            where = where & Filter.by_id().contains_none([uuid.uuid5(UUID_NAMESPACE, c) for c in keep])
+        removed = 0
         with self._lock:
-            found = self._collection.query.fetch_objects(filters=Filter.by_property("doc_id").equal(doc_id),
-                                                         limit=10000)
-            stale = [o.uuid for o in found.objects if o.uuid not in wanted]
-            if stale:
-                self._collection.data.delete_many(where=Filter.by_id().contains_any(stale))
-        return len(stale)
+            while True:
+                result = self._collection.data.delete_many(where=where)
+                removed += result.successful
+                if result.failed:
+                    raise VectorStoreError(f"Weaviate could not delete {result.failed} stale chunks of {doc_id!r}")
+                if result.successful < WEAVIATE_PAGE:
+                    return removed
 
     def search(self, vector: Sequence[float], k: int) -> list[Hit]:
         from weaviate.classes.query import MetadataQuery

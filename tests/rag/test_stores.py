@@ -117,3 +117,21 @@ def test_pgvector_search_returns_k_hits_past_the_hnsw_default(postgres_url: str,
     exact, approximate = found.values()
     assert len(exact) == len(approximate) == 100
     assert len(set(exact) & set(approximate)) >= 90
+
+
+def test_a_document_of_more_than_10000_chunks_is_read_and_pruned_whole_on_every_store(
+        weaviate_url: str, postgres_url: str, tmp_path: object, unique: str) -> None:
+    """Weaviate answers at most 10,000 objects per query: a large document's chunks are still all found,
+    and all of its stale chunks deleted."""
+    total = 10_050
+    chunks = [Chunk(f"big:{i}:x", "big", i, "t", [1.0, float(i % 7), 0.5]) for i in range(total)]
+    for url in (f"local://{tmp_path}/chunks.db", weaviate_url, postgres_url):
+        store = open_store(url, 3, f"big_{unique}")
+        try:
+            store.upsert(chunks)
+            assert len(store.doc_vectors("big")) == total, url
+            assert store.delete_stale("big", ["big:0:x"]) == total - 1, url
+            assert store.chunk_ids() == ["big:0:x"], url
+        finally:
+            store.drop()
+            store.close()
