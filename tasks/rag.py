@@ -28,7 +28,7 @@ from taskq.app import Taskq
 from taskq.errors import ConfigError
 from taskq.task import Request, Task
 from tasks.embedding import Embedder, chunk_id
-from tasks.vectorstores import Chunk, VectorStore, open_store
+from tasks.vectorstores import Chunk, VectorStore, VectorStoreError, open_store
 
 EMBED_BATCH = 32
 EMBED_WAIT = 0.05  # seconds the worker waits to fill an embed batch
@@ -72,11 +72,15 @@ class Rag:
 
     def __post_init__(self) -> None:
         task = self.app.task
+        # the stages that use the store outlast an outage of about 30 s (1, 2, 4, 8, 8, 8 s), in order: each
+        # retry waits in the worker holding the document's key; then the message is dead-lettered
+        store_retry = {"autoretry_for": (VectorStoreError,), "max_retries": 6, "retry_backoff": True,
+                       "retry_backoff_max": 8.0, "retry_jitter": False, "strict_order": True}
         self.ingest_document: Task = task(name="tasks.rag.ingest_document", key="doc_id")(self._ingest_document)
-        self.chunk: Task = task(name="tasks.rag.chunk", key="doc_id")(self._chunk)
+        self.chunk: Task = task(name="tasks.rag.chunk", key="doc_id", **store_retry)(self._chunk)
         self.embed: Task = task(name="tasks.rag.embed", batch_size=self.embed_batch,
                                 batch_wait=EMBED_WAIT)(self._embed)
-        self.upsert: Task = task(name="tasks.rag.upsert", key="doc_id")(self._upsert)
+        self.upsert: Task = task(name="tasks.rag.upsert", key="doc_id", **store_retry)(self._upsert)
         self.search_task: Task = task(name="tasks.rag.search")(self.search)
 
     @property

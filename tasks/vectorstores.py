@@ -19,7 +19,8 @@ import sqlite3
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,17 @@ class WeaviateStore(VectorStore):
                                    "start it with `python scripts/services.py start --rag`") from exc
         self._collection = self._ensure()
 
+    @contextmanager
+    def _request(self) -> Iterator[None]:
+        """The store's lock, with the client's errors (Weaviate down or refusing) as VectorStoreError."""
+        from weaviate.exceptions import WeaviateBaseError
+
+        with self._lock:
+            try:
+                yield
+            except WeaviateBaseError as exc:
+                raise VectorStoreError(f"Weaviate at {self.url}: {exc}") from exc
+
     def _ensure(self) -> Any:
         from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 
@@ -264,7 +276,7 @@ class WeaviateStore(VectorStore):
                                           "text": c.text, "metadata": json.dumps(c.metadata)},
                               uuid=uuid.uuid5(UUID_NAMESPACE, c.chunk_id), vector=[float(x) for x in c.vector])
                    for c in chunks]
-        with self._lock:
+        with self._request():
             result = self._collection.data.insert_many(objects)
         if result.has_errors:
             first = next(iter(result.errors.values()))
@@ -278,7 +290,7 @@ class WeaviateStore(VectorStore):
         low = 0
         while True:
             where = Filter.by_property("doc_id").equal(doc_id) & Filter.by_property("position").greater_or_equal(low)
-            with self._lock:
+            with self._request():
                 page = self._collection.query.fetch_objects(
                     filters=where, sort=Sort.by_property("position"), limit=WEAVIATE_PAGE,
                     return_properties=["chunk_id", "position"], include_vector=True).objects
@@ -296,7 +308,7 @@ class WeaviateStore(VectorStore):
         if keep:
             where = where & Filter.by_id().contains_none([uuid.uuid5(UUID_NAMESPACE, c) for c in keep])
         removed = 0
-        with self._lock:
+        with self._request():
             while True:
                 result = self._collection.data.delete_many(where=where)
                 removed += result.successful
@@ -308,7 +320,7 @@ class WeaviateStore(VectorStore):
     def search(self, vector: Sequence[float], k: int) -> list[Hit]:
         from weaviate.classes.query import MetadataQuery
 
-        with self._lock:
+        with self._request():
             found = self._collection.query.near_vector(near_vector=[float(x) for x in vector], limit=k + 8,
                                                        return_metadata=MetadataQuery(distance=True))
         hits = [Hit(o.properties["doc_id"], o.properties["chunk_id"], o.properties["text"],
@@ -317,11 +329,11 @@ class WeaviateStore(VectorStore):
         return _rank(hits, k)
 
     def chunk_ids(self) -> list[str]:
-        with self._lock:
+        with self._request():
             return [o.properties["chunk_id"] for o in self._collection.iterator(return_properties=["chunk_id"])]
 
     def drop(self) -> None:
-        with self._lock:
+        with self._request():
             self._client.collections.delete(self.name)
 
     def close(self) -> None:
@@ -379,7 +391,7 @@ class PgVectorStore(VectorStore):
 
     def _run(self, sql: str, params: Sequence[Any] = (), many: bool = False, setup: str = "") -> Any:
         """Rows of a query, or the row count of a write, after the ``setup`` statement if any, on one
-        connection; one reconnect when the connection was lost."""
+        connection; one reconnect when the connection was lost; an unreachable server is VectorStoreError."""
         import psycopg
 
         with self._lock:
@@ -387,11 +399,14 @@ class PgVectorStore(VectorStore):
                 self._connect()
             try:
                 return self._execute(sql, params, many, setup)
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as exc:
                 if not self._db.closed:
-                    raise
+                    raise VectorStoreError(f"PostgreSQL at {self._dsn}: {exc}") from exc
             self._connect()
-            return self._execute(sql, params, many, setup)
+            try:
+                return self._execute(sql, params, many, setup)
+            except psycopg.OperationalError as exc:
+                raise VectorStoreError(f"PostgreSQL at {self._dsn}: {exc}") from exc
 
     def _execute(self, sql: str, params: Sequence[Any], many: bool, setup: str) -> Any:
         with self._db.cursor() as cur:

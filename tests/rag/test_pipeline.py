@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -134,5 +135,41 @@ def test_a_document_with_nul_characters_is_refused_at_ingest_on_every_store(
                     result.get(timeout=60)
                 assert "ConfigError" in type(info.value).__name__ + str(result.traceback)
     finally:
+        rag.close()
+        rag.app.close()
+
+
+def test_a_vector_store_outage_is_retried_not_dead_lettered(
+        kafka_url: str, redis_url: str, postgres_url: str, unique: str, embedder: Embedder) -> None:
+    """PostgreSQL refusing connections for a few seconds: the stages that use the store retry (with a
+    bound), the document is stored once the outage ends, and nothing is dead-lettered."""
+    import psycopg
+
+    rag = make_pipeline(kafka_url, redis_url, postgres_url, unique, embedder)
+    store = open_store(postgres_url, embedder.dim, rag.settings.collection)
+    text = "Glaciers move slowly downhill under their own weight, carving valleys as they go. " * 2
+    want = {chunk_id("late", p.position, p.text) for p in embedder.split(text)}
+    admin = psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/template1", autocommit=True)
+    try:
+        with worker_thread(rag.app, tasks=STAGES, concurrency=4):
+            rag.ingest("early", "Snow falls in winter.")
+            rag.app.flush()
+            wait_until(lambda: store.doc_chunk_ids("early"), 60, "the first document stored")
+            admin.execute("ALTER DATABASE postgres WITH ALLOW_CONNECTIONS false")
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'postgres'")
+            rag.ingest("late", text)
+            rag.app.flush()
+            time.sleep(4)
+            admin.execute("ALTER DATABASE postgres WITH ALLOW_CONNECTIONS true")
+            wait_until(lambda: set(store.doc_chunk_ids("late")) == want, 60, "the document stored after the outage")
+            wait_until(lambda: drained(rag), 60, "every stage done", interval=0.5)
+        dead = {t: sum(h for _, h in rag.app.broker.watermarks(f"{t}.dlq").values())
+                for t in (rag.chunk.topic, rag.upsert.topic) if f"{t}.dlq" in rag.app.broker.list_topics()}
+        assert not any(dead.values()), dead
+    finally:
+        admin.execute("ALTER DATABASE postgres WITH ALLOW_CONNECTIONS true")
+        admin.close()
+        store.drop()
+        store.close()
         rag.close()
         rag.app.close()

@@ -135,3 +135,22 @@ def test_a_document_of_more_than_10000_chunks_is_read_and_pruned_whole_on_every_
         finally:
             store.drop()
             store.close()
+
+
+def test_weaviate_down_is_a_vector_store_error(unique: str) -> None:
+    """The pipeline retries VectorStoreError: a Weaviate that stopped answering must raise it, not the
+    client's own error types."""
+    from services import WeaviateServer
+
+    from tasks.vectorstores import VectorStoreError
+
+    server = WeaviateServer().start()
+    store = open_store(server.url, 3, f"down_{unique}")
+    try:
+        store.upsert([Chunk("a:0:x", "a", 0, "one", [1.0, 0.0, 0.0])])
+        server.stop()
+        with pytest.raises(VectorStoreError, match="Weaviate"):
+            store.upsert([Chunk("a:1:y", "a", 1, "two", [0.0, 1.0, 0.0])])
+    finally:
+        store.close()
+        server.stop()
