@@ -43,6 +43,11 @@ class RagSettings:
     chunk_tokens: int = 512
     chunk_overlap: int = 64
 
+    def __post_init__(self) -> None:
+        if self.chunk_tokens < 1 or not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise ConfigError(f"RAG_CHUNK_TOKENS {self.chunk_tokens} and RAG_CHUNK_OVERLAP {self.chunk_overlap}: "
+                              "need tokens >= 1 and 0 <= overlap < tokens")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RagSettings:
         env = os.environ if environ is None else environ

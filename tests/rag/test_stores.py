@@ -154,3 +154,14 @@ def test_weaviate_down_is_a_vector_store_error(unique: str) -> None:
     finally:
         store.close()
         server.stop()
+
+
+@pytest.mark.parametrize("tokens, overlap", [(0, 0), (1, 1), (64, 64), (64, 100), (64, -1)])
+def test_chunk_settings_that_cannot_cut_a_document_are_refused_at_start(tokens: int, overlap: int) -> None:
+    """Refused when the settings are read (a worker does not start), not at every document's chunk task."""
+    from taskq.errors import ConfigError
+    from tasks.rag import RagSettings
+
+    with pytest.raises(ConfigError, match="RAG_CHUNK_OVERLAP"):
+        RagSettings.from_env({"RAG_CHUNK_TOKENS": str(tokens), "RAG_CHUNK_OVERLAP": str(overlap)})
+    assert RagSettings.from_env({"RAG_CHUNK_TOKENS": "1", "RAG_CHUNK_OVERLAP": "0"}).chunk_tokens == 1
