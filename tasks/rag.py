@@ -142,20 +142,27 @@ class Rag:
         return {"doc_id": doc_id, "chunks": len(ids), "unchanged": bool(ids) and set(ids) == set(stored)}
 
     def _embed(self, requests: list[Request]) -> list[dict[str, Any]]:
-        """Embed a batch of chunks in one model call (those without a vector); one ``upsert`` per document."""
+        """Embed a batch of chunks in one model call (those without a vector); one ``upsert`` per document,
+        or per version of it: a chunk after the one carrying an id list (``keep``) belongs to a newer version,
+        so it goes in a later upsert, which the earlier one's pruning cannot remove."""
         chunks = [r.kwargs["chunk"] for r in requests if r.kwargs.get("chunk")]
         texts = [c["text"] for c in chunks if "vector" not in c]
         vectors = iter(self.embedder.encode(texts, batch_size=max(len(texts), 1)))
-        by_doc: dict[str, dict[str, Any]] = {}
+        open_entries: dict[str, dict[str, Any]] = {}
+        upserts: list[dict[str, Any]] = []
         for r in requests:
             doc_id, chunk, keep = r.kwargs["doc_id"], r.kwargs.get("chunk"), r.kwargs.get("keep")
-            entry = by_doc.setdefault(doc_id, {"doc_id": doc_id, "chunks": [], "keep": None})
+            entry = open_entries.get(doc_id)
+            if entry is None:
+                entry = open_entries[doc_id] = {"doc_id": doc_id, "chunks": [], "keep": None}
+                upserts.append(entry)
             if chunk is not None:
                 entry["chunks"].append({**chunk, "vector": chunk["vector"] if "vector" in chunk else next(vectors)})
             if keep is not None:
                 entry["keep"] = keep
-        for doc_id, entry in by_doc.items():
-            self.upsert.apply_async(kwargs=entry, key=doc_id)
+                del open_entries[doc_id]
+        for entry in upserts:
+            self.upsert.apply_async(kwargs=entry, key=entry["doc_id"])
         self.app.flush()
         return [{"chunk_id": (r.kwargs.get("chunk") or {}).get("chunk_id")} for r in requests]
 

@@ -173,3 +173,35 @@ def test_a_vector_store_outage_is_retried_not_dead_lettered(
         store.close()
         rag.close()
         rag.app.close()
+
+
+def test_two_versions_of_a_document_in_one_embed_batch_keep_every_chunk_of_the_newer(
+        kafka_url: str, redis_url: str, tmp_path: Any, unique: str, embedder: Embedder) -> None:
+    """One embed batch holds the end of version 1 (with its id list) and the start of version 2: the
+    upsert that prunes version 1's stale chunks must not take version 2's first chunks with them."""
+    rag = make_pipeline(kafka_url, redis_url, f"local://{tmp_path / 'chunks.db'}", unique, embedder)
+    store = open_store(rag.settings.store_url, embedder.dim, rag.settings.collection)
+
+    def send(version: str, position: int, ids: list[str], last: bool) -> None:
+        text = f"Version {version}, part {position}: rivers carry sand to the sea."
+        chunk = {"chunk_id": ids[position], "position": position, "text": text, "metadata": {}}
+        rag.embed.apply_async(kwargs={"doc_id": "doc", "chunk": chunk, "keep": ids if last else None}, key="doc")
+
+    v1 = ["doc:0:one", "doc:1:one"]
+    v2 = ["doc:0:two", "doc:1:two"]
+    try:
+        send("one", 0, v1, False)
+        send("one", 1, v1, True)
+        send("two", 0, v2, False)
+        rag.app.flush()
+        with worker_thread(rag.app, tasks=STAGES, concurrency=4):  # the three in one batch
+            wait_until(lambda: drained(rag), 60, "the first batch done", interval=0.5)
+            send("two", 1, v2, True)
+            rag.app.flush()
+            wait_until(lambda: drained(rag), 60, "the second batch done", interval=0.5)
+        assert sorted(store.chunk_ids()) == v2
+    finally:
+        store.drop()
+        store.close()
+        rag.close()
+        rag.app.close()
