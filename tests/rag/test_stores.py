@@ -30,6 +30,16 @@ def test_chunks_are_token_windows_with_overlap(embedder: Embedder, corpus: list[
     assert embedder.split("", 512, 64) == []
 
 
+def test_a_capped_chunk_size_keeps_the_stride_it_was_given(embedder: Embedder) -> None:
+    """600-token windows 50 apart become 510-token windows still 50 apart (not 1 apart: 50 times the chunks)."""
+    text = "word " * 2000
+    assert len(embedder.tokenizer(text, add_special_tokens=False)["input_ids"]) == 2000
+    pieces = embedder.split(text, 600, 550)
+    assert [p.start for p in pieces[:3]] == [0, 250, 500]  # "word " is 5 characters
+    assert len(pieces) == 31  # windows start at 0, 50, ..., 1500 tokens
+    assert [p.start for p in embedder.split(text, 512, 64)] == [5 * t for t in (0, 448, 896, 1344, 1792)]
+
+
 def test_chunk_ids_are_deterministic() -> None:
     assert chunk_id("doc", 0, "some text") == chunk_id("doc", 0, "some text")
     assert chunk_id("doc", 0, "some text") != chunk_id("doc", 1, "some text")
