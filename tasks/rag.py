@@ -178,6 +178,8 @@ class Rag:
 
     def search(self, query: str, k: int = 5) -> list[dict[str, Any]]:
         """The ``k`` stored chunks nearest to ``query``: doc_id, chunk_id, text, score, metadata."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a whole number of hits, 1 or more, not {k!r}")
         vector = self.embedder.encode([query])[0]
         return [hit.as_dict() for hit in self.store.search(vector, k)]
 

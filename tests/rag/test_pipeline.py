@@ -11,7 +11,7 @@ from taskq import Taskq
 from taskq.inspect import lag
 from tasks.embedding import Embedder, chunk_id
 from tasks.rag import Rag, RagSettings
-from tasks.vectorstores import open_store
+from tasks.vectorstores import Chunk, open_store
 from tests.rag.conftest import Doc, expected_ids
 from tests.support import wait_results, wait_until, worker_thread
 
@@ -200,6 +200,28 @@ def test_two_versions_of_a_document_in_one_embed_batch_keep_every_chunk_of_the_n
             rag.app.flush()
             wait_until(lambda: drained(rag), 60, "the second batch done", interval=0.5)
         assert sorted(store.chunk_ids()) == v2
+    finally:
+        store.drop()
+        store.close()
+        rag.close()
+        rag.app.close()
+
+
+def test_search_refuses_a_k_below_one_on_every_store(kafka_url: str, redis_url: str, store_url: str, unique: str,
+                                                      embedder: Embedder) -> None:
+    """k = -1 gave 6 hits on the local store and Weaviate (their limit is k + 8, cut at k) and an SQL
+    error on PostgreSQL for k = -10; a k below one is a ConfigError, k = 1 the best hit."""
+    from taskq.errors import ConfigError
+
+    rag = make_pipeline(kafka_url, redis_url, store_url, unique, embedder)
+    store = open_store(store_url, embedder.dim, rag.settings.collection)
+    try:
+        store.upsert([Chunk(f"d:{i}:x", "d", i, f"text {i}", v, {}) for i, v in
+                      enumerate(embedder.encode([f"text {i}" for i in range(12)]))])
+        for k in (0, -1, -10):
+            with pytest.raises(ConfigError, match="k must be"):
+                rag.search("text 3", k=k)
+        assert [h["chunk_id"] for h in rag.search("text 3", k=1)] == ["d:3:x"]
     finally:
         store.drop()
         store.close()
