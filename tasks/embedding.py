@@ -103,13 +103,16 @@ class Embedder:
     def split(self, text: str, size: int = 512, overlap: int = 64) -> list[Piece]:
         """Cut ``text`` into windows of ``size`` tokens of this model's tokenizer, ``overlap`` shared.
 
-        ``size`` is capped at what the model embeds without truncation (510 content tokens here). Each
-        piece's text is the original characters its tokens cover, so nothing is re-spelt.
+        ``size`` is capped at what the model embeds without truncation (510 content tokens here), and the
+        overlap shrinks with it so that windows start ``size - overlap`` tokens apart as asked (at most a
+        capped window apart). Each piece's text is the original characters its tokens cover, so nothing is
+        re-spelt.
         """
         if size < 1 or not 0 <= overlap < size:
             raise ConfigError(f"chunk size {size} and overlap {overlap}: need size >= 1 and 0 <= overlap < size")
+        stride = size - overlap
         size = min(size, self.max_tokens)
-        overlap = min(overlap, size - 1)
+        overlap = size - min(stride, size)
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
                                  verbose=False)
         offsets = encoded["offset_mapping"]

@@ -28,7 +28,7 @@ from taskq.app import Taskq
 from taskq.errors import ConfigError
 from taskq.task import Request, Task
 from tasks.embedding import Embedder, chunk_id
-from tasks.vectorstores import Chunk, VectorStore, open_store
+from tasks.vectorstores import Chunk, VectorStore, VectorStoreError, open_store
 
 EMBED_BATCH = 32
 EMBED_WAIT = 0.05  # seconds the worker waits to fill an embed batch
@@ -42,6 +42,11 @@ class RagSettings:
     collection: str = "taskq_chunks"
     chunk_tokens: int = 512
     chunk_overlap: int = 64
+
+    def __post_init__(self) -> None:
+        if self.chunk_tokens < 1 or not 0 <= self.chunk_overlap < self.chunk_tokens:
+            raise ConfigError(f"RAG_CHUNK_TOKENS {self.chunk_tokens} and RAG_CHUNK_OVERLAP {self.chunk_overlap}: "
+                              "need tokens >= 1 and 0 <= overlap < tokens")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RagSettings:
@@ -72,11 +77,15 @@ class Rag:
 
     def __post_init__(self) -> None:
         task = self.app.task
+        # the stages that use the store outlast an outage of about 30 s (1, 2, 4, 8, 8, 8 s), in order: each
+        # retry waits in the worker holding the document's key; then the message is dead-lettered
+        store_retry = {"autoretry_for": (VectorStoreError,), "max_retries": 6, "retry_backoff": True,
+                       "retry_backoff_max": 8.0, "retry_jitter": False, "strict_order": True}
         self.ingest_document: Task = task(name="tasks.rag.ingest_document", key="doc_id")(self._ingest_document)
-        self.chunk: Task = task(name="tasks.rag.chunk", key="doc_id")(self._chunk)
+        self.chunk: Task = task(name="tasks.rag.chunk", key="doc_id", **store_retry)(self._chunk)
         self.embed: Task = task(name="tasks.rag.embed", batch_size=self.embed_batch,
                                 batch_wait=EMBED_WAIT)(self._embed)
-        self.upsert: Task = task(name="tasks.rag.upsert", key="doc_id")(self._upsert)
+        self.upsert: Task = task(name="tasks.rag.upsert", key="doc_id", **store_retry)(self._upsert)
         self.search_task: Task = task(name="tasks.rag.search")(self.search)
 
     @property
@@ -102,41 +111,58 @@ class Rag:
             raise ConfigError(f"text of document {doc_id!r} must be a string, not {type(text).__name__}")
         if metadata is not None and not isinstance(metadata, dict):
             raise ConfigError(f"metadata of document {doc_id!r} must be a JSON object")
+        if _has_nul(text) or _has_nul(metadata):  # PostgreSQL keeps NUL in neither text nor jsonb
+            raise ConfigError(f"document {doc_id!r} has NUL characters (\\x00) in its text or metadata, which "
+                              "not every vector store can keep: remove them")
         sent = self.chunk.apply_async((doc_id, text, metadata or {}), key=doc_id)
         self.app.flush()
         return {"doc_id": doc_id, "chars": len(text), "chunk_task": sent.id}
 
     def _chunk(self, doc_id: str, text: str, metadata: dict[str, Any]) -> dict[str, Any]:
-        """Cut by tokens, name each piece; send each to ``embed`` (nothing when already stored as is)."""
+        """Cut by tokens, name each piece; send each to ``embed``, with its vector when the store has it.
+
+        Every version goes through ``embed`` and ``upsert`` in order, even an unchanged one: the store may
+        not have received an earlier, different version still in flight, which this one must replace. A
+        chunk id names its text, so a stored vector is the one the model would give again.
+        """
         pieces = self.embedder.split(text, self.settings.chunk_tokens, self.settings.chunk_overlap)
         ids = [chunk_id(doc_id, p.position, p.text) for p in pieces]
-        if ids and sorted(self.store.doc_chunk_ids(doc_id)) == sorted(ids):
-            return {"doc_id": doc_id, "chunks": len(ids), "unchanged": True}
+        stored = self.store.doc_vectors(doc_id)
         if not pieces:  # an empty document: its chunks go, in order behind any in flight
             self.embed.apply_async(kwargs={"doc_id": doc_id, "chunk": None, "keep": []}, key=doc_id)
         for piece, cid in zip(pieces, ids):
             chunk = {"chunk_id": cid, "position": piece.position, "text": piece.text,
                      "metadata": {**metadata, "start": piece.start, "end": piece.end}}
+            if cid in stored:
+                chunk["vector"] = stored[cid]
             last = piece.position == len(pieces) - 1
             self.embed.apply_async(kwargs={"doc_id": doc_id, "chunk": chunk, "keep": ids if last else None},
                                    key=doc_id)
         self.app.flush()
-        return {"doc_id": doc_id, "chunks": len(ids), "unchanged": False}
+        return {"doc_id": doc_id, "chunks": len(ids), "unchanged": bool(ids) and set(ids) == set(stored)}
 
     def _embed(self, requests: list[Request]) -> list[dict[str, Any]]:
-        """Embed a batch of chunks in one model call; one ``upsert`` per document of the batch."""
-        texts = [r.kwargs["chunk"]["text"] for r in requests if r.kwargs.get("chunk")]
+        """Embed a batch of chunks in one model call (those without a vector); one ``upsert`` per document,
+        or per version of it: a chunk after the one carrying an id list (``keep``) belongs to a newer version,
+        so it goes in a later upsert, which the earlier one's pruning cannot remove."""
+        chunks = [r.kwargs["chunk"] for r in requests if r.kwargs.get("chunk")]
+        texts = [c["text"] for c in chunks if "vector" not in c]
         vectors = iter(self.embedder.encode(texts, batch_size=max(len(texts), 1)))
-        by_doc: dict[str, dict[str, Any]] = {}
+        open_entries: dict[str, dict[str, Any]] = {}
+        upserts: list[dict[str, Any]] = []
         for r in requests:
             doc_id, chunk, keep = r.kwargs["doc_id"], r.kwargs.get("chunk"), r.kwargs.get("keep")
-            entry = by_doc.setdefault(doc_id, {"doc_id": doc_id, "chunks": [], "keep": None})
+            entry = open_entries.get(doc_id)
+            if entry is None:
+                entry = open_entries[doc_id] = {"doc_id": doc_id, "chunks": [], "keep": None}
+                upserts.append(entry)
             if chunk is not None:
-                entry["chunks"].append({**chunk, "vector": next(vectors)})
+                entry["chunks"].append({**chunk, "vector": chunk["vector"] if "vector" in chunk else next(vectors)})
             if keep is not None:
                 entry["keep"] = keep
-        for doc_id, entry in by_doc.items():
-            self.upsert.apply_async(kwargs=entry, key=doc_id)
+                del open_entries[doc_id]
+        for entry in upserts:
+            self.upsert.apply_async(kwargs=entry, key=entry["doc_id"])
         self.app.flush()
         return [{"chunk_id": (r.kwargs.get("chunk") or {}).get("chunk_id")} for r in requests]
 
@@ -152,12 +178,25 @@ class Rag:
 
     def search(self, query: str, k: int = 5) -> list[dict[str, Any]]:
         """The ``k`` stored chunks nearest to ``query``: doc_id, chunk_id, text, score, metadata."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a whole number of hits, 1 or more, not {k!r}")
         vector = self.embedder.encode([query])[0]
         return [hit.as_dict() for hit in self.store.search(vector, k)]
 
     def ingest(self, doc_id: str, text: str, metadata: dict[str, Any] | None = None) -> Any:
         """Queue a document (``ingest_document.delay``); an empty ``text`` deletes it."""
         return self.ingest_document.apply_async((doc_id, text, metadata or {}), key=doc_id)
+
+
+def _has_nul(value: Any) -> bool:
+    """True if a NUL character is in ``value``, a string or JSON value (keys included)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _example_pipeline() -> Rag:

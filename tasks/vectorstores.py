@@ -19,7 +19,8 @@ import sqlite3
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 from taskq.errors import ConfigError, TaskqError
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+WEAVIATE_PAGE = 10_000  # Weaviate's QUERY_MAXIMUM_RESULTS: most objects one query returns or one delete removes
 UUID_NAMESPACE = uuid.UUID("5b1f7a8e-2f0c-4b8e-9d55-7b7f3f1d6a21")  # chunk_id -> Weaviate object id
 
 
@@ -83,8 +85,12 @@ class VectorStore(ABC):
         """The ``k`` chunks most similar to ``vector``, best first."""
 
     @abstractmethod
+    def doc_vectors(self, doc_id: str) -> dict[str, list[float]]:
+        """The chunks stored for ``doc_id``: chunk id -> vector."""
+
     def doc_chunk_ids(self, doc_id: str) -> list[str]:
         """The ids of the chunks stored for ``doc_id``."""
+        return list(self.doc_vectors(doc_id))
 
     @abstractmethod
     def chunk_ids(self) -> list[str]:
@@ -159,9 +165,12 @@ class LocalStore(VectorStore):
         with self._lock:
             self._db.executemany(f"INSERT OR REPLACE INTO {self.name} VALUES (?, ?, ?, ?, ?, ?)", rows)
 
-    def doc_chunk_ids(self, doc_id: str) -> list[str]:
+    def doc_vectors(self, doc_id: str) -> dict[str, list[float]]:
+        import numpy as np
+
         with self._lock:
-            return [r[0] for r in self._db.execute(f"SELECT chunk_id FROM {self.name} WHERE doc_id = ?", (doc_id,))]
+            rows = self._db.execute(f"SELECT chunk_id, vector FROM {self.name} WHERE doc_id = ?", (doc_id,)).fetchall()
+        return {r[0]: np.frombuffer(r[1], dtype=np.float32).tolist() for r in rows}
 
     def delete_stale(self, doc_id: str, keep: Collection[str]) -> int:
         wanted = set(keep)
@@ -224,6 +233,17 @@ class WeaviateStore(VectorStore):
                                    "start it with `python scripts/services.py start --rag`") from exc
         self._collection = self._ensure()
 
+    @contextmanager
+    def _request(self) -> Iterator[None]:
+        """The store's lock, with the client's errors (Weaviate down or refusing) as VectorStoreError."""
+        from weaviate.exceptions import WeaviateBaseError
+
+        with self._lock:
+            try:
+                yield
+            except WeaviateBaseError as exc:
+                raise VectorStoreError(f"Weaviate at {self.url}: {exc}") from exc
+
     def _ensure(self) -> Any:
         from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 
@@ -256,36 +276,51 @@ class WeaviateStore(VectorStore):
                                           "text": c.text, "metadata": json.dumps(c.metadata)},
                               uuid=uuid.uuid5(UUID_NAMESPACE, c.chunk_id), vector=[float(x) for x in c.vector])
                    for c in chunks]
-        with self._lock:
+        with self._request():
             result = self._collection.data.insert_many(objects)
         if result.has_errors:
             first = next(iter(result.errors.values()))
             raise VectorStoreError(f"Weaviate refused {len(result.errors)} of {len(objects)} chunks: {first}")
 
-    def doc_chunk_ids(self, doc_id: str) -> list[str]:
-        from weaviate.classes.query import Filter
+    def doc_vectors(self, doc_id: str) -> dict[str, list[float]]:
+        """Read in pages by position, since a query answers at most ``WEAVIATE_PAGE`` objects."""
+        from weaviate.classes.query import Filter, Sort
 
-        with self._lock:
-            found = self._collection.query.fetch_objects(filters=Filter.by_property("doc_id").equal(doc_id),
-                                                         limit=10000, return_properties=["chunk_id"])
-        return [o.properties["chunk_id"] for o in found.objects]
+        vectors: dict[str, list[float]] = {}
+        low = 0
+        while True:
+            where = Filter.by_property("doc_id").equal(doc_id) & Filter.by_property("position").greater_or_equal(low)
+            with self._request():
+                page = self._collection.query.fetch_objects(
+                    filters=where, sort=Sort.by_property("position"), limit=WEAVIATE_PAGE,
+                    return_properties=["chunk_id", "position"], include_vector=True).objects
+            known = len(vectors)
+            vectors.update({o.properties["chunk_id"]: list(o.vector["default"]) for o in page})
+            if len(page) < WEAVIATE_PAGE or len(vectors) == known:
+                return vectors
+            low = int(page[-1].properties["position"])  # ">=": a chunk of another version may share it
 
     def delete_stale(self, doc_id: str, keep: Collection[str]) -> int:
+        """Delete by filter, again while a request deletes a full ``WEAVIATE_PAGE`` (its bound)."""
         from weaviate.classes.query import Filter
 
-        wanted = {uuid.uuid5(UUID_NAMESPACE, c) for c in keep}
-        with self._lock:
-            found = self._collection.query.fetch_objects(filters=Filter.by_property("doc_id").equal(doc_id),
-                                                         limit=10000)
-            stale = [o.uuid for o in found.objects if o.uuid not in wanted]
-            if stale:
-                self._collection.data.delete_many(where=Filter.by_id().contains_any(stale))
-        return len(stale)
+        where = Filter.by_property("doc_id").equal(doc_id)
+        if keep:
+            where = where & Filter.by_id().contains_none([uuid.uuid5(UUID_NAMESPACE, c) for c in keep])
+        removed = 0
+        with self._request():
+            while True:
+                result = self._collection.data.delete_many(where=where)
+                removed += result.successful
+                if result.failed:
+                    raise VectorStoreError(f"Weaviate could not delete {result.failed} stale chunks of {doc_id!r}")
+                if result.successful < WEAVIATE_PAGE:
+                    return removed
 
     def search(self, vector: Sequence[float], k: int) -> list[Hit]:
         from weaviate.classes.query import MetadataQuery
 
-        with self._lock:
+        with self._request():
             found = self._collection.query.near_vector(near_vector=[float(x) for x in vector], limit=k + 8,
                                                        return_metadata=MetadataQuery(distance=True))
         hits = [Hit(o.properties["doc_id"], o.properties["chunk_id"], o.properties["text"],
@@ -294,11 +329,11 @@ class WeaviateStore(VectorStore):
         return _rank(hits, k)
 
     def chunk_ids(self) -> list[str]:
-        with self._lock:
+        with self._request():
             return [o.properties["chunk_id"] for o in self._collection.iterator(return_properties=["chunk_id"])]
 
     def drop(self) -> None:
-        with self._lock:
+        with self._request():
             self._client.collections.delete(self.name)
 
     def close(self) -> None:
@@ -309,26 +344,26 @@ class WeaviateStore(VectorStore):
 
 
 class PgVectorStore(VectorStore):
-    """A PostgreSQL table with a ``vector(dim)`` column and an HNSW cosine index (pgvector)."""
+    """A PostgreSQL table with a ``vector(dim)`` column and an HNSW cosine index (pgvector).
+
+    A lost connection (PostgreSQL restarted, the backend terminated) is opened again and the statement
+    run once more: every statement here is idempotent.
+    """
 
     def __init__(self, url: str, dsn: str, dim: int, name: str) -> None:
         try:
-            import psycopg
-            from pgvector.psycopg import register_vector
+            import psycopg  # noqa: F401
+            from pgvector.psycopg import register_vector  # noqa: F401
         except ImportError as exc:
             raise ConfigError("the pgvector store needs psycopg and pgvector: pip install -e '.[rag]'") from exc
-        self.url, self.name, self.dim = url, name.lower(), dim
+        self.url, self.name, self.dim, self._dsn = url, name.lower(), dim, dsn
         self._lock = threading.Lock()
-        try:
-            self._db = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise VectorStoreError(f"cannot connect to PostgreSQL at {dsn}: {exc}; start it with "
-                                   "`python scripts/services.py start --rag`") from exc
+        self._connect(register=False)
         with self._lock:
             self._db.execute("SELECT pg_advisory_lock(7426)")  # two workers creating at once
             try:
                 self._db.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                register_vector(self._db)
+                self._register()
                 self._db.execute(f"CREATE TABLE IF NOT EXISTS {self.name} (chunk_id text PRIMARY KEY, "
                                  f"doc_id text NOT NULL, position integer, text text, metadata jsonb, "
                                  f"embedding vector({dim}))")
@@ -338,6 +373,51 @@ class PgVectorStore(VectorStore):
             finally:
                 self._db.execute("SELECT pg_advisory_unlock(7426)")
 
+    def _connect(self, register: bool = True) -> None:
+        import psycopg
+
+        try:
+            self._db = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise VectorStoreError(f"cannot connect to PostgreSQL at {self._dsn}: {exc}; start it with "
+                                   "`python scripts/services.py start --rag`") from exc
+        if register:
+            self._register()
+
+    def _register(self) -> None:
+        from pgvector.psycopg import register_vector
+
+        register_vector(self._db)
+
+    def _run(self, sql: str, params: Sequence[Any] = (), many: bool = False, setup: str = "") -> Any:
+        """Rows of a query, or the row count of a write, after the ``setup`` statement if any, on one
+        connection; one reconnect when the connection was lost; an unreachable server is VectorStoreError."""
+        import psycopg
+
+        with self._lock:
+            if self._db.closed:
+                self._connect()
+            try:
+                return self._execute(sql, params, many, setup)
+            except psycopg.OperationalError as exc:
+                if not self._db.closed:
+                    raise VectorStoreError(f"PostgreSQL at {self._dsn}: {exc}") from exc
+            self._connect()
+            try:
+                return self._execute(sql, params, many, setup)
+            except psycopg.OperationalError as exc:
+                raise VectorStoreError(f"PostgreSQL at {self._dsn}: {exc}") from exc
+
+    def _execute(self, sql: str, params: Sequence[Any], many: bool, setup: str) -> Any:
+        with self._db.cursor() as cur:
+            if setup:
+                cur.execute(setup)
+            if many:
+                cur.executemany(sql, params)
+            else:
+                cur.execute(sql, params)
+            return cur.fetchall() if cur.description else cur.rowcount
+
     def upsert(self, chunks: Sequence[Chunk]) -> None:
         import numpy as np
 
@@ -345,41 +425,35 @@ class PgVectorStore(VectorStore):
                  np.asarray(c.vector, dtype=np.float32)) for c in chunks]
         if not rows:
             return
-        with self._lock, self._db.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO {self.name} (chunk_id, doc_id, position, text, metadata, embedding) "
-                "VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (chunk_id) DO UPDATE SET "
-                "doc_id = EXCLUDED.doc_id, position = EXCLUDED.position, text = EXCLUDED.text, "
-                "metadata = EXCLUDED.metadata, embedding = EXCLUDED.embedding", rows)
+        self._run(f"INSERT INTO {self.name} (chunk_id, doc_id, position, text, metadata, embedding) "
+                  "VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (chunk_id) DO UPDATE SET "
+                  "doc_id = EXCLUDED.doc_id, position = EXCLUDED.position, text = EXCLUDED.text, "
+                  "metadata = EXCLUDED.metadata, embedding = EXCLUDED.embedding", rows, many=True)
 
-    def doc_chunk_ids(self, doc_id: str) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute(f"SELECT chunk_id FROM {self.name} WHERE doc_id = %s",
-                                                   (doc_id,)).fetchall()]
+    def doc_vectors(self, doc_id: str) -> dict[str, list[float]]:
+        rows = self._run(f"SELECT chunk_id, embedding FROM {self.name} WHERE doc_id = %s", (doc_id,))
+        return {r[0]: r[1].to_list() for r in rows}
 
     def delete_stale(self, doc_id: str, keep: Collection[str]) -> int:
-        with self._lock:
-            cur = self._db.execute(f"DELETE FROM {self.name} WHERE doc_id = %s AND NOT (chunk_id = ANY(%s))",
-                                   (doc_id, list(keep)))
-            return cur.rowcount
+        return int(self._run(f"DELETE FROM {self.name} WHERE doc_id = %s AND NOT (chunk_id = ANY(%s))",
+                             (doc_id, list(keep))))
 
     def search(self, vector: Sequence[float], k: int) -> list[Hit]:
         import numpy as np
 
         query = np.asarray(vector, dtype=np.float32)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT doc_id, chunk_id, text, 1 - (embedding <=> %s) AS score, metadata, position "
-                f"FROM {self.name} ORDER BY embedding <=> %s LIMIT %s", (query, query, k + 8)).fetchall()
+        limit = k + 8
+        # the HNSW scan yields at most hnsw.ef_search rows (40 by default, 1000 at most)
+        rows = self._run(f"SELECT doc_id, chunk_id, text, 1 - (embedding <=> %s) AS score, metadata, position "
+                         f"FROM {self.name} ORDER BY embedding <=> %s LIMIT %s", (query, query, limit),
+                         setup=f"SET hnsw.ef_search = {min(max(limit, 40), 1000)}")
         return _rank([Hit(r[0], r[1], r[2], float(r[3]), r[4] or {}, r[5]) for r in rows], k)
 
     def chunk_ids(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute(f"SELECT chunk_id FROM {self.name}").fetchall()]
+        return [r[0] for r in self._run(f"SELECT chunk_id FROM {self.name}")]
 
     def drop(self) -> None:
-        with self._lock:
-            self._db.execute(f"DROP TABLE IF EXISTS {self.name}")
+        self._run(f"DROP TABLE IF EXISTS {self.name}")
 
     def close(self) -> None:
         self._db.close()
