@@ -256,7 +256,7 @@ class Task:
             check(self, key.decode(errors="replace") if isinstance(key, bytes) else key)
         if key is not None and not isinstance(key, (str, bytes)):
             key = str(key)  # as a key taken from the task's key argument
-        raw_key = key.encode() if isinstance(key, str) else (key or task_id.encode())
+        raw_key = key.encode() if isinstance(key, str) else (task_id.encode() if key is None else key)
         when = _eta(countdown, eta)
         if parent_id is None and (current := self.app.current_request.get()) is not None:
             parent_id = current.id

@@ -110,9 +110,12 @@ def test_apply_async_key_selection(app: Taskq) -> None:
     r_missing = keyed.apply_async(("p",))  # no key value at all: the task id
     r_id = keyed.apply_async(("p",), task_id="fixed-id")
     r_both = keyed.apply_async(("p", "u3"), key="explicit2")
+    r_empty = keyed.apply_async(("p",), key="")  # an empty key is a key, as text or bytes
+    r_empty_bytes = keyed.apply_async(("p",), key=b"")
     app.flush()
-    records = {r.header("id").decode(): r for r in read_records(app, keyed.topic, 8)}  # type: ignore[union-attr]
-    assert len(records) == 8
+    records = {r.header("id").decode(): r for r in read_records(app, keyed.topic, 10)}  # type: ignore[union-attr]
+    assert len(records) == 10
+    assert records[r_empty.id].key == records[r_empty_bytes.id].key == b""
     assert records[r_explicit.id].key == b"explicit"
     assert records[r_kwarg.id].key == b"u1"
     assert records[r_int.id].key == b"42"
