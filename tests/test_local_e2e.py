@@ -225,7 +225,7 @@ def test_a_full_last_tier_partition_does_not_hold_back_a_task_due_sooner(db: str
     records it was no longer read, so a task due in seconds waited for tasks due in an hour. Records
     not due within the tier's span that were read a span ago now go back to its end (so a record is sent
     again at most once per span), and the partition is read on."""
-    import taskq.worker.forwarder as forwarder
+    from taskq.worker import forwarder
 
     monkeypatch.setattr(forwarder, "MAX_HELD", 5)
     app = Taskq("tiers", local_path=db, retry_tiers=(1.0, 3.0))
