@@ -79,7 +79,7 @@ class Rag:
         task = self.app.task
         # the stages that use the store outlast an outage of about 30 s (1, 2, 4, 8, 8, 8 s), in order: each
         # retry waits in the worker holding the document's key; then the message is dead-lettered
-        store_retry = {"autoretry_for": (VectorStoreError,), "max_retries": 6, "retry_backoff": True,
+        store_retry: dict[str, Any] = {"autoretry_for": (VectorStoreError,), "max_retries": 6, "retry_backoff": True,
                        "retry_backoff_max": 8.0, "retry_jitter": False, "strict_order": True}
         self.ingest_document: Task = task(name="tasks.rag.ingest_document", key="doc_id")(self._ingest_document)
         self.chunk: Task = task(name="tasks.rag.chunk", key="doc_id", **store_retry)(self._chunk)

@@ -9,8 +9,9 @@ Hand-offs:
   releases the records' keys;
 - ``on_outcomes(outcomes)`` once per batch of outcomes made durable, before ``on_finished`` (the
   worker's hooks: counters, events; so a batch's events are queued before its offsets may commit);
-- ``on_fatal(error)`` when an outage outlasted ``outage_timeout``: the thread ends, that batch and
-  everything after it stay unfinished (uncommitted, redelivered), and the worker stops.
+- ``on_fatal(error)`` when an outage outlasted ``outage_timeout`` (or the thread failed otherwise): the
+  thread ends, that batch and everything after it stay unfinished (uncommitted, redelivered), and the
+  worker stops.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Finisher:
     def __init__(self, app: Taskq, sender: Sender, worker_name: str,
                  on_finished: Callable[[Finished], None], on_outcomes: Callable[[list[Outcome]], None],
                  on_hold: Callable[[Record, float], None] | None = None,
-                 on_fatal: Callable[[OutageTooLong], None] | None = None) -> None:
+                 on_fatal: Callable[[TaskqError], None] | None = None) -> None:
         self.app = app
         self.sender = sender
         self.worker_name = worker_name
