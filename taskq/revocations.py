@@ -31,14 +31,11 @@ def revoked_topic(app: Taskq) -> str:
 
 def revoke(app: Taskq, task_ids: Iterable[str], terminate: bool = False) -> list[str]:
     """Revoke tasks; returns the ids revoked (those that already finished are left alone)."""
-    ids = list(dict.fromkeys(task_ids))
-    current = app.backend.get_many(ids)
-    todo = [i for i, r in zip(ids, current) if r is None or not r.ready or r.status == REVOKED]
     now = time.time()
+    todo = app.backend.store_unless_final([ResultRecord(i, REVOKED, None, "taskq.errors.TaskRevoked: revoked",
+                                                        date_done=now) for i in dict.fromkeys(task_ids)])
     if not todo:
         return []
-    app.backend.store_many([ResultRecord(i, REVOKED, None, "taskq.errors.TaskRevoked: revoked", date_done=now)
-                            for i in todo])
     topic = revoked_topic(app)
     app.broker.ensure_compacted_topic(topic, app.settings.result_expires, app.settings.replication_factor)
     producer = app.producer

@@ -64,3 +64,23 @@ def test_nan_timeout_is_refused_not_waited_for_ever(app: Taskq, backend: str, re
     with pytest.raises(TimeoutError):
         result.get(timeout=-1)  # a negative timeout is a wait that has already ended
     app.close()
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("redis", marks=pytest.mark.redis)])
+def test_store_unless_final_leaves_a_final_result_and_replaces_the_rest(app: Taskq, backend: str,
+                                                                        request: pytest.FixtureRequest) -> None:
+    """What revoke() writes: in one step with the check, so a result stored just before is never replaced
+    (it read the results, then wrote REVOKED over whatever had been stored meanwhile)."""
+    from taskq.results.base import REVOKED, STARTED
+
+    if backend == "redis":
+        app = Taskq("unless", broker="kafka://127.0.0.1:1", backend=request.getfixturevalue("redis_url"))
+    unique = str(time.time_ns())
+    app.backend.store_many([ResultRecord(f"done-{unique}", SUCCESS, 1), ResultRecord(f"failed-{unique}", FAILURE),
+                            ResultRecord(f"running-{unique}", STARTED), ResultRecord(f"revoked-{unique}", REVOKED)])
+    ids = [f"{name}-{unique}" for name in ("done", "failed", "running", "revoked", "unknown")]
+    written = app.backend.store_unless_final([ResultRecord(i, REVOKED) for i in ids])
+    assert written == ids[2:]
+    assert [r.status for r in app.backend.get_many(ids) if r is not None] == [SUCCESS, FAILURE, REVOKED, REVOKED,
+                                                                              REVOKED]
+    app.close()

@@ -19,6 +19,7 @@ SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 REVOKED = "REVOKED"  # revoked before it ran (or terminated while running): never runs
 READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
+FINAL_UNLESS_REVOKED = READY_STATES - {REVOKED}  # what store_unless_final leaves as it is
 RESTART_MARK = b"\x00restart"  # stored between two attempts' chunks (never valid JSON)
 
 
@@ -92,6 +93,11 @@ class ResultBackend(ABC):
     @abstractmethod
     def store_many(self, records: list[ResultRecord]) -> None:
         """Write records (one round trip where the store allows) with the expiry; raise on failure."""
+
+    @abstractmethod
+    def store_unless_final(self, records: list[ResultRecord]) -> list[str]:
+        """Write each record unless its task's stored result is final (other than REVOKED), in one step
+        that no other write comes between; the ids written."""
 
     @abstractmethod
     def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:

@@ -15,7 +15,14 @@ from typing import Any, TypeVar
 
 from taskq.brokers.local.store import SCHEME, ThreadConnections
 from taskq.errors import BackendError
-from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
+from taskq.results.base import (
+    FINAL_UNLESS_REVOKED,
+    RESTART_MARK,
+    ResultBackend,
+    ResultRecord,
+    decode_chunk,
+    last_attempt,
+)
 from taskq.serialization import JSON
 
 T = TypeVar("T")
@@ -64,6 +71,19 @@ class LocalBackend(ResultBackend):
         expires = time.time() + self.expires
         self._write(lambda db: db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
                                               [(r.id, r.encode(), expires) for r in records]))
+
+    def store_unless_final(self, records: list[ResultRecord]) -> list[str]:
+        def write(db: sqlite3.Connection) -> list[str]:
+            now = time.time()
+            written = []
+            for record in records:
+                row = db.execute("SELECT value FROM results WHERE id = ? AND expires > ?", (record.id, now)).fetchone()
+                if row is None or ResultRecord.decode(row[0]).status not in FINAL_UNLESS_REVOKED:
+                    db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?)",
+                               (record.id, record.encode(), now + self.expires))
+                    written.append(record.id)
+            return written
+        return self._write(write)
 
     def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:
         wanted = list(ids)

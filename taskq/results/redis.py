@@ -42,6 +42,24 @@ end
 return #KEYS
 """
 
+# store_unless_final: as STORE_SCRIPT, for keys holding no final result (a REVOKED one may be replaced)
+STORE_UNLESS_FINAL_SCRIPT = """
+local px = ARGV[1]
+local written = {}
+for i, key in ipairs(KEYS) do
+  local old = redis.call('GET', key)
+  local ok, stored = pcall(cjson.decode, old or 'null')
+  local status = ok and type(stored) == 'table' and stored['status'] or nil
+  if status ~= 'SUCCESS' and status ~= 'FAILURE' then
+    redis.call('SET', key, ARGV[2 * i], 'PX', px)
+    local note = ARGV[2 * i + 1]
+    if note ~= '' then redis.call('PUBLISH', key, note) end
+    table.insert(written, i)
+  end
+end
+return written
+"""
+
 CHORD_PREFIX = "taskq-chord:"  # chord state (JSON)
 PARTS_PREFIX = "taskq-chord-parts:"  # hash: header index -> result (JSON)
 CHORD_STATE_PREFIX = "taskq-chord-state:"  # firing:<id> | fired | failing:<id> | failed
@@ -75,6 +93,7 @@ class RedisBackend(ResultBackend):
         self._listener: ResultListener | None = None
         self._listener_lock = threading.Lock()
         self._store_script = self.client.register_script(STORE_SCRIPT)  # EVALSHA, loaded again if flushed
+        self._store_unless_final_script = self.client.register_script(STORE_UNLESS_FINAL_SCRIPT)
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         try:
@@ -90,8 +109,17 @@ class RedisBackend(ResultBackend):
         return max(1, round(self.expires * 1000))
 
     def store_many(self, records: list[ResultRecord]) -> None:
+        if records:
+            self._call("store results", self._store_script, *self._script_input(records))
+
+    def store_unless_final(self, records: list[ResultRecord]) -> list[str]:
         if not records:
-            return
+            return []
+        written = self._call("store results", self._store_unless_final_script, *self._script_input(records))
+        return [records[i - 1].id for i in written]
+
+    def _script_input(self, records: list[ResultRecord]) -> tuple[list[str], list[Any]]:
+        """Keys and arguments of the store scripts: the expiry, then each record and its note."""
         keys: list[str] = []
         args: list[Any] = [self._px]
         for rec in records:
@@ -100,7 +128,7 @@ class RedisBackend(ResultBackend):
             # a small final record goes with the message: a waiting get() needs no second read
             note = (value if len(value) <= PUBLISH_RECORD_MAX else rec.status) if rec.ready else ""
             args += (value, note)
-        self._call("store results", self._store_script, keys, args)
+        return keys, args
 
     def open_connections(self, count: int) -> None:
         """A new connection takes five round trips (HELLO, PING, CLIENT ...): a worker opens the ones it
