@@ -42,6 +42,7 @@ PREFIX = "taskq@"
 POSITION_KEPT = 7 * 86400  # seconds the bridge's position is kept in Flower's Redis
 REVOKED_KEPT = 10_000  # revoked ids remembered per worker for ``inspect revoked``
 RAN = ("task-started", "task-succeeded", "task-failed", "task-retried")  # events of a task that began running
+NOT_SENT = "(not in events: events_include_args is off)"  # shown for args, kwargs and result
 TRACEBACK_KEPT = 64 * 1024  # characters of a traceback sent to Flower, which keeps each task's in memory
 REVOKE_REPEAT = 10.0  # seconds a revoke broadcast (one copy per node) is acted on once
 
@@ -194,8 +195,8 @@ class FlowerBridge:
                 if kind == "task-started":
                     node.started.add(e["id"])
                 node.tasks[e["id"]] = {
-                    "id": e["id"], "name": e.get("task"), "args": _repr(e.get("args"), "()"),
-                    "kwargs": _repr(e.get("kwargs"), "{}"), "type": e.get("task"), "hostname": name,
+                    "id": e["id"], "name": e.get("task"), "args": _repr(e, "args"),
+                    "kwargs": _repr(e, "kwargs"), "type": e.get("task"), "hostname": name,
                     "time_start": e.get("started"), "acknowledged": True, "worker_pid": node.pid,
                     "delivery_info": {"exchange": "", "routing_key": e.get("topic"), "priority": 0,
                                       "redelivered": (e.get("attempt") or 1) > 1},
@@ -427,22 +428,22 @@ def to_celery(e: dict[str, Any]) -> tuple[str, str, int, dict[str, Any]] | None:
     exc = f"{e.get('exc_type') or 'Exception'}({e.get('exc_message') or ''!r})"
     # a worker coalesces the received and started events of a quick task into its outcome event
     # (events_coalesce): the outcome then names the task, as task-received would have
-    ident = {"name": e.get("task"), "args": _repr(e.get("args"), "()"), "kwargs": _repr(e.get("kwargs"), "{}"),
+    ident = {"name": e.get("task"), "args": _repr(e, "args"), "kwargs": _repr(e, "kwargs"),
              "retries": max(0, int(e.get("attempt") or 1) - 1), "root_id": e.get("root_id"),
              "parent_id": e.get("parent_id")}
     if kind == "task-sent":
-        fields = {**base, "name": e.get("task"), "args": _repr(e.get("args"), "()"),
-                  "kwargs": _repr(e.get("kwargs"), "{}"), "retries": 0, "eta": None, "expires": None,
+        fields = {**base, "name": e.get("task"), "args": _repr(e, "args"),
+                  "kwargs": _repr(e, "kwargs"), "retries": 0, "eta": None, "expires": None,
                   "queue": e.get("topic"), "exchange": "", "routing_key": e.get("topic"),
                   "root_id": e.get("root_id"), "parent_id": e.get("parent_id")}
     elif kind == "task-received":
-        fields = {**base, "name": e.get("task"), "args": _repr(e.get("args"), "()"),
-                  "kwargs": _repr(e.get("kwargs"), "{}"), "retries": max(0, int(e.get("attempt") or 1) - 1),
+        fields = {**base, "name": e.get("task"), "args": _repr(e, "args"),
+                  "kwargs": _repr(e, "kwargs"), "retries": max(0, int(e.get("attempt") or 1) - 1),
                   "eta": None, "expires": None, "root_id": e.get("root_id"), "parent_id": e.get("parent_id")}
     elif kind == "task-started":
         fields = base
     elif kind == "task-succeeded":
-        fields = {**base, **ident, "result": _repr(e.get("result"), "''"), "runtime": e.get("runtime") or 0.0}
+        fields = {**base, **ident, "result": _repr(e, "result"), "runtime": e.get("runtime") or 0.0}
     elif kind == "task-failed":
         fields = {**base, **ident, "exception": exc, "traceback": "", "runtime": e.get("runtime") or 0.0}
     elif kind == "task-retried":
@@ -474,8 +475,13 @@ def _revoked(e: dict[str, Any]) -> bool:
     return e.get("type") == "task-revoked" or (e.get("type") == "task-skipped" and e.get("state") == "REVOKED")
 
 
-def _repr(value: Any, empty: str) -> str:
-    return empty if value is None else repr(tuple(value) if isinstance(value, list) else value)
+def _repr(e: dict[str, Any], name: str) -> str:
+    """How Flower shows an event's args, kwargs or result: Python's repr, or a note when the worker leaves
+    them out of events (``events_include_args`` off), which an empty ``()`` would misrepresent."""
+    if name not in e:
+        return NOT_SENT
+    value = e[name]
+    return repr(tuple(value) if name == "args" and isinstance(value, list) else value)
 
 
 def _version() -> str:

@@ -50,6 +50,18 @@ def test_celery_event_fields() -> None:
     assert to_celery(task_event("task-dead", "x", 5.0)) is None  # task-failed already told Flower
 
 
+def test_arguments_left_out_of_events_are_shown_as_left_out() -> None:
+    """With events_include_args off (the default) Flower showed args () and result '', as if the task took
+    no arguments and returned an empty string."""
+    from taskq.monitor.flower import NOT_SENT
+
+    _kind, _host, _pid, fields = to_celery(task_event("task-succeeded", "x", 5.0))  # type: ignore[misc]
+    assert (fields["args"], fields["kwargs"], fields["result"]) == (NOT_SENT, NOT_SENT, NOT_SENT)
+    _kind, _host, _pid, fields = to_celery(task_event("task-succeeded", "x", 5.0, args=[1, "a"], kwargs={},
+                                                      result=None))  # type: ignore[misc]
+    assert (fields["args"], fields["kwargs"], fields["result"]) == ("(1, 'a')", "{}", "None")
+
+
 def test_inspect_replies_split_reserved_active_and_revoked(mod: ModuleType) -> None:
     bridge = FlowerBridge(mod.app, "redis://127.0.0.1:1/0")  # not started: only its bookkeeping is used
     for event in [task_event("task-received", "a", 1.0), task_event("task-received", "b", 1.1),
