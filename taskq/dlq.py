@@ -40,11 +40,12 @@ def dead_letters(app: Taskq, task: str) -> list[DeadLetter]:
 
 
 def replay(app: Taskq, letters: Iterable[DeadLetter], dry_run: bool = False) -> list[DeadLetter]:
-    """Send the letters back to their task topics with their original id and key.
+    """Send the letters back to their task topics with their original id and key, each id once (a task that
+    died again after a replay has a letter per death: the newest is sent, or the task would run once per letter).
 
     The stored FAILURE result is removed first, so the worker does not skip the task as finished.
     """
-    chosen = list(letters)
+    chosen = list({d.id: d for d in letters}.values())
     if dry_run or not chosen:
         return chosen
     sends = [_resend(app, letter) for letter in chosen]  # before anything is forgotten or sent

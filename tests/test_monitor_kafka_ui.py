@@ -1,0 +1,74 @@
+"""The monitor as an operator uses it on Kafka and Redis: headless Chromium drives its pages while a real worker
+runs real tasks (the embedded-broker walk through every page is ``test_monitor_browser.py``)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from taskq.dlq import dead_letters
+from tests.monitor_support import running_monitor, served
+from tests.support import wait_until, worker_thread
+from tests.test_monitor_browser import chromium  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.slow
+APP = "tests.apps.monitorapp"
+
+
+@pytest.fixture
+def mod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_url: str, redis_url: str,
+        unique: str) -> Iterator[ModuleType]:
+    """The monitor's test app on Kafka and Redis, with topics and a group of its own."""
+    for name, value in {"TASKQ_BROKER_URL": kafka_url, "TASKQ_RESULT_BACKEND": redis_url,
+                        "TASKQ_TOPIC_PREFIX": f"ui{unique}.", "TASKQ_GROUP": f"ui{unique}",
+                        "TASKQ_DEFAULT_PARTITIONS": "2", "MONITOR_MARKER": str(tmp_path / "ready")}.items():
+        monkeypatch.setenv(name, value)
+    module = importlib.reload(importlib.import_module(APP))
+    yield module
+    module.app.close()
+
+
+def sent_to(app: Any, topic: str) -> int:
+    return sum(hi for _lo, hi in app.broker.watermarks(topic).values())
+
+
+def test_replaying_a_task_that_died_twice_sends_it_once(mod: ModuleType, chromium: Any) -> None:  # noqa: F811
+    """A replayed task that dies again leaves a second letter with its id. The Replay button of either letter,
+    and Replay all, send the task once: not once per letter (two runs of one id, and twice the letters after)."""
+    app, fragile = mod.app, mod.fragile
+    with running_monitor(app) as monitor, served(monitor) as base, \
+            worker_thread(app, tasks=[fragile.name], concurrency=2):
+        died = fragile.delay(1, user="bob").id
+        other = fragile.delay(2, user="bob").id
+        wait_until(lambda: len(dead_letters(app, fragile.name)) == 2, 60, "two dead letters")
+        context = chromium.new_context()
+        page = context.new_page()
+        try:
+            page.goto(f"{base}/dead-letters/{fragile.name}")
+            page.click(f"button.replay[data-id='{died}']")
+            page.wait_for_selector("#replayed")
+            wait_until(lambda: len(dead_letters(app, fragile.name)) == 3, 60, "the replayed task to die again")
+
+            before = sent_to(app, fragile.topic)
+            page.goto(f"{base}/dead-letters/{fragile.name}")
+            assert page.locator(f"button.replay[data-id='{died}']").count() == 2
+            page.locator(f"button.replay[data-id='{died}']").last.click()
+            page.wait_for_selector("#replayed")
+            assert page.inner_text("#replayed").startswith("Replayed 1 task:"), page.inner_text("#replayed")
+            assert sent_to(app, fragile.topic) == before + 1
+
+            wait_until(lambda: len(dead_letters(app, fragile.name)) == 4, 60, "the replayed task to die again")
+            before = sent_to(app, fragile.topic)
+            page.goto(f"{base}/dead-letters/{fragile.name}")
+            page.click("#replay-all")
+            page.wait_for_selector("#replayed")
+            assert page.inner_text("#replayed").startswith("Replayed 2 tasks:"), page.inner_text("#replayed")
+            assert sent_to(app, fragile.topic) == before + 2, "one message per task id"
+            assert {died[:12], other[:12]} == set(page.locator("#replayed a").all_inner_texts())
+        finally:
+            context.close()
