@@ -72,3 +72,39 @@ def test_replaying_a_task_that_died_twice_sends_it_once(mod: ModuleType, chromiu
             assert {died[:12], other[:12]} == set(page.locator("#replayed a").all_inner_texts())
         finally:
             context.close()
+
+
+def test_lag_on_the_pages_is_what_kafka_says(mod: ModuleType, chromium: Any) -> None:  # noqa: F811
+    """Tasks sent with a countdown pass through a delay tier (read by the forwarders' group) and a revocation sits
+    in the revocations topic (read by every worker outside any group). Once all ran, no topic lags: the monitor's
+    lag agrees with ``taskq lag`` and with the committed offsets of the group that reads each topic."""
+    from taskq.inspect import lag
+    from taskq.revocations import revoked_topic
+    from taskq.topics import delay_group
+
+    app, work = mod.app, mod.work
+    with running_monitor(app) as monitor, served(monitor) as base, \
+            worker_thread(app, tasks=[work.name], concurrency=2):
+        results = [work.apply_async((i,), {"user": "d"}, countdown=1) for i in range(4)]
+        assert [r.get(timeout=60) for r in results] == [0, 2, 4, 6]
+        app.AsyncResult("never-sent").revoke()
+
+        def settled() -> bool:
+            topics = {t.name: t for t in monitor.sampler.sample()}
+            return revoked_topic(app) in topics and all(t.lag == 0 for t in topics.values())
+        wait_until(settled, 30, "no lag on any topic", interval=0.5)
+        topics = {t.name: t for t in monitor.sampler.topics}
+        tiers = [t for t in topics.values() if t.kind == "delay"]
+        assert tiers and {t.group for t in tiers} == {delay_group(app.group)}
+        assert sum(t.messages for t in tiers) == 4
+        assert topics[revoked_topic(app)].kind != "task" and topics[revoked_topic(app)].group is None
+        assert monitor.sampler.group_lag() == {app.group: lag(app)["total"]} == {app.group: 0}
+
+        context = chromium.new_context()
+        page = context.new_page()
+        try:
+            page.goto(f"{base}/topics")
+            lags = page.locator("#topic-summary tr.lagging").all_inner_texts()
+            assert lags == [], lags
+        finally:
+            context.close()
