@@ -56,6 +56,8 @@ def router(monitor: Monitor) -> APIRouter:
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters["ts"] = _ts
     templates.env.filters["secs"] = _secs
+    # tojson: arguments and results as written (it still escapes <, >, & and ' for HTML)
+    templates.env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
 
     def render(request: Request, name: str, **context: Any) -> HTMLResponse:
         partial = request.query_params.get("partial") == "1"

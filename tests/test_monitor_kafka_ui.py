@@ -26,7 +26,8 @@ def mod(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_url: str, redis_u
     """The monitor's test app on Kafka and Redis, with topics and a group of its own."""
     for name, value in {"TASKQ_BROKER_URL": kafka_url, "TASKQ_RESULT_BACKEND": redis_url,
                         "TASKQ_TOPIC_PREFIX": f"ui{unique}.", "TASKQ_GROUP": f"ui{unique}",
-                        "TASKQ_DEFAULT_PARTITIONS": "2", "MONITOR_MARKER": str(tmp_path / "ready")}.items():
+                        "TASKQ_DEFAULT_PARTITIONS": "2", "TASKQ_EVENTS_INCLUDE_ARGS": "true",
+                        "MONITOR_MARKER": str(tmp_path / "ready")}.items():
         monkeypatch.setenv(name, value)
     module = importlib.reload(importlib.import_module(APP))
     yield module
@@ -106,5 +107,23 @@ def test_lag_on_the_pages_is_what_kafka_says(mod: ModuleType, chromium: Any) -> 
             page.goto(f"{base}/topics")
             lags = page.locator("#topic-summary tr.lagging").all_inner_texts()
             assert lags == [], lags
+        finally:
+            context.close()
+
+
+
+def test_arguments_in_any_language_read_as_written(mod: ModuleType, chromium: Any) -> None:  # noqa: F811
+    """Arguments and results are shown as the user wrote them, not as \\u escapes of every non-ASCII letter."""
+    app, work = mod.app, mod.work
+    with running_monitor(app) as monitor, served(monitor) as base, \
+            worker_thread(app, tasks=[work.name], concurrency=2):
+        res = work.delay(3, user="ünï çødé")
+        assert res.get(timeout=60) == 6
+        wait_until(lambda: (t := monitor.state.task(res.id)) and t.state == "SUCCESS", 30, "the task in the monitor")
+        context = chromium.new_context()
+        page = context.new_page()
+        try:
+            page.goto(f"{base}/tasks/{res.id}")
+            assert 'kwargs = {"user": "ünï çødé"}' in page.inner_text("#arguments"), page.inner_text("#arguments")
         finally:
             context.close()
