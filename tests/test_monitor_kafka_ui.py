@@ -127,3 +127,29 @@ def test_arguments_in_any_language_read_as_written(mod: ModuleType, chromium: An
             assert 'kwargs = {"user": "ünï çødé"}' in page.inner_text("#arguments"), page.inner_text("#arguments")
         finally:
             context.close()
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_long_values_and_a_narrow_window_keep_the_pages_in_the_window(mod: ModuleType, chromium: Any,  # noqa: F811
+                                                                      width: int) -> None:
+    """A key of 400 characters without a space wraps on the task list and the task's page (the page grew to
+    thousands of pixels, the key's cell running over the column beside it), and on a phone's width the overview and
+    the task's page fit the screen."""
+    app, work = mod.app, mod.work
+    long_key = "k" * 400
+    with running_monitor(app) as monitor, served(monitor) as base, \
+            worker_thread(app, tasks=[work.name], concurrency=2):
+        res = work.delay(4, user=long_key)
+        assert res.get(timeout=60) == 8
+        wait_until(lambda: (t := monitor.state.task(res.id)) and t.state == "SUCCESS", 30, "the task in the monitor")
+        context = chromium.new_context(viewport={"width": width, "height": 900})
+        page = context.new_page()
+        try:
+            paths = [f"/tasks/{res.id}", "/"] + (["/tasks"] if width > 1000 else [])  # 9 columns need a screen
+            for path in paths:
+                page.goto(base + path)
+                assert long_key in page.inner_text("main") or path == "/"
+                wide = page.evaluate("document.documentElement.scrollWidth")
+                assert wide <= width, f"{path} is {wide} px wide in a window of {width}"
+        finally:
+            context.close()
