@@ -153,3 +153,41 @@ def test_long_values_and_a_narrow_window_keep_the_pages_in_the_window(mod: Modul
                 assert wide <= width, f"{path} is {wide} px wide in a window of {width}"
         finally:
             context.close()
+
+
+def test_live_updates_keep_the_keyboard_focus_and_the_selection(mod: ModuleType, chromium: Any) -> None:  # noqa: F811
+    """Heartbeats and lag samples arrive every 2 s and each refreshed the page: a keyboard user's focus went back to
+    the top of the page and text being selected to copy (an id, a traceback) was lost within a second, even where
+    nothing on the page had changed. Now the focused link stays focused, a selection holds the refresh back, and
+    new tasks still appear once it is let go."""
+    app, work = mod.app, mod.work
+    with running_monitor(app, lag_interval=0.5) as monitor, served(monitor) as base, \
+            worker_thread(app, tasks=[work.name], concurrency=2):
+        first = work.delay(1, user="ann")
+        assert first.get(timeout=60) == 2
+        wait_until(lambda: (t := monitor.state.task(first.id)) and t.state == "SUCCESS", 30, "the task in the monitor")
+        context = chromium.new_context()
+        page = context.new_page()
+        try:
+            page.goto(f"{base}/tasks")
+            page.wait_for_selector("#live.on")
+            page.focus(f"#tasks a[href='/tasks/{first.id}']")
+            page.keyboard.press("Tab")  # to the next link of the row, as a keyboard user moves
+            focused = page.evaluate("document.activeElement.outerHTML")
+            assert focused.startswith("<a href=\"/topics#"), focused
+            second = work.delay(2, user="bob")  # the list changes: the page is refreshed
+            page.wait_for_selector(f"a[href='/tasks/{second.id}']", timeout=30_000)
+            page.wait_for_timeout(2500)
+            assert page.evaluate("document.activeElement.outerHTML") == focused
+
+            page.evaluate("""id => { const cell = document.querySelector(`a[href='/tasks/${id}']`);
+                                     getSelection().selectAllChildren(cell); }""", first.id)
+            third = work.delay(3, user="cy")
+            assert third.get(timeout=60) == 6
+            page.wait_for_timeout(2500)
+            assert page.evaluate("getSelection().toString()") == first.id[:12]
+            assert page.locator(f"a[href='/tasks/{third.id}']").count() == 0, "refreshed under the selection"
+            page.evaluate("getSelection().removeAllRanges()")
+            page.wait_for_selector(f"a[href='/tasks/{third.id}']", timeout=30_000)
+        finally:
+            context.close()
