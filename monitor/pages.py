@@ -137,7 +137,8 @@ def router(monitor: Monitor) -> APIRouter:
         found = letters_of(monitor, task)
         page = max(0, page)
         letters = [letter_dict(d) for d in found[page * PAGE:(page + 1) * PAGE]]
-        return render(request, "dead_letter_list.html", task=task, letters=letters, total=len(found), page_no=page,
+        return render(request, "dead_letter_list.html", task=task, letters=letters, total=len(found),
+                      tasks=len({d.id for d in found}), page_no=page,
                       per_page=PAGE, replayed=[i for i in replayed.split(",") if i])
 
     @pages.post("/dead-letters/{task}/replay")

@@ -191,3 +191,25 @@ def test_live_updates_keep_the_keyboard_focus_and_the_selection(mod: ModuleType,
             page.wait_for_selector(f"a[href='/tasks/{third.id}']", timeout=30_000)
         finally:
             context.close()
+
+
+def test_replay_all_says_how_many_tasks_it_sends(mod: ModuleType, chromium: Any) -> None:  # noqa: F811
+    """Two letters of one task (it died again after a replay) and one of another: "Replay all" sends two tasks and
+    says so before it is clicked, not the number of letters."""
+    app, fragile = mod.app, mod.fragile
+    with running_monitor(app) as monitor, served(monitor) as base, \
+            worker_thread(app, tasks=[fragile.name], concurrency=2):
+        twice = fragile.delay(1, user="bob").id
+        fragile.delay(2, user="bob")
+        wait_until(lambda: len(dead_letters(app, fragile.name)) == 2, 60, "two dead letters")
+        from taskq.dlq import replay
+        replay(app, [d for d in dead_letters(app, fragile.name) if d.id == twice])
+        wait_until(lambda: len(dead_letters(app, fragile.name)) == 3, 60, "the replayed task to die again")
+        context = chromium.new_context()
+        page = context.new_page()
+        try:
+            page.goto(f"{base}/dead-letters/{fragile.name}")
+            assert page.locator("tr.letter").count() == 3
+            assert page.inner_text("#replay-all") == "Replay all 2 tasks"
+        finally:
+            context.close()
