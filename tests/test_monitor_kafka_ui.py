@@ -213,3 +213,26 @@ def test_replay_all_says_how_many_tasks_it_sends(mod: ModuleType, chromium: Any)
             assert page.inner_text("#replay-all") == "Replay all 2 tasks"
         finally:
             context.close()
+
+
+def test_a_link_to_something_gone_is_a_page_with_the_menu(mod: ModuleType, chromium: Any) -> None:  # noqa: F811
+    """A task whose events and result expired (a dead letter's link), a dead-letter list of a task never seen, a
+    mistyped address: the browser shows the reason on a page with the menu, with the error status; the API still
+    answers JSON."""
+    import httpx
+
+    with running_monitor(mod.app) as monitor, served(monitor) as base:
+        context = chromium.new_context()
+        page = context.new_page()
+        try:
+            for path, words in [("/tasks/0123456789abcdef", "no task '0123456789abcdef'"),
+                                ("/dead-letters/no.such.task", "unknown task 'no.such.task'"),
+                                ("/tasks?since=yesterday", "bad time 'yesterday'"), ("/nope", "Not Found")]:
+                response = page.goto(base + path)
+                assert response is not None and response.status in (404, 422), (path, response and response.status)
+                assert words in page.inner_text("#main"), (path, page.content()[:300])
+                assert page.locator("header nav a[href='/tasks']").count() == 1, path
+            api = httpx.get(f"{base}/api/tasks/0123456789abcdef", headers={"Accept": "text/html"})
+            assert api.status_code == 404 and "no task" in api.json()["detail"]
+        finally:
+            context.close()
