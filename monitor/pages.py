@@ -6,6 +6,7 @@ the page's ``#main`` fragment (``?partial=1``) when something changed, so views 
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime
 from pathlib import Path
@@ -51,11 +52,25 @@ def _local_time(text: str | None) -> float | None:
         raise HTTPException(422, f"bad time {text!r}: use YYYY-MM-DDTHH:MM") from None
 
 
-def router(monitor: Monitor) -> APIRouter:
-    pages = APIRouter(include_in_schema=False)
+@functools.cache
+def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.filters["ts"] = _ts
     templates.env.filters["secs"] = _secs
+    # tojson: arguments and results as written (it still escapes <, >, & and ' for HTML)
+    templates.env.policies["json.dumps_kwargs"] = {"sort_keys": True, "ensure_ascii": False}
+    return templates
+
+
+def error_page(request: Request, status: int, detail: str) -> HTMLResponse:
+    """An error (a task or dead letter that is gone, a bad filter, a mistyped address) as a page with the menu."""
+    return _templates().TemplateResponse(request, "error.html", {"partial": False, "page": "error", "status": status,
+                                                                 "detail": detail}, status_code=status)
+
+
+def router(monitor: Monitor) -> APIRouter:
+    pages = APIRouter(include_in_schema=False)
+    templates = _templates()
 
     def render(request: Request, name: str, **context: Any) -> HTMLResponse:
         partial = request.query_params.get("partial") == "1"
@@ -135,7 +150,8 @@ def router(monitor: Monitor) -> APIRouter:
         found = letters_of(monitor, task)
         page = max(0, page)
         letters = [letter_dict(d) for d in found[page * PAGE:(page + 1) * PAGE]]
-        return render(request, "dead_letter_list.html", task=task, letters=letters, total=len(found), page_no=page,
+        return render(request, "dead_letter_list.html", task=task, letters=letters, total=len(found),
+                      tasks=len({d.id for d in found}), page_no=page,
                       per_page=PAGE, replayed=[i for i in replayed.split(",") if i])
 
     @pages.post("/dead-letters/{task}/replay")

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskq.topics import is_dlq, is_tier_topic, tier_prefix
+from taskq.topics import delay_group, is_dlq, is_tier_topic, tier_prefix
 from taskq.app import Taskq
 from taskq.errors import TaskqError
 
@@ -34,7 +34,7 @@ class PartitionInfo:
 @dataclass(slots=True)
 class TopicInfo:
     name: str
-    kind: str  # task | dead-letter | delay | events | other
+    kind: str  # task | dead-letter | delay | events | revocations | other
     group: str | None
     partitions: list[PartitionInfo] = field(default_factory=list)
 
@@ -62,16 +62,20 @@ def _leaders(app: Taskq) -> dict[tuple[str, int], str]:
 
 
 def classify(app: Taskq, topic: str) -> tuple[str, str | None]:
-    """(kind, consuming group) of one of the app's topics."""
+    """(kind, consuming group) of one of the app's topics: the forwarders' group reads the delay tiers, and every
+    worker reads the revocations outside any group (no lag)."""
     from taskq.monitor.consumer import events_topic
+    from taskq.revocations import revoked_topic
 
     prefix = app.settings.topic_prefix
     if topic == events_topic(app):
         return "events", None
+    if topic == revoked_topic(app):
+        return "revocations", None
     if is_dlq(topic):
         return "dead-letter", None
     if is_tier_topic(app.group, topic):
-        return "delay", app.group
+        return "delay", delay_group(app.group)
     if topic.startswith(prefix):
         return "task", app.group
     return "other", None

@@ -11,8 +11,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskq.monitor import api, pages
 from taskq.monitor.core import Monitor
@@ -42,6 +44,13 @@ def create_app(monitor: Monitor) -> FastAPI:
     web.include_router(api.router(monitor))
     web.include_router(pages.router(monitor))
     web.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @web.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """A page's error as a page (with the menu) for a browser; JSON for the API and other clients."""
+        if request.url.path.startswith("/api") or "text/html" not in request.headers.get("accept", ""):
+            return await http_exception_handler(request, exc)
+        return pages.error_page(request, exc.status_code, str(exc.detail))
 
     @web.exception_handler(TaskqError)
     def unavailable(_request: Request, exc: TaskqError) -> Response:

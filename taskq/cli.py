@@ -267,8 +267,8 @@ def dlq_replay(app_path: str, task: str, ids: tuple[str, ...], everything: bool,
         raise click.ClickException(f"no dead letter(s) {sorted(missing)} for {task}")
     done = replay(app, letters, dry_run)
     click.echo(f"{'would replay' if dry_run else 'replayed'} {len(done)} task(s): {', '.join(d.id for d in done)}")
-    if len(done) < len(letters):
-        click.echo(f"left {len(letters) - len(done)} already succeeded or in progress (or revoked)")
+    if (left := len({d.id for d in letters}) - len(done)) > 0:
+        click.echo(f"left {left} already succeeded or in progress (or revoked)")
 
 
 @dlq.command("purge")

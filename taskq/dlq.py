@@ -43,16 +43,18 @@ def dead_letters(app: Taskq, task: str) -> list[DeadLetter]:
 
 
 def replay(app: Taskq, letters: Iterable[DeadLetter], dry_run: bool = False) -> list[DeadLetter]:
-    """Send the letters back to their task topics with their original id and key; returns those sent.
+    """Send the letters back to their task topics with their original id and key, each id once (a task that
+    died again after a replay has a letter per death: the newest is sent, or the task would run once per letter);
+    returns those sent.
 
     The stored FAILURE result is removed first, so the worker does not skip the task as finished, and
     so are the failures it stored for the rest of its chain, which runs again after it. Letters stay
     after a replay: one whose task has another state now (succeeded, revoked, or running after an
     earlier replay) is left out, so replaying twice does not run a task twice.
     """
-    letters = list(letters)
-    current = app.backend.get_many([d.id for d in letters])
-    chosen = [d for d, record in zip(letters, current) if record is None or record.status == FAILURE]
+    newest = list({d.id: d for d in letters}.values())
+    current = app.backend.get_many([d.id for d in newest])
+    chosen = [d for d, record in zip(newest, current) if record is None or record.status == FAILURE]
     if dry_run or not chosen:
         return chosen
     sends = [_resend(app, letter) for letter in chosen]  # before anything is forgotten or sent
