@@ -145,3 +145,20 @@ def test_a_final_result_arrives_with_its_message(redis_url: str) -> None:
     finally:
         backend.close()
         admin.close()
+
+
+def test_more_callers_than_redis_py_pools_by_default_all_get_their_result(redis_url: str) -> None:
+    """redis-py 8 caps a pool at 100 connections unless told otherwise: the 101st concurrent reader (a
+    get(), a stream(), a worker thread storing) must not fail with "Too many connections"."""
+    backend = RedisBackend(redis_url)
+    pool = backend.client.connection_pool
+    held = [pool.get_connection() for _ in range(100)]  # a hundred callers busy reading right now
+    try:
+        task_id = uuid.uuid4().hex
+        backend.store_many([ResultRecord(task_id, SUCCESS, "one more")])
+        record = backend.wait(task_id, 10)
+        assert record is not None and record.result == "one more"
+    finally:
+        for conn in held:
+            pool.release(conn)
+        backend.close()

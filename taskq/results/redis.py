@@ -66,6 +66,9 @@ CHORD_STATE_PREFIX = "taskq-chord-state:"  # firing:<id> | fired | failing:<id> 
 CHILDREN_PREFIX = "taskq-children:"  # list of child ids, in send order
 
 
+#: the client's pool size: as many connections as Redis accepts by default (``maxclients``); redis-py 8 caps
+#: a pool at 100 unless told, and the 101st concurrent get(), stream() or store fails with "Too many connections"
+MAX_CONNECTIONS = 10_000
 PUBLISH_RECORD_MAX = 4096  # bytes: a final record up to this size is published whole, larger ones by status
 
 
@@ -89,7 +92,7 @@ class RedisBackend(ResultBackend):
         self.expires = expires
         self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout,
                                            socket_timeout=max(connect_timeout, 30.0),
-                                           health_check_interval=30)
+                                           health_check_interval=30, max_connections=MAX_CONNECTIONS)
         self._listener: ResultListener | None = None
         self._listener_lock = threading.Lock()
         self._store_script = self.client.register_script(STORE_SCRIPT)  # EVALSHA, loaded again if flushed
