@@ -5,9 +5,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
+import pytest
 import redis
+from services import RedisServer  # scripts/services.py, on the path through tests/conftest.py
 
+from taskq.errors import BackendError
 from taskq.results.base import STARTED, SUCCESS, ResultRecord
 from taskq.results.redis import RESULT_PREFIX, RedisBackend
 
@@ -161,4 +165,60 @@ def test_more_callers_than_redis_py_pools_by_default_all_get_their_result(redis_
     finally:
         for conn in held:
             pool.release(conn)
+        backend.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A private redis-server to stop and start (the shared one stays up for the other tests)."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_a_waiting_get_rides_out_a_redis_restart(own_redis: RedisServer) -> None:
+    """Redis restarts while a get() waits: the wait goes on (the listener subscribes again, the key is read
+    again) instead of failing on the read that found Redis down; an outage that outlasts the wait's timeout
+    ends it with the backend's error, at the timeout."""
+    backend = RedisBackend(own_redis.url)
+    task_id = uuid.uuid4().hex
+    got: list[object] = []
+
+    def wait(timeout: float) -> None:
+        started = time.monotonic()
+        try:
+            got.append(backend.wait(task_id, timeout))
+        except BackendError as exc:
+            got.append(exc)
+        got.append(time.monotonic() - started)
+
+    try:
+        waiter = threading.Thread(target=wait, args=(60,))
+        waiter.start()
+        admin = redis.Redis.from_url(own_redis.url)
+        _wait_until(lambda: admin.pubsub_numsub(RESULT_PREFIX + task_id)[0][1] == 1, 30, "the subscription")
+        admin.close()
+        own_redis.stop()
+        time.sleep(1.0)  # the waiter was woken and found Redis down
+        own_redis.start(port=own_redis.port)
+        admin = redis.Redis.from_url(own_redis.url)
+        _wait_until(lambda: admin.pubsub_numsub(RESULT_PREFIX + task_id)[0][1] == 1 or not waiter.is_alive(), 30,
+                    "the subscription again")
+        admin.close()
+        backend.store_many([ResultRecord(task_id, SUCCESS, "after the restart")])
+        waiter.join(30)
+        assert isinstance(got[0], ResultRecord) and got[0].result == "after the restart", got
+
+        got.clear()
+        task_id = uuid.uuid4().hex
+        waiter = threading.Thread(target=wait, args=(3,))
+        waiter.start()
+        time.sleep(0.5)
+        own_redis.stop()
+        waiter.join(30)
+        assert isinstance(got[0], BackendError), got
+        assert 3 <= got[1] < 6, got  # waited its timeout, then said why it has no answer
+    finally:
         backend.close()
