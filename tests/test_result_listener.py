@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -125,14 +126,14 @@ def test_a_final_result_arrives_with_its_message(redis_url: str) -> None:
     backend = RedisBackend(redis_url)
     admin = redis.Redis.from_url(redis_url)
     reads: list[str] = []
-    real_get = backend.get
+    real_read = backend._read_waited
 
-    def counting_get(task_id: str) -> ResultRecord | None:
-        record = real_get(task_id)
+    def counting_read(task_id: str) -> ResultRecord | None:
+        record = real_read(task_id)
         reads.append(task_id)  # once the read is done: a store after this is not seen by it
         return record
 
-    backend.get = counting_get  # type: ignore[method-assign]
+    backend._read_waited = counting_read  # type: ignore[method-assign]
     try:
         for value in ("small", "x" * (PUBLISH_RECORD_MAX + 1)):
             task_id = uuid.uuid4().hex
@@ -221,4 +222,39 @@ def test_a_waiting_get_rides_out_a_redis_restart(own_redis: RedisServer) -> None
         assert isinstance(got[0], BackendError), got
         assert 3 <= got[1] < 6, got  # waited its timeout, then said why it has no answer
     finally:
+        backend.close()
+
+
+def test_a_stopped_redis_does_not_hold_a_get_past_its_timeout(own_redis: RedisServer) -> None:
+    """Redis frozen (SIGSTOP: a grey failure, no connection error) before and during a wait: the wait ends
+    about its timeout with the backend's error, not after the client's 30 s socket timeout."""
+    backend = RedisBackend(own_redis.url)
+    warm = uuid.uuid4().hex
+    backend.store_many([ResultRecord(warm, SUCCESS, 1)])
+    assert backend.wait(warm, 5) is not None  # the listener and a pooled connection exist
+    try:
+        for freeze_after in (0.0, 0.5):
+            got: list[object] = []
+
+            def wait() -> None:
+                try:
+                    got.append(backend.wait(uuid.uuid4().hex, 1.5))
+                except BackendError as exc:
+                    got.append(exc)
+
+            started = time.monotonic()
+            waiter = threading.Thread(target=wait)
+            if not freeze_after:
+                own_redis.kill(signal.SIGSTOP)
+            waiter.start()
+            if freeze_after:
+                time.sleep(freeze_after)
+                own_redis.kill(signal.SIGSTOP)
+            waiter.join(60)
+            took = time.monotonic() - started
+            own_redis.kill(signal.SIGCONT)
+            assert isinstance(got[0], BackendError), got
+            assert took < 4, (freeze_after, took)
+    finally:
+        own_redis.kill(signal.SIGCONT)
         backend.close()

@@ -69,6 +69,9 @@ CHILDREN_PREFIX = "taskq-children:"  # list of child ids, in send order
 #: the client's pool size: as many connections as Redis accepts by default (``maxclients``); redis-py 8 caps
 #: a pool at 100 unless told, and the 101st concurrent get(), stream() or store fails with "Too many connections"
 MAX_CONNECTIONS = 10_000
+#: s a read made while a caller waits (get(), stream()) waits for Redis: a stopped or overloaded Redis must not
+#: hold a get() past its timeout for the 30 s the worker's writes allow; a read that times out is tried again
+WAIT_READ_TIMEOUT = 1.0
 PUBLISH_RECORD_MAX = 4096  # bytes: a final record up to this size is published whole, larger ones by status
 
 
@@ -93,6 +96,8 @@ class RedisBackend(ResultBackend):
         self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout,
                                            socket_timeout=max(connect_timeout, 30.0),
                                            health_check_interval=30, max_connections=MAX_CONNECTIONS)
+        self._waits = redis.Redis.from_url(url, socket_connect_timeout=min(connect_timeout, WAIT_READ_TIMEOUT),
+                                           socket_timeout=WAIT_READ_TIMEOUT, max_connections=MAX_CONNECTIONS)
         self._listener: ResultListener | None = None
         self._listener_lock = threading.Lock()
         self._store_script = self.client.register_script(STORE_SCRIPT)  # EVALSHA, loaded again if flushed
@@ -158,6 +163,11 @@ class RedisBackend(ResultBackend):
         values = self._call("read results", self.client.mget, keys)
         return [None if v is None else ResultRecord.decode(v) for v in values]
 
+    def _read_waited(self, task_id: str) -> ResultRecord | None:
+        """The record, read with the short socket timeout of a waiting caller."""
+        value = self._call("read a result", self._waits.get, RESULT_PREFIX + task_id)
+        return None if value is None else ResultRecord.decode(value)
+
     def listener(self) -> ResultListener:
         """This process's shared subscriber (started on first use, again after a fork or a close)."""
         with self._listener_lock:
@@ -168,7 +178,7 @@ class RedisBackend(ResultBackend):
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
         deadline = self._deadline(timeout)
         return self._call("wait for a result", wait_on, self.listener(), RESULT_PREFIX + task_id,
-                          lambda: self.get(task_id), deadline, 5.0, published_record)
+                          lambda: self._read_waited(task_id), deadline, 5.0, published_record)
 
     def append_chunk(self, task_id: str, chunk: Any) -> None:
         self._push_chunks([(task_id, JSON.dumps(chunk))], "append a chunk")
@@ -306,4 +316,5 @@ class RedisBackend(ResultBackend):
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+        self._waits.close()
         self.client.close()
