@@ -258,3 +258,50 @@ def test_a_stopped_redis_does_not_hold_a_get_past_its_timeout(own_redis: RedisSe
     finally:
         own_redis.kill(signal.SIGCONT)
         backend.close()
+
+
+def test_a_stream_rides_out_a_redis_restart_and_a_stopped_redis(own_redis: RedisServer) -> None:
+    """stream() (LLM tokens) goes on across a Redis restart that kept the data, and a frozen Redis ends it
+    about its timeout with the backend's error instead of 30 s later."""
+    backend = RedisBackend(own_redis.url)
+    admin = redis.Redis.from_url(own_redis.url)
+    task_id = uuid.uuid4().hex
+    got: list[object] = []
+
+    def read(tid: str, timeout: float) -> None:
+        started = time.monotonic()
+        try:
+            got.extend(backend.stream(tid, timeout))
+        except BackendError as exc:
+            got.append(exc)
+        got.append(time.monotonic() - started)
+
+    try:
+        reader = threading.Thread(target=read, args=(task_id, 60))
+        reader.start()
+        _wait_until(lambda: admin.pubsub_numsub(RESULT_PREFIX + task_id)[0][1] == 1, 30, "the subscription")
+        backend.append_chunk(task_id, "a")
+        _wait_until(lambda: got == ["a"], 30, "the first token")
+        admin.save()  # the restart keeps the tokens so far (dump.rdb)
+        admin.close()
+        own_redis.stop()
+        time.sleep(1.0)
+        own_redis.start(port=own_redis.port)
+        admin = redis.Redis.from_url(own_redis.url)
+        backend.append_chunk(task_id, "b")
+        backend.store_many([ResultRecord(task_id, SUCCESS, "ab")])
+        reader.join(30)
+        assert got[:-1] == ["a", "b"], got
+
+        got.clear()
+        reader = threading.Thread(target=read, args=(uuid.uuid4().hex, 1.5))
+        reader.start()
+        time.sleep(0.5)
+        own_redis.kill(signal.SIGSTOP)
+        reader.join(60)
+        own_redis.kill(signal.SIGCONT)
+        assert isinstance(got[0], BackendError) and got[1] < 4, got
+    finally:
+        own_redis.kill(signal.SIGCONT)
+        admin.close()
+        backend.close()

@@ -17,7 +17,7 @@ import redis
 
 from taskq.config import redact_url
 from taskq.errors import BackendError, BackendRefused, ConfigError
-from taskq.results.redis_listener import ResultListener, wait_on
+from taskq.results.redis_listener import RECONNECT_PAUSE, ResultListener, wait_on
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
 
@@ -218,19 +218,26 @@ class RedisBackend(ResultBackend):
         try:
             self._call("subscribe", pubsub.subscribe, RESULT_PREFIX + task_id)
             while True:
-                chunks = self._call("read chunks", self.client.lrange, key, seen, -1)
-                seen += len(chunks)
-                for raw in (last_attempt(chunks) if seen == len(chunks) else chunks):
-                    yield decode_chunk(raw)
-                record = self.get(task_id)
-                if record is not None and record.ready:
-                    tail = self._call("read chunks", self.client.lrange, key, seen, -1)
-                    yield from (decode_chunk(raw) for raw in (last_attempt(tail) if not seen else tail))
-                    return
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._call("wait for chunks", pubsub.get_message, True, min(left, 5.0))
+                try:
+                    chunks = self._call("read chunks", self._waits.lrange, key, seen, -1)
+                    seen += len(chunks)
+                    for raw in (last_attempt(chunks) if seen == len(chunks) else chunks):
+                        yield decode_chunk(raw)
+                    record = self._read_waited(task_id)
+                    if record is not None and record.ready:
+                        tail = self._call("read chunks", self._waits.lrange, key, seen, -1)
+                        yield from (decode_chunk(raw) for raw in (last_attempt(tail) if not seen else tail))
+                        return
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    self._call("wait for chunks", pubsub.get_message, True, min(left, 5.0))
+                except BackendRefused:
+                    raise
+                except BackendError:  # Redis restarting or stalled: the pubsub reconnects and subscribes again
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(RECONNECT_PAUSE)
         finally:
             pubsub.close()
 
