@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskq.errors import ConfigError
+from taskq.errors import ConfigError, SerializationError
 from taskq.serialization import JSON, json_dumps
 
 PENDING = "PENDING"
@@ -80,8 +80,18 @@ class ResultRecord:
         return self.encoded
 
     @classmethod
-    def decode(cls, data: bytes) -> ResultRecord:
-        return cls(**JSON.loads(data), encoded=data)
+    def decode(cls, data: bytes, task_id: str | None = None) -> ResultRecord:
+        """A stored record; a field this version does not know (a newer taskq wrote it) is left out, and a
+        value that is no record (another client wrote the key) is a SerializationError naming the task."""
+        try:
+            fields = JSON.loads(data)
+            return cls(**{k: v for k, v in fields.items() if k in RECORD_FIELDS}, encoded=data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SerializationError(f"result of task {task_id or '?'} is not a taskq result record ({exc}): "
+                                     f"{bytes(data[:80])!r}") from exc
+
+
+RECORD_FIELDS = frozenset(ResultRecord.__dataclass_fields__) - {"encoded"}
 
 
 class ResultBackend(ABC):

@@ -157,16 +157,16 @@ class RedisBackend(ResultBackend):
         return bool(ids) and bool(self._call("check results", self.client.exists, *[RESULT_PREFIX + i for i in ids]))
 
     def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:
-        keys = [RESULT_PREFIX + i for i in ids]
-        if not keys:
+        wanted = list(ids)
+        if not wanted:
             return []
-        values = self._call("read results", self.client.mget, keys)
-        return [None if v is None else ResultRecord.decode(v) for v in values]
+        values = self._call("read results", self.client.mget, [RESULT_PREFIX + i for i in wanted])
+        return [None if v is None else ResultRecord.decode(v, i) for i, v in zip(wanted, values)]
 
     def _read_waited(self, task_id: str) -> ResultRecord | None:
         """The record, read with the short socket timeout of a waiting caller."""
         value = self._call("read a result", self._waits.get, RESULT_PREFIX + task_id)
-        return None if value is None else ResultRecord.decode(value)
+        return None if value is None else ResultRecord.decode(value, task_id)
 
     def listener(self) -> ResultListener:
         """This process's shared subscriber (started on first use, again after a fork or a close)."""
