@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -11,6 +12,8 @@ from typing import Any
 
 from taskq.errors import ConfigError, SerializationError
 from taskq.serialization import JSON, json_dumps
+
+log = logging.getLogger("taskq.results")
 
 PENDING = "PENDING"
 STARTED = "STARTED"
@@ -119,6 +122,21 @@ class ResultBackend(ABC):
 
     def get(self, task_id: str) -> ResultRecord | None:
         return self.get_many([task_id])[0]
+
+    def get_readable(self, ids: list[str]) -> list[ResultRecord | None]:
+        """:meth:`get_many` for a worker deciding whether a redelivered task already finished: a stored value
+        that is no record (another client wrote the key) counts as none, so the task runs and replaces it."""
+        try:
+            return self.get_many(ids)
+        except SerializationError:
+            found: list[ResultRecord | None] = []
+            for task_id in ids:
+                try:
+                    found.append(self.get(task_id))
+                except SerializationError as exc:
+                    log.warning("%s; the task runs and its result replaces it", exc)
+                    found.append(None)
+            return found
 
     def open_connections(self, count: int) -> None:
         """Open up to ``count`` connections ahead of use, best effort (a store without any does nothing)."""
