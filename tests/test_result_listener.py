@@ -305,3 +305,21 @@ def test_a_stream_rides_out_a_redis_restart_and_a_stopped_redis(own_redis: Redis
         own_redis.kill(signal.SIGCONT)
         admin.close()
         backend.close()
+
+
+def test_the_first_wait_of_a_process_on_a_stopped_redis_ends_at_its_timeout(own_redis: RedisServer) -> None:
+    """No subscription yet (the first get() or stream() of a process) and Redis frozen: subscribing ends about
+    the wait's timeout with the backend's error, not after the 30 s socket timeout of the worker's writes."""
+    try:
+        for call in (lambda b: b.wait(uuid.uuid4().hex, 1.5), lambda b: list(b.stream(uuid.uuid4().hex, 1.5))):
+            backend = RedisBackend(own_redis.url)
+            own_redis.kill(signal.SIGSTOP)
+            started = time.monotonic()
+            with pytest.raises(BackendError):
+                call(backend)
+            took = time.monotonic() - started
+            own_redis.kill(signal.SIGCONT)
+            backend.close()
+            assert took < 4, took
+    finally:
+        own_redis.kill(signal.SIGCONT)

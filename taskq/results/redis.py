@@ -69,8 +69,8 @@ CHILDREN_PREFIX = "taskq-children:"  # list of child ids, in send order
 #: the client's pool size: as many connections as Redis accepts by default (``maxclients``); redis-py 8 caps
 #: a pool at 100 unless told, and the 101st concurrent get(), stream() or store fails with "Too many connections"
 MAX_CONNECTIONS = 10_000
-#: s a read made while a caller waits (get(), stream()) waits for Redis: a stopped or overloaded Redis must not
-#: hold a get() past its timeout for the 30 s the worker's writes allow; a read that times out is tried again
+#: s a read or subscription made while a caller waits (get(), stream()) waits for Redis: a stopped or overloaded
+#: Redis must not hold a get() past its timeout for the 30 s the worker's writes allow; a read is tried again
 WAIT_READ_TIMEOUT = 1.0
 PUBLISH_RECORD_MAX = 4096  # bytes: a final record up to this size is published whole, larger ones by status
 
@@ -97,7 +97,8 @@ class RedisBackend(ResultBackend):
                                            socket_timeout=max(connect_timeout, 30.0),
                                            health_check_interval=30, max_connections=MAX_CONNECTIONS)
         self._waits = redis.Redis.from_url(url, socket_connect_timeout=min(connect_timeout, WAIT_READ_TIMEOUT),
-                                           socket_timeout=WAIT_READ_TIMEOUT, max_connections=MAX_CONNECTIONS)
+                                           socket_timeout=WAIT_READ_TIMEOUT, health_check_interval=30,
+                                           max_connections=MAX_CONNECTIONS)
         self._listener: ResultListener | None = None
         self._listener_lock = threading.Lock()
         self._store_script = self.client.register_script(STORE_SCRIPT)  # EVALSHA, loaded again if flushed
@@ -172,7 +173,7 @@ class RedisBackend(ResultBackend):
         """This process's shared subscriber (started on first use, again after a fork or a close)."""
         with self._listener_lock:
             if self._listener is None or not self._listener.alive:
-                self._listener = self._call("subscribe", ResultListener, self.client)
+                self._listener = self._call("subscribe", ResultListener, self._waits)
             return self._listener
 
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
@@ -213,7 +214,7 @@ class RedisBackend(ResultBackend):
     def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:
         key = CHUNK_PREFIX + task_id
         deadline = self._deadline(timeout)
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._waits.pubsub(ignore_subscribe_messages=True)
         seen = 0
         try:
             self._call("subscribe", pubsub.subscribe, RESULT_PREFIX + task_id)
