@@ -323,3 +323,30 @@ def test_the_first_wait_of_a_process_on_a_stopped_redis_ends_at_its_timeout(own_
             assert took < 4, took
     finally:
         own_redis.kill(signal.SIGCONT)
+
+
+def test_a_message_another_client_publishes_on_the_channel_is_not_the_result(redis_url: str) -> None:
+    """Whatever another client publishes on a task's channel (garbage, or a record of another task) wakes
+    the waiter at most: get() returns the task's own result, and the listener serves every other waiter."""
+    backend = RedisBackend(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    task_id = uuid.uuid4().hex
+    got: list[ResultRecord | None] = []
+    waiter = threading.Thread(target=lambda: got.append(backend.wait(task_id, 30)))
+    try:
+        waiter.start()
+        _wait_until(lambda: admin.pubsub_numsub(RESULT_PREFIX + task_id)[0][1] == 1, 30, "the subscription")
+        for noise in (b"{not json", b"[1]", b'{"id": "someone-else", "status": "SUCCESS", "result": "forged"}'):
+            admin.publish(RESULT_PREFIX + task_id, noise)
+        time.sleep(0.3)
+        assert not got, got
+        backend.store_many([ResultRecord(task_id, SUCCESS, "own")])
+        waiter.join(30)
+        assert got and got[0] is not None and got[0].result == "own"
+        other = uuid.uuid4().hex
+        backend.store_many([ResultRecord(other, SUCCESS, "next")])
+        record = backend.wait(other, 5)
+        assert record is not None and record.result == "next"
+    finally:
+        backend.close()
+        admin.close()

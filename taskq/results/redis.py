@@ -75,14 +75,16 @@ WAIT_READ_TIMEOUT = 1.0
 PUBLISH_RECORD_MAX = 4096  # bytes: a final record up to this size is published whole, larger ones by status
 
 
-def published_record(payload: bytes) -> ResultRecord | None:
-    """The record a final result's message carries, or None for a status word or a chunk notice."""
+def published_record(payload: bytes, task_id: str) -> ResultRecord | None:
+    """The record of ``task_id`` a final result's message carries, or None for a status word, a chunk notice
+    or what another client published on the channel (then the waiter reads the key)."""
     if not payload.startswith(b"{"):
         return None
     try:
-        return ResultRecord.decode(payload)
+        record = ResultRecord.decode(payload)
     except (ValueError, KeyError, TypeError):
         return None
+    return record if record.id == task_id else None
 
 
 class RedisBackend(ResultBackend):
@@ -179,7 +181,8 @@ class RedisBackend(ResultBackend):
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
         deadline = self._deadline(timeout)
         return self._call("wait for a result", wait_on, self.listener(), RESULT_PREFIX + task_id,
-                          lambda: self._read_waited(task_id), deadline, 5.0, published_record)
+                          lambda: self._read_waited(task_id), deadline, 5.0,
+                          lambda payload: published_record(payload, task_id))
 
     def append_chunk(self, task_id: str, chunk: Any) -> None:
         self._push_chunks([(task_id, JSON.dumps(chunk))], "append a chunk")
