@@ -350,3 +350,29 @@ def test_a_message_another_client_publishes_on_the_channel_is_not_the_result(red
     finally:
         backend.close()
         admin.close()
+
+
+def test_a_wait_that_could_not_subscribe_leaves_nothing_behind(own_redis: RedisServer) -> None:
+    """A get() that starts while Redis is down fails at once; it must not stay registered with the listener
+    (the listener would count it as waiting for ever: never idle, reconnecting on every later outage)."""
+    backend = RedisBackend(own_redis.url)
+    task_id = uuid.uuid4().hex
+    got: list[ResultRecord | None] = []
+    waiter = threading.Thread(target=lambda: got.append(backend.wait(task_id, 60)))
+    try:
+        waiter.start()
+        admin = redis.Redis.from_url(own_redis.url)
+        _wait_until(lambda: admin.pubsub_numsub(RESULT_PREFIX + task_id)[0][1] == 1, 30, "the subscription")
+        admin.close()
+        listener = backend.listener()
+        own_redis.stop()
+        with pytest.raises(BackendError):
+            backend.wait(uuid.uuid4().hex, 1)  # Redis is down as it starts: refused at once
+        own_redis.start(port=own_redis.port)
+        backend.store_many([ResultRecord(task_id, SUCCESS, "kept waiting")])
+        waiter.join(30)
+        assert got and got[0] is not None and got[0].result == "kept waiting"
+        own_redis.stop()  # nobody waits now: the listener stops instead of reconnecting for ever
+        _wait_until(lambda: not listener.alive, 30, "the idle listener to stop")
+    finally:
+        backend.close()

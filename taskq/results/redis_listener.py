@@ -63,8 +63,15 @@ class ResultListener:
         waiter = Waiter()
         name = channel.encode()
         with self._lock:
-            self._waiters.setdefault(name, set()).add(waiter)
-            self._pubsub.subscribe(name)
+            waiters = self._waiters.setdefault(name, set())
+            waiters.add(waiter)
+            try:
+                self._pubsub.subscribe(name)
+            except BaseException:  # Redis is down: this wait fails now, and nobody waits on its behalf
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[name]
+                raise
         return waiter
 
     def unregister(self, channel: str, waiter: Waiter) -> None:
