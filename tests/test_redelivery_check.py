@@ -53,3 +53,37 @@ def test_lookups_cover_what_an_earlier_owner_or_a_repeated_send_can_have_brought
         assert consumer.unseen_from() == {}  # forgotten with the partitions at the leave
     finally:
         app.close()
+
+
+def test_a_result_key_that_is_no_record_does_not_stop_the_worker(kafka_url: str, redis_url: str, unique: str) -> None:
+    """A redelivered record whose result key another client overwrote with something that is no result
+    record: the look-up does not stop the worker; the task runs and its result replaces the bad value."""
+    import redis
+
+    from taskq.results.redis import RESULT_PREFIX
+
+    app = Taskq("recheck", broker=kafka_url, backend=redis_url, topic_prefix=f"rb{unique}.", group=f"rb{unique}")
+    ran: list[int] = []
+
+    @app.task(name="rb.work", partitions=1)
+    def work(n: int) -> int:
+        ran.append(n)
+        return n
+
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        admin.set(RESULT_PREFIX + f"bad{unique}", b"not a record")
+        first = work.apply_async((1,), key="k", task_id=f"bad{unique}")  # below the end at the assignment
+        app.flush()
+        with worker_thread(app, concurrency=2) as (_, thread):
+            wait_until(lambda: admin.get(RESULT_PREFIX + first.id) != b"not a record" or not thread.is_alive(), 60,
+                       "the task's own result")
+            assert thread.is_alive(), "the worker stopped"
+            second = work.apply_async((2,), key="k")
+            app.flush()
+            assert wait_results(app, [second.id], 60)[0] is not None
+        assert ran == [1, 2]
+        assert first.get(timeout=1) == 1
+    finally:
+        admin.close()
+        app.close()

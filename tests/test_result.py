@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
@@ -84,3 +85,29 @@ def test_store_unless_final_leaves_a_final_result_and_replaces_the_rest(app: Tas
     assert [r.status for r in app.backend.get_many(ids) if r is not None] == [SUCCESS, FAILURE, REVOKED, REVOKED,
                                                                               REVOKED]
     app.close()
+
+
+@pytest.mark.redis
+def test_a_result_key_written_by_another_client_is_a_clear_error(redis_url: str) -> None:
+    """A record with a field this version does not know (a newer taskq wrote it) is read; a value that is
+    no result record at all is a SerializationError naming the task, not a bare JSON or TypeError."""
+    import redis
+
+    from taskq.results.redis import RESULT_PREFIX
+
+    app = Taskq("foreign", broker="kafka://127.0.0.1:1", backend=redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        newer = uuid.uuid4().hex
+        admin.set(RESULT_PREFIX + newer, b'{"id": "%s", "status": "SUCCESS", "result": 7, "shard": 3}' % newer.encode())
+        assert app.AsyncResult(newer).get(timeout=1) == 7
+        for raw in (b"not json", b"[1, 2]", b'{"status": "SUCCESS"}'):
+            task_id = uuid.uuid4().hex
+            admin.set(RESULT_PREFIX + task_id, raw)
+            with pytest.raises(SerializationError, match=f"result of task {task_id}"):
+                app.AsyncResult(task_id).get(timeout=1)
+            with pytest.raises(SerializationError, match=f"result of task {task_id}"):
+                app.AsyncResult(task_id).status
+    finally:
+        admin.close()
+        app.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -9,8 +10,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskq.errors import ConfigError
+from taskq.errors import ConfigError, SerializationError
 from taskq.serialization import JSON, json_dumps
+
+log = logging.getLogger("taskq.results")
 
 PENDING = "PENDING"
 STARTED = "STARTED"
@@ -80,8 +83,18 @@ class ResultRecord:
         return self.encoded
 
     @classmethod
-    def decode(cls, data: bytes) -> ResultRecord:
-        return cls(**JSON.loads(data), encoded=data)
+    def decode(cls, data: bytes, task_id: str | None = None) -> ResultRecord:
+        """A stored record; a field this version does not know (a newer taskq wrote it) is left out, and a
+        value that is no record (another client wrote the key) is a SerializationError naming the task."""
+        try:
+            fields = JSON.loads(data)
+            return cls(**{k: v for k, v in fields.items() if k in RECORD_FIELDS}, encoded=data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SerializationError(f"result of task {task_id or '?'} is not a taskq result record ({exc}): "
+                                     f"{bytes(data[:80])!r}") from exc
+
+
+RECORD_FIELDS = frozenset(ResultRecord.__dataclass_fields__) - {"encoded"}
 
 
 class ResultBackend(ABC):
@@ -109,6 +122,21 @@ class ResultBackend(ABC):
 
     def get(self, task_id: str) -> ResultRecord | None:
         return self.get_many([task_id])[0]
+
+    def get_readable(self, ids: list[str]) -> list[ResultRecord | None]:
+        """:meth:`get_many` for a worker deciding whether a redelivered task already finished: a stored value
+        that is no record (another client wrote the key) counts as none, so the task runs and replaces it."""
+        try:
+            return self.get_many(ids)
+        except SerializationError:
+            found: list[ResultRecord | None] = []
+            for task_id in ids:
+                try:
+                    found.append(self.get(task_id))
+                except SerializationError as exc:
+                    log.warning("%s; the task runs and its result replaces it", exc)
+                    found.append(None)
+            return found
 
     def open_connections(self, count: int) -> None:
         """Open up to ``count`` connections ahead of use, best effort (a store without any does nothing)."""

@@ -96,7 +96,7 @@ class LocalBackend(ResultBackend):
             for task_id, value in db.execute(
                 f"SELECT id, value FROM results WHERE id IN ({marks}) AND expires > ?", (*part, now)
             ):
-                found[task_id] = ResultRecord.decode(value)
+                found[task_id] = ResultRecord.decode(value, task_id)
         return [found.get(i) for i in wanted]
 
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:

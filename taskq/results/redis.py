@@ -17,7 +17,7 @@ import redis
 
 from taskq.config import redact_url
 from taskq.errors import BackendError, BackendRefused, ConfigError
-from taskq.results.redis_listener import ResultListener, wait_on
+from taskq.results.redis_listener import RECONNECT_PAUSE, ResultListener, wait_on
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
 
@@ -66,17 +66,25 @@ CHORD_STATE_PREFIX = "taskq-chord-state:"  # firing:<id> | fired | failing:<id> 
 CHILDREN_PREFIX = "taskq-children:"  # list of child ids, in send order
 
 
+#: the client's pool size: as many connections as Redis accepts by default (``maxclients``); redis-py 8 caps
+#: a pool at 100 unless told, and the 101st concurrent get(), stream() or store fails with "Too many connections"
+MAX_CONNECTIONS = 10_000
+#: s a read or subscription made while a caller waits (get(), stream()) waits for Redis: a stopped or overloaded
+#: Redis must not hold a get() past its timeout for the 30 s the worker's writes allow; a read is tried again
+WAIT_READ_TIMEOUT = 1.0
 PUBLISH_RECORD_MAX = 4096  # bytes: a final record up to this size is published whole, larger ones by status
 
 
-def published_record(payload: bytes) -> ResultRecord | None:
-    """The record a final result's message carries, or None for a status word or a chunk notice."""
+def published_record(payload: bytes, task_id: str) -> ResultRecord | None:
+    """The record of ``task_id`` a final result's message carries, or None for a status word, a chunk notice
+    or what another client published on the channel (then the waiter reads the key)."""
     if not payload.startswith(b"{"):
         return None
     try:
-        return ResultRecord.decode(payload)
+        record = ResultRecord.decode(payload)
     except (ValueError, KeyError, TypeError):
         return None
+    return record if record.id == task_id else None
 
 
 class RedisBackend(ResultBackend):
@@ -89,7 +97,10 @@ class RedisBackend(ResultBackend):
         self.expires = expires
         self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout,
                                            socket_timeout=max(connect_timeout, 30.0),
-                                           health_check_interval=30)
+                                           health_check_interval=30, max_connections=MAX_CONNECTIONS)
+        self._waits = redis.Redis.from_url(url, socket_connect_timeout=min(connect_timeout, WAIT_READ_TIMEOUT),
+                                           socket_timeout=WAIT_READ_TIMEOUT, health_check_interval=30,
+                                           max_connections=MAX_CONNECTIONS)
         self._listener: ResultListener | None = None
         self._listener_lock = threading.Lock()
         self._store_script = self.client.register_script(STORE_SCRIPT)  # EVALSHA, loaded again if flushed
@@ -149,23 +160,29 @@ class RedisBackend(ResultBackend):
         return bool(ids) and bool(self._call("check results", self.client.exists, *[RESULT_PREFIX + i for i in ids]))
 
     def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:
-        keys = [RESULT_PREFIX + i for i in ids]
-        if not keys:
+        wanted = list(ids)
+        if not wanted:
             return []
-        values = self._call("read results", self.client.mget, keys)
-        return [None if v is None else ResultRecord.decode(v) for v in values]
+        values = self._call("read results", self.client.mget, [RESULT_PREFIX + i for i in wanted])
+        return [None if v is None else ResultRecord.decode(v, i) for i, v in zip(wanted, values)]
+
+    def _read_waited(self, task_id: str) -> ResultRecord | None:
+        """The record, read with the short socket timeout of a waiting caller."""
+        value = self._call("read a result", self._waits.get, RESULT_PREFIX + task_id)
+        return None if value is None else ResultRecord.decode(value, task_id)
 
     def listener(self) -> ResultListener:
         """This process's shared subscriber (started on first use, again after a fork or a close)."""
         with self._listener_lock:
             if self._listener is None or not self._listener.alive:
-                self._listener = self._call("subscribe", ResultListener, self.client)
+                self._listener = self._call("subscribe", ResultListener, self._waits)
             return self._listener
 
     def wait(self, task_id: str, timeout: float | None) -> ResultRecord | None:
         deadline = self._deadline(timeout)
         return self._call("wait for a result", wait_on, self.listener(), RESULT_PREFIX + task_id,
-                          lambda: self.get(task_id), deadline, 5.0, published_record)
+                          lambda: self._read_waited(task_id), deadline, 5.0,
+                          lambda payload: published_record(payload, task_id))
 
     def append_chunk(self, task_id: str, chunk: Any) -> None:
         self._push_chunks([(task_id, JSON.dumps(chunk))], "append a chunk")
@@ -200,24 +217,31 @@ class RedisBackend(ResultBackend):
     def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:
         key = CHUNK_PREFIX + task_id
         deadline = self._deadline(timeout)
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._waits.pubsub(ignore_subscribe_messages=True)
         seen = 0
         try:
             self._call("subscribe", pubsub.subscribe, RESULT_PREFIX + task_id)
             while True:
-                chunks = self._call("read chunks", self.client.lrange, key, seen, -1)
-                seen += len(chunks)
-                for raw in (last_attempt(chunks) if seen == len(chunks) else chunks):
-                    yield decode_chunk(raw)
-                record = self.get(task_id)
-                if record is not None and record.ready:
-                    tail = self._call("read chunks", self.client.lrange, key, seen, -1)
-                    yield from (decode_chunk(raw) for raw in (last_attempt(tail) if not seen else tail))
-                    return
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._call("wait for chunks", pubsub.get_message, True, min(left, 5.0))
+                try:
+                    chunks = self._call("read chunks", self._waits.lrange, key, seen, -1)
+                    seen += len(chunks)
+                    for raw in (last_attempt(chunks) if seen == len(chunks) else chunks):
+                        yield decode_chunk(raw)
+                    record = self._read_waited(task_id)
+                    if record is not None and record.ready:
+                        tail = self._call("read chunks", self._waits.lrange, key, seen, -1)
+                        yield from (decode_chunk(raw) for raw in (last_attempt(tail) if not seen else tail))
+                        return
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return
+                    self._call("wait for chunks", pubsub.get_message, True, min(left, 5.0))
+                except BackendRefused:
+                    raise
+                except BackendError:  # Redis restarting or stalled: the pubsub reconnects and subscribes again
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(RECONNECT_PAUSE)
         finally:
             pubsub.close()
 
@@ -303,4 +327,5 @@ class RedisBackend(ResultBackend):
             if self._listener is not None:
                 self._listener.close()
                 self._listener = None
+        self._waits.close()
         self.client.close()

@@ -21,6 +21,8 @@ from typing import Any
 
 import redis
 
+from taskq.errors import BackendError, BackendRefused
+
 log = logging.getLogger("taskq.results")
 IDLE_CHANNEL = "taskq-listener-idle:"  # a private channel keeps the connection subscribed between waits
 RECONNECT_PAUSE = 0.2  # s between attempts after the connection failed
@@ -61,8 +63,15 @@ class ResultListener:
         waiter = Waiter()
         name = channel.encode()
         with self._lock:
-            self._waiters.setdefault(name, set()).add(waiter)
-            self._pubsub.subscribe(name)
+            waiters = self._waiters.setdefault(name, set())
+            waiters.add(waiter)
+            try:
+                self._pubsub.subscribe(name)
+            except BaseException:  # Redis is down: this wait fails now, and nobody waits on its behalf
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[name]
+                raise
         return waiter
 
     def unregister(self, channel: str, waiter: Waiter) -> None:
@@ -135,21 +144,33 @@ def wait_on(listener: ResultListener, channel: str, read: Any, deadline: float, 
     ``read()`` returns a record or None; the last one read is returned. A message on the channel means
     "read again", unless ``decode(payload)`` turns the message itself into a ready record (a final
     result published with its record: no second read); a read happens at least every ``safety`` s too.
+    A read that finds Redis unreachable (restarting) is tried again until ``deadline``, then its error raised.
     """
     waiter = listener.register(channel)
+    record = None
     try:
         waiter.subscribed.wait(max(0.0, min(deadline - time.monotonic(), safety)))
         while True:
             waiter.notified.clear()
             payload, waiter.payload = waiter.payload, None
-            record = decode(payload) if decode is not None and payload else None
-            if record is None or not record.ready:
+            published = decode(payload) if decode is not None and payload else None
+            pause = safety
+            if published is not None and published.ready:
+                return published
+            try:
                 record = read()
+            except BackendRefused:
+                raise
+            except BackendError as exc:  # the listener reconnects meanwhile and subscribes the channel again
+                if time.monotonic() >= deadline:
+                    raise
+                log.debug("waiting for %s: %s; reading again in %.1f s", channel, exc, RECONNECT_PAUSE)
+                pause = RECONNECT_PAUSE
             if record is not None and record.ready:
                 return record
             left = deadline - time.monotonic()
             if left <= 0:
                 return record
-            waiter.notified.wait(min(left, safety))
+            waiter.notified.wait(min(left, pause))
     finally:
         listener.unregister(channel, waiter)

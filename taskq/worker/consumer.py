@@ -404,7 +404,7 @@ class Worker:
         bound = self.app.settings.outage_timeout
         if not retrying("check results", lambda: backend.any_stored(ids), bound):
             return {}
-        stored = retrying("check results", lambda: backend.get_many(ids), bound)
+        stored = retrying("check results", lambda: backend.get_readable(ids), bound)
         return {(record.topic, record.partition, record.offset): result
                 for (record, _), result in zip(with_id, stored) if result is not None and result.ready}
 
