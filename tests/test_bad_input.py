@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,6 +211,45 @@ def test_unreachable_redis_get_raises_backend_error_quickly(kafka_url: str) -> N
     assert "redis://127.0.0.1:1/0" in str(info.value)
     with pytest.raises(BackendError):
         app.AsyncResult("some-task-id").status  # noqa: B018
+    app.close()
+
+
+def test_stop_during_a_redis_outage_is_not_held_by_the_redelivery_check(kafka_url: str, unique: str,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A worker started while Redis is down (a new user's first mistake) waits in its redelivery check for
+    the records already waiting; Ctrl-C must still stop it at once (it used to wait out ``outage_timeout``,
+    300 s by default). The records had not started: they stay uncommitted for the next worker."""
+    from taskq.worker import Worker
+
+    app = Taskq(f"stopout{unique}", broker=kafka_url, backend="redis://127.0.0.1:1/0", outage_timeout=120)
+
+    @app.task(name=f"stopout{unique}.t")
+    def t() -> None: ...
+
+    t.delay()
+    app.flush()
+    worker = Worker(app, stop_timeout=20.0)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="test-worker", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while "check results failed" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "check results failed" in caplog.text, caplog.text
+    started = time.monotonic()
+    worker.stop()
+    thread.join(30)
+    assert not thread.is_alive() and time.monotonic() - started < 10, "the stop waited for Redis"
+    assert not errors, errors
+    assert worker.stats.succeeded == 0
+    assert app.broker.committed(app.group, t.topic) in ({}, {p: 0 for p in range(t.partitions)})
     app.close()
 
 
