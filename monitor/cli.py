@@ -7,7 +7,7 @@ import click
 from taskq.config import redact_url
 from taskq.errors import TaskqError
 
-APP_HELP = "The app: module or module:attribute (default: an app from TASKQ_* settings)."
+APP_HELP = "The app: module, module.attribute or module:attribute (default: an app from TASKQ_* settings)."
 
 
 def _load(app_path: str | None):

@@ -14,7 +14,8 @@ from taskq.config import redact_url
 from taskq.errors import TaskqError
 from taskq.app import load_app
 
-APP_OPTION = click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
+APP_OPTION = click.option("-A", "--app", "app_path", required=True,
+                          help="The app: module, module.attribute or module:attribute.")
 
 
 def _app(app_path: str) -> Taskq:

@@ -6,8 +6,10 @@ import subprocess
 import sys
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -123,3 +125,25 @@ def test_the_wheel_installs_the_taskq_package_only(tmp_path: Path) -> None:
     assert packaged == folders | {"taskq.monitor"}
     assert "taskq/monitor/templates/overview.html" in names and any(n.startswith("taskq/monitor/static/")
                                                                     for n in names)
+
+
+def _commands(group: click.Group, ctx: click.Context, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None
+        yield f"{prefix}{name}", command
+        if isinstance(command, click.Group):
+            yield from _commands(command, ctx, f"{prefix}{name} ")
+
+
+def test_every_commands_app_option_names_the_three_forms() -> None:
+    """Every ``-A`` takes ``module``, ``module.attribute`` and ``module:attribute`` (one loader); the help of
+    nine commands named only two of them."""
+    ctx = click.Context(main)
+    checked = []
+    for name, command in _commands(main, ctx):
+        for param in command.params:
+            if "-A" in getattr(param, "opts", ()) and name != "demo agents":
+                assert "module, module.attribute or module:attribute" in (param.help or ""), (name, param.help)
+                checked.append(name)
+    assert {"worker", "beat", "topics", "usage", "events", "monitor", "flower", "dlq ls"} <= set(checked)
