@@ -147,3 +147,16 @@ def test_every_commands_app_option_names_the_three_forms() -> None:
                 assert "module, module.attribute or module:attribute" in (param.help or ""), (name, param.help)
                 checked.append(name)
     assert {"worker", "beat", "topics", "usage", "events", "monitor", "flower", "dlq ls"} <= set(checked)
+
+
+def test_topics_alter_shows_its_help_and_takes_the_app_after_its_name(root: Path) -> None:
+    """``taskq topics alter --help`` said "Missing option '-A'", and so did ``taskq topics alter -A app ...``
+    (Celery's habit: options after the command): -A was only taken before ``alter``."""
+    shown = CliRunner().invoke(main, ["topics", "alter", "--help"])
+    assert shown.exit_code == 0 and "--partitions" in shown.output, shown.output
+    module = write_module(root, APP.format(path=str(root / "q.db")))
+    missing = CliRunner().invoke(main, ["topics", "alter", "-A", module, "no.such.task", "--partitions", "2"])
+    assert "Missing option" not in missing.output and "no.such.task" in missing.output, missing.output
+    for argv in (["topics"], ["topics", "alter", "no.such.task", "--partitions", "2"]):
+        refused = CliRunner().invoke(main, argv)
+        assert refused.exit_code == 2 and "Missing option '-A' / '--app'" in refused.output, refused.output
