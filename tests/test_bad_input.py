@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import pytest
 from taskq import BackendError, BrokerError, ConfigError, MessageRejected, SerializationError, Taskq
 from taskq.brokers.base import Record
 from taskq.message import TaskMessage
-from tests.support import read_records, worker_thread
+from tests.support import ROOT, read_records, worker_thread
 
 KAFKA = pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])
 WAIT = {"local": 15.0, "kafka": 60.0}
@@ -200,6 +202,18 @@ def test_unreachable_kafka_delay_raises_broker_error_quickly() -> None:
     assert elapsed < 10, elapsed
     assert "127.0.0.1:1" in str(info.value)
     app.close()
+
+
+def test_worker_with_kafka_down_says_so_in_one_line() -> None:
+    """A new user's first mistake: Kafka not started. The worker's one-line error came after librdkafka had
+    printed a "Connect ... failed" line every 12 ms of the wait (about 750 lines in 10 s)."""
+    env = {**os.environ, "TASKQ_BROKER_URL": "kafka://127.0.0.1:1", "TASKQ_RESULT_BACKEND": "redis://127.0.0.1:1/0",
+           "TASKQ_CONNECT_TIMEOUT": "2"}
+    done = subprocess.run([sys.executable, "-m", "taskq.cli", "worker", "-A", "tests.apps.limits"], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and "cannot reach Kafka at 127.0.0.1:1 within 2 s" in lines[-1], done.stderr
+    assert len(lines) <= 3, f"{len(lines)} lines: {lines[:5]}"
 
 
 def test_unreachable_redis_get_raises_backend_error_quickly(kafka_url: str) -> None:
