@@ -60,6 +60,7 @@ def monitor(app_path: str | None, host: str, port: int, token: str | None, since
 def flower(app_path: str | None, celery_broker: str, since: str) -> None:
     """Let the real Flower show taskq: republish events as Celery events and answer inspect calls."""
     try:
+        import celery  # noqa: F401 - the bridge's Celery app; checked here, before anything starts
         from taskq.monitor.consumer import parse_since
         from taskq.monitor.flower import FlowerBridge
     except ImportError as exc:

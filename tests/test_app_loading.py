@@ -160,3 +160,12 @@ def test_topics_alter_shows_its_help_and_takes_the_app_after_its_name(root: Path
     for argv in (["topics"], ["topics", "alter", "no.such.task", "--partitions", "2"]):
         refused = CliRunner().invoke(main, argv)
         assert refused.exit_code == 2 and "Missing option '-A' / '--app'" in refused.output, refused.output
+
+
+def test_flower_without_its_extra_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the flower extra ``taskq flower`` ended in a traceback (celery is imported by the bridge);
+    like ``taskq monitor`` it names the extra to install."""
+    monkeypatch.setitem(sys.modules, "celery", None)  # "import celery" raises ImportError
+    result = CliRunner().invoke(main, ["flower", "--broker", "redis://127.0.0.1:1/1"])
+    assert result.exit_code == 1 and not isinstance(result.exception, ImportError), result.exception
+    assert "taskq[flower]" in result.output, result.output
