@@ -169,3 +169,13 @@ def test_flower_without_its_extra_is_a_one_line_error(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(main, ["flower", "--broker", "redis://127.0.0.1:1/1"])
     assert result.exit_code == 1 and not isinstance(result.exception, ImportError), result.exception
     assert "taskq[flower]" in result.output, result.output
+
+
+@pytest.mark.parametrize("path,module", [("tasks.py", "tasks"), ("shop/tasks.py", "shop.tasks"),
+                                         ("./shop/tasks.py", "shop.tasks")])
+def test_a_file_path_is_refused_with_the_module_name_to_use(path: str, module: str) -> None:
+    """``-A tasks.py`` (a file, where Celery's -A takes a module) said "tasks.py is nothing, not a Taskq app"
+    after running the module; ``-A shop/tasks.py`` said "No module named 'shop/tasks'"."""
+    with pytest.raises(ConfigError) as info:
+        load_app(path)
+    assert f"-A {module}" in str(info.value), str(info.value)
