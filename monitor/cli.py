@@ -7,7 +7,7 @@ import click
 from taskq.config import redact_url
 from taskq.errors import TaskqError
 
-APP_HELP = "The app: module or module:attribute (default: an app from TASKQ_* settings)."
+APP_HELP = "The app: module, module.attribute or module:attribute (default: an app from TASKQ_* settings)."
 
 
 def _load(app_path: str | None):
@@ -62,6 +62,7 @@ def monitor(app_path: str | None, host: str, port: int, token: str | None, since
 def flower(app_path: str | None, celery_broker: str, since: str) -> None:
     """Let the real Flower show taskq: republish events as Celery events and answer inspect calls."""
     try:
+        import celery  # noqa: F401 - the bridge's Celery app; checked here, before anything starts
         from taskq.monitor.consumer import parse_since
         from taskq.monitor.flower import FlowerBridge
     except ImportError as exc:

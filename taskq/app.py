@@ -347,6 +347,9 @@ def load_app(spec: str) -> Taskq:
     For a module, its attribute ``app`` or else its only :class:`Taskq`. ConfigError names ``spec``
     when nothing is found.
     """
+    if spec.endswith(".py") or "/" in spec:  # a file path: -A takes the module's name, as in Celery
+        module = spec.removeprefix("./").removesuffix(".py").replace("/", ".")
+        raise ConfigError(f"cannot load app {spec!r}: -A takes a module name, not a file: -A {module}")
     module_name, colon, attr = spec.partition(":")
     if not colon:
         module = _import(spec, spec, missing_ok=True)

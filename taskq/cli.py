@@ -285,7 +285,8 @@ def dlq_purge(app_path: str, task: str, yes: bool) -> None:
 
 
 OPTIONAL_APP = click.option("-A", "--app", "app_path", default=None,
-                            help="The app: module or module:attribute (default: from TASKQ_* settings).")
+                            help="The app: module, module.attribute or module:attribute "
+                                 "(default: from TASKQ_* settings).")
 
 
 def _app_or_env(app_path: str | None):  # noqa: ANN202 - Taskq, imported lazily
@@ -522,7 +523,7 @@ def demo_agents(text: str, app_path: str) -> None:
 
 
 @main.command()
-@click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
+@click.option("-A", "--app", "app_path", required=True, help="The app: module, module.attribute or module:attribute.")
 @click.option("--by", type=click.Choice(["user", "task", "root"]), default="user", show_default=True,
               help="Roll up per user key, task name or root task of a chain/chord.")
 @click.option("--since", default=None, help="30m, 2h, 7d or an ISO date (UTC); whole hours. Default: all kept.")
@@ -556,7 +557,7 @@ def usage(app_path: str, by: str, since: str | None, limit: int, as_json: bool) 
 
 
 @main.command("llm-guard")
-@click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
+@click.option("-A", "--app", "app_path", required=True, help="The app: module, module.attribute or module:attribute.")
 @click.option("--task", "task_name", default="tasks.llm.infer", show_default=True, help="The inference task.")
 @click.option("--window", default=60.0, show_default=True, help="Tumbling window length in seconds.")
 @click.option("--threshold", default=100, show_default=True, help="Requests per user and window allowed.")

@@ -14,7 +14,8 @@ from taskq.config import redact_url
 from taskq.errors import TaskqError
 from taskq.app import load_app
 
-APP_OPTION = click.option("-A", "--app", "app_path", required=True, help="The app: module or module:attribute.")
+APP_OPTION = click.option("-A", "--app", "app_path", required=True,
+                          help="The app: module, module.attribute or module:attribute.")
 STOP_MARGIN = 30.0  # s a worker gets past its stop_timeout to commit and leave its group before it is killed
 
 
@@ -147,14 +148,27 @@ def replay(app_path: str, task: str, from_offset: int | None, from_time: str | N
 # -- topics ---------------------------------------------------------------------------------------
 
 
+def _required_app(ctx: click.Context, app_path: str | None) -> str:
+    """``-A`` given before the subcommand or after it (so that ``alter --help`` needs none)."""
+    app_path = app_path or (ctx.obj or {}).get("app_path")
+    if not app_path:
+        raise click.MissingParameter(ctx=ctx, param_hint="'-A' / '--app'", param_type="option")
+    return app_path
+
+
+TOPICS_APP = click.option("-A", "--app", "app_path", default=None,
+                          help="The app: module, module.attribute or module:attribute.  [required]")
+
+
 @click.group(invoke_without_command=True)
-@APP_OPTION
+@TOPICS_APP
 @click.pass_context
-def topics(ctx: click.Context, app_path: str) -> None:
+def topics(ctx: click.Context, app_path: str | None) -> None:
     """List the app's topics (partitions, replication, retention, lag); `alter` grows one."""
     ctx.obj = {**(ctx.obj or {}), "app_path": app_path}
     if ctx.invoked_subcommand is not None:
         return
+    app_path = _required_app(ctx, app_path)
     from rich.console import Console
     from rich.table import Table
 
@@ -182,12 +196,13 @@ def topics(ctx: click.Context, app_path: str) -> None:
 @topics.command("alter")
 @click.argument("task")
 @click.option("--partitions", type=click.IntRange(1), required=True, help="The new (larger) partition count.")
+@TOPICS_APP
 @click.pass_context
-def topics_alter(ctx: click.Context, task: str, partitions: int) -> None:
+def topics_alter(ctx: click.Context, task: str, partitions: int, app_path: str | None) -> None:
     """Grow TASK's topic (and its dead letters) to PARTITIONS; prints what that does to key placement."""
     from taskq.topic_admin import grow
 
-    app = _app(ctx.obj["app_path"])
+    app = _app(_required_app(ctx, app_path))
     try:
         click.echo(grow(app, task, partitions))
     except TaskqError as exc:

@@ -19,6 +19,17 @@ BROKER_SCHEMES = ("kafka", "local")
 BACKEND_SCHEMES = ("redis", "rediss", "unix", "local")
 
 
+def _check_env_names(environ: Mapping[str, str], fields: Mapping[str, object]) -> None:
+    """A ``TASKQ_`` variable one or two letters away from a setting's is a misspelt setting: an error. Other
+    ``TASKQ_`` variables (``TASKQ_LLM_*``, ``TASKQ_MONITOR_TOKEN``, ...) belong to other parts of taskq."""
+    for var in environ:
+        name = var[6:].lower()
+        if var.startswith("TASKQ_") and name not in fields:
+            hint = difflib.get_close_matches(name, fields, n=1, cutoff=0.9)
+            if hint:
+                raise ConfigError(f"unknown setting {var} (did you mean TASKQ_{hint[0].upper()}?)")
+
+
 @dataclass
 class Settings:
     """Everything an app, its producer and its workers can be told."""
@@ -59,6 +70,7 @@ class Settings:
 
                 hint = difflib.get_close_matches(name, fields, n=1)
                 raise ConfigError(f"unknown setting {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        _check_env_names(environ, fields)
         values: dict[str, Any] = {}
         for name, f in fields.items():
             env = environ.get("TASKQ_" + name.upper())

@@ -42,7 +42,7 @@ class NotRegistered(TaskqError, KeyError):
     """No task of that name is registered with the app."""
 
     def __str__(self) -> str:
-        return f"task {self.args[0]!r} is not registered; import the module that defines it (-A/--include)"
+        return f"task {self.args[0]!r} is not registered; import the module that defines it in the app's module"
 
 
 class TimeoutError(TaskqError, builtins.TimeoutError):  # noqa: A001 - mirrors celery.exceptions.TimeoutError

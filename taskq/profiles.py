@@ -131,19 +131,19 @@ def worker_options(profile: Profile | None, *, queues: tuple[str, ...] = (), poo
 def expand_queues(task_names: list[str], topics: list[str], patterns: tuple[str, ...]) -> list[str]:
     """Task names or topics matching ``patterns`` (shell-style, ``tasks.rag.*``), in pattern order.
 
-    A pattern without wildcards passes through unchanged (the worker reports it if unknown); a
-    wildcard pattern that matches nothing is an error, so a profile cannot silently consume nothing.
+    A name that is neither a task nor a topic, or a wildcard pattern that matches nothing, is an error
+    naming the app's tasks, so a profile or ``-Q`` cannot silently consume nothing.
     """
     import fnmatch
 
     chosen: list[str] = []
     for pattern in patterns:
         if not any(ch in pattern for ch in "*?["):
-            matched = [pattern]
+            matched = [pattern] if pattern in task_names or pattern in topics else []
         else:
             matched = [n for n in task_names if fnmatch.fnmatchcase(n, pattern)]
             matched += [t for t in topics if fnmatch.fnmatchcase(t, pattern) and t not in matched]
-            if not matched:
-                raise ConfigError(f"no task or topic matches {pattern!r}; tasks: {', '.join(sorted(task_names))}")
+        if not matched:
+            raise ConfigError(f"no task or topic matches {pattern!r}; tasks: {', '.join(sorted(task_names))}")
         chosen += [m for m in matched if m not in chosen]
     return chosen

@@ -6,8 +6,10 @@ import subprocess
 import sys
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -123,3 +125,57 @@ def test_the_wheel_installs_the_taskq_package_only(tmp_path: Path) -> None:
     assert packaged == folders | {"taskq.monitor"}
     assert "taskq/monitor/templates/overview.html" in names and any(n.startswith("taskq/monitor/static/")
                                                                     for n in names)
+
+
+def _commands(group: click.Group, ctx: click.Context, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None
+        yield f"{prefix}{name}", command
+        if isinstance(command, click.Group):
+            yield from _commands(command, ctx, f"{prefix}{name} ")
+
+
+def test_every_commands_app_option_names_the_three_forms() -> None:
+    """Every ``-A`` takes ``module``, ``module.attribute`` and ``module:attribute`` (one loader); the help of
+    nine commands named only two of them."""
+    ctx = click.Context(main)
+    checked = []
+    for name, command in _commands(main, ctx):
+        for param in command.params:
+            if "-A" in getattr(param, "opts", ()) and name != "demo agents":
+                assert "module, module.attribute or module:attribute" in (param.help or ""), (name, param.help)
+                checked.append(name)
+    assert {"worker", "beat", "topics", "usage", "events", "monitor", "flower", "dlq ls"} <= set(checked)
+
+
+def test_topics_alter_shows_its_help_and_takes_the_app_after_its_name(root: Path) -> None:
+    """``taskq topics alter --help`` said "Missing option '-A'", and so did ``taskq topics alter -A app ...``
+    (Celery's habit: options after the command): -A was only taken before ``alter``."""
+    shown = CliRunner().invoke(main, ["topics", "alter", "--help"])
+    assert shown.exit_code == 0 and "--partitions" in shown.output, shown.output
+    module = write_module(root, APP.format(path=str(root / "q.db")))
+    missing = CliRunner().invoke(main, ["topics", "alter", "-A", module, "no.such.task", "--partitions", "2"])
+    assert "Missing option" not in missing.output and "no.such.task" in missing.output, missing.output
+    for argv in (["topics"], ["topics", "alter", "no.such.task", "--partitions", "2"]):
+        refused = CliRunner().invoke(main, argv)
+        assert refused.exit_code == 2 and "Missing option '-A' / '--app'" in refused.output, refused.output
+
+
+def test_flower_without_its_extra_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the flower extra ``taskq flower`` ended in a traceback (celery is imported by the bridge);
+    like ``taskq monitor`` it names the extra to install."""
+    monkeypatch.setitem(sys.modules, "celery", None)  # "import celery" raises ImportError
+    result = CliRunner().invoke(main, ["flower", "--broker", "redis://127.0.0.1:1/1"])
+    assert result.exit_code == 1 and not isinstance(result.exception, ImportError), result.exception
+    assert "taskq[flower]" in result.output, result.output
+
+
+@pytest.mark.parametrize("path,module", [("tasks.py", "tasks"), ("shop/tasks.py", "shop.tasks"),
+                                         ("./shop/tasks.py", "shop.tasks")])
+def test_a_file_path_is_refused_with_the_module_name_to_use(path: str, module: str) -> None:
+    """``-A tasks.py`` (a file, where Celery's -A takes a module) said "tasks.py is nothing, not a Taskq app"
+    after running the module; ``-A shop/tasks.py`` said "No module named 'shop/tasks'"."""
+    with pytest.raises(ConfigError) as info:
+        load_app(path)
+    assert f"-A {module}" in str(info.value), str(info.value)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ import pytest
 from taskq import BackendError, BrokerError, ConfigError, MessageRejected, SerializationError, Taskq
 from taskq.brokers.base import Record
 from taskq.message import TaskMessage
-from tests.support import read_records, worker_thread
+from tests.support import ROOT, read_records, worker_thread
 
 KAFKA = pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])
 WAIT = {"local": 15.0, "kafka": 60.0}
@@ -226,6 +229,18 @@ def test_unreachable_kafka_delay_raises_broker_error_quickly() -> None:
     app.close()
 
 
+def test_worker_with_kafka_down_says_so_in_one_line() -> None:
+    """A new user's first mistake: Kafka not started. The worker's one-line error came after librdkafka had
+    printed a "Connect ... failed" line every 12 ms of the wait (about 750 lines in 10 s)."""
+    env = {**os.environ, "TASKQ_BROKER_URL": "kafka://127.0.0.1:1", "TASKQ_RESULT_BACKEND": "redis://127.0.0.1:1/0",
+           "TASKQ_CONNECT_TIMEOUT": "2"}
+    done = subprocess.run([sys.executable, "-m", "taskq.cli", "worker", "-A", "tests.apps.limits"], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 1 and "cannot reach Kafka at 127.0.0.1:1 within 2 s" in lines[-1], done.stderr
+    assert len(lines) <= 3, f"{len(lines)} lines: {lines[:5]}"
+
+
 def test_unreachable_redis_get_raises_backend_error_quickly(kafka_url: str) -> None:
     app = Taskq("x", broker=kafka_url, backend="redis://127.0.0.1:1/0", connect_timeout=2)
     started = time.monotonic()
@@ -235,6 +250,45 @@ def test_unreachable_redis_get_raises_backend_error_quickly(kafka_url: str) -> N
     assert "redis://127.0.0.1:1/0" in str(info.value)
     with pytest.raises(BackendError):
         app.AsyncResult("some-task-id").status  # noqa: B018
+    app.close()
+
+
+def test_stop_during_a_redis_outage_is_not_held_by_the_redelivery_check(kafka_url: str, unique: str,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A worker started while Redis is down (a new user's first mistake) waits in its redelivery check for
+    the records already waiting; Ctrl-C must still stop it at once (it used to wait out ``outage_timeout``,
+    300 s by default). The records had not started: they stay uncommitted for the next worker."""
+    from taskq.worker import Worker
+
+    app = Taskq(f"stopout{unique}", broker=kafka_url, backend="redis://127.0.0.1:1/0", outage_timeout=120)
+
+    @app.task(name=f"stopout{unique}.t")
+    def t() -> None: ...
+
+    t.delay()
+    app.flush()
+    worker = Worker(app, stop_timeout=20.0)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="test-worker", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while "check results failed" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "check results failed" in caplog.text, caplog.text
+    started = time.monotonic()
+    worker.stop()
+    thread.join(30)
+    assert not thread.is_alive() and time.monotonic() - started < 10, "the stop waited for Redis"
+    assert not errors, errors
+    assert worker.stats.succeeded == 0
+    assert app.broker.committed(app.group, t.topic) in ({}, {p: 0 for p in range(t.partitions)})
     app.close()
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 
 import pytest
 
 from taskq import ConfigError
 from taskq.config import Settings, redact_url
+from tests.support import ROOT
 
 
 def test_settings_unknown_setting_names_it_with_hint() -> None:
@@ -151,3 +154,23 @@ def test_a_url_python_cannot_split_is_a_config_error_without_its_password() -> N
     with pytest.raises(ConfigError, match=r"bad result backend URL 'redis://\*\*\*/0'.*percent-encode") as caught:
         Taskq("x", broker="kafka://127.0.0.1:9092", backend="redis://u:p[w@h:1/0")
     assert "p[w" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name,hint", [("TASKQ_DEFAULT_PARTITONS", "TASKQ_DEFAULT_PARTITIONS"),
+                                       ("TASKQ_BROKER_URI", "TASKQ_BROKER_URL"),
+                                       ("TASKQ_RESULT_BACKED", "TASKQ_RESULT_BACKEND")])
+def test_a_misspelt_setting_variable_is_an_error_that_names_the_setting(name: str, hint: str) -> None:
+    """The README: "TASKQ_<NAME> environment variables (an unknown name is an error)". A misspelt one was
+    ignored, so TASKQ_RESULT_BACKED=redis://... left a worker on the embedded store without a word."""
+    with pytest.raises(ConfigError) as info:
+        Settings.build({}, environ={name: "3"})
+    assert name in str(info.value) and hint in str(info.value), str(info.value)
+
+
+def test_taskqs_other_variables_are_not_taken_for_misspelt_settings() -> None:
+    """Variables of taskq's other parts (LLM tasks, monitor, services, tests) share the prefix."""
+    used = subprocess.run(["git", "grep", "-h", "TASKQ_", "--", ".", ":!tests/test_config.py"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout
+    names = set(re.findall(r"TASKQ_[A-Z0-9_]*[A-Z0-9]", used))
+    assert "TASKQ_LLM_CONNECT_TIMEOUT" in names and "TASKQ_MONITOR_TOKEN" in names
+    Settings.build({}, environ={n: "" for n in names if n[6:].lower() not in Settings.__dataclass_fields__})

@@ -88,3 +88,12 @@ def test_worker_command_refuses_a_wait_that_is_not_a_number_of_seconds(option: s
     result = CliRunner().invoke(main, ["worker", "-A", "tests.apps.limits", option, value])
     assert result.exit_code == 2
     assert f"Invalid value for '{option}'" in result.output
+
+
+def test_worker_command_names_the_tasks_for_an_unknown_queue() -> None:
+    """``-Q`` with a name that is neither a task nor a topic: a one-line error listing the app's tasks (it
+    used to say "import the module that defines it (-A/--include)", an option taskq does not have)."""
+    result = CliRunner().invoke(main, ["worker", "-A", "tests.apps.limits", "-Q", "tests.apps.limits.stuk"])
+    assert result.exit_code == 1, result.output
+    assert "'tests.apps.limits.stuk'" in result.output and "tests.apps.limits.stuck" in result.output
+    assert "--include" not in result.output

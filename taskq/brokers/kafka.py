@@ -56,6 +56,11 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     # default refresh is every 5 minutes
     "topic.metadata.refresh.interval.ms": 10000,
 }
+ADMIN_DEFAULTS: dict[str, Any] = {
+    # every admin call raises its failure (BrokerError names the broker); librdkafka's own log lines only
+    # repeated it: against a broker that is not running, a "Connect ... failed" line every 12 ms of the wait
+    "log_level": 2,
+}
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
     "enable.idempotence": True,
@@ -361,7 +366,7 @@ class KafkaBroker(Broker):
         if self._admin is None:
             with self._admin_lock:  # the worker's revocations thread starts while its main thread does
                 if self._admin is None:
-                    self._admin = AdminClient(self.config)
+                    self._admin = AdminClient({**ADMIN_DEFAULTS, **self.config})
         return self._admin
 
     def producer(self, **options: object) -> KafkaProducer:

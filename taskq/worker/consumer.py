@@ -402,9 +402,12 @@ class Worker:
         ids = [task_id for _, task_id in with_id]
         backend = self.app.backend
         bound = self.app.settings.outage_timeout
-        if not retrying("check results", lambda: backend.any_stored(ids), bound):
+        # a stop ends the wait for a backend that does not answer: these records have not started, and a
+        # stopping worker starts none of them (they stay uncommitted for the next owner)
+        stopping = self._stopping
+        if not retrying("check results", lambda: not stopping.is_set() and backend.any_stored(ids), bound):
             return {}
-        stored = retrying("check results", lambda: backend.get_readable(ids), bound)
+        stored = retrying("check results", lambda: [] if stopping.is_set() else backend.get_readable(ids), bound)
         return {(record.topic, record.partition, record.offset): result
                 for (record, _), result in zip(with_id, stored) if result is not None and result.ready}
 
