@@ -348,8 +348,8 @@ def load_app(spec: str) -> Taskq:
     when nothing is found.
     """
     if spec.endswith(".py") or "/" in spec:  # a file path: -A takes the module's name, as in Celery
-        module = spec.removeprefix("./").removesuffix(".py").replace("/", ".")
-        raise ConfigError(f"cannot load app {spec!r}: -A takes a module name, not a file: -A {module}")
+        name = spec.removeprefix("./").removesuffix(".py").replace("/", ".")
+        raise ConfigError(f"cannot load app {spec!r}: -A takes a module name, not a file: -A {name}")
     module_name, colon, attr = spec.partition(":")
     if not colon:
         module = _import(spec, spec, missing_ok=True)

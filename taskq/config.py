@@ -25,6 +25,8 @@ def _check_env_names(environ: Mapping[str, str], fields: Mapping[str, object]) -
     for var in environ:
         name = var[6:].lower()
         if var.startswith("TASKQ_") and name not in fields:
+            import difflib
+
             hint = difflib.get_close_matches(name, fields, n=1, cutoff=0.9)
             if hint:
                 raise ConfigError(f"unknown setting {var} (did you mean TASKQ_{hint[0].upper()}?)")
