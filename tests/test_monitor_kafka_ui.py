@@ -4,6 +4,7 @@ runs real tasks (the embedded-broker walk through every page is ``test_monitor_b
 from __future__ import annotations
 
 import importlib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -88,7 +89,7 @@ def test_lag_on_the_pages_is_what_kafka_says(mod: ModuleType, chromium: Any) -> 
             worker_thread(app, tasks=[work.name], concurrency=2):
         results = [work.apply_async((i,), {"user": "d"}, countdown=1) for i in range(4)]
         assert [r.get(timeout=60) for r in results] == [0, 2, 4, 6]
-        app.AsyncResult("never-sent").revoke()
+        app.AsyncResult(f"never-sent-{uuid.uuid4().hex}").revoke()  # an id no other test uses
 
         def settled() -> bool:
             topics = {t.name: t for t in monitor.sampler.sample()}
