@@ -364,6 +364,14 @@ class KafkaBroker(Broker):
                     self._admin = AdminClient(self.config)
         return self._admin
 
+    def _drop_stuck_admin(self, exc: KafkaException) -> None:
+        """After a timed-out admin call, start the next one on a new client: librdkafka keeps sending an
+        admin client's requests to the broker it last used, so one that stopped answering (a hung process
+        or disk) failed every later call while the other brokers served. A new client bootstraps from one
+        that answers."""
+        if exc.args[0].code() == KafkaError._TIMED_OUT:
+            self._admin = None  # an AdminClient has no close(): dropping it ends its connections
+
     def producer(self, **options: object) -> KafkaProducer:
         return KafkaProducer({**self.config, **options})
 
@@ -381,6 +389,7 @@ class KafkaBroker(Broker):
         try:
             meta = self.admin.list_topics(timeout=self.connect_timeout)
         except KafkaException as exc:
+            self._drop_stuck_admin(exc)
             raise BrokerError(
                 f"cannot reach Kafka at {self.config['bootstrap.servers']} within {self.connect_timeout:g} s: "
                 f"{exc.args[0]}; is the broker running?"
