@@ -11,8 +11,11 @@ import time
 
 import pytest
 
+from confluent_kafka.admin import AdminClient
+
 from taskq.brokers.kafka import KafkaBroker
 from taskq.worker.sender import retrying
+from tests.support import WorkerProcess, env_for, reliable_client, wait_results
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster, pytest.mark.slow]
 
@@ -39,3 +42,35 @@ def test_admin_calls_move_off_a_broker_that_stopped_answering(kafka_cluster3) ->
         assert took < 8.0
     finally:
         broker.close()
+
+
+def test_topics_taskq_creates_follow_the_clusters_replication_default(kafka_cluster3, redis_clean: str,
+                                                                      unique: str) -> None:
+    """With no ``replication_factor`` set, every topic a worker and a caller create (task, delay tiers,
+    dead letters, events, revocations) is replicated as the cluster's ``default.replication.factor`` says
+    (3 here, with ``min.insync.replicas=2``). They used to get one replica whatever the cluster: the
+    broker that held a partition was a single point of loss, and ``acks=all`` waited for nobody else."""
+    env = env_for(kafka_cluster3.url, redis_clean, f"rf{unique}")
+    app, tasks = reliable_client(env)
+    flaky = tasks["flaky"]
+    worker = WorkerProcess("tests.apps.reliable", env, "-c", "2")
+    try:
+        worker.wait_for("assigned")
+        dead = flaky.delay("k-dead", 9)  # retried through the delay tiers, then dead-lettered
+        app.flush()
+        record = wait_results(app, [dead.id], timeout=60)[0]
+        assert record is not None and record.status == "FAILURE", worker.log[-3000:]
+        app.AsyncResult(flaky.delay("k-rev", 0).id).revoke()  # the revocations topic
+        app.flush()
+        admin = AdminClient({"bootstrap.servers": kafka_cluster3.bootstrap})
+        topics = admin.list_topics(timeout=10).topics
+        mine = {name: {len(p.replicas) for p in t.partitions.values()} for name, t in topics.items()
+                if name.startswith(env["TASKQ_TOPIC_PREFIX"])}
+        kinds = {"task": flaky.topic, "dead letters": app.dlq_topic(flaky.topic), "events": app.events_topic,
+                 "revocations": f"{env['TASKQ_TOPIC_PREFIX']}revoked"}
+        assert set(kinds.values()) <= set(mine), sorted(mine)
+        assert any(".delay." in name for name in mine), sorted(mine)
+        assert all(replicas == {3} for replicas in mine.values()), mine
+    finally:
+        worker.stop()
+        app.close()

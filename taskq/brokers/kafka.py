@@ -117,6 +117,12 @@ GONE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, K
 TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, getattr(KafkaError, "RECORD_LIST_TOO_LARGE", -1)})
 
 
+def _replicas(replication: int) -> int:
+    """A new topic's replication factor for CreateTopics: 0 (taskq's default) asks for the cluster's own
+    ``default.replication.factor`` (-1), which its operator set for its size."""
+    return replication if replication > 0 else -1
+
+
 def _error(err: KafkaError | KafkaException | None) -> BrokerError | None:
     if err is None:
         return None
@@ -404,12 +410,12 @@ class KafkaBroker(Broker):
         events topic just before it asks); otherwise from the broker."""
         return self._known.get(topic) or super().partition_count(topic)
 
-    def ensure_topics(self, topics: dict[str, int], replication: int = 1) -> None:
+    def ensure_topics(self, topics: dict[str, int], replication: int = 0) -> None:
         missing = {t: n for t, n in topics.items() if t not in self._known}
         if not missing:
             return
         existing = self.list_topics()
-        new = [NewTopic(t, n, replication) for t, n in missing.items() if t not in existing]
+        new = [NewTopic(t, n, _replicas(replication)) for t, n in missing.items() if t not in existing]
         if new:
             for topic, future in self.admin.create_topics(new, request_timeout=self.connect_timeout).items():
                 try:
@@ -532,14 +538,14 @@ class KafkaBroker(Broker):
             except KafkaException as exc:
                 raise BrokerError(f"cannot delete records of {topic}[{tp.partition}]: {exc.args[0]}") from exc
 
-    def ensure_compacted_topic(self, topic: str, retention_s: float, replication: int = 1) -> None:
+    def ensure_compacted_topic(self, topic: str, retention_s: float, replication: int = 0) -> None:
         if topic not in self._known and (count := self.list_topics().get(topic)):
             self._known[topic] = count
         if topic in self._known:
             return
         config = {"cleanup.policy": "compact,delete", "retention.ms": str(int(retention_s * 1000)),
                   "segment.ms": str(min(int(retention_s * 1000), 3_600_000))}
-        future = self.admin.create_topics([NewTopic(topic, 1, replication, config=config)],
+        future = self.admin.create_topics([NewTopic(topic, 1, _replicas(replication), config=config)],
                                           request_timeout=self.connect_timeout)[topic]
         try:
             future.result()
