@@ -42,7 +42,7 @@ from taskq.brokers.base import (
     TopicPartition,
 )
 from taskq.config import redact_url
-from taskq.errors import BrokerError, ConfigError, MessageTooLarge, TopicMissing
+from taskq.errors import BrokerError, ConfigError, DeliveryTimedOut, MessageTooLarge, TopicMissing
 
 MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes, below the broker's default limit
 CLIENT_DEFAULTS: dict[str, Any] = {
@@ -131,6 +131,8 @@ def _error(err: KafkaError | KafkaException | None) -> BrokerError | None:
     if isinstance(err, KafkaError) and err.code() in TOO_LARGE:  # refused by the broker: never sendable as is
         return MessageTooLarge(f"Kafka: {err.str()} (the topic's max.message.bytes or the broker's "
                                "message.max.bytes is lower than this message)")
+    if isinstance(err, KafkaError) and err.code() == KafkaError._MSG_TIMED_OUT:  # in flight: written, or not
+        return DeliveryTimedOut(f"Kafka: {err.str()} (not acknowledged in time; it may still arrive)")
     if isinstance(err, KafkaError) and err.code() in GONE:
         return TopicMissing(f"Kafka: {err.str()} (deleted while in use?)")
     return BrokerError(f"Kafka: {err.str() if isinstance(err, KafkaError) else err}")
