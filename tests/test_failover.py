@@ -1,6 +1,6 @@
-"""Fail-over on the 3-broker cluster: one broker that stops answering (a "grey" failure) while the
-other two serve. The cluster moves leadership away within its broker session timeout (6 s in the
-test cluster); taskq's clients must move with it instead of waiting on the silent broker.
+"""Fail-over on the 3-broker cluster (``default.replication.factor=3``, ``min.insync.replicas=2``):
+a broker that stops answering (a "grey" failure) while the other two serve, the replication of the
+topics taskq creates, and what a caller is told when two of three brokers are down.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import signal
 import time
 
 import pytest
-
 from confluent_kafka.admin import AdminClient
 
 from taskq import BrokerError
@@ -23,7 +22,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.cluster, pytest.mark.slow]
 
 def test_admin_calls_move_off_a_broker_that_stopped_answering(kafka_cluster3) -> None:
     """The worker's topic look-ups (the forwarder's, the finisher's topic checks) go through one admin
-    client, which talks to the one broker it bootstrapped from. SIGSTOP that broker and every later look-up
+    client, which keeps sending its requests to the broker it last used. SIGSTOP that broker and every later look-up
     timed out on it while two brokers served: delayed tasks waited for the whole freeze, and a freeze longer
     than ``outage_timeout`` stopped the worker. A look-up that timed out now starts over on a new client."""
     broker = KafkaBroker(kafka_cluster3.url, connect_timeout=2.0)
