@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from taskq.brokers.base import Broker, Headers, Producer, Record
 from taskq.config import Settings, redact_url
-from taskq.errors import BrokerError, ConfigError, NotRegistered
+from taskq.errors import BrokerError, ConfigError, DeliveryTimedOut, NotRegistered
 from taskq.hooks import Hook
 from taskq.message import H_ORIGIN, TaskMessage
 from taskq.result import AsyncResult
@@ -293,8 +293,13 @@ class Taskq:
                 raise BrokerError(f"{left} task message(s) still unacknowledged after flush; is the broker up?")
         if self._delivery_errors:
             failed, self._delivery_errors = self._delivery_errors, []
-            raise BrokerError(f"{len(failed)} task message(s) were not delivered, first {failed[0][0]}: "
-                              f"{failed[0][1]}")
+            timed_out = [task_id for task_id, err in failed if isinstance(err, DeliveryTimedOut)]
+            if len(timed_out) == len(failed):  # each may have been written: its task may still arrive and run
+                raise DeliveryTimedOut(f"{len(failed)} task message(s) were not acknowledged within send_timeout "
+                                       f"and may still arrive (check AsyncResult(id) before sending one again), "
+                                       f"first {failed[0][0]}: {failed[0][1]}")
+            raise BrokerError(f"{len(failed)} task message(s) were not delivered ({len(timed_out)} of them not "
+                              f"acknowledged in time: those may still arrive), first {failed[0][0]}: {failed[0][1]}")
 
     def ensure_topic(self, topic: str, partitions: int) -> None:
         """Create ``topic`` if missing. The first time one registered task's topic is asked for, every

@@ -40,7 +40,7 @@ class Settings:
     result_backend: str = ""  # "" = the local broker's file, else required (redis://...)
     local_path: str = ""  # "" = ~/.taskq/<app name>.db
     default_partitions: int = 6
-    replication_factor: int = 1
+    replication_factor: int = 0  # 0 = the Kafka cluster's default.replication.factor
     topic_prefix: str = "taskq."
     group: str = ""  # "" = taskq.<app name>
     serializer: str = "json"
@@ -86,9 +86,11 @@ class Settings:
 
     def validate(self) -> None:
         self._check_types()
-        for name in ("default_partitions", "replication_factor"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.default_partitions < 1:
+            raise ConfigError(f"default_partitions must be at least 1, not {self.default_partitions}")
+        if self.replication_factor < 0:
+            raise ConfigError(f"replication_factor must be at least 1 (or 0: the cluster's default), "
+                              f"not {self.replication_factor}")
         if self.default_max_retries < 0:
             raise ConfigError(f"default_max_retries must be 0 or more, not {self.default_max_retries}")
         for name in ("connect_timeout", "send_timeout", "outage_timeout"):

@@ -22,6 +22,11 @@ class MessageTooLarge(BrokerError):
     """The broker refuses a message over its size limit; no retry can send it as it is."""
 
 
+class DeliveryTimedOut(BrokerError):
+    """A message not acknowledged within ``send_timeout``: the broker may have written it all the same (it
+    then arrives and runs once the broker serves it), or not. Check ``AsyncResult(id)`` before sending again."""
+
+
 class TopicMissing(BrokerError):
     """The topic does not exist (deleted while in use): sending again needs it created again."""
 

@@ -77,7 +77,7 @@ def test_settings_env_numbers_out_of_range_name_the_setting(name: str, raw: str)
 
 
 @pytest.mark.parametrize("override,fragment", [({"default_partitions": 0}, "default_partitions"),
-                                               ({"replication_factor": 0}, "replication_factor"),
+                                               ({"replication_factor": -1}, "replication_factor"),
                                                ({"connect_timeout": 0}, "connect_timeout"),
                                                ({"send_timeout": -1.0}, "send_timeout"),
                                                ({"retry_tiers": (10.0, 1.0)}, "retry_tiers"),

@@ -164,8 +164,9 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def ensure_topics(self, topics: dict[str, int], replication: int = 1) -> None:
-        """Create the topics that are missing, with the given partition counts."""
+    def ensure_topics(self, topics: dict[str, int], replication: int = 0) -> None:
+        """Create the topics that are missing, with the given partition counts (``replication`` 0: the
+        cluster's default)."""
 
     def forget_topic(self, topic: str) -> None:
         """Drop what this client remembers of ``topic``: the next :meth:`ensure_topics` asks the broker."""
@@ -204,7 +205,7 @@ class Broker(ABC):
 
     # -- topic management (``taskq topics``); brokers without it say so --------------------------------
 
-    def ensure_compacted_topic(self, topic: str, retention_s: float, replication: int = 1) -> None:
+    def ensure_compacted_topic(self, topic: str, retention_s: float, replication: int = 0) -> None:
         """Create ``topic`` (one partition) if missing, keeping the latest record per key for ``retention_s``."""
         self.ensure_topics({topic: 1}, replication)
 

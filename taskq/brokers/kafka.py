@@ -42,7 +42,7 @@ from taskq.brokers.base import (
     TopicPartition,
 )
 from taskq.config import redact_url
-from taskq.errors import BrokerError, ConfigError, MessageTooLarge, TopicMissing
+from taskq.errors import BrokerError, ConfigError, DeliveryTimedOut, MessageTooLarge, TopicMissing
 
 MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's default message.max.bytes, below the broker's default limit
 CLIENT_DEFAULTS: dict[str, Any] = {
@@ -122,6 +122,12 @@ GONE = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, K
 TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, getattr(KafkaError, "RECORD_LIST_TOO_LARGE", -1)})
 
 
+def _replicas(replication: int) -> int:
+    """A new topic's replication factor for CreateTopics: 0 (taskq's default) asks for the cluster's own
+    ``default.replication.factor`` (-1), which its operator set for its size."""
+    return replication if replication > 0 else -1
+
+
 def _error(err: KafkaError | KafkaException | None) -> BrokerError | None:
     if err is None:
         return None
@@ -130,6 +136,8 @@ def _error(err: KafkaError | KafkaException | None) -> BrokerError | None:
     if isinstance(err, KafkaError) and err.code() in TOO_LARGE:  # refused by the broker: never sendable as is
         return MessageTooLarge(f"Kafka: {err.str()} (the topic's max.message.bytes or the broker's "
                                "message.max.bytes is lower than this message)")
+    if isinstance(err, KafkaError) and err.code() == KafkaError._MSG_TIMED_OUT:  # in flight: written, or not
+        return DeliveryTimedOut(f"Kafka: {err.str()} (not acknowledged in time; it may still arrive)")
     if isinstance(err, KafkaError) and err.code() in GONE:
         return TopicMissing(f"Kafka: {err.str()} (deleted while in use?)")
     return BrokerError(f"Kafka: {err.str() if isinstance(err, KafkaError) else err}")
@@ -369,6 +377,14 @@ class KafkaBroker(Broker):
                     self._admin = AdminClient({**ADMIN_DEFAULTS, **self.config})
         return self._admin
 
+    def _drop_stuck_admin(self, exc: KafkaException) -> None:
+        """After a timed-out admin call, start the next one on a new client: librdkafka keeps sending an
+        admin client's requests to the broker it last used, so one that stopped answering (a hung process
+        or disk) failed every later call while the other brokers served. A new client bootstraps from one
+        that answers."""
+        if exc.args[0].code() == KafkaError._TIMED_OUT:
+            self._admin = None  # an AdminClient has no close(): dropping it ends its connections
+
     def producer(self, **options: object) -> KafkaProducer:
         return KafkaProducer({**self.config, **options})
 
@@ -386,6 +402,7 @@ class KafkaBroker(Broker):
         try:
             meta = self.admin.list_topics(timeout=self.connect_timeout)
         except KafkaException as exc:
+            self._drop_stuck_admin(exc)
             raise BrokerError(
                 f"cannot reach Kafka at {self.config['bootstrap.servers']} within {self.connect_timeout:g} s: "
                 f"{exc.args[0]}; is the broker running?"
@@ -400,12 +417,12 @@ class KafkaBroker(Broker):
         events topic just before it asks); otherwise from the broker."""
         return self._known.get(topic) or super().partition_count(topic)
 
-    def ensure_topics(self, topics: dict[str, int], replication: int = 1) -> None:
+    def ensure_topics(self, topics: dict[str, int], replication: int = 0) -> None:
         missing = {t: n for t, n in topics.items() if t not in self._known}
         if not missing:
             return
         existing = self.list_topics()
-        new = [NewTopic(t, n, replication) for t, n in missing.items() if t not in existing]
+        new = [NewTopic(t, n, _replicas(replication)) for t, n in missing.items() if t not in existing]
         if new:
             for topic, future in self.admin.create_topics(new, request_timeout=self.connect_timeout).items():
                 try:
@@ -528,14 +545,14 @@ class KafkaBroker(Broker):
             except KafkaException as exc:
                 raise BrokerError(f"cannot delete records of {topic}[{tp.partition}]: {exc.args[0]}") from exc
 
-    def ensure_compacted_topic(self, topic: str, retention_s: float, replication: int = 1) -> None:
+    def ensure_compacted_topic(self, topic: str, retention_s: float, replication: int = 0) -> None:
         if topic not in self._known and (count := self.list_topics().get(topic)):
             self._known[topic] = count
         if topic in self._known:
             return
         config = {"cleanup.policy": "compact,delete", "retention.ms": str(int(retention_s * 1000)),
                   "segment.ms": str(min(int(retention_s * 1000), 3_600_000))}
-        future = self.admin.create_topics([NewTopic(topic, 1, replication, config=config)],
+        future = self.admin.create_topics([NewTopic(topic, 1, _replicas(replication), config=config)],
                                           request_timeout=self.connect_timeout)[topic]
         try:
             future.result()

@@ -74,7 +74,7 @@ class LocalBroker(Broker):
             heartbeat_interval=number_option(options, "heartbeat_interval"),
         )
 
-    def ensure_topics(self, topics: dict[str, int], replication: int = 1) -> None:
+    def ensure_topics(self, topics: dict[str, int], replication: int = 0) -> None:
         """Create missing topics (existing ones keep their partition count); wakes up subscribed groups."""
         for name, n in topics.items():
             check_topic(name)
