@@ -146,9 +146,8 @@ def fault_line(name: str, sent: int, finished: int, lost: int, duplicates: int, 
     return line
 
 
-@contextmanager
-def worker_thread(app: Taskq, **options: object) -> Iterator[tuple[Worker, threading.Thread]]:
-    """A Worker running in a thread; on exit it is stopped and checked to have stopped cleanly."""
+def start_worker(app: Taskq, **options: object) -> tuple[Worker, threading.Thread, list[BaseException]]:
+    """A Worker running in a daemon thread, and the list that gets what its run() raised."""
     options.setdefault("stop_timeout", 20.0)
     worker = Worker(app, **options)  # type: ignore[arg-type]
     errors: list[BaseException] = []
@@ -156,11 +155,18 @@ def worker_thread(app: Taskq, **options: object) -> Iterator[tuple[Worker, threa
     def run() -> None:
         try:
             worker.run()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # noqa: BLE001 - for the caller
             errors.append(exc)
 
     thread = threading.Thread(target=run, name="test-worker", daemon=True)
     thread.start()
+    return worker, thread, errors
+
+
+@contextmanager
+def worker_thread(app: Taskq, **options: object) -> Iterator[tuple[Worker, threading.Thread]]:
+    """A Worker running in a thread; on exit it is stopped and checked to have stopped cleanly."""
+    worker, thread, errors = start_worker(app, **options)
     assert worker.ready.wait(60) and not errors, f"worker never polled: {errors}"
     try:
         yield worker, thread

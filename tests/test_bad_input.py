@@ -9,7 +9,6 @@ import os
 import pickle
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from taskq import BackendError, BrokerError, ConfigError, MessageRejected, SerializationError, Taskq
 from taskq.brokers.base import Record
 from taskq.message import TaskMessage
-from tests.support import ROOT, read_records, worker_thread
+from tests.support import ROOT, read_records, start_worker, worker_thread
 
 KAFKA = pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.redis])
 WAIT = {"local": 15.0, "kafka": 60.0}
@@ -258,8 +257,6 @@ def test_stop_during_a_redis_outage_is_not_held_by_the_redelivery_check(kafka_ur
     """A worker started while Redis is down (a new user's first mistake) waits in its redelivery check for
     the records already waiting; Ctrl-C must still stop it at once (it used to wait out ``outage_timeout``,
     300 s by default). The records had not started: they stay uncommitted for the next worker."""
-    from taskq.worker import Worker
-
     app = Taskq(f"stopout{unique}", broker=kafka_url, backend="redis://127.0.0.1:1/0", outage_timeout=120)
 
     @app.task(name=f"stopout{unique}.t")
@@ -267,17 +264,7 @@ def test_stop_during_a_redis_outage_is_not_held_by_the_redelivery_check(kafka_ur
 
     t.delay()
     app.flush()
-    worker = Worker(app, stop_timeout=20.0)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:  # noqa: BLE001 - asserted below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="test-worker", daemon=True)
-    thread.start()
+    worker, thread, errors = start_worker(app)
     deadline = time.monotonic() + 60
     while "check results failed" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -19,7 +19,7 @@ import taskq
 from taskq import Taskq
 from taskq.message import TaskMessage
 from taskq.results.base import FAILURE, STARTED, SUCCESS
-from tests.support import WorkerProcess, read_records, wait_results, wait_until, worker_thread
+from tests.support import WorkerProcess, read_records, start_worker, wait_results, wait_until, worker_thread
 
 APP_PATH = "tests.test_local_e2e:sub_app"
 
@@ -254,10 +254,7 @@ def test_a_failing_worker_thread_stops_the_worker_and_loses_nothing(app: Taskq, 
                                                                     part: str) -> None:
     """An unexpected error (a bug) in the finisher or the forwarder ended that thread only: the worker ran on,
     storing and committing nothing more, or never sending a delayed task back. It now stops the worker."""
-    import threading
-
     from taskq.errors import TaskqError
-    from taskq.worker import Worker
     from taskq.worker.finisher import Finisher
     from taskq.worker.forwarder import Forwarder
 
@@ -266,10 +263,7 @@ def test_a_failing_worker_thread_stops_the_worker_and_loses_nothing(app: Taskq, 
 
     monkeypatch.setattr(*((Finisher, "_store", broken) if part == "finisher" else (Forwarder, "_forms", broken)))
     add = app.tasks["e2e.add"]
-    worker = Worker(app, concurrency=2, stop_timeout=5.0)
-    errors: list[BaseException] = []
-    thread = threading.Thread(target=lambda: errors.append(_raised(worker.run)), daemon=True)
-    thread.start()
+    _worker, thread, errors = start_worker(app, concurrency=2, stop_timeout=5.0)
     result = add.apply_async((1, 2), countdown=0.2 if part == "forwarder" else None)
     thread.join(30)
     assert not thread.is_alive(), "the worker ran on"
@@ -278,14 +272,6 @@ def test_a_failing_worker_thread_stops_the_worker_and_loses_nothing(app: Taskq, 
     monkeypatch.undo()
     with worker_thread(app, concurrency=2):
         assert result.get(timeout=30) == 3  # left uncommitted: the next worker runs it
-
-
-def _raised(fn: object) -> BaseException | None:
-    try:
-        fn()  # type: ignore[operator]
-    except BaseException as exc:  # noqa: BLE001 - returned to the test
-        return exc
-    return None
 
 
 # --------------------------------------------------------------------------- worker in another process
