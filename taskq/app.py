@@ -232,7 +232,9 @@ class Taskq:
         if scheme in ("redis", "rediss", "unix"):
             from taskq.results.redis import RedisBackend
 
-            return RedisBackend(url, expires, connect_timeout=self.settings.connect_timeout)
+            # an answer waited for longer than outage_timeout would let an outage outlast its bound
+            read_timeout = min(max(self.settings.connect_timeout, 30.0), self.settings.outage_timeout)
+            return RedisBackend(url, expires, connect_timeout=self.settings.connect_timeout, read_timeout=read_timeout)
         if scheme == "local":
             from taskq.brokers.local import path_from_url
             from taskq.results.local import LocalBackend

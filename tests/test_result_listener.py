@@ -376,3 +376,24 @@ def test_a_wait_that_could_not_subscribe_leaves_nothing_behind(own_redis: RedisS
         _wait_until(lambda: not listener.alive, 30, "the idle listener to stop")
     finally:
         backend.close()
+
+
+def test_a_worker_store_on_a_stopped_redis_gives_up_at_the_outage_timeout(own_redis: RedisServer) -> None:
+    """The worker's writes read through a socket timeout of 30 s: with Redis frozen and outage_timeout=3 the
+    finisher's bounded retry gave up only after 30 s. The app's backend now reads within the outage bound."""
+    from taskq import Taskq
+    from taskq.errors import OutageTooLong
+    from taskq.worker.sender import retrying
+
+    app = Taskq("frozen", broker="kafka://127.0.0.1:1", backend=own_redis.url, outage_timeout=3)
+    records = [ResultRecord(uuid.uuid4().hex, SUCCESS, 1)]
+    app.backend.store_many(records)  # connected
+    own_redis.kill(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OutageTooLong):
+            retrying("store results", lambda: app.backend.store_many(records), app.settings.outage_timeout)
+        assert time.monotonic() - started < 10
+    finally:
+        own_redis.kill(signal.SIGCONT)
+        app.close()

@@ -90,13 +90,15 @@ def published_record(payload: bytes, task_id: str) -> ResultRecord | None:
 class RedisBackend(ResultBackend):
     """Results in Redis at ``redis://host:port/db``."""
 
-    def __init__(self, url: str, expires: float = 86400, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, expires: float = 86400, connect_timeout: float = 5.0,
+                 read_timeout: float = 30.0) -> None:
+        """``read_timeout``: seconds a command waits for its answer (a frozen server raises after it)."""
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"bad Redis URL {redact_url(url)!r}: expected redis://host:port/db")
         self.url = url
         self.expires = expires
         self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout,
-                                           socket_timeout=max(connect_timeout, 30.0),
+                                           socket_timeout=read_timeout,
                                            health_check_interval=30, max_connections=MAX_CONNECTIONS)
         self._waits = redis.Redis.from_url(url, socket_connect_timeout=min(connect_timeout, WAIT_READ_TIMEOUT),
                                            socket_timeout=WAIT_READ_TIMEOUT, health_check_interval=30,
