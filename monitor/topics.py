@@ -13,9 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from taskq.topics import delay_group, is_dlq, is_tier_topic, tier_prefix
 from taskq.app import Taskq
 from taskq.errors import TaskqError
+from taskq.topics import delay_group, is_dlq, is_tier_topic, tier_prefix
 
 log = logging.getLogger("taskq.monitor")
 
