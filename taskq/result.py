@@ -84,8 +84,9 @@ class AsyncResult:
         if record is None:
             record = self.app.backend.wait(self.id, timeout)
             self._record = record
-        if record is None or not record.ready:
-            raise TimeoutError(f"task {self.id} not ready after {timeout} s (status {self.status})")
+        if record is None or not record.ready:  # the state the wait last read: no read more, which may fail
+            raise TimeoutError(f"task {self.id} not ready after {timeout} s "
+                               f"(status {PENDING if record is None else record.status})")
         if record.status in (FAILURE, REVOKED):  # REVOKED raises TaskRevoked
             exc = rebuild_exception(record)
             if propagate:

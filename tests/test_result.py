@@ -111,3 +111,29 @@ def test_a_result_key_written_by_another_client_is_a_clear_error(redis_url: str)
     finally:
         admin.close()
         app.close()
+
+
+def test_a_timeout_names_the_state_its_wait_read_without_reading_again(app: Taskq,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """get()'s TimeoutError read the state once more, through the client whose reads wait 30 s: on a
+    Redis that had just stopped answering it raised that error, 30 s late, instead of TimeoutError."""
+    from taskq.results.base import STARTED
+
+    app.backend.store_many([ResultRecord("started-one", STARTED)])
+    backend, waited = app.backend, []
+    wait, get = backend.wait, backend.get
+
+    def wait_then_stop_answering(task_id: str, timeout: float | None) -> ResultRecord | None:
+        record = wait(task_id, timeout)
+        waited.append(task_id)
+        return record
+
+    def unreachable_after_the_wait(task_id: str) -> ResultRecord | None:
+        if waited:
+            raise RuntimeError("the backend stopped answering")
+        return get(task_id)
+
+    monkeypatch.setattr(backend, "wait", wait_then_stop_answering)
+    monkeypatch.setattr(backend, "get", unreachable_after_the_wait)
+    with pytest.raises(TimeoutError, match=r"status STARTED"):
+        app.AsyncResult("started-one").get(timeout=0.1)
