@@ -100,6 +100,9 @@ def read_topics(app: Taskq) -> list[TopicInfo]:
     return out
 
 
+BUSY_FACTOR = 4  # the sampler waits at least this many times as long as its last read took
+
+
 class LagSampler:
     """A thread reading topics and lag every ``interval`` s; ``history`` holds (ts, total task lag)."""
 
@@ -148,8 +151,10 @@ class LagSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            started = time.monotonic()
             self.sample()
-            self._stop.wait(self.interval)
+            # a cluster of hundreds of topics takes seconds to read: sample less often rather than all the time
+            self._stop.wait(max(self.interval, BUSY_FACTOR * (time.monotonic() - started)))
 
 
 def waiting(app: Taskq, topic: str, partition: int, limit: int = 100, timeout: float = 5.0) -> list[dict[str, Any]]:

@@ -216,3 +216,26 @@ def test_lag_and_topics_are_read_from_the_broker(app: Taskq) -> None:
         assert sorted(w["id"] for w in found) == sorted(sent)
         assert {w["task"] for w in found} == {"mon.work"}
 
+
+
+def test_a_slow_topic_read_makes_the_sampler_wait_longer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With hundreds of topics one read takes seconds, longer than the 2 s interval: the sampler read all the
+    time (28 % of a core while idle). It now waits at least four times as long as its last read took."""
+    from taskq.monitor import topics
+    from taskq.monitor.topics import LagSampler
+
+    reads: list[float] = []
+
+    def slow_read(_app: Taskq) -> list[topics.TopicInfo]:
+        reads.append(time.monotonic())
+        time.sleep(0.2)
+        return []
+
+    monkeypatch.setattr(topics, "read_topics", slow_read)
+    app = Taskq("slow", local_path=str(tmp_path / "q.db"))
+    sampler = LagSampler(app, interval=0.01).start()
+    time.sleep(1.5)
+    sampler.stop()
+    app.close()
+    assert 1 <= len(reads) <= 3, reads  # reads every 0.21 s would have been 7
+    assert all(b - a >= 0.9 for a, b in zip(reads, reads[1:])), reads
