@@ -7,6 +7,7 @@ The three Flower complaints the issue names each have a test here: history lost 
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import tracemalloc
@@ -238,4 +239,4 @@ def test_a_slow_topic_read_makes_the_sampler_wait_longer(tmp_path: Path, monkeyp
     sampler.stop()
     app.close()
     assert 1 <= len(reads) <= 3, reads  # reads every 0.21 s would have been 7
-    assert all(b - a >= 0.9 for a, b in zip(reads, reads[1:])), reads
+    assert all(b - a >= 0.9 for a, b in itertools.pairwise(reads)), reads
