@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from taskq.events import STATES as EVENT_STATES
+from taskq.inspect import lost
 
 TIMELINE_CAP = 50
 PAYLOAD_CAP = 8192  # bytes of JSON kept of a task's args, kwargs or result (events_include_args)
@@ -99,8 +100,8 @@ class WorkerView:
     offline: bool = False
 
     def alive(self, now: float) -> bool:
-        """Online and heard from within three heartbeat intervals."""
-        return not self.offline and now - self.last_heartbeat <= max(3 * self.freq, 5.0)
+        """Online and heard from within three heartbeat intervals (not :func:`taskq.inspect.lost`)."""
+        return not self.offline and not lost(now - self.last_heartbeat, self.freq)
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {**asdict(self), "alive": self.alive(now)}

@@ -1,8 +1,8 @@
 """What ``taskq events``, ``taskq inspect`` and ``taskq lag`` show, without the command line.
 
 Workers are known from their events on the events topic: ``inspect`` reads the last ``window``
-seconds of it (found by timestamp), so a worker appears once it has sent one heartbeat and is shown
-offline ``OFFLINE_AFTER`` seconds after its last one (or at once after a clean stop).
+seconds of it (found by timestamp), so a worker appears once it has sent one heartbeat, is shown
+offline at once after a clean stop, and lost once it missed three heartbeats (:func:`lost`).
 """
 
 from __future__ import annotations
@@ -12,13 +12,20 @@ from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from taskq.events import STATES, TASK_STARTED, TASK_TYPES, WORKER_OFFLINE, WORKER_TYPES, decode_all
+from taskq.events import (
+    HEARTBEAT_INTERVAL,
+    STATES,
+    TASK_STARTED,
+    TASK_TYPES,
+    WORKER_OFFLINE,
+    WORKER_TYPES,
+    decode_all,
+)
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
 
 WINDOW = 60.0  # seconds of events read by inspect
-OFFLINE_AFTER = 8.0  # seconds without a heartbeat (4 missed at 2 s) before a worker is shown offline
 READ_TIMEOUT = 60.0  # bound on reading the window
 
 
@@ -102,7 +109,7 @@ class WorkerView:
     """A worker as its latest event shows it."""
 
     name: str
-    status: str  # online | offline
+    status: str  # online | offline (stopped cleanly) | lost (silent: killed, hung or cut off)
     hostname: str | None
     pid: int | None
     pool: str | None
@@ -118,8 +125,14 @@ class WorkerView:
         return asdict(self)
 
 
+def lost(silent_for: float, freq: float | None) -> bool:
+    """Whether a worker whose heartbeats come every ``freq`` seconds, silent for ``silent_for``, is lost:
+    three heartbeats missed (at least 5 s). The monitor and ``taskq inspect`` say the same."""
+    return silent_for > max(3 * (freq or HEARTBEAT_INTERVAL), 5.0)
+
+
 def workers(events: list[dict[str, Any]], now: float | None = None) -> list[WorkerView]:
-    """Every worker with an event in ``events``, by name; offline after a clean stop or a silence."""
+    """Every worker with an event in ``events``, by name; offline after a clean stop, lost after a silence."""
     now = time.time() if now is None else now
     latest: dict[str, dict[str, Any]] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -136,8 +149,8 @@ def workers(events: list[dict[str, Any]], now: float | None = None) -> list[Work
     views = []
     for name, e in sorted(latest.items()):
         ago = max(0.0, now - e["ts"])
-        offline = e["type"] == WORKER_OFFLINE or ago > OFFLINE_AFTER
-        views.append(WorkerView(name, "offline" if offline else "online", e.get("hostname"), e.get("pid"),
+        status = "offline" if e["type"] == WORKER_OFFLINE else "lost" if lost(ago, e.get("freq")) else "online"
+        views.append(WorkerView(name, status, e.get("hostname"), e.get("pid"),
                                 e.get("pool"), e.get("concurrency"), e.get("active", 0), e.get("processed", 0),
                                 e.get("partitions", []), e["ts"], round(ago, 3), counts.get(name, {})))
     return views
