@@ -31,7 +31,7 @@ from taskq.errors import BackendRefused, OutageTooLong, TaskqError
 from taskq.execution import Kind, Outcome
 from taskq.message import H_CONTENT_TYPE, H_ORIGIN
 from taskq.results.base import FAILURE, ResultRecord
-from taskq.worker.sender import Outgoing, Sender, retrying
+from taskq.worker.sender import Outgoing, Sender, retrying, run_thread
 
 log = logging.getLogger("taskq.worker")
 REFUSED_FOR = 10.0  # s: how long a write the backend refuses is tried again before giving up on it
@@ -76,16 +76,7 @@ class Finisher:
         self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
-        try:
-            self._take()
-        except OutageTooLong as exc:
-            log.error("%s", exc)
-            if self._on_fatal is not None:
-                self._on_fatal(exc)
-        except Exception as exc:  # a bug: stop the worker, rather than run on storing and committing nothing
-            log.exception("the finisher thread failed")
-            if self._on_fatal is not None:
-                self._on_fatal(TaskqError(f"the finisher thread failed: {exc!r}"))
+        run_thread("finisher", self._take, self._on_fatal, OutageTooLong)
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         return retrying(what, fn, self.app.settings.outage_timeout)

@@ -29,7 +29,7 @@ from taskq.deadletter import dead_letter_forms
 from taskq.errors import BrokerError, TaskqError
 from taskq.message import H_ETA, H_ORIGIN
 from taskq.topics import delay_group
-from taskq.worker.sender import Outgoing, Sender, retrying
+from taskq.worker.sender import Outgoing, Sender, retrying, run_thread
 
 log = logging.getLogger("taskq.worker")
 MAX_HELD = 10_000  # records held per tier partition before it is paused
@@ -56,16 +56,7 @@ class Forwarder:
         self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
-        try:
-            self._forward()
-        except TaskqError as exc:  # the records not sent stay uncommitted in their tiers; the worker stops
-            log.error("%s", exc)
-            if self._on_fatal is not None:
-                self._on_fatal(exc)
-        except Exception as exc:  # a bug: stop the worker, rather than run on with no delayed task coming back
-            log.exception("the forwarder thread failed")
-            if self._on_fatal is not None:
-                self._on_fatal(TaskqError(f"the forwarder thread failed: {exc!r}"))
+        run_thread("forwarder", self._forward, self._on_fatal)  # unsent records stay uncommitted in their tiers
 
     def _forward(self) -> None:
         app = self.app

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from taskq.brokers.base import Headers, Producer, Record
-from taskq.errors import BackendError, BrokerError, MessageTooLarge, OutageTooLong, TopicMissing
+from taskq.errors import BackendError, BrokerError, MessageTooLarge, OutageTooLong, TaskqError, TopicMissing
 
 log = logging.getLogger("taskq.worker")
 T = TypeVar("T")
@@ -43,6 +43,24 @@ def retrying(what: str, fn: Callable[[], T], bound: float, give_up: type[Excepti
             log.warning("%s failed, retrying in %.1f s: %s", what, pause, exc)
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+
+def run_thread(name: str, body: Callable[[], None], on_fatal: Callable[[TaskqError], None] | None,
+               expected: type[TaskqError] = TaskqError) -> None:
+    """The life of a worker thread (the finisher, the forwarder): ``body()``. An ``expected`` error (an
+    outage outlasted its bound) or any other (a bug) ends the thread and stops the worker through
+    ``on_fatal``, rather than leave the worker running on without it; what the thread did not finish stays
+    uncommitted and is redelivered."""
+    try:
+        body()
+    except expected as exc:
+        log.error("%s", exc)
+        if on_fatal is not None:
+            on_fatal(exc)
+    except Exception as exc:  # a bug
+        log.exception("the %s thread failed", name)
+        if on_fatal is not None:
+            on_fatal(TaskqError(f"the {name} thread failed: {exc!r}"))
 
 
 def outage(what: str, bound: float, cause: object) -> OutageTooLong:
