@@ -271,10 +271,15 @@ class ThreadPool(Pool):
         threads = list(self._threads)
         for _ in threads:
             self._queue.put(None)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        _join_within(threads, timeout)
         # overdue threads are not waited for: their records have no outcome and stay uncommitted
+
+
+def _join_within(threads: list[threading.Thread], timeout: float | None) -> None:
+    """Join ``threads`` within ``timeout`` seconds in all (None: until each ends)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for thread in threads:
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 def _raise_in_thread(ident: int, exc_type: type[BaseException] | None) -> None:
@@ -589,9 +594,7 @@ class ProcessPool(Pool):
     def stop(self, timeout: float | None = None) -> None:
         for _ in self._slots:
             self._queue.put(None)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for slot in self._slots:
-            slot.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        _join_within(self._slots, timeout)
         for process in list(self._children):  # still running a task past the timeout
             process.kill()
 
