@@ -449,6 +449,7 @@ class ProcessPool(Pool):
         self._by_id: dict[str, BaseProcess] = {}  # running, by task id (for terminate)
         self._terminated: set[str] = set()
         self._children: set[BaseProcess] = set()  # alive, for a stop that does not wait for them
+        self._left = threading.Event()  # set by that stop: the runs it kills get no outcome
         self._slots = [threading.Thread(target=self._slot, name=f"taskq-proc-{i}", daemon=True)
                        for i in range(self.concurrency)]
         for slot in self._slots:
@@ -505,6 +506,8 @@ class ProcessPool(Pool):
                                                                        if r not in runnable]
                 if runnable:
                     outcomes, replace = self._run_batch_in_child(process, conn, runnable)
+                    if self._left.is_set():
+                        return
                     pairs += zip(runnable, outcomes)
                 self.done_many(pairs)
                 if runnable and replace:
@@ -521,6 +524,8 @@ class ProcessPool(Pool):
                 outcome, replace = self._run_in_child(process, conn, record)
             finally:
                 self._by_id.pop(task_id, None)
+            if self._left.is_set():  # killed by a stop that did not wait: uncommitted, delivered again
+                return
             if task_id in self._terminated:  # killed by terminate: REVOKED unless it had just finished
                 self._terminated.discard(task_id)
                 if replace:
@@ -595,8 +600,10 @@ class ProcessPool(Pool):
         for _ in self._slots:
             self._queue.put(None)
         _join_within(self._slots, timeout)
-        for process in list(self._children):  # still running a task past the timeout
-            process.kill()
+        if self._children:  # still running a task past the timeout
+            self._left.set()
+            for process in list(self._children):
+                process.kill()
 
 
 POOLS: dict[str, type[Pool]] = {"threads": ThreadPool, "processes": ProcessPool, "asyncio": AsyncioPool}
