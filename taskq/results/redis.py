@@ -17,7 +17,7 @@ import redis
 
 from taskq.config import redact_url
 from taskq.errors import BackendError, BackendRefused, ConfigError
-from taskq.results.redis_listener import RECONNECT_PAUSE, ResultListener, wait_on
+from taskq.results.redis_listener import RECONNECT_PAUSE, ResultListener, raise_unless_unreachable_until, wait_on
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
 from taskq.serialization import JSON
 
@@ -238,11 +238,8 @@ class RedisBackend(ResultBackend):
                     if left <= 0:
                         return
                     self._call("wait for chunks", pubsub.get_message, True, min(left, 5.0))
-                except BackendRefused:
-                    raise
-                except BackendError:  # Redis restarting or stalled: the pubsub reconnects and subscribes again
-                    if time.monotonic() >= deadline:
-                        raise
+                except BackendError as exc:  # Redis restarting or stalled: the pubsub reconnects, subscribes again
+                    raise_unless_unreachable_until(exc, deadline)
                     time.sleep(RECONNECT_PAUSE)
         finally:
             pubsub.close()

@@ -137,6 +137,13 @@ class ResultListener:
                     w.notified.set()
 
 
+def raise_unless_unreachable_until(exc: BackendError, deadline: float) -> None:
+    """Re-raise ``exc`` unless it says Redis was unreachable (restarting, stalled) and ``deadline`` is still
+    ahead: then a waiting caller reads again (a refusal would only be refused again)."""
+    if isinstance(exc, BackendRefused) or time.monotonic() >= deadline:
+        raise exc
+
+
 def wait_on(listener: ResultListener, channel: str, read: Any, deadline: float, safety: float = 5.0,
             decode: Any = None) -> Any:
     """Subscribe ``channel``, then ``read()`` until it returns a ready record or ``deadline`` passes.
@@ -159,11 +166,8 @@ def wait_on(listener: ResultListener, channel: str, read: Any, deadline: float, 
                 return published
             try:
                 record = read()
-            except BackendRefused:
-                raise
             except BackendError as exc:  # the listener reconnects meanwhile and subscribes the channel again
-                if time.monotonic() >= deadline:
-                    raise
+                raise_unless_unreachable_until(exc, deadline)
                 log.debug("waiting for %s: %s; reading again in %.1f s", channel, exc, RECONNECT_PAUSE)
                 pause = RECONNECT_PAUSE
             if record is not None and record.ready:
