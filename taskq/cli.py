@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from taskq.app import load_app
+from taskq.cli_control import APP_HELP, APP_OPTION, CONTROL_COMMANDS
 from taskq.config import redact_url
 from taskq.errors import TaskqError
 from taskq.hooks import Hook, WorkerInfo
@@ -66,7 +67,7 @@ def _number(_ctx: click.Context, param: click.Parameter, value: float | None) ->
 
 
 @main.command()
-@click.option("-A", "--app", "app_path", required=True, help="The app: module, module.attribute or module:attribute.")
+@APP_OPTION
 @click.option("-Q", "--queues", multiple=True,
               help="Task names or topics to consume, shell patterns allowed (default: all tasks).")
 @click.option("--profile", default=None,
@@ -202,9 +203,6 @@ def dlq() -> None:
     """Dead letters: list, show, replay, purge."""
 
 
-APP_OPTION = click.option("-A", "--app", "app_path", required=True, help="The app: module, module.attribute or module:attribute.")
-
-
 @dlq.command("ls")
 @APP_OPTION
 @click.argument("task")
@@ -285,8 +283,7 @@ def dlq_purge(app_path: str, task: str, yes: bool) -> None:
 
 
 OPTIONAL_APP = click.option("-A", "--app", "app_path", default=None,
-                            help="The app: module, module.attribute or module:attribute "
-                                 "(default: from TASKQ_* settings).")
+                            help=f"{APP_HELP.rstrip('.')} (default: from TASKQ_* settings).")
 
 
 def _app_or_env(app_path: str | None):  # noqa: ANN202 - Taskq, imported lazily
@@ -523,7 +520,7 @@ def demo_agents(text: str, app_path: str) -> None:
 
 
 @main.command()
-@click.option("-A", "--app", "app_path", required=True, help="The app: module, module.attribute or module:attribute.")
+@APP_OPTION
 @click.option("--by", type=click.Choice(["user", "task", "root"]), default="user", show_default=True,
               help="Roll up per user key, task name or root task of a chain/chord.")
 @click.option("--since", default=None, help="30m, 2h, 7d or an ISO date (UTC); whole hours. Default: all kept.")
@@ -557,7 +554,7 @@ def usage(app_path: str, by: str, since: str | None, limit: int, as_json: bool) 
 
 
 @main.command("llm-guard")
-@click.option("-A", "--app", "app_path", required=True, help="The app: module, module.attribute or module:attribute.")
+@APP_OPTION
 @click.option("--task", "task_name", default="tasks.llm.infer", show_default=True, help="The inference task.")
 @click.option("--window", default=60.0, show_default=True, help="Tumbling window length in seconds.")
 @click.option("--threshold", default=100, show_default=True, help="Requests per user and window allowed.")
@@ -628,8 +625,6 @@ def _bench_commands() -> click.Group:
 
     return commands
 
-
-from taskq.cli_control import CONTROL_COMMANDS  # noqa: E402 - beat, replay, topics, revoke
 
 for _command in CONTROL_COMMANDS:
     main.add_command(_command)

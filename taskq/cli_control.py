@@ -14,8 +14,8 @@ from taskq.config import redact_url
 from taskq.errors import TaskqError
 from taskq.app import load_app
 
-APP_OPTION = click.option("-A", "--app", "app_path", required=True,
-                          help="The app: module, module.attribute or module:attribute.")
+APP_HELP = "The app: module, module.attribute or module:attribute."
+APP_OPTION = click.option("-A", "--app", "app_path", required=True, help=APP_HELP)
 STOP_MARGIN = 30.0  # s a worker gets past its stop_timeout to commit and leave its group before it is killed
 
 
@@ -156,8 +156,7 @@ def _required_app(ctx: click.Context, app_path: str | None) -> str:
     return app_path
 
 
-TOPICS_APP = click.option("-A", "--app", "app_path", default=None,
-                          help="The app: module, module.attribute or module:attribute.  [required]")
+TOPICS_APP = click.option("-A", "--app", "app_path", default=None, help=f"{APP_HELP}  [required]")
 
 
 @click.group(invoke_without_command=True)
