@@ -230,10 +230,10 @@ class Taskq:
             url = self.broker_url
         scheme = urlsplit(url).scheme
         if scheme in ("redis", "rediss", "unix"):
-            from taskq.results.redis import RedisBackend
+            from taskq.results.redis import READ_TIMEOUT, RedisBackend
 
             # an answer waited for longer than outage_timeout would let an outage outlast its bound
-            read_timeout = min(max(self.settings.connect_timeout, 30.0), self.settings.outage_timeout)
+            read_timeout = min(max(self.settings.connect_timeout, READ_TIMEOUT), self.settings.outage_timeout)
             return RedisBackend(url, expires, connect_timeout=self.settings.connect_timeout, read_timeout=read_timeout)
         if scheme == "local":
             from taskq.brokers.local import path_from_url

@@ -72,6 +72,7 @@ MAX_CONNECTIONS = 10_000
 #: s a read or subscription made while a caller waits (get(), stream()) waits for Redis: a stopped or overloaded
 #: Redis must not hold a get() past its timeout for the 30 s the worker's writes allow; a read is tried again
 WAIT_READ_TIMEOUT = 1.0
+READ_TIMEOUT = 30.0  # s a worker's or client's command waits for Redis's answer (a store of a large result)
 PUBLISH_RECORD_MAX = 4096  # bytes: a final record up to this size is published whole, larger ones by status
 
 
@@ -91,7 +92,7 @@ class RedisBackend(ResultBackend):
     """Results in Redis at ``redis://host:port/db``."""
 
     def __init__(self, url: str, expires: float = 86400, connect_timeout: float = 5.0,
-                 read_timeout: float = 30.0) -> None:
+                 read_timeout: float = READ_TIMEOUT) -> None:
         """``read_timeout``: seconds a command waits for its answer (a frozen server raises after it)."""
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"bad Redis URL {redact_url(url)!r}: expected redis://host:port/db")
