@@ -114,7 +114,6 @@ class Finisher:
         cannot be sent at all ends the task as a dead letter; when no form can be sent, the FAILURE
         stored says so and the worker moves on (no send is retried forever).
         """
-        backend = self.app.backend
         outcomes = [o for _, o in batch if o is not None]
         plan = flow.after_outcomes(self.app, outcomes)
         if plan:
