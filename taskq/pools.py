@@ -403,7 +403,7 @@ def _child_main(app_path: str, conn: Connection, worker_name: str) -> None:
     pid = os.getpid()
     name = f"{worker_name}/{pid}"
     execution.turn_waits.set(lambda waiting: conn.send(WAITING if waiting else TURN))  # the parent times the run
-    for task in app.tasks.values():  # made now, not within the time limit of a first run (it may import redis-py)
+    for task in app.tasks.values():  # made now, not within the time limit of a first run (it may load the Redis client)
         if task.rate is not None:
             task.limiter  # noqa: B018
     conn.send(READY)  # the parent starts the clock on a task only once the child can run it

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from taskq.app import Taskq
+    from taskq.results.resp import Redis
 
 RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)\s*$")
 PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
@@ -99,18 +100,18 @@ class RateLimiter(ABC):
 
 
 class RedisRateLimiter(RateLimiter):
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._script = client.register_script(GCRA)
+        self._script = client.script(GCRA)
 
     def reserve(self, name: str, rate: Rate, units: float = 1.0) -> float:
         tolerance = (rate.burst - 1) * rate.interval
-        return float(self._script(keys=[self.prefix + name], args=[units * rate.interval, tolerance]))
+        return float(self._script([self.prefix + name], [units * rate.interval, tolerance]))
 
     def adjust(self, name: str, rate: Rate, units: float) -> None:
         if units:
-            self.client.incrbyfloat(self.prefix + name, units * rate.interval)
+            self.client.call("INCRBYFLOAT", self.prefix + name, units * rate.interval)
 
 
 class LocalRateLimiter(RateLimiter):

@@ -159,5 +159,5 @@ def test_loop_writes_batch_chunks_and_usage_in_order(redis_clean: str) -> None:
     backend.store_many([ResultRecord("w0", SUCCESS, "again"), ResultRecord("w1", SUCCESS, "Hello!")])
     assert list(backend.stream("w1", timeout=5)) == ["Hello", "!"]
     assert list(backend.stream("w0", timeout=5)) == ["again"]
-    raw = backend.client.lrange("taskq-chunks:w0", 0, -1)
+    raw = backend.client.call("LRANGE", "taskq-chunks:w0", 0, -1)
     assert raw[1] == RESTART_MARK and len(raw) == 3, "w0: its first attempt, the restart mark, the retry"

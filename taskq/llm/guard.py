@@ -30,6 +30,7 @@ from taskq.results.beside import beside_results
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
+    from taskq.results.resp import Redis
 
 NOTICES_KEPT = 1000
 
@@ -154,23 +155,21 @@ class BlockStore:
 
 
 class RedisBlockStore(BlockStore):
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
 
     def block(self, user: str, seconds: float, notice: dict[str, Any]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(f"{self.prefix}blocked:{user}", "1", px=max(1, int(seconds * 1000)))
-        pipe.lpush(f"{self.prefix}notices", json.dumps(notice))
-        pipe.ltrim(f"{self.prefix}notices", 0, NOTICES_KEPT - 1)
-        pipe.execute()
+        self.client.pipeline([("SET", f"{self.prefix}blocked:{user}", "1", "PX", max(1, int(seconds * 1000))),
+                              ("LPUSH", f"{self.prefix}notices", json.dumps(notice)),
+                              ("LTRIM", f"{self.prefix}notices", 0, NOTICES_KEPT - 1)])
 
     def blocked_for(self, user: str) -> float:
-        left = self.client.pttl(f"{self.prefix}blocked:{user}")
+        left = self.client.call("PTTL", f"{self.prefix}blocked:{user}")
         return left / 1000 if left and left > 0 else 0.0
 
     def notices(self, limit: int = 100) -> list[dict[str, Any]]:
-        return [json.loads(n) for n in self.client.lrange(f"{self.prefix}notices", 0, limit - 1)]
+        return [json.loads(n) for n in self.client.call("LRANGE", f"{self.prefix}notices", 0, limit - 1)]
 
 
 class LocalBlockStore(BlockStore):

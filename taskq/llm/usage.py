@@ -24,6 +24,7 @@ from taskq.results.beside import beside_results
 
 if TYPE_CHECKING:
     from taskq.app import Taskq
+    from taskq.results.resp import Redis
 
 BY = ("user", "task", "root")
 METRICS = ("requests", "input_tokens", "output_tokens", "cost_micro", "latency_ms")
@@ -108,7 +109,7 @@ class UsageStore(ABC):
 class RedisUsageStore(UsageStore):
     """Hashes ``<prefix><by>:<hour>`` with fields ``<name>\\x1f<metric>``; ``<prefix>day:<YYYYMMDD>`` per user."""
 
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
 
@@ -128,33 +129,26 @@ class RedisUsageStore(UsageStore):
             for field, value in (((day, f"{u.user}{SEP}tokens"), u.input_tokens + u.output_tokens),
                                  ((day, f"{u.user}{SEP}cost_micro"), counts["cost_micro"])):
                 sums[field] = sums.get(field, 0) + value
-        pipe = self.client.pipeline(transaction=False)
-        touched: dict[str, None] = {}
-        for (hash_key, hash_field), value in sums.items():
-            pipe.hincrby(hash_key, hash_field, value)
-            touched[hash_key] = None
-        for key in touched:
-            pipe.expire(key, KEEP_HOURS * HOUR)
-        pipe.execute()
+        commands: list[tuple[Any, ...]] = [("HINCRBY", key, field, value) for (key, field), value in sums.items()]
+        commands += [("EXPIRE", key, KEEP_HOURS * HOUR) for key in dict.fromkeys(key for key, _ in sums)]
+        self.client.pipeline(commands)
 
     def totals(self, by: str, since: float | None = None) -> list[Row]:
         self._check_by(by)
         now_hour = int(time.time() // HOUR)
         first = now_hour - KEEP_HOURS if since is None else int(since // HOUR)
-        pipe = self.client.pipeline(transaction=False)
-        for hour in range(first, now_hour + 1):
-            pipe.hgetall(f"{self.prefix}{by}:{hour}")
+        buckets = self.client.pipeline([("HGETALL", f"{self.prefix}{by}:{hour}") for hour in range(first, now_hour + 1)])
         totals: dict[str, dict[str, int]] = {}
-        for bucket in pipe.execute():
-            for field, value in bucket.items():
+        for bucket in buckets:
+            for field, value in zip(bucket[::2], bucket[1::2]):
                 name, _, metric = field.decode().rpartition(SEP)
                 slot = totals.setdefault(name, {})
                 slot[metric] = slot.get(metric, 0) + int(value)
         return rows_from(totals)
 
     def spent_today(self, user: str, now: float | None = None) -> tuple[int, float]:
-        tokens, cost = self.client.hmget(f"{self.prefix}day:{day_of(now or time.time())}",
-                                         [f"{user}{SEP}tokens", f"{user}{SEP}cost_micro"])
+        tokens, cost = self.client.call("HMGET", f"{self.prefix}day:{day_of(now or time.time())}",
+                                        f"{user}{SEP}tokens", f"{user}{SEP}cost_micro")
         return int(tokens or 0), int(cost or 0) / 1_000_000
 
 

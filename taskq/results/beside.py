@@ -24,7 +24,7 @@ def beside_results(app: Taskq, what: str, namespace: str, on_redis: Callable[[An
     backend = app.backend
     if isinstance(backend, LocalBackend):
         return on_local(backend.path)
-    from taskq.results.redis import RedisBackend  # after: it imports redis-py, which local users need not have
+    from taskq.results.redis import RedisBackend  # after: users of the embedded store need not load the Redis client
 
     if isinstance(backend, RedisBackend):
         return on_redis(backend.client, f"{namespace}:{app.name}:")

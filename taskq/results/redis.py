@@ -13,12 +13,11 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import redis
-
 from taskq.config import redact_url
-from taskq.errors import BackendError, BackendRefused, ConfigError
-from taskq.results.redis_listener import RECONNECT_PAUSE, ResultListener, raise_unless_unreachable_until, wait_on
+from taskq.errors import BackendError, BackendRefused
 from taskq.results.base import RESTART_MARK, ResultBackend, ResultRecord, decode_chunk, last_attempt
+from taskq.results.redis_listener import RECONNECT_PAUSE, ResultListener, raise_unless_unreachable_until, wait_on
+from taskq.results.resp import Redis
 from taskq.serialization import JSON
 
 log = logging.getLogger("taskq")
@@ -66,9 +65,6 @@ CHORD_STATE_PREFIX = "taskq-chord-state:"  # firing:<id> | fired | failing:<id> 
 CHILDREN_PREFIX = "taskq-children:"  # list of child ids, in send order
 
 
-#: the client's pool size: as many connections as Redis accepts by default (``maxclients``); redis-py 8 caps
-#: a pool at 100 unless told, and the 101st concurrent get(), stream() or store fails with "Too many connections"
-MAX_CONNECTIONS = 10_000
 #: s a read or subscription made while a caller waits (get(), stream()) waits for Redis: a stopped or overloaded
 #: Redis must not hold a get() past its timeout for the 30 s the worker's writes allow; a read is tried again
 WAIT_READ_TIMEOUT = 1.0
@@ -94,27 +90,21 @@ class RedisBackend(ResultBackend):
     def __init__(self, url: str, expires: float = 86400, connect_timeout: float = 5.0,
                  read_timeout: float = READ_TIMEOUT) -> None:
         """``read_timeout``: seconds a command waits for its answer (a frozen server raises after it)."""
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"bad Redis URL {redact_url(url)!r}: expected redis://host:port/db")
         self.url = url
         self.expires = expires
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout,
-                                           socket_timeout=read_timeout,
-                                           health_check_interval=30, max_connections=MAX_CONNECTIONS)
-        self._waits = redis.Redis.from_url(url, socket_connect_timeout=min(connect_timeout, WAIT_READ_TIMEOUT),
-                                           socket_timeout=WAIT_READ_TIMEOUT, health_check_interval=30,
-                                           max_connections=MAX_CONNECTIONS)
+        self.client = Redis(url, connect_timeout, read_timeout)
+        self._waits = Redis(url, min(connect_timeout, WAIT_READ_TIMEOUT), WAIT_READ_TIMEOUT)
         self._listener: ResultListener | None = None
         self._listener_lock = threading.Lock()
-        self._store_script = self.client.register_script(STORE_SCRIPT)  # EVALSHA, loaded again if flushed
-        self._store_unless_final_script = self.client.register_script(STORE_UNLESS_FINAL_SCRIPT)
+        self._store_script = self.client.script(STORE_SCRIPT)  # EVALSHA, sent whole again if flushed
+        self._store_unless_final_script = self.client.script(STORE_UNLESS_FINAL_SCRIPT)
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
-        except redis.ResponseError as exc:  # the server answered no: the same command fails again
+        except BackendRefused as exc:  # the server answered no: the same command fails again
             raise BackendRefused(f"Redis at {redact_url(self.url)} refused to {what}: {exc}") from exc
-        except redis.RedisError as exc:
+        except BackendError as exc:
             raise BackendError(f"Redis at {redact_url(self.url)} failed to {what}: {exc}") from exc
 
     @property
@@ -145,33 +135,27 @@ class RedisBackend(ResultBackend):
         return keys, args
 
     def open_connections(self, count: int) -> None:
-        """A new connection takes five round trips (HELLO, PING, CLIENT ...): a worker opens the ones it
-        needs while it joins its group, not while its first records wait on them."""
-        pool = self.client.connection_pool
-        opened = []
+        """A worker opens the connections it needs while it joins its group, not while its first records
+        wait on them."""
         try:
-            for _ in range(count):
-                opened.append(pool.get_connection())
-        except redis.RedisError as exc:  # unreachable now: the first store reports it, and retries
+            self.client.open(count)
+        except BackendError as exc:  # unreachable now: the first store reports it, and retries
             log.debug("Redis at %s: no connection opened ahead: %s", redact_url(self.url), exc)
-        finally:
-            for conn in opened:
-                pool.release(conn)
 
     def any_stored(self, ids: list[str]) -> bool:
         """Whether any of ``ids`` has a record (one integer back instead of every value)."""
-        return bool(ids) and bool(self._call("check results", self.client.exists, *[RESULT_PREFIX + i for i in ids]))
+        return bool(ids) and bool(self._call("check results", self.client.call, "EXISTS", *[RESULT_PREFIX + i for i in ids]))
 
     def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:
         wanted = list(ids)
         if not wanted:
             return []
-        values = self._call("read results", self.client.mget, [RESULT_PREFIX + i for i in wanted])
+        values = self._call("read results", self.client.call, "MGET", *[RESULT_PREFIX + i for i in wanted])
         return [None if v is None else ResultRecord.decode(v, i) for i, v in zip(wanted, values)]
 
     def _read_waited(self, task_id: str) -> ResultRecord | None:
         """The record, read with the short socket timeout of a waiting caller."""
-        value = self._call("read a result", self._waits.get, RESULT_PREFIX + task_id)
+        value = self._call("read a result", self._waits.call, "GET", RESULT_PREFIX + task_id)
         return None if value is None else ResultRecord.decode(value, task_id)
 
     def listener(self) -> ResultListener:
@@ -205,40 +189,33 @@ class RedisBackend(ResultBackend):
             return
         px = self._px
 
-        def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            seen: dict[str, None] = {}
-            for task_id, raw in encoded:
-                pipe.rpush(CHUNK_PREFIX + task_id, raw)
-                seen[task_id] = None
-            for task_id in seen:
-                pipe.pexpire(CHUNK_PREFIX + task_id, px)
-                pipe.publish(RESULT_PREFIX + task_id, "chunk")
-            pipe.execute()
-        self._call(what, write)
+        commands: list[tuple[Any, ...]] = [("RPUSH", CHUNK_PREFIX + task_id, raw) for task_id, raw in encoded]
+        for task_id in dict.fromkeys(task_id for task_id, _ in encoded):
+            commands += (("PEXPIRE", CHUNK_PREFIX + task_id, px), ("PUBLISH", RESULT_PREFIX + task_id, "chunk"))
+        self._call(what, self.client.pipeline, commands)
 
     def stream(self, task_id: str, timeout: float | None) -> Iterator[Any]:
         key = CHUNK_PREFIX + task_id
         deadline = self._deadline(timeout)
-        pubsub = self._waits.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._waits.pubsub()
         seen = 0
         try:
             self._call("subscribe", pubsub.subscribe, RESULT_PREFIX + task_id)
             while True:
                 try:
-                    chunks = self._call("read chunks", self._waits.lrange, key, seen, -1)
+                    chunks = self._call("read chunks", self._waits.call, "LRANGE", key, seen, -1)
                     seen += len(chunks)
                     for raw in (last_attempt(chunks) if seen == len(chunks) else chunks):
                         yield decode_chunk(raw)
                     record = self._read_waited(task_id)
                     if record is not None and record.ready:
-                        tail = self._call("read chunks", self._waits.lrange, key, seen, -1)
+                        tail = self._call("read chunks", self._waits.call, "LRANGE", key, seen, -1)
                         yield from (decode_chunk(raw) for raw in (last_attempt(tail) if not seen else tail))
                         return
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return
-                    self._call("wait for chunks", pubsub.get_message, True, min(left, 5.0))
+                    self._call("wait for chunks", pubsub.get_message, min(left, 5.0))
                 except BackendError as exc:  # Redis restarting or stalled: the pubsub reconnects, subscribes again
                     raise_unless_unreachable_until(exc, deadline)
                     time.sleep(RECONNECT_PAUSE)
@@ -248,78 +225,62 @@ class RedisBackend(ResultBackend):
     def forget(self, task_ids: Iterable[str]) -> None:
         keys = [p + i for i in task_ids for p in (RESULT_PREFIX, CHUNK_PREFIX)]
         if keys:
-            self._call("delete results", self.client.delete, *keys)
+            self._call("delete results", self.client.call, "DEL", *keys)
 
     def claim(self, name: str, value: str, ttl: float) -> str | None:
-        def take() -> str | None:
-            pipe = self.client.pipeline(transaction=True)  # SET NX then GET, atomically
-            pipe.set(CLAIM_PREFIX + name, value, nx=True, px=max(1, int(ttl * 1000)))
-            pipe.get(CLAIM_PREFIX + name)
-            taken, holder = pipe.execute()
-            return None if taken else (holder or b"").decode()
-        holder: str | None = self._call("claim", take)
-        return holder
+        key = CLAIM_PREFIX + name  # SET NX then GET, atomically
+        taken, holder = self._call("claim", self.client.pipeline,
+                                   [("SET", key, value, "NX", "PX", max(1, int(ttl * 1000))), ("GET", key)], True)
+        return None if taken else (holder or b"").decode()
 
     def extend(self, name: str, value: str, ttl: float) -> bool:
-        return bool(self._call("extend a claim", self.client.eval, EXTEND_SCRIPT, 1, CLAIM_PREFIX + name, value,
-                               max(1, int(ttl * 1000))))
+        return bool(self._call("extend a claim", self.client.call, "EVAL", EXTEND_SCRIPT, 1, CLAIM_PREFIX + name,
+                               value, max(1, int(ttl * 1000))))
 
     def release(self, name: str, value: str) -> None:
-        self._call("release a claim", self.client.eval, RELEASE_SCRIPT, 1, CLAIM_PREFIX + name, value)
+        self._call("release a claim", self.client.call, "EVAL", RELEASE_SCRIPT, 1, CLAIM_PREFIX + name, value)
 
     # -- canvas bookkeeping: every key expires with the results ------------------------------------
 
     def save_chords(self, chords: list[dict[str, Any]]) -> None:
-        def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for chord in chords:
-                pipe.set(CHORD_PREFIX + chord["id"], JSON.dumps(chord), px=self._px)
-            pipe.execute()
-        self._call("save chords", write)
+        px = self._px
+        self._call("save chords", self.client.pipeline,
+                   [("SET", CHORD_PREFIX + chord["id"], JSON.dumps(chord), "PX", px) for chord in chords])
 
     def get_chord(self, chord_id: str) -> dict[str, Any] | None:
-        raw = self._call("read a chord", self.client.get, CHORD_PREFIX + chord_id)
+        raw = self._call("read a chord", self.client.call, "GET", CHORD_PREFIX + chord_id)
         return None if raw is None else JSON.loads(raw)
 
     def chord_report(self, chord_id: str, index: int, value: bytes) -> int:
-        def write() -> int:
-            key = PARTS_PREFIX + chord_id
-            pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: the count includes this part
-            pipe.hset(key, str(index), value)
-            pipe.pexpire(key, self._px)
-            pipe.pexpire(CHORD_PREFIX + chord_id, self._px)  # a chord outlasting the expiry stays known
-            pipe.hlen(key)
-            return int(pipe.execute()[-1])
-        return self._call("report to a chord", write)
+        key, px = PARTS_PREFIX + chord_id, self._px
+        replies = self._call("report to a chord", self.client.pipeline,  # MULTI/EXEC: the count includes this part
+                             [("HSET", key, str(index), value), ("PEXPIRE", key, px),
+                              ("PEXPIRE", CHORD_PREFIX + chord_id, px),  # a chord outlasting the expiry stays known
+                              ("HLEN", key)], True)
+        return int(replies[-1])
 
     def chord_parts(self, chord_id: str) -> dict[int, bytes]:
-        raw = self._call("read a chord", self.client.hgetall, PARTS_PREFIX + chord_id)
-        return {int(k): v for k, v in raw.items()}
+        raw = self._call("read a chord", self.client.call, "HGETALL", PARTS_PREFIX + chord_id)
+        return {int(k): v for k, v in zip(raw[::2], raw[1::2])}
 
     def chord_claim(self, chord_id: str, claim: str) -> str:
-        def write() -> str:
-            key = CHORD_STATE_PREFIX + chord_id
-            pipe = self.client.pipeline(transaction=True)
-            pipe.set(key, claim, nx=True, px=self._px)
-            pipe.get(key)
-            return pipe.execute()[-1].decode()
-        return self._call("claim a chord", write)
+        key = CHORD_STATE_PREFIX + chord_id
+        replies = self._call("claim a chord", self.client.pipeline,
+                             [("SET", key, claim, "NX", "PX", self._px), ("GET", key)], True)
+        return str(replies[-1].decode())
 
     def chord_set_state(self, chord_id: str, state: str) -> None:
-        self._call("mark a chord", lambda: self.client.set(CHORD_STATE_PREFIX + chord_id, state, px=self._px))
+        self._call("mark a chord", self.client.call, "SET", CHORD_STATE_PREFIX + chord_id, state, "PX", self._px)
 
     def add_children(self, children: dict[str, list[str]]) -> None:
-        def write() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for parent, ids in children.items():
-                pipe.rpush(CHILDREN_PREFIX + parent, *ids)
-                pipe.pexpire(CHILDREN_PREFIX + parent, self._px)
-            pipe.execute()
-        if children:
-            self._call("save children", write)
+        px = self._px
+        commands = [c for parent, ids in children.items()
+                    for c in (("RPUSH", CHILDREN_PREFIX + parent, *ids), ("PEXPIRE", CHILDREN_PREFIX + parent, px))]
+        if commands:
+            self._call("save children", self.client.pipeline, commands)
 
     def children(self, parent_id: str) -> list[str]:
-        raw = self._call("read children", self.client.lrange, CHILDREN_PREFIX + parent_id, 0, -1)
+        raw = self._call("read children", self.client.call, "LRANGE", CHILDREN_PREFIX + parent_id, 0, -1)
         return list(dict.fromkeys(v.decode() for v in raw))  # a re-sent follow-up adds an id twice
 
     def close(self) -> None:

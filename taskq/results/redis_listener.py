@@ -19,9 +19,8 @@ import time
 import uuid
 from typing import Any
 
-import redis
-
 from taskq.errors import BackendError, BackendRefused
+from taskq.results.resp import Redis
 
 log = logging.getLogger("taskq.results")
 IDLE_CHANNEL = "taskq-listener-idle:"  # a private channel keeps the connection subscribed between waits
@@ -43,7 +42,7 @@ class Waiter:
 class ResultListener:
     """The shared subscriber of a :class:`~taskq.results.redis.RedisBackend` (created on first wait)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Redis) -> None:
         self._pid = os.getpid()
         self._pubsub = client.pubsub()
         self._lock = threading.Lock()  # guards _waiters and every command sent on the connection
@@ -86,16 +85,13 @@ class ResultListener:
                 del self._waiters[name]
                 try:
                     self._pubsub.unsubscribe(name)
-                except redis.RedisError as exc:  # the reconnect subscribes only what is still waited on
+                except BackendError as exc:  # the reconnect subscribes only what is still waited on
                     log.debug("result listener: unsubscribe failed: %s", exc)
 
     def close(self) -> None:
         """Stop the thread and close the connection."""
         self._closed = True
-        try:
-            self._pubsub.close()
-        except redis.RedisError:
-            pass
+        self._pubsub.close()
 
     def _wake_all(self) -> None:
         with self._lock:
@@ -123,8 +119,7 @@ class ResultListener:
                 continue
             if message is None:
                 continue
-            kind = message.get("type")
-            channel = message.get("channel")
+            kind, channel, data = message
             if kind not in ("message", "subscribe"):
                 continue
             with self._lock:
@@ -133,7 +128,7 @@ class ResultListener:
                 if kind == "subscribe":
                     w.subscribed.set()
                 else:
-                    w.payload = message.get("data")
+                    w.payload = data
                     w.notified.set()
 
 
