@@ -301,9 +301,10 @@ class KafkaConsumer(Consumer):
         """Their metadata: under the classic protocol the group is joined again with them at once, not at the
         next metadata refresh (KIP-848: the broker assigns them at the member's next heartbeat; no request
         of the client's brings that forward)."""
-        self._created.update(topics)
+        names = set(topics)
+        self._created.update(names)
         with contextlib.suppress(KafkaException):
-            for topic in topics:
+            for topic in names:
                 self._consumer.list_topics(topic, timeout=WAKE_TIMEOUT)
 
     def _topic_gone(self, topic: str | None, err: KafkaError) -> None:
