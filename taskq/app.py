@@ -316,11 +316,14 @@ class Taskq:
         """Every registered task's topics (each priority level) and their partition counts."""
         return {topic: t.partitions for t in self.tasks.values() for topic in t.topics}
 
-    def ensure_topics(self, topics: dict[str, int]) -> None:
+    def ensure_topics(self, topics: dict[str, int]) -> set[str]:
+        """Create the topics that are missing; returns those it created."""
         missing = {t: n for t, n in topics.items() if t not in self._ensured}
-        if missing:
-            self.broker.ensure_topics(missing, self.settings.replication_factor)
-            self._ensured.update(missing)
+        if not missing:
+            return set()
+        created = self.broker.ensure_topics(missing, self.settings.replication_factor)
+        self._ensured.update(missing)
+        return created
 
     def recreate_topic(self, topic: str, partitions: int) -> None:
         """Create ``topic`` again when it was deleted after this app ensured it."""

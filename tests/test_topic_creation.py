@@ -4,6 +4,9 @@ partition."""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,9 +40,9 @@ def app_and_calls(kafka_url: str, redis_url: str, unique: str) -> Iterator[tuple
     broker = app.broker
     real = broker.ensure_topics
 
-    def recording(topics: dict[str, int], *args: Any, **kwargs: Any) -> None:
+    def recording(topics: dict[str, int], *args: Any, **kwargs: Any) -> set[str]:
         calls.append(dict(topics))
-        real(topics, *args, **kwargs)
+        return real(topics, *args, **kwargs)
 
     broker.ensure_topics = recording  # type: ignore[method-assign]
     yield app, calls
@@ -101,3 +104,44 @@ def test_topics_listing_reads_cluster_metadata_once(app_and_calls: tuple[Taskq, 
     assert {row.partitions for row in table.values() if row.kind == "dead letters"} == {DLQ_PARTITIONS}
     assert table[sent.topic].messages == 3 and table[sent.topic].lag == 3
     assert all(row.messages == 0 and row.lag == 0 for t, row in table.items() if row.kind == "task" and t != sent.topic)
+
+
+# KIP-848: a member that joins just after CreateTopics often gets its partitions only at its next heartbeat
+# (the broker's group.consumer.heartbeat.interval.ms, 5 s); so did the worker that checked before it joined
+@pytest.mark.parametrize(("protocol", "bound"), [("classic", 1.5), ("consumer", 8.0)])
+def test_a_worker_started_before_its_topics_exist_takes_them_up_at_once(
+        kafka_url: str, redis_url: str, unique: str, protocol: str, bound: float, caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """The worker subscribes while it checks its topics: topics the check creates came after the
+    subscription, and the group would take them up only at its next metadata refresh (about 2 s, classic)
+    or heartbeat (5 s, KIP-848). It has its partitions soon, and runs what is sent in order per key,
+    with no "subscribed topic not available" warnings."""
+    prefix = f"fresh{protocol}{unique}"
+    app = Taskq(prefix, broker=kafka_url, backend=redis_url, topic_prefix=f"{prefix}.", group=f"{prefix}.group",
+                consumer_options={"group.protocol": protocol}, default_partitions=3)
+    ran: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    @app.task(name="fresh.note")
+    def note(key: str, i: int) -> int:
+        with lock:
+            ran.setdefault(key, []).append(i)
+        return i
+
+    caplog.set_level(logging.WARNING, logger="taskq")
+    try:
+        assert note.topic not in app.broker.list_topics()
+        started = time.monotonic()
+        with worker_thread(app, concurrency=4) as (worker, _):
+            while len(worker._assignment) < 3 and time.monotonic() - started < 15:
+                time.sleep(0.01)
+            took = time.monotonic() - started
+            results = [note.apply_async((f"k{i % 4}", i), key=f"k{i % 4}") for i in range(40)]
+            app.flush()
+            assert [r.get(timeout=15) for r in results] == list(range(40))
+        assert took < bound, f"the worker had its partitions {took:.2f} s after its start"
+        assert ran == {f"k{k}": list(range(k, 40, 4)) for k in range(4)}
+        assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert "not available" not in capfd.readouterr().err
+    finally:
+        app.close()

@@ -105,6 +105,9 @@ class Consumer(ABC):
     def assignment(self) -> list[TopicPartition]:
         """Partitions currently owned by this member."""
 
+    def topics_created(self, topics: Iterable[str]) -> None:
+        """These subscribed topics were created after the subscription: take them up now."""
+
     def unseen_from(self) -> Mapping[TopicPartition, int]:
         """Per assigned partition, an offset from which no other member of the group can have been given
         its records: the partition's end when it was assigned here. Partitions left out may have been."""
@@ -164,9 +167,9 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def ensure_topics(self, topics: dict[str, int], replication: int = 0) -> None:
+    def ensure_topics(self, topics: dict[str, int], replication: int = 0) -> set[str]:
         """Create the topics that are missing, with the given partition counts (``replication`` 0: the
-        cluster's default)."""
+        cluster's default); returns those it found missing."""
 
     def forget_topic(self, topic: str) -> None:
         """Drop what this client remembers of ``topic``: the next :meth:`ensure_topics` asks the broker."""

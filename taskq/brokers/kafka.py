@@ -247,6 +247,7 @@ class KafkaConsumer(Consumer):
         reset = RESET_TO.get(str(full.get("auto.offset.reset", "")).lower())
 
         self._gone: set[str] = set()  # topics reported missing, until assigned again
+        self._created: set[str] = set()  # topics created after the subscription, not yet reported missing
 
         def assigned(consumer: _RdConsumer, tps: list[_RdTopicPartition]) -> None:
             got = [(tp.topic, tp.partition) for tp in tps]
@@ -299,9 +300,22 @@ class KafkaConsumer(Consumer):
     def unseen_from(self) -> Mapping[TopicPartition, int]:
         return self._unseen_from
 
+    def topics_created(self, topics: Iterable[str]) -> None:
+        """Their metadata: under the classic protocol the group is joined again with them at once, not at the
+        next metadata refresh (KIP-848: the broker assigns them at the member's next heartbeat; no request
+        of the client's brings that forward)."""
+        names = set(topics)
+        self._created.update(names)
+        with contextlib.suppress(KafkaException):
+            for topic in names:
+                self._consumer.list_topics(topic, timeout=WAKE_TIMEOUT)
+
     def _topic_gone(self, topic: str | None, err: KafkaError) -> None:
         """Warn once that a subscribed topic is missing; the other topics are consumed on."""
         name = topic or "a subscribed topic"
+        if name in self._created:  # reported by the metadata read before it was created
+            self._created.discard(name)
+            return
         if name not in self._gone:
             self._gone.add(name)
             log.warning("%s: %s; its tasks run again once it exists (a worker's start or a client's first send "
@@ -420,10 +434,10 @@ class KafkaBroker(Broker):
         events topic just before it asks); otherwise from the broker."""
         return self._known.get(topic) or super().partition_count(topic)
 
-    def ensure_topics(self, topics: dict[str, int], replication: int = 0) -> None:
+    def ensure_topics(self, topics: dict[str, int], replication: int = 0) -> set[str]:
         missing = {t: n for t, n in topics.items() if t not in self._known}
         if not missing:
-            return
+            return set()
         existing = self.list_topics()
         new = [NewTopic(t, n, _replicas(replication)) for t, n in missing.items() if t not in existing]
         if new:
@@ -437,6 +451,7 @@ class KafkaBroker(Broker):
             # may ask a broker that does not know them yet (KeyError with several brokers)
             existing = {**existing, **self._wait_for_topics([t.topic for t in new])}
         self._known.update({t: existing[t] for t in missing})
+        return {t.topic for t in new}
 
     def _wait_for_topics(self, names: list[str]) -> dict[str, int]:
         """Until every new topic's partitions have leaders (producing before that fails); their counts."""

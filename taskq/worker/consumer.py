@@ -162,15 +162,17 @@ class Worker:
         :class:`~taskq.errors.WorkerLostError` when the processes pool cannot start a child."""
         if not self.topics:
             raise BrokerError("no tasks to consume: register tasks or name them with -Q")
-        app = self.app
         # the result backend's client library loads while the topic check waits on the broker
         threading.Thread(target=self._load_backend, name="taskq-load-backend", daemon=True).start()
-        app.ensure_topics(self._own_topics())
-        # Join the group first: librdkafka joins in the background while the rest starts up, and the
-        # first poll of the consume loop serves the assignment.
+        app = self.app
+        # Join the group first: librdkafka joins in the background while the topics are checked and the rest
+        # starts up, and the first poll of the consume loop serves the assignment.
         consumer = self._consumer = app.broker.consumer(app.group, self.topics, self._on_assign, self._on_revoke,
                                                         **app.settings.consumer_options)
         try:
+            created = app.ensure_topics(self._own_topics()) & set(self.topics)
+            if created:  # after the subscription: the group would take them up at its next metadata refresh
+                consumer.topics_created(created)
             self._serve(consumer)
         finally:
             self._close(consumer)  # when starting up failed; a no-op after _serve closed it

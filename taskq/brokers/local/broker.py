@@ -74,7 +74,7 @@ class LocalBroker(Broker):
             heartbeat_interval=number_option(options, "heartbeat_interval"),
         )
 
-    def ensure_topics(self, topics: dict[str, int], replication: int = 0) -> None:
+    def ensure_topics(self, topics: dict[str, int], replication: int = 0) -> set[str]:
         """Create missing topics (existing ones keep their partition count); wakes up subscribed groups."""
         for name, n in topics.items():
             check_topic(name)
@@ -84,17 +84,16 @@ class LocalBroker(Broker):
             try:
                 with Txn(self._conn()) as c:
                     existing = topic_map(c)
-                    created = False
-                    for name, n in topics.items():
-                        if name in existing:
-                            continue
-                        tid = c.execute("INSERT INTO topics(name, partitions) VALUES (?,?)", (name, int(n))).lastrowid
-                        c.executemany("INSERT INTO partitions VALUES (?,?,0)", [(tid, p) for p in range(int(n))])
-                        created = True
+                    created = [name for name in topics if name not in existing]
+                    for name in created:
+                        n = int(topics[name])
+                        tid = c.execute("INSERT INTO topics(name, partitions) VALUES (?,?)", (name, n)).lastrowid
+                        c.executemany("INSERT INTO partitions VALUES (?,?,0)", [(tid, p) for p in range(n)])
                     if created:
                         c.execute("UPDATE groups SET generation=generation+1")
             except sqlite3.Error as exc:
                 raise BrokerError(f"cannot create topics in {self.path!r}: {exc}") from exc
+        return set(created)
 
     def list_topics(self) -> dict[str, int]:
         """Topic name -> partition count."""
