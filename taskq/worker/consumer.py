@@ -169,13 +169,16 @@ class Worker:
         # starts up, and the first poll of the consume loop serves the assignment.
         consumer = self._consumer = app.broker.consumer(app.group, self.topics, self._on_assign, self._on_revoke,
                                                         **app.settings.consumer_options)
+        gate = self._gate = RevokeGate(app, self.pool, self.name)
+        gate.start()  # reads the stored revocations meanwhile too
         try:
             created = app.ensure_topics(self._own_topics()) & set(self.topics)
             if created:  # after the subscription: the group would take them up at its next metadata refresh
                 consumer.topics_created(created)
-            self._serve(consumer)
+            self._serve(consumer, gate)
         finally:
             self._close(consumer)  # when starting up failed; a no-op after _serve closed it
+            gate.stop()
         if self._fatal is not None:
             raise self._fatal
         return self.stats
@@ -204,16 +207,10 @@ class Worker:
         with contextlib.suppress(Exception):  # a bad backend URL is reported when the start-up uses it
             self.app.backend.open_connections(BACKEND_CONNECTIONS)
 
-    def _serve(self, consumer: Consumer) -> None:
-        """Start the finisher, pool, revoke gate and forwarder, consume until stopped, shut down."""
+    def _serve(self, consumer: Consumer, gate: RevokeGate) -> None:
+        """Start the finisher, pool and forwarder, consume until stopped, shut down."""
         app = self.app
-        gate = self._gate = RevokeGate(app, self.pool, self.name)
-        gate.start()  # reads the stored revocations while the rest starts up
-        try:
-            finisher, hook_set, events, sender = self._start_up(gate)
-        except BaseException:
-            gate.stop()
-            raise
+        finisher, hook_set, events, sender = self._start_up(gate)
         forwarder = None
         if self.forward_delayed:
             forwarder = Forwarder(app, sender, self._stopping, hook_set.forwarded, self._fail)
