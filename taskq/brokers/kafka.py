@@ -55,6 +55,10 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     # which otherwise left tasks in them unread, and by producers, which place keys over them; the
     # default refresh is every 5 minutes
     "topic.metadata.refresh.interval.ms": 10000,
+    # connect to the brokers as soon as metadata names them: with sparse connections each new client's
+    # first request to a broker it had just learned waited ~10 ms (a worker's group join: "no usable
+    # brokers"), and a worker starts six (admin, consumer, producer, revocation reader, offsets, forwarder)
+    "enable.sparse.connections": False,
 }
 ADMIN_DEFAULTS: dict[str, Any] = {
     # every admin call raises its failure (BrokerError names the broker); librdkafka's own log lines only
@@ -84,9 +88,6 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # once its local queue is full (queued.max.messages.kbytes: large payloads) librdkafka looks again
     # after this long; its 1 s default stalled a drain of 100 KB documents at random (150 vs 700 MB/s)
     "fetch.queue.backoff.ms": 20,
-    # connect to the brokers as soon as metadata names them: with sparse connections the group join
-    # waited ~10 ms for a connection to the broker it had just learned ("no usable brokers")
-    "enable.sparse.connections": False,
 }
 
 
