@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from functools import partial
 
 from taskq.app import Taskq
@@ -37,18 +38,18 @@ from taskq.message import H_ATTEMPTS, H_CANVAS, H_ETA, H_ID, H_PARENT_ID
 from taskq.pools import make_pool
 from taskq.results.base import REVOKED, ResultRecord
 from taskq.task import Task
+from taskq.topic_admin import check_members
+from taskq.topics import DLQ_PARTITIONS, is_dlq
 from taskq.worker.batching import Batcher
 from taskq.worker.dispatch import KeyedDispatcher
 from taskq.worker.finisher import Finished, Finisher
-from taskq.worker.hold import RetryHolder
 from taskq.worker.forwarder import Forwarder
+from taskq.worker.heartbeat import Heartbeat
+from taskq.worker.hold import RetryHolder
 from taskq.worker.offsets import OffsetTracker
 from taskq.worker.priority import PriorityScheduler
-from taskq.topic_admin import check_members
-from taskq.topics import DLQ_PARTITIONS, is_dlq
 from taskq.worker.revoke import IdleCheck, RevokeGate
 from taskq.worker.sender import Sender, retrying
-from taskq.worker.heartbeat import Heartbeat
 from taskq.worker.started import TrackStarted
 from taskq.worker.stats import StatsHook, WorkerStats
 
@@ -171,11 +172,21 @@ class Worker:
                                                         **app.settings.consumer_options)
         gate = self._gate = RevokeGate(app, self.pool, self.name)
         gate.start()  # reads the stored revocations meanwhile too
+        topics_checked: Future[None] = Future()  # waits on the broker while the producer, hooks and pool are made
+
+        def check_topics() -> None:
+            try:
+                created = app.ensure_topics(self._own_topics()) & set(self.topics)
+                if created:  # after the subscription: the group would take them up at its next metadata refresh
+                    consumer.topics_created(created)
+            except BaseException as exc:  # noqa: BLE001 - raised by the start-up, from run()
+                topics_checked.set_exception(exc)
+            else:
+                topics_checked.set_result(None)
+
+        threading.Thread(target=check_topics, name="taskq-topic-check", daemon=True).start()
         try:
-            created = app.ensure_topics(self._own_topics()) & set(self.topics)
-            if created:  # after the subscription: the group would take them up at its next metadata refresh
-                consumer.topics_created(created)
-            self._serve(consumer, gate)
+            self._serve(consumer, gate, topics_checked)
         finally:
             self._close(consumer)  # when starting up failed; a no-op after _serve closed it
             gate.stop()
@@ -207,10 +218,10 @@ class Worker:
         with contextlib.suppress(Exception):  # a bad backend URL is reported when the start-up uses it
             self.app.backend.open_connections(BACKEND_CONNECTIONS)
 
-    def _serve(self, consumer: Consumer, gate: RevokeGate) -> None:
+    def _serve(self, consumer: Consumer, gate: RevokeGate, topics_checked: Future[None]) -> None:
         """Start the finisher, pool and forwarder, consume until stopped, shut down."""
         app = self.app
-        finisher, hook_set, events, sender = self._start_up(gate)
+        finisher, hook_set, events, sender = self._start_up(gate, topics_checked)
         forwarder = None
         if self.forward_delayed:
             forwarder = Forwarder(app, sender, self._stopping, hook_set.forwarded, self._fail)
@@ -241,8 +252,10 @@ class Worker:
                 events.close(app.settings.send_timeout)
             sender.flush(app.settings.send_timeout)
 
-    def _start_up(self, gate: RevokeGate) -> tuple[Finisher, HookSet, EventsHook | None, Sender]:
-        """The producer, hooks, finisher and pool; the pool starts once the stored revocations are read."""
+    def _start_up(self, gate: RevokeGate, topics_checked: Future[None]) -> tuple[Finisher, HookSet, EventsHook | None,
+                                                                                   Sender]:
+        """The producer, hooks, finisher and pool; the pool starts once the stored revocations are read and the
+        topics checked (its failure is raised here)."""
         app = self.app
         app.backend  # noqa: B018 - fails fast on a bad backend URL (made by _load_backend meanwhile)
         producer = app.broker.producer(**app.settings.producer_options)
@@ -259,6 +272,7 @@ class Worker:
         holder = self._holder = RetryHolder(self.pool.submit)
         finisher = Finisher(app, sender, self.name, self._on_finished, hook_set.finished, holder.hold, self._fail)
         gate.wait()
+        topics_checked.result()
         self.pool.start(gate.wrap_done(finisher.put), self._make_runnable(gate, hook_set),
                         gate.wrap_done_many(finisher.put_many))
         finisher.start()
