@@ -244,8 +244,9 @@ class EventsHook(Hook):
         self._ended = False  # the events thread has ended: holds are released at once
         self._gate = DeliveryGate(ACK_BOUND, self._failed)
         # task events of this publishing round per events-topic partition, in order; 0 partitions
-        # (count unknown): each event is its own keyed message
-        self._partitions = self._partition_count(app)
+        # (count unknown): each event is its own keyed message. Read by the events thread: the worker's
+        # topic check may still be running, and asking the broker here held the start-up ~15 ms.
+        self._partitions = 0
         self._pending: dict[int, list[list[Any]]] = {}
         self._thread = threading.Thread(target=self._run, name="taskq-events", daemon=True)
         self._thread.start()
@@ -302,6 +303,7 @@ class EventsHook(Hook):
 
     def _run(self) -> None:
         try:
+            self._partitions = self._partition_count(self.app)
             self._publish_until_stopped()
         finally:
             self._ended = True
