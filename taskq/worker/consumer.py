@@ -163,36 +163,42 @@ class Worker:
         :class:`~taskq.errors.WorkerLostError` when the processes pool cannot start a child."""
         if not self.topics:
             raise BrokerError("no tasks to consume: register tasks or name them with -Q")
-        # the result backend's client library loads while the topic check waits on the broker
-        threading.Thread(target=self._load_backend, name="taskq-load-backend", daemon=True).start()
         app = self.app
-        # Join the group first: librdkafka joins in the background while the topics are checked and the rest
-        # starts up, and the first poll of the consume loop serves the assignment.
-        consumer = self._consumer = app.broker.consumer(app.group, self.topics, self._on_assign, self._on_revoke,
-                                                        **app.settings.consumer_options)
+        # Each waits on the broker meanwhile: the revocations are read (first: three new clients in a row),
+        # the result backend loads, the group is joined, and the topics are checked.
         gate = self._gate = RevokeGate(app, self.pool, self.name)
-        gate.start()  # reads the stored revocations meanwhile too
-        topics_checked: Future[None] = Future()  # waits on the broker while the producer, hooks and pool are made
-
-        def check_topics() -> None:
-            try:
-                created = app.ensure_topics(self._own_topics()) & set(self.topics)
-                if created:  # after the subscription: the group would take them up at its next metadata refresh
-                    consumer.topics_created(created)
-            except BaseException as exc:  # noqa: BLE001 - raised by the start-up, from run()
-                topics_checked.set_exception(exc)
-            else:
-                topics_checked.set_result(None)
-
-        threading.Thread(target=check_topics, name="taskq-topic-check", daemon=True).start()
+        gate.start()
         try:
-            self._serve(consumer, gate, topics_checked)
+            threading.Thread(target=self._load_backend, name="taskq-load-backend", daemon=True).start()
+            # the first poll of the consume loop serves the assignment
+            consumer = self._consumer = app.broker.consumer(app.group, self.topics, self._on_assign,
+                                                            self._on_revoke, **app.settings.consumer_options)
+            try:
+                self._serve(consumer, gate, self._check_topics(consumer))
+            finally:
+                self._close(consumer)  # when starting up failed; a no-op after _serve closed it
         finally:
-            self._close(consumer)  # when starting up failed; a no-op after _serve closed it
             gate.stop()
         if self._fatal is not None:
             raise self._fatal
         return self.stats
+
+    def _check_topics(self, consumer: Consumer) -> Future[None]:
+        """Create the topics this worker needs that are missing, in a thread (done or failed: the future)."""
+        checked: Future[None] = Future()
+
+        def check() -> None:
+            try:
+                created = self.app.ensure_topics(self._own_topics()) & set(self.topics)
+                if created:  # after the subscription: the group would take them up at its next metadata refresh
+                    consumer.topics_created(created)
+            except BaseException as exc:  # noqa: BLE001 - raised by the start-up, from run()
+                checked.set_exception(exc)
+            else:
+                checked.set_result(None)
+
+        threading.Thread(target=check, name="taskq-topic-check", daemon=True).start()
+        return checked
 
     def _own_topics(self) -> dict[str, int]:
         """The topics this worker needs and their partition counts, made in one CreateTopics: the task
