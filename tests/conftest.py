@@ -116,6 +116,16 @@ def redis_server(_redis_session: RedisServer | None) -> RedisServer:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A private redis-server to stop, restart, freeze or protect (the shared one stays up for the other tests)."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
 def redis_clean(redis_url: str) -> str:
     """``redis_url``, with the database flushed (FLUSHALL) before the test."""
     import redis

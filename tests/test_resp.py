@@ -8,23 +8,12 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from services import RedisServer  # scripts/services.py, on the path through tests/conftest.py
 
 from taskq.errors import BackendError, BackendRefused, ConfigError
 from taskq.results.resp import Address, ConnectionLost, Redis, ReplyError, pack
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A private redis-server to restart, freeze or protect (the shared one stays up for the other tests)."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_urls_are_read_as_redis_py_reads_them_and_bad_ones_are_refused() -> None:

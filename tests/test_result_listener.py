@@ -6,7 +6,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -172,16 +171,6 @@ def test_more_callers_than_a_hundred_connections_all_get_their_result(redis_url:
         for thread in busy:
             thread.join(10)
         backend.close()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A private redis-server to stop and start (the shared one stays up for the other tests)."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_a_waiting_get_rides_out_a_redis_restart(own_redis: RedisServer) -> None:
