@@ -140,6 +140,7 @@ class Worker:
         self._consumer: Consumer | None = None
         self._left = False  # the consumer was closed (the group left)
         self._holder: RetryHolder | None = None
+        self._after_first_poll: Callable[[], None] | None = None  # starts the forwarder
         self._gate: RevokeGate | None = None
         self._last_commit = 0.0
         self._last_skip = 0.0
@@ -231,7 +232,8 @@ class Worker:
         forwarder = None
         if self.forward_delayed:
             forwarder = Forwarder(app, sender, self._stopping, hook_set.forwarded, self._fail)
-            forwarder.start()
+            # after the first poll: its client's start and group join would delay the first records
+            self._after_first_poll = forwarder.start
         hook_set.worker_online(self.info())
         heartbeat = Heartbeat(lambda: hook_set.worker_heartbeat(self.info()), HEARTBEAT_INTERVAL)
         if hook_set.overridden("worker_heartbeat"):
@@ -324,6 +326,9 @@ class Worker:
             # twice the records in flight, up to batch_size.
             take = min(self.batch_size, max(FIRST_BATCH, 2 * self._in_flight))
             records = consumer.consume(take, 0.02 if self._in_flight else 0.1)
+            if self._after_first_poll is not None:
+                self._after_first_poll()
+                self._after_first_poll = None
             self.ready.set()
             if records:
                 self._accept(records)

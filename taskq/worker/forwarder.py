@@ -53,7 +53,8 @@ class Forwarder:
         self._thread.start()
 
     def join(self, timeout: float) -> None:
-        self._thread.join(timeout=timeout)
+        if self._thread.ident is not None:  # started (a worker stopped before its first poll never starts it)
+            self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
         run_thread("forwarder", self._forward, self._on_fatal)  # unsent records stay uncommitted in their tiers
