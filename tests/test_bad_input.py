@@ -323,3 +323,14 @@ def test_bad_env_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as info:
         Taskq("x")
     _one_line_naming(info.value, "TASKQ_DEFAULT_PARTITIONS='six'")
+
+
+def test_a_kafka_broker_knows_cheaply_whether_anything_listens(kafka_url: str) -> None:
+    """The worker's look before it makes clients that log each failed connect: a TCP connect to a bootstrap
+    server, true when one of several answers."""
+    from taskq.brokers.kafka import KafkaBroker
+
+    assert KafkaBroker(kafka_url).listening()
+    assert not KafkaBroker("kafka://127.0.0.1:1", connect_timeout=1).listening()
+    host_port = kafka_url.removeprefix("kafka://").split("?")[0]
+    assert KafkaBroker(f"kafka://127.0.0.1:1,{host_port}").listening()

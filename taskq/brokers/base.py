@@ -178,6 +178,10 @@ class Broker(ABC):
     def list_topics(self) -> dict[str, int]:
         """Topic name -> partition count."""
 
+    def listening(self) -> bool:
+        """Whether the broker accepts connections now, looked at cheaply (a local broker always does)."""
+        return True
+
     def partition_count(self, topic: str) -> int:
         """The topic's partition count, 0 if it does not exist (a broker may answer from what it knows)."""
         return self.list_topics().get(topic, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -429,6 +430,18 @@ class KafkaBroker(Broker):
 
     def forget_topic(self, topic: str) -> None:
         self._known.pop(topic, None)
+
+    def listening(self) -> bool:
+        """Whether a bootstrap server accepts a TCP connection now: a look before making clients that log
+        every failed connect (an admin call logs nothing and raises its failure)."""
+        for server in str(self.config.get("bootstrap.servers", "")).split(","):
+            host, _, port = server.strip().rpartition("://")[2].rpartition(":")
+            try:
+                socket.create_connection((host.strip("[]"), int(port)), min(1.0, self.connect_timeout)).close()
+                return True
+            except (OSError, ValueError):
+                continue
+        return False
 
     def partition_count(self, topic: str) -> int:
         """From the topic checks of this client when they saw the topic (the worker's start-up checks the

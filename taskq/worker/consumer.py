@@ -165,6 +165,10 @@ class Worker:
         if not self.topics:
             raise BrokerError("no tasks to consume: register tasks or name them with -Q")
         app = self.app
+        if not app.broker.listening():
+            # Kafka is not running, and its clients would log every failed connect: the topic check's admin
+            # client logs nothing and says so in one line after connect_timeout (or goes on once Kafka is up)
+            app.ensure_topics(self._own_topics())
         # Each waits on the broker meanwhile: the revocations are read (first: three new clients in a row),
         # the result backend loads, the group is joined, and the topics are checked.
         gate = self._gate = RevokeGate(app, self.pool, self.name)
@@ -260,8 +264,8 @@ class Worker:
                 events.close(app.settings.send_timeout)
             sender.flush(app.settings.send_timeout)
 
-    def _start_up(self, gate: RevokeGate, topics_checked: Future[None]) -> tuple[Finisher, HookSet, EventsHook | None,
-                                                                                   Sender]:
+    def _start_up(self, gate: RevokeGate,
+                  topics_checked: Future[None]) -> tuple[Finisher, HookSet, EventsHook | None, Sender]:
         """The producer, hooks, finisher and pool; the pool starts once the stored revocations are read and the
         topics checked (its failure is raised here)."""
         app = self.app
@@ -280,7 +284,12 @@ class Worker:
         holder = self._holder = RetryHolder(self.pool.submit)
         finisher = Finisher(app, sender, self.name, self._on_finished, hook_set.finished, holder.hold, self._fail)
         gate.wait()
-        topics_checked.result()
+        try:
+            topics_checked.result()
+        except BaseException:
+            if events is not None:
+                events.close(0)  # its thread, at once: nothing was published yet
+            raise
         self.pool.start(gate.wrap_done(finisher.put), self._make_runnable(gate, hook_set),
                         gate.wrap_done_many(finisher.put_many))
         finisher.start()
