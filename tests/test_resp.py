@@ -35,7 +35,8 @@ def test_urls_are_read_as_redis_py_reads_them_and_bad_ones_are_refused() -> None
 
 
 def test_arguments_are_packed_as_resp_bulk_strings() -> None:
-    assert pack([("SET", "k", b"\x00\r\n", 5, 0.25)]) == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n\x00\r\n\r\n$1\r\n5\r\n$4\r\n0.25\r\n"
+    assert pack([("SET", "k", b"\x00\r\n", 5, 0.25)]) == (
+        b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n\x00\r\n\r\n$1\r\n5\r\n$4\r\n0.25\r\n")
     with pytest.raises(TypeError):
         pack([("SET", "k", True)])
     with pytest.raises(TypeError):

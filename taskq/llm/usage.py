@@ -137,7 +137,8 @@ class RedisUsageStore(UsageStore):
         self._check_by(by)
         now_hour = int(time.time() // HOUR)
         first = now_hour - KEEP_HOURS if since is None else int(since // HOUR)
-        buckets = self.client.pipeline([("HGETALL", f"{self.prefix}{by}:{hour}") for hour in range(first, now_hour + 1)])
+        hours = range(first, now_hour + 1)
+        buckets = self.client.pipeline([("HGETALL", f"{self.prefix}{by}:{hour}") for hour in hours])
         totals: dict[str, dict[str, int]] = {}
         for bucket in buckets:
             for field, value in zip(bucket[::2], bucket[1::2]):

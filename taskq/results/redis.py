@@ -144,7 +144,8 @@ class RedisBackend(ResultBackend):
 
     def any_stored(self, ids: list[str]) -> bool:
         """Whether any of ``ids`` has a record (one integer back instead of every value)."""
-        return bool(ids) and bool(self._call("check results", self.client.call, "EXISTS", *[RESULT_PREFIX + i for i in ids]))
+        keys = [RESULT_PREFIX + i for i in ids]
+        return bool(ids) and bool(self._call("check results", self.client.call, "EXISTS", *keys))
 
     def get_many(self, ids: Iterable[str]) -> list[ResultRecord | None]:
         wanted = list(ids)
