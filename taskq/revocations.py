@@ -95,15 +95,15 @@ class Revocations:
         try:
             app.broker.ensure_compacted_topic(topic, app.settings.result_expires, app.settings.replication_factor)
             marks = app.broker.watermarks(topic)
+            ends = {p: hi for p, (lo, hi) in marks.items() if hi > lo}
+            if not ends:  # none stored: the worker need not wait for the reader to start
+                self._caught_up.set()
             reader = app.broker.reader(topic, {p: lo for p, (lo, _hi) in marks.items()})
         except TaskqError as exc:
             log.warning("revocations are not followed (%s); revoked tasks are still skipped by their stored "
                       "REVOKED state", exc)
             self._caught_up.set()
             return
-        ends = {p: hi for p, (lo, hi) in marks.items() if hi > lo}
-        if not ends:
-            self._caught_up.set()
         try:
             while not self._stop.is_set():
                 for record in reader.read(500, 0.2):
