@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 
@@ -173,3 +174,32 @@ def test_the_worker_does_not_load_redis_py() -> None:
             "print(sorted(m for m in ('redis', 'opentelemetry', 'importlib.metadata') if m in sys.modules))")
     out = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_threads_sharing_a_client_each_get_their_own_replies(redis_url: str) -> None:
+    """One client in many threads (a worker's finisher, pool threads, the events thread): every reply reaches
+    the caller whose command it answers, pipelines included, with connections reused from the pool."""
+    client = Redis(redis_url)
+    prefix = f"resp-threads:{uuid.uuid4().hex}:"
+    wrong: list[str] = []
+
+    def work(n: int) -> None:
+        for i in range(300):
+            key = f"{prefix}{n}:{i}"
+            value = os.urandom(1 + (n * 7919 + i) % 3000)
+            replies = client.pipeline([("SET", key, value, "PX", 60_000), ("GET", key), ("STRLEN", key)])
+            if replies != [b"OK", value, len(value)] or client.call("GET", key) != value:
+                wrong.append(key)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert not wrong, wrong[:5]
+        assert len(client._idle) <= 16  # connections came back to the pool, at most one per thread
+    finally:
+        keys = [f"{prefix}{n}:{i}" for n in range(16) for i in range(300)]
+        client.pipeline([("DEL", *keys[i:i + 1000]) for i in range(0, len(keys), 1000)])
+        client.close()
