@@ -111,6 +111,23 @@ def pack(commands: Sequence[Command]) -> bytes:
     return b"".join(out)
 
 
+def _open_socket(address: Address, timeout: float) -> socket.socket:
+    """A connected socket (TLS handshake done), closed again when connecting fails."""
+    if address.path is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        sock = socket.create_connection((address.host, address.port), timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        if address.path is not None:
+            sock.settimeout(timeout)
+            sock.connect(address.path)
+        return address.tls.wrap_socket(sock, server_hostname=address.host) if address.tls is not None else sock
+    except BaseException:
+        sock.close()
+        raise
+
+
 class Connection:
     """One socket to Redis, authenticated and on its database."""
 
@@ -121,15 +138,7 @@ class Connection:
         self.used = time.monotonic()
         self.pid = os.getpid()
         try:
-            if address.path is not None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(connect_timeout)
-                sock.connect(address.path)
-            else:
-                sock = socket.create_connection((address.host, address.port), connect_timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if address.tls is not None:
-                sock = address.tls.wrap_socket(sock, server_hostname=address.host)
+            sock = _open_socket(address, connect_timeout)
         except OSError as exc:
             where = address.path or f"{address.host}:{address.port}"
             raise ConnectionLost(f"cannot connect to Redis at {where}: {exc}") from exc
