@@ -9,9 +9,10 @@ import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
-from services import RedisServer  # scripts/services.py, on the path through tests/conftest.py
+from services import RedisServer, free_ports  # scripts/services.py, on the path through tests/conftest.py
 
 from taskq.errors import BackendError, BackendRefused, ConfigError
 from taskq.results.resp import Address, ConnectionLost, Redis, ReplyError, pack
@@ -203,3 +204,33 @@ def test_threads_sharing_a_client_each_get_their_own_replies(redis_url: str) -> 
         keys = [f"{prefix}{n}:{i}" for n in range(16) for i in range(300)]
         client.pipeline([("DEL", *keys[i:i + 1000]) for i in range(0, len(keys), 1000)])
         client.close()
+
+
+def test_rediss_verifies_the_server_certificate_unless_told_not_to(tmp_path: Path) -> None:
+    """``rediss://`` against a redis-server serving TLS with a self-signed certificate: trusted through
+    ``ssl_ca_certs``, refused without it, taken unchecked with ``ssl_cert_reqs=none``."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    port = free_ports(1)[0]
+    server = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+                               "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+                               "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        url = f"rediss://127.0.0.1:{port}/0"
+        trusted = Redis(f"{url}?ssl_ca_certs={cert}", connect_timeout=2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert trusted.call("PING") == b"PONG"
+                break
+            except ConnectionLost:
+                assert time.monotonic() < deadline, "redis-server with TLS did not start"
+                time.sleep(0.05)
+        with pytest.raises(ConnectionLost, match="CERTIFICATE_VERIFY_FAILED"):
+            Redis(url, connect_timeout=2).call("PING")
+        assert Redis(f"{url}?ssl_cert_reqs=none", connect_timeout=2).call("PING") == b"PONG"
+    finally:
+        server.terminate()
+        server.wait(10)
