@@ -214,9 +214,10 @@ def test_rediss_verifies_the_server_certificate_unless_told_not_to(tmp_path: Pat
                     str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
     port = free_ports(1)[0]
-    server = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
-                               "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
-                               "--save", "", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    tls = ["--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+           "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    server = subprocess.Popen(["redis-server", "--port", "0", *tls, "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         url = f"rediss://127.0.0.1:{port}/0"
         trusted = Redis(f"{url}?ssl_ca_certs={cert}", connect_timeout=2)
