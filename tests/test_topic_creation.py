@@ -145,3 +145,38 @@ def test_a_worker_started_before_its_topics_exist_takes_them_up_at_once(
         assert "not available" not in capfd.readouterr().err
     finally:
         app.close()
+
+
+def test_a_worker_whose_topics_a_client_creates_meanwhile_takes_them_up_at_once(
+        kafka_url: str, redis_url: str, unique: str) -> None:
+    """The worker subscribed before its topics existed, and a client's first send created them before the
+    worker's own check looked: the check finds them there and creates nothing, yet the group must take them
+    up now, not at its next metadata refresh: 2 s later (a chord whose record expires in 3 s never ran its
+    body)."""
+    prefix = f"raced{unique}"
+
+    def make_app() -> Taskq:
+        app = Taskq(prefix, broker=kafka_url, backend=redis_url, topic_prefix=f"{prefix}.", group=f"{prefix}.group",
+                    default_partitions=3)
+        app.task(name="raced.noop")(lambda: None)
+        return app
+
+    app, client = make_app(), make_app()
+    real = app.broker.ensure_topics
+
+    def a_client_sends_first(topics: dict[str, int], *args: Any, **kwargs: Any) -> set[str]:
+        client.ensure_topics(client.task_topics())  # what a client's first send does
+        return real(topics, *args, **kwargs)
+
+    app.broker.ensure_topics = a_client_sends_first  # type: ignore[method-assign]
+    try:
+        assert app.tasks["raced.noop"].topic not in client.broker.list_topics()
+        started = time.monotonic()
+        with worker_thread(app, concurrency=2) as (worker, _):
+            while len(worker._assignment) < 3 and time.monotonic() - started < 15:
+                time.sleep(0.01)
+            took = time.monotonic() - started
+        assert took < 1.5, f"the worker had its partitions {took:.2f} s after its start"
+    finally:
+        app.close()
+        client.close()

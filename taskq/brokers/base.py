@@ -106,7 +106,8 @@ class Consumer(ABC):
         """Partitions currently owned by this member."""
 
     def topics_created(self, topics: Iterable[str]) -> None:
-        """These subscribed topics were created after the subscription: take them up now."""
+        """Subscribed topics may have been created after the subscription (``topics`` by this client): take
+        them up now."""
 
     def unseen_from(self) -> Mapping[TopicPartition, int]:
         """Per assigned partition, an offset from which no other member of the group can have been given

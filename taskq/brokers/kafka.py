@@ -303,14 +303,12 @@ class KafkaConsumer(Consumer):
         return self._unseen_from
 
     def topics_created(self, topics: Iterable[str]) -> None:
-        """Their metadata: under the classic protocol the group is joined again with them at once, not at the
-        next metadata refresh (KIP-848: the broker assigns them at the member's next heartbeat; no request
-        of the client's brings that forward)."""
-        names = set(topics)
-        self._created.update(names)
+        """One metadata read: under the classic protocol the group is joined again with the subscribed topics
+        created since the subscription at once, not at the next metadata refresh (KIP-848: the broker assigns
+        them at the member's next heartbeat; no request of the client's brings that forward)."""
+        self._created.update(topics)
         with contextlib.suppress(KafkaException):
-            for topic in names:
-                self._consumer.list_topics(topic, timeout=WAKE_TIMEOUT)
+            self._consumer.list_topics(timeout=WAKE_TIMEOUT)
 
     def _topic_gone(self, topic: str | None, err: KafkaError) -> None:
         """Warn once that a subscribed topic is missing; the other topics are consumed on."""

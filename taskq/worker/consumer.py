@@ -195,12 +195,13 @@ class Worker:
         def check() -> None:
             try:
                 created = self.app.ensure_topics(self._own_topics()) & set(self.topics)
-                if created:  # after the subscription: the group would take them up at its next metadata refresh
-                    consumer.topics_created(created)
             except BaseException as exc:  # noqa: BLE001 - raised by the start-up, from run()
                 checked.set_exception(exc)
-            else:
-                checked.set_result(None)
+                return
+            checked.set_result(None)
+            # The task topics may have been created after the subscription, by this check or by a client's
+            # first send meanwhile: the group would take them up only at its next metadata refresh (~1 s)
+            consumer.topics_created(created)
 
         threading.Thread(target=check, name="taskq-topic-check", daemon=True).start()
         return checked
