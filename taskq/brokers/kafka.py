@@ -424,9 +424,7 @@ class KafkaBroker(Broker):
                 f"cannot reach Kafka at {self.config['bootstrap.servers']} within {self.connect_timeout:g} s: "
                 f"{exc.args[0]}; is the broker running?"
             ) from exc
-        topics = {name: len(t.partitions) for name, t in meta.topics.items() if not t.error}
-        self._known.update(topics)  # a topic check that runs beside this one (a worker's start) asks no more
-        return topics
+        return {name: len(t.partitions) for name, t in meta.topics.items() if not t.error}
 
     def forget_topic(self, topic: str) -> None:
         self._known.pop(topic, None)
